@@ -1,0 +1,185 @@
+"""Attention: the one function every box of Figure 2 calls (ViT, perceiver resampler, PaLM decoder).
+
+`attention(q, k, v, mask, backend)` takes q (B, Hq, Sq, Dh) and k, v (B, Hkv, Sk, Dh) with Hq a
+multiple of Hkv, so multi-query attention (PaLM: one shared key/value head) and grouped-query
+attention are the same call. A mask is described once, as a small function of
+(batch, head, query index, key index) -> bool (FlexAttention's `mask_mod` convention), and each
+backend turns it into what it needs: a dense boolean mask for `math` and `sdpa`, a block mask
+for `flex`.
+
+Adding a kernel is adding one function `(q, k, v, mask) -> out` to `BACKENDS`.
+"""
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+# ---------------------------------------------------------------------------------------------
+# Masks: small factories returning a Mask; True means "this query may attend to this key".
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """A mask rule. `mask_mod(b, h, q_idx, kv_idx)` works on integer tensors that broadcast."""
+
+    kind: str  # names the rule; with `tensors` it keys the block-mask cache
+    mask_mod: Callable
+    tensors: tuple = field(default=())  # the per-sample tensors the rule reads, e.g. lengths (B,)
+
+    @property
+    def per_sample(self) -> bool:
+        return len(self.tensors) > 0
+
+    def dense(self, batch: int, q_len: int, kv_len: int, device) -> torch.Tensor:
+        """Evaluate the rule on every (query, key) pair: bool (B or 1, 1, Sq, Sk)."""
+        b = torch.arange(batch if self.per_sample else 1, device=device).view(-1, 1, 1, 1)
+        h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device)
+        q_idx = torch.arange(q_len, device=device).view(1, 1, -1, 1)
+        kv_idx = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
+        allowed = self.mask_mod(b, h, q_idx, kv_idx)
+        return allowed.expand(b.shape[0], 1, q_len, kv_len)
+
+
+def causal(query_offset: int = 0) -> Mask:
+    """Query i (at absolute position query_offset + i) sees keys 0..query_offset + i.
+
+    query_offset > 0 is KV-cache decoding: the new queries come after the cached keys."""
+    return Mask(f"causal@{query_offset}", lambda b, h, q, kv: q + query_offset >= kv)
+
+
+def prefix_lm(prefix_lengths: torch.Tensor, query_offset: int = 0) -> Mask:
+    """Causal, except that the first prefix_lengths[b] keys are seen by every query of sample b
+    (bidirectional attention over the prefix, e.g. the visual tokens). prefix_lengths: (B,)."""
+    prefix_lengths = prefix_lengths.long()
+    return Mask(
+        f"prefix_lm@{query_offset}",
+        lambda b, h, q, kv: (q + query_offset >= kv) | (kv < prefix_lengths[b]),
+        (prefix_lengths,),
+    )
+
+
+def key_padding(key_lengths: torch.Tensor) -> Mask:
+    """Right padding: sample b has key_lengths[b] real keys, the rest are padding. (B,)"""
+    key_lengths = key_lengths.long()
+    return Mask("key_padding", lambda b, h, q, kv: kv < key_lengths[b], (key_lengths,))
+
+
+def left_padding(pad_lengths: torch.Tensor, query_offset: int = 0) -> Mask:
+    """Left padding (batched decoding): the first pad_lengths[b] keys of sample b are padding.
+
+    A padding query is allowed to see its own key so that no row of scores is empty (an empty
+    row is NaN after softmax in most kernels); its output is never used. pad_lengths: (B,)."""
+    pad_lengths = pad_lengths.long()
+    return Mask(
+        f"left_padding@{query_offset}",
+        lambda b, h, q, kv: (kv >= pad_lengths[b]) | (kv == q + query_offset),
+        (pad_lengths,),
+    )
+
+
+def and_masks(*masks: Mask) -> Mask:
+    """A key is visible when every rule allows it."""
+
+    def mask_mod(b, h, q, kv):
+        allowed = masks[0].mask_mod(b, h, q, kv)
+        for mask in masks[1:]:
+            allowed = allowed & mask.mask_mod(b, h, q, kv)
+        return allowed
+
+    return Mask("&".join(m.kind for m in masks), mask_mod, sum((m.tensors for m in masks), ()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: (q, k, v, mask) -> out (B, Hq, Sq, Dh). Softmax scale is 1/sqrt(Dh) everywhere.
+# ---------------------------------------------------------------------------------------------
+
+
+def math_attention(q, k, v, mask: Mask | None = None):
+    """The reference: scores, mask, softmax, weighted sum. Slow and explicit."""
+    B, Hq, Sq, Dh = q.shape
+    group = Hq // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # (B, Hq, Sk, Dh): every query head in a group shares k
+    v = v.repeat_interleave(group, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * Dh**-0.5  # (B, Hq, Sq, Sk)
+    if mask is not None:
+        allowed = mask.dense(B, Sq, k.shape[2], q.device)  # (B or 1, 1, Sq, Sk)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return weights @ v  # (B, Hq, Sq, Dh)
+
+
+def sdpa_attention(q, k, v, mask: Mask | None = None):
+    """PyTorch's fused scaled_dot_product_attention (flash / memory-efficient / math kernels)."""
+    dense = None if mask is None else mask.dense(q.shape[0], q.shape[2], k.shape[2], q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# Compiled once per process; torch.compile then specializes per shape and mask kind. On CPU the
+# shapes stay static: inductor's CPU FlexAttention template fails to build with dynamic sizes
+# (torch 2.13), so every new shape is its own graph there.
+_compiled_flex_attention = {
+    "cpu": torch.compile(flex_attention, dynamic=False),
+    "cuda": torch.compile(flex_attention),
+}
+_block_mask_cache: OrderedDict = OrderedDict()
+_BLOCK_MASK_CACHE_SIZE = 64
+
+
+def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
+    """FlexAttention's block mask for this rule and shape, built once and reused: rebuilding it
+    every step can cost more than the attention itself."""
+    key = (mask.kind, tuple(tuple(t.tolist()) for t in mask.tensors), batch, q_len, kv_len, str(device))
+    if key not in _block_mask_cache:
+        B = batch if mask.per_sample else None
+        _block_mask_cache[key] = create_block_mask(mask.mask_mod, B, None, q_len, kv_len, device=device)
+        if len(_block_mask_cache) > _BLOCK_MASK_CACHE_SIZE:
+            _block_mask_cache.popitem(last=False)
+    _block_mask_cache.move_to_end(key)
+    return _block_mask_cache[key]
+
+
+def flex_attention_backend(q, k, v, mask: Mask | None = None):
+    """FlexAttention compiled by torch.compile: the mask becomes a sparse block mask, so fully
+    masked blocks are skipped. No backward on CPU."""
+    block_mask = None if mask is None else block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
+    return _compiled_flex_attention[q.device.type](q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+BACKENDS: dict[str, Callable] = {
+    "math": math_attention,
+    "sdpa": sdpa_attention,
+    "flex": flex_attention_backend,
+}
+
+
+def choose_backend(q, k, v) -> str:
+    """`auto`: FlexAttention on CUDA for full sequences; SDPA for one-token decoding steps (a new
+    key length every step would mean a new compiled graph and block mask every step) and on CPU,
+    where FlexAttention has no backward and, forward only, is slower than SDPA at our sizes
+    (see `python benchmark.py attention`)."""
+    head_dim = q.shape[-1]
+    flex_can_run = q.is_cuda and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    if flex_can_run and q.shape[2] > 16:
+        return "flex"
+    return "sdpa"
+
+
+def attention(q, k, v, mask: Mask | None = None, backend: str = "auto"):
+    """q (B, Hq, Sq, Dh), k and v (B, Hkv, Sk, Dh) with Hq a multiple of Hkv -> (B, Hq, Sq, Dh)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention expects 4-D q, k, v (B, H, S, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape; got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch (dim 0) and head size (dim 3)")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads Hq={q.shape[1]} must be a multiple of key/value heads Hkv={k.shape[1]}")
+    if backend == "auto":
+        backend = choose_backend(q, k, v)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+    return BACKENDS[backend](q, k, v, mask)
