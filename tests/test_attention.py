@@ -1,0 +1,138 @@
+"""attention.py: every backend against the math reference, masks against a dense reference."""
+import pytest
+import torch
+
+import attention as A
+
+
+def dense_reference(rule, batch, q_len, kv_len, **tensors):
+    """The same rule written as plain Python loops: what each mask factory promises."""
+    out = torch.zeros(batch, 1, q_len, kv_len, dtype=torch.bool)
+    for b in range(batch):
+        for q in range(q_len):
+            for kv in range(kv_len):
+                out[b, 0, q, kv] = rule(b, q, kv, **tensors)
+    return out
+
+
+PREFIX = torch.tensor([0, 4, 11])
+KEYS = torch.tensor([13, 7, 1])
+PADS = torch.tensor([0, 3, 12])
+OFFSET = 5
+MASK_CASES = {
+    "causal": (A.causal(), lambda b, q, kv: kv <= q),
+    "causal_offset": (A.causal(OFFSET), lambda b, q, kv: kv <= q + OFFSET),
+    "prefix_lm": (A.prefix_lm(PREFIX), lambda b, q, kv: kv <= q or kv < PREFIX[b]),
+    "key_padding": (A.key_padding(KEYS), lambda b, q, kv: kv < KEYS[b]),
+    "left_padding": (A.left_padding(PADS), lambda b, q, kv: kv >= PADS[b] or kv == q),
+    "causal_and_padding": (
+        A.and_masks(A.causal(), A.key_padding(KEYS)),
+        lambda b, q, kv: kv <= q and kv < KEYS[b],
+    ),
+    "prefix_and_left_padding": (
+        A.and_masks(A.prefix_lm(PADS + 2), A.left_padding(PADS)),
+        lambda b, q, kv: (kv <= q or kv < PADS[b] + 2) and (kv >= PADS[b] or kv == q),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MASK_CASES)
+@pytest.mark.parametrize("q_len,kv_len", [(13, 13), (1, 9), (5, 18)])
+def test_mask_factories_match_loops(name, q_len, kv_len):
+    mask, rule = MASK_CASES[name]
+    dense = mask.dense(3, q_len, kv_len, "cpu").expand(3, 1, q_len, kv_len)
+    assert torch.equal(dense, dense_reference(rule, 3, q_len, kv_len))
+
+
+def make_qkv(batch, heads_q, heads_kv, q_len, kv_len, head_dim=16, requires_grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(batch, heads_q, q_len, head_dim), (batch, heads_kv, kv_len, head_dim), (batch, heads_kv, kv_len, head_dim)]
+    return [torch.randn(*s, generator=g).requires_grad_(requires_grad) for s in shapes]
+
+
+# (heads_q, heads_kv, q_len, kv_len, mask): the shapes the models run, at odd sizes.
+SHAPES = {
+    "vit_self": (4, 4, 17, 17, None),
+    "causal_mqa": (4, 1, 19, 19, A.causal()),
+    "causal_gqa": (6, 2, 19, 19, A.causal()),
+    "prefix_lm_mqa": (4, 1, 19, 19, A.prefix_lm(torch.tensor([3, 8]))),
+    "padding": (4, 4, 19, 19, A.and_masks(A.causal(), A.key_padding(torch.tensor([19, 6])))),
+    "cross_resampler": (4, 4, 5, 23, None),  # latents (Sq=5) against [features; latents]
+    "decode_step": (4, 1, 1, 23, A.and_masks(A.causal(22), A.left_padding(torch.tensor([0, 4]), 22))),
+}
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_sdpa_matches_math_forward_and_backward(name):
+    hq, hkv, sq, sk, mask = SHAPES[name]
+    q, k, v = make_qkv(2, hq, hkv, sq, sk, requires_grad=True)
+    reference = A.attention(q, k, v, mask, backend="math")
+    grads_reference = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    out = A.attention(q, k, v, mask, backend="sdpa")
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert (out - reference).abs().max() < 1e-5
+    for g, g_ref in zip(grads, grads_reference):
+        assert (g - g_ref).abs().max() < 1e-4
+
+
+def test_math_matches_explicit_softmax():
+    """The math backend against a one-head loop written from the definition."""
+    q, k, v = make_qkv(1, 2, 1, 6, 6, head_dim=8)
+    out = A.attention(q, k, v, A.causal(), backend="math")
+    for head in range(2):
+        for i in range(6):
+            scores = torch.stack([q[0, head, i] @ k[0, 0, j] / 8**0.5 for j in range(i + 1)])
+            expected = torch.softmax(scores, 0) @ v[0, 0, : i + 1]
+            assert torch.allclose(out[0, head, i], expected, atol=1e-6)
+
+
+def test_flex_forward_matches_math_on_cpu():
+    """One compiled graph per mask kind and shape: keep the cases few (each costs seconds here)."""
+    for name in ["prefix_lm_mqa", "cross_resampler"]:
+        hq, hkv, sq, sk, mask = SHAPES[name]
+        q, k, v = make_qkv(2, hq, hkv, sq, sk)
+        with torch.no_grad():
+            out = A.attention(q, k, v, mask, backend="flex")
+        assert (out - A.attention(q, k, v, mask, backend="math")).abs().max() < 1e-5
+    before = len(A._block_mask_cache)
+    with torch.no_grad():
+        A.attention(q, k, v, None, backend="flex")
+        hq, hkv, sq, sk, mask = SHAPES["prefix_lm_mqa"]
+        A.attention(*make_qkv(2, hq, hkv, sq, sk, seed=1), mask, backend="flex")
+    assert len(A._block_mask_cache) == before, "the block mask of a known rule and shape is reused"
+
+
+def test_auto_picks_a_backend_that_can_run_the_call():
+    q, k, v = make_qkv(2, 4, 1, 19, 19, requires_grad=True)
+    assert A.choose_backend(q, k, v) != "flex", "FlexAttention has no backward on CPU"
+    out = A.attention(q, k, v, A.causal())  # auto, with grad: must run and backpropagate
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert torch.allclose(out, A.attention(q, k, v, A.causal(), backend="math"), atol=1e-5)
+
+
+def test_left_padding_rows_are_never_empty():
+    q, k, v = make_qkv(2, 2, 1, 7, 7)
+    out = A.attention(q, k, v, A.and_masks(A.causal(), A.left_padding(torch.tensor([0, 6]))), backend="sdpa")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "shapes,message",
+    [
+        (((1, 6, 4, 8), (1, 4, 4, 8), (1, 4, 4, 8)), "multiple of key/value heads"),
+        (((1, 4, 4, 8), (1, 1, 4, 16), (1, 1, 4, 16)), "head size"),
+        (((1, 4, 4, 8), (1, 1, 4, 8), (1, 1, 5, 8)), "same shape"),
+        (((4, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8)), "4-D"),
+    ],
+)
+def test_bad_shapes_raise_clear_errors(shapes, message):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    with pytest.raises(ValueError, match=message):
+        A.attention(q, k, v)
+
+
+def test_unknown_backend_names_the_choices():
+    q, k, v = make_qkv(1, 1, 1, 2, 2)
+    with pytest.raises(ValueError, match="'sdpa'"):
+        A.attention(q, k, v, backend="nope")
