@@ -1,0 +1,363 @@
+"""PaLM decoder: the "tiny LM" adapter and the "large LM" boxes of Figure 2 (one class, two sizes).
+
+A PaLM-style decoder-only language model that can read a prefix of embeddings (the visual
+tokens) placed before the text. PaLM block facts: attention and MLP run in parallel on one shared
+norm in a single residual step (`x + attn(norm(x)) + mlp(norm(x))`), SwiGLU MLP, multi-query
+attention (one shared key/value head; grouped-query allowed), rotary position embeddings, no
+biases, input and output embeddings shared. The norm is PaLM's LayerNorm without bias.
+
+Batched generation pads on the left: a row is [pads][prefix][prompt], and rotary positions are
+counted from the first real slot, so every sample sees the positions it would see alone.
+"""
+import argparse
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
+
+
+@dataclass
+class PaLMConfig:
+    vocab_size: int = 32000
+    dim: int = 768
+    depth: int = 10
+    num_heads: int = 12
+    num_kv_heads: int = 1  # 1 = multi-query attention (PaLM); between 1 and num_heads = grouped-query
+    head_dim: int | None = None  # None: dim // num_heads
+    mlp_hidden_dim: int | None = None  # SwiGLU hidden width; None: 4 * dim, as in PaLM
+    max_seq_len: int = 1024  # prefix + text
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    attention_backend: str = "auto"
+    prefix_attention: str = "causal"  # "causal" (as pretrained) | "bidirectional" over the prefix
+
+    def __post_init__(self):
+        for name in ("vocab_size", "dim", "depth", "num_heads", "num_kv_heads", "max_seq_len", "rope_base", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        for name in ("head_dim", "mlp_hidden_dim"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive (or None for the default)")
+        if self.head_dim is None and self.dim % self.num_heads != 0:
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim // num_heads "
+                "channels; change num_heads or set head_dim explicitly"
+            )
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}: "
+                "each key/value head must serve the same number of query heads"
+            )
+        if (self.head_dim or self.dim // self.num_heads) % 2 != 0:
+            raise ValueError(f"head size {self.head_dim or self.dim // self.num_heads} must be even: rotary rotates channel pairs")
+        if self.attention_backend not in ("auto", *BACKENDS):
+            raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
+        if self.prefix_attention not in ("causal", "bidirectional"):
+            raise ValueError(f"prefix_attention={self.prefix_attention!r}; choose 'causal' or 'bidirectional'")
+
+
+# Vocab: PaLM2's 256k sentencepiece vocabulary would be ~200M embedding parameters on its own, so
+# the paper-size presets use a 32k vocabulary. tiny-108m: 10 layers of 8.36M (dim 768, MQA, SwiGLU
+# 4*dim) = 83.6M plus 24.6M of tied embeddings = 108.1M. Toy presets: scripts set vocab_size from
+# the tokenizer.
+PALM_CONFIGS = {
+    "toy-tiny": PaLMConfig(vocab_size=1024, dim=128, depth=2, num_heads=4, max_seq_len=256),
+    "toy-large": PaLMConfig(vocab_size=1024, dim=256, depth=4, num_heads=8, max_seq_len=256),
+    "tiny-108m": PaLMConfig(vocab_size=32000, dim=768, depth=10, num_heads=12, max_seq_len=1024),
+    "1b": PaLMConfig(vocab_size=32000, dim=2048, depth=16, num_heads=16, max_seq_len=2048),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding. x (B, H, S, Dh), positions (B, S) -> (B, H, S, Dh).
+
+    Channel pair (i, i + Dh/2) is rotated by the angle position * base^(-2i/Dh), so the dot product
+    of a rotated query and key depends only on the difference of their positions."""
+    half = x.shape[-1] // 2
+    inverse_frequency = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (Dh/2,)
+    angles = positions.float()[:, None, :, None] * inverse_frequency  # (B, 1, S, Dh/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)  # 2 x (B, H, S, Dh/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-query (or grouped-query) self-attention with rotary positions and an optional KV cache."""
+
+    def __init__(self, config: PaLMConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim or config.dim // config.num_heads
+        self.rope_base, self.backend = config.rope_base, config.attention_backend
+        self.query = nn.Linear(config.dim, self.num_heads * self.head_dim, bias=False)
+        self.key_value = nn.Linear(config.dim, 2 * self.num_kv_heads * self.head_dim, bias=False)
+        self.out = nn.Linear(self.num_heads * self.head_dim, config.dim, bias=False)
+
+    def forward(self, x, positions, mask, past=None):
+        """x (B, S, D), positions (B, S), past: cached (k, v) or None -> (B, S, D), all (k, v)."""
+        B, S, _ = x.shape
+        q = self.query(x).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
+        k, v = self.key_value(x).view(B, S, 2, self.num_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, S, Dh)
+        q, k = apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, Hkv, S_past + S, Dh)
+        out = attention(q, k, v, mask, self.backend)  # (B, H, S, Dh)
+        return self.out(out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)), (k, v)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: PaLMConfig):
+        super().__init__()
+        hidden = config.mlp_hidden_dim or 4 * config.dim
+        self.gate_and_up = nn.Linear(config.dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, config.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_and_up(x).chunk(2, dim=-1)  # 2 x (B, S, hidden)
+        return self.down(F.silu(gate) * up)
+
+
+class PaLMBlock(nn.Module):
+    """Parallel attention and MLP on one shared norm: x + attn(norm(x)) + mlp(norm(x))."""
+
+    def __init__(self, config: PaLMConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=False)
+        self.attention = Attention(config)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, positions, mask, past=None):
+        normed = self.norm(x)
+        attention_out, key_value = self.attention(normed, positions, mask, past)
+        return x + attention_out + self.mlp(normed), key_value
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a left-padded batch; grows by one slot per decode step.
+
+    Beam search keeps one row per beam and calls `reorder` after choosing the surviving beams."""
+
+    keys: list  # per layer (B, Hkv, S, Dh), rotary already applied
+    values: list  # per layer (B, Hkv, S, Dh)
+    pad_lengths: torch.Tensor  # (B,) padding slots at the start of each row
+    prefix_len: int  # visual-token slots right after the padding
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Row b becomes old row indices[b]. indices (B_new,) long."""
+        self.keys = [k.index_select(0, indices) for k in self.keys]
+        self.values = [v.index_select(0, indices) for v in self.values]
+        self.pad_lengths = self.pad_lengths.index_select(0, indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+class PaLMDecoder(nn.Module):
+    def __init__(self, config: PaLMConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)  # also the output layer (tied)
+        self.blocks = nn.ModuleList(PaLMBlock(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=False)
+        for name, parameter in self.named_parameters():
+            if parameter.dim() == 2:
+                # nanoGPT/GPT-2: the projections that write into the residual stream are scaled
+                # down so the stream's variance does not grow with depth.
+                residual = name.endswith(("attention.out.weight", "mlp.down.weight"))
+                nn.init.normal_(parameter, 0.0, 0.02 / math.sqrt(2 * config.depth) if residual else 0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied embedding counted once
+
+    def _embed(self, input_ids, prefix):
+        """[prefix][token embeddings] -> (B, P + L, D), P."""
+        parts = []
+        if prefix is not None:
+            if prefix.dim() != 3:
+                raise ValueError(f"prefix must be (B, P, D) embeddings; got shape {tuple(prefix.shape)}")
+            if prefix.shape[-1] != self.config.dim:
+                raise ValueError(f"prefix has width {prefix.shape[-1]} but the LM's dim is {self.config.dim}")
+            parts.append(prefix.to(self.token_embedding.weight.dtype))
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (B, L) token ids; got shape {tuple(input_ids.shape)}")
+            if prefix is not None and prefix.shape[0] != input_ids.shape[0]:
+                raise ValueError(f"prefix has batch {prefix.shape[0]} but input_ids has batch {input_ids.shape[0]}")
+            parts.append(self.token_embedding(input_ids))
+        if not parts:
+            raise ValueError("give input_ids, a prefix, or both")
+        x, prefix_len = torch.cat(parts, dim=1), 0 if prefix is None else prefix.shape[1]
+        if x.shape[1] > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {prefix_len} prefix + {x.shape[1] - prefix_len} text positions is longer "
+                f"than max_seq_len={self.config.max_seq_len}"
+            )
+        return x, prefix_len
+
+    def _mask(self, batch, prefix_len, pad_lengths, device, query_offset=0):
+        """Causal (or prefix-LM over the visual tokens), minus the left padding when there is any."""
+        if self.config.prefix_attention == "bidirectional" and prefix_len > 0:
+            pads = torch.zeros(batch, dtype=torch.long, device=device) if pad_lengths is None else pad_lengths
+            visible = prefix_lm(pads + prefix_len, query_offset)  # the prefix ends pad + P slots in
+        else:
+            visible = causal(query_offset)
+        if pad_lengths is None:
+            return visible
+        return and_masks(left_padding(pad_lengths, query_offset), visible)
+
+    def _run_blocks(self, x, positions, mask, cache=None):
+        """x (B, S, D) -> final-normed hidden states (B, S, D); appends to cache when given."""
+        for i, block in enumerate(self.blocks):
+            past = None if cache is None or cache.keys[i] is None else (cache.keys[i], cache.values[i])
+            x, (k, v) = block(x, positions, mask, past)
+            if cache is not None:
+                cache.keys[i], cache.values[i] = k, v
+        return self.final_norm(x)
+
+    def _logits(self, hidden):
+        return F.linear(hidden, self.token_embedding.weight)  # tied output layer: (..., V)
+
+    def forward(self, input_ids=None, prefix=None, loss_mask=None, *, return_hidden=False, reduction="mean"):
+        """input_ids (B, L) long, prefix (B, P, D) visual tokens placed before the text.
+
+        Returns the final-normed hidden states (B, P + L, D) when return_hidden, else
+        (logits (B, L, V) for the text positions, loss). loss_mask (B, L): True where token
+        input_ids[b, i] is a target, predicted from the position before it (the last prefix
+        position predicts token 0). loss is None without loss_mask; reduction "mean" averages over
+        the selected tokens, "sum" adds them (the trainer divides by its global token count)."""
+        x, prefix_len = self._embed(input_ids, prefix)
+        B, S, _ = x.shape
+        positions = torch.arange(S, device=x.device).expand(B, S)
+        hidden = self._run_blocks(x, positions, self._mask(B, prefix_len, None, x.device))  # (B, P + L, D)
+        if return_hidden:
+            return hidden
+        text_len = S - prefix_len
+        predictions = self._logits(hidden[:, max(prefix_len - 1, 0):])  # (B, L or L + 1, V): from the last prefix slot on
+        logits = predictions[:, predictions.shape[1] - text_len:]  # (B, L, V)
+        if loss_mask is None:
+            return logits, None
+        if input_ids is None or loss_mask.shape != input_ids.shape:
+            raise ValueError(f"loss_mask has shape {tuple(loss_mask.shape)} but input_ids has shape {None if input_ids is None else tuple(input_ids.shape)}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction={reduction!r}; choose 'mean' or 'sum'")
+        loss_mask = loss_mask.bool()
+        if prefix_len == 0 and loss_mask[:, 0].any():
+            raise ValueError("loss_mask[:, 0] is True but without a prefix no position comes before token 0 to predict it")
+        predictions = predictions[:, :-1]  # position i predicts the next slot: (B, L or L - 1, V)
+        targets = input_ids[:, input_ids.shape[1] - predictions.shape[1]:]
+        selected = loss_mask[:, loss_mask.shape[1] - predictions.shape[1]:]
+        loss = F.cross_entropy(predictions[selected].float(), targets[selected], reduction=reduction)
+        return logits, loss
+
+    # -----------------------------------------------------------------------------------------
+    # Generation: a step-level API (prefill, decode_step) that greedy, sampling and beam search share.
+    # -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, input_ids=None, prefix=None, pad_lengths=None):
+        """Run the prompts once and cache their keys and values.
+
+        input_ids (B, L) left-padded prompts (the first pad_lengths[b] ids of row b are padding),
+        prefix (B, P, D) -> (logits for the next token (B, V), KVCache). The row is laid out as
+        [pads][prefix][prompt] so that the last slot is always the last real one."""
+        x, prefix_len = self._embed(input_ids, prefix)
+        B, S, D = x.shape
+        slots = torch.arange(S, device=x.device).expand(B, S)
+        pad_lengths = torch.zeros(B, dtype=torch.long, device=x.device) if pad_lengths is None else pad_lengths.to(x.device).long()
+        if prefix_len > 0:
+            # [prefix][pads][prompt] -> [pads][prefix][prompt]; pad embeddings are never attended to.
+            pads = pad_lengths[:, None]
+            source = torch.where(slots < pads, slots + prefix_len, torch.where(slots < pads + prefix_len, slots - pads, slots))
+            x = x.gather(1, source[..., None].expand(B, S, D))
+        cache = KVCache([None] * self.config.depth, [None] * self.config.depth, pad_lengths, prefix_len)
+        hidden = self._run_blocks(x, slots - pad_lengths[:, None], self._mask(B, prefix_len, pad_lengths, x.device), cache)
+        return self._logits(hidden[:, -1]), cache
+
+    @torch.no_grad()
+    def decode_step(self, token_ids, cache: KVCache):
+        """Append one token per row (B,) to the cache -> logits for the token after it (B, V)."""
+        if cache.length >= self.config.max_seq_len:
+            raise ValueError(f"the cache already holds {cache.length} slots; max_seq_len={self.config.max_seq_len}")
+        x = self.token_embedding(token_ids[:, None])  # (B, 1, D)
+        positions = (cache.length - cache.pad_lengths)[:, None]  # (B, 1): unpadded position of the new token
+        mask = self._mask(x.shape[0], cache.prefix_len, cache.pad_lengths, x.device, query_offset=cache.length)
+        return self._logits(self._run_blocks(x, positions, mask, cache)[:, -1])
+
+    @torch.no_grad()
+    def generate(self, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0, generator=None):
+        """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D).
+
+        Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted
+        to the top_k tokens when given. Each row stops at eos_id. Returns the new token ids of
+        every row as a list of lists, EOS excluded."""
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.tolist()
+        device = self.token_embedding.weight.device
+        lengths = [len(p) for p in prompts]
+        longest, prefix_len = max(lengths), 0 if prefix is None else prefix.shape[1]
+        if prefix_len == 0 and min(lengths) == 0:
+            raise ValueError("every prompt needs at least one token when there is no prefix")
+        if prefix_len + longest + max_new_tokens - 1 > self.config.max_seq_len:
+            raise ValueError(
+                f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
+                f"exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        pad_lengths = longest - torch.tensor(lengths, device=device)
+        logits, cache = self.prefill(input_ids if longest > 0 else None, prefix, pad_lengths)
+        new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            if temperature == 0:
+                token = logits.argmax(dim=-1)  # (B,)
+            else:
+                logits = logits.float() / temperature
+                if top_k is not None:
+                    kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
+                token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+            new_tokens.append(token)
+            if eos_id is not None:
+                finished |= token == eos_id
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            logits = self.decode_step(token, cache)
+        rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]  # (B, T)
+        return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+def preset_table() -> str:
+    """Every preset's shape and parameter count (built on the meta device: no memory, no init)."""
+    lines = [f"{'preset':<10} {'vocab':>6} {'dim':>5} {'depth':>5} {'heads':>5} {'kv':>3} {'mlp':>6} {'params':>14}"]
+    for name, config in PALM_CONFIGS.items():
+        with torch.device("meta"):
+            count = PaLMDecoder(config).num_parameters()
+        mlp = config.mlp_hidden_dim or 4 * config.dim
+        lines.append(f"{name:<10} {config.vocab_size:>6} {config.dim:>5} {config.depth:>5} {config.num_heads:>5} {config.num_kv_heads:>3} {mlp:>6} {count:>14,}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="PaLM decoder presets")
+    parser.add_argument("--list", action="store_true", help="print every preset's parameter count")
+    if parser.parse_args().list:
+        print(preset_table())
+    else:
+        parser.print_help()

@@ -1,0 +1,268 @@
+"""palm_decoder.py: presets, the PaLM block, loss alignment, prefix attention, KV-cache generation."""
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from palm_decoder import PALM_CONFIGS, KVCache, PaLMConfig, PaLMDecoder, apply_rotary
+
+SMALL = PaLMConfig(vocab_size=50, dim=32, depth=2, num_heads=4, max_seq_len=64)
+
+
+def small_model(seed=0, **overrides):
+    """A small model with larger-than-init weights: sharp attention, so that a wrong position or
+    mask changes the outputs by much more than the tolerances below."""
+    torch.manual_seed(seed)
+    model = PaLMDecoder(replace(SMALL, **overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(10)
+    return model
+
+
+# --------------------------------------------------------------------------- presets and config
+
+
+def test_tiny_108m_parameter_count():
+    with torch.device("meta"):
+        count = PaLMDecoder(PALM_CONFIGS["tiny-108m"]).num_parameters()
+    assert 100e6 <= count <= 116e6
+
+
+def test_list_prints_every_preset():
+    result = subprocess.run(
+        [sys.executable, "palm_decoder.py", "--list"], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True
+    )
+    for name in PALM_CONFIGS:
+        assert name in result.stdout
+    assert "108,142,848" in result.stdout
+
+
+def test_embeddings_tied_and_no_biases():
+    model = small_model()
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    logits, _ = model(torch.tensor([[3, 4]]))
+    assert torch.allclose(logits, model(torch.tensor([[3, 4]]), return_hidden=True) @ model.token_embedding.weight.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_key_value_projection_width(kv_heads):
+    attention = small_model(num_kv_heads=kv_heads).blocks[0].attention
+    head_dim = SMALL.dim // SMALL.num_heads
+    assert attention.key_value.weight.shape == (2 * kv_heads * head_dim, SMALL.dim)  # one k and one v head each
+    assert attention.query.weight.shape == (SMALL.num_heads * head_dim, SMALL.dim)
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (dict(dim=30, num_heads=4), "num_heads=4"),
+        (dict(num_heads=4, num_kv_heads=3), "num_kv_heads=3"),
+        (dict(depth=0), "depth=0"),
+        (dict(prefix_attention="sideways"), "sideways"),
+        (dict(head_dim=5), "head size 5"),
+    ],
+)
+def test_bad_config_names_the_value(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        replace(SMALL, **overrides)
+
+
+def test_bad_inputs_raise():
+    model = small_model()
+    with pytest.raises(ValueError, match="prefix has width 48 but the LM's dim is 32"):
+        model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 48))
+    with pytest.raises(ValueError, match="max_seq_len=64"):
+        model(torch.zeros(1, 60, dtype=torch.long), prefix=torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match="loss_mask has shape"):
+        model(torch.tensor([[1, 2, 3]]), loss_mask=torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.generate([[1, 2]], max_new_tokens=70)
+
+
+# --------------------------------------------------------------------------- rotary
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 7, 16), torch.randn(2, 3, 7, 16)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [3, 1, 4, 1, 5, 9, 2]])
+
+    def scores(shift):
+        return apply_rotary(q, positions + shift) @ apply_rotary(k, positions + shift).transpose(-2, -1)
+
+    assert torch.allclose(scores(0), scores(37), atol=1e-4)
+    assert not torch.allclose(scores(0), q @ k.transpose(-2, -1), atol=1e-2)  # it does rotate
+    assert torch.allclose(apply_rotary(q, positions).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation
+
+
+def test_shifted_positions_give_the_same_forward():
+    """Rotary through the whole model: one sequence run at positions p and p + c agrees."""
+    model, ids = small_model(), torch.tensor([[5, 9, 2, 7, 1]])
+    x, _ = model._embed(ids, None)
+    positions = torch.arange(5)[None]
+    mask = model._mask(1, 0, None, x.device)
+    assert torch.allclose(model._run_blocks(x, positions, mask), model._run_blocks(x, positions + 11, mask), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_loss_matches_hand_computed_cross_entropy():
+    model = small_model()
+    torch.manual_seed(1)
+    ids, prefix = torch.randint(0, 50, (3, 6)), torch.randn(3, 4, 32)
+    loss_mask = torch.rand(3, 6) > 0.4
+    loss_mask[0, 0] = True  # token 0 is predicted by the last prefix position
+    logits, loss = model(ids, prefix, loss_mask)
+    all_logits = model._logits(model(ids, prefix, return_hidden=True))  # (B, P + L, V)
+    assert torch.allclose(logits, all_logits[:, 4:], atol=1e-6)
+    predicted = all_logits[:, 3:-1]  # slot P - 1 + i predicts token i
+    expected = F.cross_entropy(predicted[loss_mask], ids[loss_mask])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    _, summed = model(ids, prefix, loss_mask, reduction="sum")
+    assert torch.allclose(summed, expected * loss_mask.sum(), atol=1e-5)
+
+
+def test_loss_without_prefix_shifts_by_one():
+    model = small_model()
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    loss_mask = torch.tensor([[False, True, True, False, True, True]])
+    logits, loss = model(ids, loss_mask=loss_mask)
+    expected = F.cross_entropy(logits[0, :-1][loss_mask[0, 1:]], ids[0, 1:][loss_mask[0, 1:]])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert model(ids)[1] is None
+    with pytest.raises(ValueError, match="token 0"):
+        model(ids, loss_mask=torch.ones_like(loss_mask))
+
+
+def test_overfits_a_small_fixed_set():
+    torch.manual_seed(0)
+    model = PaLMDecoder(replace(PALM_CONFIGS["toy-tiny"], vocab_size=40))
+    ids = torch.randint(0, 40, (4, 12))
+    prefix = torch.randn(4, 3, 128)  # one "image" per sequence
+    loss_mask = torch.ones_like(ids, dtype=torch.bool)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        _, loss = model(ids, prefix, loss_mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 3.0 and losses[-1] < 0.3 * losses[0]
+
+
+# --------------------------------------------------------------------------- prefix attention
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_prefix_attention(mode):
+    model = small_model(prefix_attention=mode)
+    torch.manual_seed(2)
+    ids, prefix = torch.randint(0, 50, (2, 5)), torch.randn(2, 4, 32)
+    hidden = model(ids, prefix, return_hidden=True)
+    changed_prefix = prefix.clone()
+    changed_prefix[:, -1] = torch.randn(2, 32)  # not a constant shift: LayerNorm would remove it
+    changed = model(ids, changed_prefix, return_hidden=True)
+    earlier_prefix_same = torch.allclose(hidden[:, :3], changed[:, :3], atol=1e-6)
+    assert earlier_prefix_same == (mode == "causal")
+    changed_ids = ids.clone()
+    changed_ids[:, -1] = (ids[:, -1] + 1) % 50
+    later = model(changed_ids, prefix, return_hidden=True)
+    assert torch.allclose(hidden[:, :-1], later[:, :-1], atol=1e-6)  # text never sees future text
+    changed_ids[:, 0] = (ids[:, 0] + 1) % 50
+    first_changed = model(changed_ids, prefix, return_hidden=True)
+    assert torch.allclose(hidden[:, :4], first_changed[:, :4], atol=1e-6)  # the prefix never sees the text
+
+
+# --------------------------------------------------------------------------- padding, cache, generation
+
+PROMPTS = [[7, 3, 9, 1, 4], [2], [5, 5, 8]]
+
+
+def left_pad(prompts, pad_id=0):
+    longest = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompts])
+    return ids, torch.tensor([longest - len(p) for p in prompts])
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_left_padded_prefill_equals_each_sample_alone(mode, backend):
+    model = small_model(prefix_attention=mode, attention_backend=backend)
+    prefix = torch.randn(3, 4, 32)
+    ids, pads = left_pad(PROMPTS, pad_id=11)
+    logits, cache = model.prefill(ids, prefix, pads)
+    for b, prompt in enumerate(PROMPTS):
+        alone_logits, alone_cache = model.prefill(torch.tensor([prompt]), prefix[b : b + 1])
+        assert torch.allclose(logits[b], alone_logits[0], atol=1e-5)
+        assert torch.allclose(logits[b], model(torch.tensor([prompt]), prefix[b : b + 1])[0][0, -1], atol=1e-5)
+        for layer in range(SMALL.depth):  # every real slot's keys and values, at every layer
+            assert torch.allclose(cache.keys[layer][b, :, pads[b] :], alone_cache.keys[layer][0], atol=1e-5)
+            assert torch.allclose(cache.values[layer][b, :, pads[b] :], alone_cache.values[layer][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_cached_decoding_equals_recomputing(mode):
+    model = small_model(seed=3, prefix_attention=mode)
+    prefix = torch.randn(3, 4, 32)
+    ids, pads = left_pad(PROMPTS)
+    logits, cache = model.prefill(ids, prefix, pads)
+    for _ in range(6):
+        token = logits.argmax(-1)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        logits = model.decode_step(token, cache)
+        recomputed, _ = model.prefill(ids, prefix, pads)  # no cache: the whole sequence again
+        assert torch.allclose(logits, recomputed, atol=1e-4)
+        assert torch.equal(logits.argmax(-1), recomputed.argmax(-1))
+        for b, prompt in enumerate(PROMPTS):  # and each sample alone, unpadded, through forward
+            alone, _ = model(ids[b : b + 1, pads[b] :], prefix[b : b + 1])
+            assert torch.allclose(logits[b], alone[0, -1], atol=1e-4)
+    assert cache.length == 4 + ids.shape[1]  # prefix + every token fed so far
+
+
+def test_batched_generate_equals_generating_alone():
+    model = small_model(seed=4, prefix_attention="bidirectional")
+    prefix = torch.randn(3, 4, 32)
+    batched = model.generate(PROMPTS, prefix, max_new_tokens=8)
+    for b, prompt in enumerate(PROMPTS):
+        assert batched[b] == model.generate([prompt], prefix[b : b + 1], max_new_tokens=8)[0]
+    assert all(len(row) == 8 for row in batched)
+    only_prefix = model.generate([[], [], []], prefix, max_new_tokens=3)  # captioning: no prompt at all
+    first_tokens = model._logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
+    assert [row[0] for row in only_prefix] == first_tokens.tolist()
+
+
+def test_generate_stops_at_eos_and_samples_reproducibly():
+    model = small_model(seed=5)
+    greedy = model.generate([[1, 2, 3]], max_new_tokens=10)[0]
+    eos = greedy[3]
+    stopped = model.generate([[1, 2, 3]], max_new_tokens=10, eos_id=eos)[0]
+    assert stopped == greedy[: greedy.index(eos)]
+
+    def sample(seed, **kwargs):
+        return model.generate(PROMPTS, max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    assert sample(0) == sample(0)
+    top_1 = sample(1, top_k=1)
+    assert top_1 == model.generate(PROMPTS, max_new_tokens=6)  # top-1 sampling is greedy
+
+
+def test_cache_reorder():
+    model = small_model()
+    ids, pads = left_pad(PROMPTS)
+    _, cache = model.prefill(ids, None, pads)
+    keys = [k.clone() for k in cache.keys]
+    cache.reorder(torch.tensor([2, 2, 0]))
+    assert isinstance(cache, KVCache) and torch.equal(cache.pad_lengths, pads[[2, 2, 0]])
+    assert torch.equal(cache.keys[1], keys[1][[2, 2, 0]])
+    next_logits = model.decode_step(torch.tensor([6, 6, 6]), cache)
+    assert torch.allclose(next_logits[0], next_logits[1], atol=1e-6)
+    alone, _ = model(torch.tensor([PROMPTS[0] + [6]]))
+    assert torch.allclose(next_logits[2], alone[0, -1], atol=1e-5)
