@@ -1,0 +1,133 @@
+"""Perceiver resampler: the box between the frozen ViT and the LM in Figure 2 (PaLM2-VAdapter,
+arXiv 2402.10896), as introduced by Flamingo.
+
+A fixed set of learned latents cross-attends to the ViT's patch features, so any number of patches
+or frames becomes `num_latents` vectors. In each layer the latents are the queries and
+[features; latents] the keys and values, followed by a feed-forward block. The paper's baseline
+adapter is a multi-layer resampler; PaLM2-VAdapter keeps a 1-layer one in front of the tiny LM
+(`depth` is the config field). For video, a learned embedding per frame index is added to that
+frame's patch features before all frames are flattened into one set, so a video yields the same
+number of latents as an image.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import BACKENDS, attention
+
+
+@dataclass
+class ResamplerConfig:
+    input_dim: int = 768  # width of the vision features (the ViT's dim)
+    dim: int = 768  # width of the latents (for the VAdapter: the tiny LM's dim)
+    depth: int = 1  # 1 for the VAdapter, more for the perceiver baseline
+    num_latents: int = 64  # visual tokens out
+    num_heads: int = 8
+    mlp_ratio: int = 4  # feed-forward hidden width = mlp_ratio * dim
+    max_frames: int = 8  # time embeddings for video frames
+    norm_eps: float = 1e-5
+    attention_backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("input_dim", "dim", "depth", "num_latents", "num_heads", "mlp_ratio", "max_frames", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.dim % self.num_heads != 0:
+            raise ValueError(f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim // num_heads channels")
+        if self.attention_backend not in ("auto", *BACKENDS):
+            raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks (no biases in the linear layers, as in the open Flamingo implementations)
+# ---------------------------------------------------------------------------------------------
+
+
+class LatentCrossAttention(nn.Module):
+    """Latents attend to [features; latents]: Flamingo lets the latents also see each other, so
+    they can divide the features among themselves."""
+
+    def __init__(self, config: ResamplerConfig):
+        super().__init__()
+        self.num_heads, self.backend = config.num_heads, config.attention_backend
+        self.feature_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.latent_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.query = nn.Linear(config.dim, config.dim, bias=False)
+        self.key_value = nn.Linear(config.dim, 2 * config.dim, bias=False)
+        self.out = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, features, latents):  # (B, M, D), (B, L, D) -> (B, L, D)
+        B, L, D = latents.shape
+        features, latents = self.feature_norm(features), self.latent_norm(latents)
+        q = self.query(latents).view(B, L, self.num_heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        keys_and_values = torch.cat([features, latents], dim=1)  # (B, M + L, D)
+        k, v = self.key_value(keys_and_values).view(B, -1, 2, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M + L, Dh)
+        out = attention(q, k, v, backend=self.backend)  # (B, H, L, Dh)
+        return self.out(out.transpose(1, 2).reshape(B, L, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ResamplerConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.up = nn.Linear(config.dim, config.mlp_ratio * config.dim, bias=False)
+        self.down = nn.Linear(config.mlp_ratio * config.dim, config.dim, bias=False)
+
+    def forward(self, x):  # (B, L, D)
+        return self.down(F.gelu(self.up(self.norm(x))))
+
+
+class ResamplerLayer(nn.Module):
+    def __init__(self, config: ResamplerConfig):
+        super().__init__()
+        self.attention = LatentCrossAttention(config)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, features, latents):  # (B, M, D), (B, L, D) -> (B, L, D)
+        latents = latents + self.attention(features, latents)
+        return latents + self.feed_forward(latents)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+class PerceiverResampler(nn.Module):
+    def __init__(self, config: ResamplerConfig):
+        super().__init__()
+        self.config = config
+        self.latents = nn.Parameter(torch.empty(config.num_latents, config.dim).normal_(0.0, 0.02))  # (L, D)
+        self.input_projection = nn.Linear(config.input_dim, config.dim, bias=False) if config.input_dim != config.dim else nn.Identity()
+        # Zero at the start, so that a one-frame video is read exactly as the image it is, and
+        # frame order is learned only as far as the video data asks for it.
+        self.time_embedding = nn.Parameter(torch.zeros(config.max_frames, 1, config.dim))  # (T_max, 1, D)
+        self.layers = nn.ModuleList(ResamplerLayer(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, features):
+        """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents, D)."""
+        if features.dim() not in (3, 4) or features.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, {self.config.input_dim}); "
+                f"got shape {tuple(features.shape)}"
+            )
+        features = self.input_projection(features)  # (B, N, D) or (B, T, N, D)
+        if features.dim() == 4:
+            frames = features.shape[1]
+            if frames > self.config.max_frames:
+                raise ValueError(f"video has {frames} frames but the resampler has time embeddings for max_frames={self.config.max_frames}")
+            features = features + self.time_embedding[:frames]  # (T, 1, D) broadcasts over patches
+            features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
+        latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
+        for layer in self.layers:
+            latents = layer(features, latents)
+        return self.final_norm(latents)  # (B, L, D)

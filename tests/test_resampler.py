@@ -1,0 +1,139 @@
+"""resampler.py: shapes, video frames and time embeddings, attention against a hand-written
+reference, permutation invariance, gradients, errors."""
+import pytest
+import torch
+
+from resampler import PerceiverResampler, ResamplerConfig
+
+SMALL = ResamplerConfig(input_dim=24, dim=32, depth=2, num_latents=5, num_heads=4, max_frames=4)
+
+
+def make(**changes):
+    torch.manual_seed(0)
+    return PerceiverResampler(ResamplerConfig(**{**vars(SMALL), **changes})).eval()
+
+
+def test_image_and_video_give_the_same_number_of_latents():
+    resampler = make()
+    assert resampler(torch.randn(2, 7, 24)).shape == (2, 5, 32)
+    assert resampler(torch.randn(2, 3, 7, 24)).shape == (2, 5, 32)  # 3 frames of 7 patches
+    assert resampler(torch.randn(2, 4, 11, 24)).shape == (2, 5, 32)
+
+
+def test_changing_one_frame_changes_the_output():
+    resampler = make()
+    video = torch.randn(2, 3, 7, 24)
+    changed = video.clone()
+    changed[:, 2] = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        assert (resampler(changed) - resampler(video)).abs().max() > 1e-3
+
+
+def test_a_one_frame_video_is_the_image_plus_the_first_time_embedding():
+    """With input_dim == dim (no projection) a one-frame video of features f reads exactly like the
+    image f + time_embedding[0]. The time embedding starts at zero, so at initialization the video
+    and the image give the same latents; once learned, frame 0 differs from a plain image."""
+    resampler = make(input_dim=32)
+    image = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(resampler(image[:, None]), resampler(image), atol=1e-6, rtol=0)
+        resampler.time_embedding.normal_()
+        torch.testing.assert_close(resampler(image[:, None]), resampler(image + resampler.time_embedding[0]), atol=1e-6, rtol=0)
+        assert (resampler(image[:, None]) - resampler(image)).abs().max() > 1e-3
+
+
+def test_frame_order_matters_once_time_embeddings_are_learned():
+    resampler = make()
+    video = torch.randn(2, 3, 7, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(resampler(video.flip(1)), resampler(video), atol=1e-5, rtol=1e-5)  # zero at init: a set of frames
+        resampler.time_embedding.normal_()
+        assert (resampler(video.flip(1)) - resampler(video)).abs().max() > 1e-3
+
+
+def reference_one_layer_one_head(resampler, features):
+    """The layer written out with einsum and an explicit softmax, for depth=1, num_heads=1."""
+    layer = resampler.layers[0]
+    cross, feed_forward = layer.attention, layer.feed_forward
+    features = resampler.input_projection(features)  # (B, N, D)
+    latents = resampler.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
+    normed_latents = cross.latent_norm(latents)
+    context = torch.cat([cross.feature_norm(features), normed_latents], dim=1)  # (B, N + L, D)
+    q = normed_latents @ cross.query.weight.T
+    k, v = (context @ cross.key_value.weight.T).chunk(2, dim=-1)
+    scores = torch.einsum("bld,bmd->blm", q, k) / q.shape[-1] ** 0.5  # (B, L, N + L)
+    weights = scores.exp() / scores.exp().sum(-1, keepdim=True)
+    latents = latents + torch.einsum("blm,bmd->bld", weights, v) @ cross.out.weight.T
+    hidden = torch.nn.functional.gelu(feed_forward.norm(latents) @ feed_forward.up.weight.T)
+    latents = latents + hidden @ feed_forward.down.weight.T
+    return resampler.final_norm(latents)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_attention_matches_a_hand_written_reference(backend):
+    resampler = make(depth=1, num_heads=1, attention_backend=backend)
+    features = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(resampler(features), reference_one_layer_one_head(resampler, features), atol=1e-5, rtol=1e-5)
+
+
+def test_math_and_sdpa_backends_agree_on_video():
+    math_resampler, sdpa_resampler = make(attention_backend="math"), make(attention_backend="sdpa")
+    sdpa_resampler.load_state_dict(math_resampler.state_dict())
+    with torch.no_grad():
+        math_resampler.time_embedding.normal_()
+        sdpa_resampler.time_embedding.copy_(math_resampler.time_embedding)
+        video = torch.randn(2, 3, 7, 24)
+        torch.testing.assert_close(math_resampler(video), sdpa_resampler(video), atol=1e-5, rtol=1e-5)
+
+
+def test_image_features_are_read_as_a_set():
+    """No position information inside a frame: permuting the patch tokens changes nothing."""
+    resampler = make()
+    features = torch.randn(2, 13, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(resampler(features[:, torch.randperm(13)]), resampler(features), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_the_latents_and_every_weight():
+    resampler = make().train()
+    latents = resampler(torch.randn(2, 3, 7, 24))
+    (latents * torch.randn_like(latents)).sum().backward()  # a plain sum would cancel in the final LayerNorm
+    names = [name for name, p in resampler.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert names == []
+    assert {"latents", "time_embedding", "input_projection.weight"} <= dict(resampler.named_parameters()).keys()
+
+
+def test_no_input_projection_when_widths_match():
+    assert isinstance(make(input_dim=32).input_projection, torch.nn.Identity)
+
+
+def test_parameter_count():
+    """Latents, projection, time embeddings, per layer (3 LayerNorms, q, kv, out, feed-forward), final LayerNorm."""
+    L, Din, D, T, depth = 5, 24, 32, 4, 2
+    per_layer = 3 * 2 * D + D * D + 2 * D * D + D * D + 2 * 4 * D * D
+    assert make().num_parameters() == L * D + Din * D + T * D + depth * per_layer + 2 * D
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [((2, 5, 7, 24), r"5 frames .*max_frames=4"), ((2, 7, 16), r"got shape \(2, 7, 16\)"), ((7, 24), r"got shape \(7, 24\)")],
+)
+def test_bad_inputs_are_refused(shape, message):
+    with pytest.raises(ValueError, match=message):
+        make()(torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"dim": 30, "num_heads": 4}, r"num_heads=4 .*dim=30"),
+        ({"num_latents": 0}, r"num_latents=0"),
+        ({"max_frames": -2}, r"max_frames=-2"),
+        ({"input_dim": 0}, r"input_dim=0"),
+        ({"attention_backend": "fast"}, r"attention_backend='fast'"),
+    ],
+)
+def test_bad_configs_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ResamplerConfig(**{**vars(SMALL), **changes})

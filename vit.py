@@ -1,0 +1,163 @@
+"""Vision encoder: the frozen "ViT" box of Figure 2 (PaLM2-VAdapter, arXiv 2402.10896).
+
+A plain pre-norm Vision Transformer. The paper's encoder is a pretrained CoCa-style ViT, frozen in
+both stages; the adapter reads every patch feature, so there is no class token and no pooling:
+images (B, 3, H, W) -> (B, N, D) with N = (H / patch) * (W / patch). A video goes through the
+encoder one frame at a time, as in the paper: (B, T, 3, H, W) -> (B, T, N, D); the perceiver
+resampler is what mixes the frames.
+
+Images of another size than the one the position embedding was learned for are accepted when the
+patch size divides them: the position-embedding grid is resized bicubically, as ViT fine-tuning at
+a higher resolution does (Dosovitskiy et al. 2021, section 3.2).
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import BACKENDS, attention
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224  # the side the position embedding is learned for (square images)
+    patch_size: int = 16
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    channels: int = 3
+    norm_eps: float = 1e-6
+    attention_backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "channels", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
+                "the image must tile into whole patches"
+            )
+        if self.dim % self.num_heads != 0:
+            raise ValueError(f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim // num_heads channels")
+        if self.attention_backend not in ("auto", *BACKENDS):
+            raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side at image_size."""
+        return self.image_size // self.patch_size
+
+
+# toy: what `make demo` pretrains on CPU on the 64-pixel synthetic images (64 patches of 8x8).
+# B/16 and L/14: the standard ViT widths at 224 pixels (196 and 256 patches).
+VIT_CONFIGS = {
+    "toy": ViTConfig(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4, mlp_dim=512),
+    "B/16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L/14": ViTConfig(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """(1, h * w, D) learned on an h x w patch grid -> (1, h' * w', D) for an h' x w' grid, bicubic."""
+    D = position_embedding.shape[-1]
+    table = position_embedding.reshape(1, *grid, D).permute(0, 3, 1, 2)  # (1, D, h, w)
+    # Interpolate in float32: bicubic is not implemented for every low-precision dtype.
+    table = F.interpolate(table.float(), size=new_grid, mode="bicubic", align_corners=False)  # (1, D, h', w')
+    return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(position_embedding.dtype)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.num_heads, self.backend = config.num_heads, config.attention_backend
+        self.query_key_value = nn.Linear(config.dim, 3 * config.dim)
+        self.out = nn.Linear(config.dim, config.dim)
+
+    def forward(self, x):  # (B, N, D)
+        B, N, D = x.shape
+        q, k, v = self.query_key_value(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, Dh)
+        out = attention(q, k, v, backend=self.backend)  # (B, H, N, Dh)
+        return self.out(out.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.up = nn.Linear(config.dim, config.mlp_dim)
+        self.down = nn.Linear(config.mlp_dim, config.dim)
+
+    def forward(self, x):  # (B, N, D)
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.attention = SelfAttention(config)
+        self.mlp_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x):  # (B, N, D)
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+class ViT(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        # A convolution with stride = kernel = patch size is "cut into patches, flatten, linear".
+        self.patch_embedding = nn.Conv2d(config.channels, config.dim, config.patch_size, stride=config.patch_size)
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.grid_size**2, config.dim))  # (1, N, D)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        nn.init.trunc_normal_(self.position_embedding, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, pixels):
+        """Images (B, C, H, W) -> patch features (B, N, D); videos (B, T, C, H, W) -> (B, T, N, D)."""
+        if pixels.dim() == 5:
+            B, T = pixels.shape[:2]
+            return self(pixels.flatten(0, 1)).unflatten(0, (B, T))  # frames are independent images
+        if pixels.dim() != 4 or pixels.shape[1] != self.config.channels:
+            raise ValueError(
+                f"ViT expects images (B, {self.config.channels}, H, W) or videos (B, T, {self.config.channels}, H, W); "
+                f"got shape {tuple(pixels.shape)}"
+            )
+        height, width = pixels.shape[-2:]
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"image size {height}x{width} is not divisible by patch_size={patch}")
+        x = self.patch_embedding(pixels)  # (B, D, H / patch, W / patch)
+        grid = (height // patch, width // patch)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        native_grid = (self.config.grid_size, self.config.grid_size)
+        if grid == native_grid:
+            x = x + self.position_embedding
+        else:
+            x = x + resize_position_embedding(self.position_embedding, native_grid, grid)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)  # (B, N, D)
