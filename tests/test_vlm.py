@@ -1,0 +1,138 @@
+"""vlm.py: the wiring of Figure 2. Each adapter learns to carry image information into a frozen LM."""
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from palm_decoder import PaLMConfig
+from resampler import ResamplerConfig
+from vit import ViTConfig
+from vlm import PerceiverAdapter, VAdapter, build_vlm
+
+VOCAB, CAPTION_LEN = 64, 6
+
+
+def toy_spec(adapter, num_latents=4):
+    lm = PaLMConfig(vocab_size=VOCAB, dim=64, depth=2, num_heads=4, max_seq_len=64)
+    tiny = PaLMConfig(vocab_size=VOCAB, dim=48, depth=1, num_heads=4, max_seq_len=64)
+    resampler_dim = {"resampler": lm.dim, "perceiver": 64, "vadapter": tiny.dim}[adapter]
+    return {
+        "vision": asdict(ViTConfig(image_size=32, patch_size=8, dim=48, depth=1, num_heads=4, mlp_dim=96)),
+        "resampler": asdict(ResamplerConfig(input_dim=48, dim=resampler_dim, depth=2 if adapter == "perceiver" else 1,
+                                            num_latents=num_latents, num_heads=4, max_frames=4)),
+        "lm": asdict(lm),
+        "tiny_lm": asdict(tiny) if adapter == "vadapter" else None,
+        "adapter": adapter,
+        "train_lm": adapter == "resampler",
+    }
+
+
+def eight_pairs():
+    """8 distinct images (a bright square in a different place each), each with its own caption."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.full((8, 3, 32, 32), -0.5)
+    for i in range(8):
+        row, col = divmod(i, 4)
+        pixels[i, i % 3, row * 16 : row * 16 + 12, col * 8 : col * 8 + 8] = 1.0
+    captions = torch.randint(4, VOCAB, (8, CAPTION_LEN), generator=g)
+    input_ids = torch.cat([torch.full((8, 1), 2), captions], dim=1)  # [bos] caption
+    loss_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    loss_mask[:, 0] = False
+    return pixels, input_ids, loss_mask
+
+
+def pretrain_frozen_lm_to_copy(lm, steps=300):
+    """A frozen LM is a pretrained one. A randomly initialised LM barely reads its prefix, so this
+    one first learns to repeat a sequence it has seen: [x1..x6] [bos] x1..x6. The adapter's job is
+    then to write each image's caption into the visual tokens."""
+    g = torch.Generator().manual_seed(1)
+    lm.requires_grad_(True)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    for _ in range(steps):
+        tokens = torch.randint(4, VOCAB, (32, CAPTION_LEN), generator=g)
+        input_ids = torch.cat([tokens, torch.full((32, 1), 2), tokens], dim=1)
+        loss_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        loss_mask[:, CAPTION_LEN + 1 :] = True
+        loss = lm(input_ids, loss_mask=loss_mask)[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    lm.requires_grad_(False)
+    assert loss.item() < 0.1, "the LM learned to copy"
+
+
+@pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
+def test_adapter_learns_to_carry_the_image_and_frozen_parts_stay_put(adapter):
+    torch.manual_seed(0)
+    model = build_vlm(toy_spec(adapter, num_latents=CAPTION_LEN))
+    pretrain_frozen_lm_to_copy(model.lm)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = model.trainable_parameters()
+    assert trainable and all(n.startswith("adapter.") for n, _ in trainable)
+    assert not any(n.startswith(("vision.", "lm.")) for n, _ in trainable)
+    if adapter == "vadapter":
+        assert not any("token_embedding" in n for n, _ in trainable), "the tiny LM's unused embedding is not trained"
+
+    pixels, input_ids, loss_mask = eight_pairs()
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=3e-3)
+    model.train()
+    start = model(input_ids, loss_mask, pixels=pixels)[1].item()
+    for _ in range(200):
+        loss = model(input_ids, loss_mask, pixels=pixels)[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        final = model(input_ids, loss_mask, pixels=pixels)[1].item()
+        blanked = model(input_ids, loss_mask, pixels=torch.zeros_like(pixels))[1].item()
+    assert final < start / 2, (start, final)
+    assert final < blanked, "with the images blanked the captions are harder: the visual path carries information"
+    assert not model.vision.training and not model.lm.training
+    for name, p in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), f"frozen parameter {name} changed"
+
+
+def test_stage1_wiring_trains_the_lm_too():
+    model = build_vlm(toy_spec("resampler"))
+    names = [n for n, _ in model.trainable_parameters()]
+    assert any(n.startswith("lm.") for n in names) and any(n.startswith("adapter.") for n in names)
+    assert not any(n.startswith("vision.") for n in names)
+    model.train()
+    assert model.lm.training and not model.vision.training
+
+
+@pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
+def test_video_gives_as_many_visual_tokens_as_an_image_and_every_frame_counts(adapter):
+    torch.manual_seed(0)
+    model = build_vlm(toy_spec(adapter))
+    torch.nn.init.normal_(model.adapter.resampler.time_embedding, std=0.5)
+    image = torch.randn(2, 3, 32, 32)
+    video = torch.randn(2, 4, 3, 32, 32)
+    image_tokens = model.visual_tokens(image)
+    video_tokens = model.visual_tokens(video)
+    assert image_tokens.shape == video_tokens.shape == (2, 4, 64)
+    changed = video.clone()
+    changed[:, 2] += 1.0
+    assert (model.visual_tokens(changed) - video_tokens).abs().max() > 1e-4
+
+
+def test_generate_conditions_on_the_image():
+    torch.manual_seed(0)
+    model = build_vlm(toy_spec("perceiver"))
+    out = model.generate([[2], [2, 5]], pixels=torch.randn(2, 3, 32, 32), max_new_tokens=3)
+    assert len(out) == 2 and all(len(tokens) == 3 for tokens in out)
+
+
+def test_mismatched_widths_raise_clear_errors():
+    spec = toy_spec("vadapter")
+    spec["resampler"]["dim"] = 40
+    with pytest.raises(ValueError, match="tiny LM's dim"):
+        build_vlm(spec)
+    spec = toy_spec("resampler")
+    spec["resampler"]["dim"] = 40
+    with pytest.raises(ValueError, match="LM's dim"):
+        build_vlm(spec)
+    with pytest.raises(ValueError, match="expected 'resampler'"):
+        build_vlm({**toy_spec("perceiver"), "adapter": "mlp"})

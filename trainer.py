@@ -1,0 +1,363 @@
+"""The one training loop every stage uses (stage 0 pretraining, stage 1, stage 2).
+
+It trains whatever parameters of the model require gradients (the stage scripts decide what is
+frozen), on one CPU, one GPU or several processes under `torchrun` (DDP; gloo on CPU, NCCL on
+CUDA). Next-token losses are summed over text tokens and divided by the number of text tokens in
+the whole global batch (all micro-steps, all ranks), so one process and N processes with the same
+global batch follow the same curve. Checkpoints are written atomically and hold everything a
+resumed run needs to continue the same curve: model, optimizer, scheduler, step and RNG state;
+the data position follows from the step.
+"""
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/out"
+    steps: int = 1000
+    batch_size: int = 32  # global: samples per optimizer step, over all micro-steps and ranks
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8  # validation loss over this many fixed global batches of the val set
+    log_every: int = 10
+    save_every: int = 200
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    bf16: str = "auto"  # auto (on for CUDA) | on | off: bf16 autocast
+    num_workers: int = 0
+    resume: bool = False
+
+
+def add_config_flags(parser, config_class, defaults=None, prefix=""):
+    """Every dataclass field becomes a `--flag` (underscores -> dashes), defaults from `defaults`."""
+    defaults = defaults or config_class()
+    for f in fields(config_class):
+        value = getattr(defaults, f.name)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=value, metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=type(value) if value is not None else str, default=value)
+
+
+def config_from_args(args, config_class, prefix=""):
+    return config_class(**{f.name: getattr(args, (prefix + f.name).replace("-", "_")) for f in fields(config_class)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and processes
+# ---------------------------------------------------------------------------------------------
+
+
+def setup_distributed(device_choice: str = "auto"):
+    """-> (rank, world_size, device). Starts the process group when launched by torchrun."""
+    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return rank, world_size, torch.device("cuda", local_rank)
+    return rank, world_size, torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order: an endless stream of seeded per-epoch permutations. Step s of a run takes samples
+# [s * batch_size, (s + 1) * batch_size) of the stream, so the step alone fixes the data position.
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(dataset_len: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(dataset_len, generator=generator).tolist()
+
+
+def stream_indices(position: int, count: int, dataset_len: int, seed: int) -> list[int]:
+    indices = []
+    while len(indices) < count:
+        epoch, offset = divmod(position, dataset_len)
+        taken = _epoch_permutation(dataset_len, seed, epoch)[offset : offset + count - len(indices)]
+        indices += taken
+        position += len(taken)
+    return indices
+
+
+class StepBatches:
+    """Micro-batch index lists for this rank, from `start_step` to `end_step` (a DataLoader batch_sampler)."""
+
+    def __init__(self, dataset_len, batch_size, grad_accum, rank, world_size, seed, start_step, end_step):
+        per_rank, remainder = divmod(batch_size, world_size * grad_accum)
+        if remainder or per_rank == 0:
+            raise ValueError(
+                f"batch_size={batch_size} must be a positive multiple of world_size * grad_accum = {world_size} * {grad_accum}"
+            )
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    def __len__(self):
+        return (self.end_step - self.start_step) * self.grad_accum
+
+    def __iter__(self):
+        for step in range(self.start_step, self.end_step):
+            indices = stream_indices(step * self.batch_size, self.batch_size, self.dataset_len, self.seed)
+            mine = indices[self.rank * self.per_rank * self.grad_accum : (self.rank + 1) * self.per_rank * self.grad_accum]
+            for micro in range(self.grad_accum):
+                yield mine[micro * self.per_rank : (micro + 1) * self.per_rank]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: plain dicts of tensors and values, written atomically, read with weights_only=True.
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temp_path = f"{path}.tmp-{os.getpid()}"
+    torch.save(payload, temp_path)
+    os.replace(temp_path, path)
+
+
+def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = None) -> dict:
+    """Load a checkpoint (never unpickling arbitrary objects) and check which stage wrote it."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "stage" not in checkpoint or "model" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'stage' / 'model' entries)")
+    expected = (expected_stage,) if isinstance(expected_stage, str) else expected_stage
+    if expected is not None and checkpoint["stage"] not in expected:
+        raise ValueError(f"{path} was written by stage {checkpoint['stage']!r}; expected {' or '.join(map(repr, expected))}")
+    return checkpoint
+
+
+def check_same_spec(saved: dict, current: dict, path: str):
+    """A resumed run must rebuild the same model: name every field that differs."""
+    differences = [
+        f"{key}: checkpoint has {saved.get(key)!r}, this run has {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if differences:
+        raise ValueError(f"config mismatch with {path}:\n  " + "\n  ".join(differences))
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only; no weight decay on norms, biases and latents' scales."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def move_to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable,
+    train_set,
+    val_set,
+    collate: Callable,
+    config: TrainConfig,
+    stage: str,
+    spec: dict,
+) -> dict:
+    """Train `model`'s trainable parameters; `loss_fn(model, batch) -> (loss_sum, num_target_tokens)`.
+
+    `stage` and `spec` (plain values from which the model can be rebuilt) go into every checkpoint.
+    Returns a summary: last train loss, validation losses, wall time."""
+    rank, world_size, device = setup_distributed(config.device)
+    is_main = rank == 0
+    torch.manual_seed(config.seed)
+    model.to(device)
+    use_cuda = device.type == "cuda"
+    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and use_cuda)
+    use_compile = config.compile == "on" or (config.compile == "auto" and use_cuda)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    optimizer = build_optimizer(model, config, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    checkpoint_path = os.path.join(config.out_dir, CHECKPOINT_NAME)
+    metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+    start_step = 0
+    if config.resume and os.path.exists(checkpoint_path):
+        checkpoint = load_checkpoint(checkpoint_path, expected_stage=stage)
+        check_same_spec(checkpoint["spec"], spec, checkpoint_path)
+        check_same_spec(
+            {k: checkpoint["train_config"][k] for k in ("batch_size", "seed")},
+            {"batch_size": config.batch_size, "seed": config.seed},
+            checkpoint_path,
+        )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"])
+        start_step = checkpoint["step"]
+        if is_main:
+            print(f"resumed from {checkpoint_path} at step {start_step}")
+    if is_main:
+        os.makedirs(config.out_dir, exist_ok=True)
+        keep_metrics_up_to(metrics_path, start_step)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"[{stage}] trainable parameters: {trainable:,} of {sum(p.numel() for p in model.parameters()):,}")
+
+    raw_model = model  # what checkpoints hold: unwrapped, uncompiled
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+    if use_compile:
+        model = torch.compile(model)
+
+    def loader(dataset, start, end, seed):
+        sampler = StepBatches(len(dataset), config.batch_size, config.grad_accum, rank, world_size, seed, start, end)
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.num_workers, pin_memory=use_cuda
+        )
+
+    def save(step):
+        if is_main:
+            save_checkpoint(checkpoint_path, {
+                "stage": stage, "spec": spec, "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "rng": rng_state(), "train_config": asdict(config),
+            })
+        if dist.is_initialized():
+            dist.barrier()
+
+    @torch.no_grad()
+    def validation_loss():
+        model.eval()
+        total = torch.zeros(2, device=device)  # (loss sum, tokens)
+        for batch in loader(val_set, 0, config.eval_batches, seed=config.seed + 1):
+            with autocast():
+                loss_sum, count = loss_fn(model, move_to(batch, device))
+            total += torch.stack([loss_sum.float(), torch.as_tensor(count, device=device, dtype=torch.float)])
+        model.train()
+        total = all_reduce_sum(total)
+        return (total[0] / total[1]).item()
+
+    summary = {"stage": stage, "val_loss": {}, "train_loss": None}
+    model.train()
+    micro_batches = iter(loader(train_set, start_step, config.steps, seed=config.seed))
+    progress = tqdm(range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True)
+    started = time.time()
+    for step in progress:
+        batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
+        # Normalize by the text tokens of the whole global batch, so that shards holding different
+        # numbers of tokens still add up to the single-process gradient.
+        local_tokens = sum(batch["loss_mask"].sum() for batch in batches)
+        global_tokens = all_reduce_sum(torch.as_tensor(local_tokens, device=device, dtype=torch.float))
+        step_loss = torch.zeros((), device=device)
+        for micro, batch in enumerate(batches):
+            last = micro == len(batches) - 1
+            sync = nullcontext() if last or world_size == 1 else model.no_sync()
+            with sync, autocast():
+                loss_sum, _ = loss_fn(model, batch)
+                # DDP averages gradients over ranks: scale back up by world_size.
+                (loss_sum * world_size / global_tokens).backward()
+            step_loss += loss_sum.detach().float()
+        train_loss = (all_reduce_sum(step_loss) / global_tokens).item()
+        if not math.isfinite(train_loss):
+            message = (f"[{stage}] loss is {train_loss} at step {step}; stopping. The last good checkpoint "
+                       f"is {checkpoint_path} (resume with --resume true after lowering --lr)")
+            if is_main:
+                append_metrics(metrics_path, {"step": step, "error": "non-finite loss"})
+            raise FloatingPointError(message)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        done = step + 1
+        summary["train_loss"] = train_loss
+        record = {"step": done, "loss": train_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                  "tokens": int(global_tokens.item()), "elapsed_s": round(time.time() - started, 3)}
+        if done % config.eval_every == 0 or done == config.steps:
+            record["val_loss"] = validation_loss()
+            summary["val_loss"][done] = record["val_loss"]
+        if is_main and (done % config.log_every == 0 or "val_loss" in record or done == start_step + 1):
+            append_metrics(metrics_path, record)
+            progress.set_postfix(loss=f"{train_loss:.4f}", **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}))
+        if done % config.save_every == 0 or done == config.steps:
+            save(done)
+    summary["wall_s"] = time.time() - started
+    return summary
+
+
+def append_metrics(path: str, record: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def keep_metrics_up_to(path: str, step: int):
+    """On resume, drop lines logged after the checkpoint (the killed run got further than it saved)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)

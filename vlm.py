@@ -1,0 +1,129 @@
+"""The wiring of Figure 2: frozen vision encoder -> adapter -> LM decoder.
+
+Two adapters, the paper's comparison:
+- `PerceiverAdapter`: the baseline, an N-layer perceiver resampler and a linear map to the LM width.
+- `VAdapter` (PaLM2-VAdapter): a 1-layer perceiver resampler, then a tiny PaLM decoder that was
+  progressively aligned (stage 1: trained as the decoder of a small VLM), then a linear map to the
+  large LM width. The tiny LM reads only the resampler latents; its hidden states are the visual
+  tokens.
+
+`VisionLanguageModel` puts the visual tokens before the text and trains with next-token loss on
+the text the loss mask selects. The vision encoder is always frozen; the LM is frozen in stage 2
+(the large LM) and trained in stage 1 (the tiny LM learning to read visual features).
+"""
+import torch
+import torch.nn as nn
+
+from palm_decoder import PaLMConfig, PaLMDecoder
+from resampler import PerceiverResampler, ResamplerConfig
+from vit import ViT, ViTConfig
+
+
+class PerceiverAdapter(nn.Module):
+    """Baseline adapter: resampler latents (B, num_latents, dim) -> linear -> (B, num_latents, lm_dim)."""
+
+    def __init__(self, resampler: PerceiverResampler, lm_dim: int):
+        super().__init__()
+        self.resampler = resampler
+        self.projection = nn.Linear(resampler.config.dim, lm_dim, bias=False)
+
+    def forward(self, features):  # (B, N, Dv) or (B, T, N, Dv)
+        return self.projection(self.resampler(features))  # (B, num_latents, lm_dim)
+
+
+class VAdapter(nn.Module):
+    """PaLM2-VAdapter: 1-layer resampler -> tiny LM (hidden states) -> linear to the large LM width."""
+
+    def __init__(self, resampler: PerceiverResampler, tiny_lm: PaLMDecoder, lm_dim: int):
+        super().__init__()
+        if resampler.config.dim != tiny_lm.config.dim:
+            raise ValueError(
+                f"the resampler's latent width ({resampler.config.dim}) must equal the tiny LM's dim "
+                f"({tiny_lm.config.dim}): the latents are the tiny LM's input embeddings"
+            )
+        self.resampler = resampler
+        self.tiny_lm = tiny_lm
+        self.projection = nn.Linear(tiny_lm.config.dim, lm_dim, bias=False)
+        # The tiny LM reads embeddings, never token ids, and its LM head is dropped: its (tied)
+        # token embedding takes no part, so it is frozen and not counted as trained.
+        self.tiny_lm.token_embedding.requires_grad_(False)
+
+    def forward(self, features):  # (B, N, Dv) or (B, T, N, Dv)
+        latents = self.resampler(features)  # (B, num_latents, tiny_dim)
+        hidden = self.tiny_lm(prefix=latents, return_hidden=True)  # (B, num_latents, tiny_dim)
+        return self.projection(hidden)  # (B, num_latents, lm_dim)
+
+
+class VisionLanguageModel(nn.Module):
+    """vision (frozen) -> adapter (trained) -> lm (frozen unless train_lm, as in stage 1)."""
+
+    def __init__(self, vision: nn.Module, adapter: nn.Module, lm: PaLMDecoder, train_lm: bool = False):
+        super().__init__()
+        self.vision, self.adapter, self.lm = vision, adapter, lm
+        self.train_lm = train_lm
+        # Freeze everything, then unfreeze by name: the stage boundary is one visible place.
+        frozen_in_adapter = {name for name, p in adapter.named_parameters() if not p.requires_grad}
+        self.requires_grad_(False)
+        for name, p in self.adapter.named_parameters():
+            p.requires_grad_(name not in frozen_in_adapter)
+        if train_lm:
+            self.lm.requires_grad_(True)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        """Frozen modules stay in eval mode whatever the trainer asks."""
+        super().train(mode)
+        self.vision.train(False)
+        self.lm.train(mode and self.train_lm)
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for _, p in self.trainable_parameters())
+
+    def encode_images(self, pixels):
+        """(B, 3, H, W) or (B, T, 3, H, W) -> patch features. The encoder is frozen and upstream of
+        everything trained, so it needs no autograd graph at all."""
+        with torch.no_grad():
+            return self.vision(pixels)
+
+    def visual_tokens(self, pixels=None, features=None):
+        """Visual tokens (B, num_latents, lm_dim) from pixels or from cached patch features."""
+        if features is None:
+            if pixels is None:
+                raise ValueError("visual_tokens needs pixels or precomputed features")
+            features = self.encode_images(pixels)
+        return self.adapter(features)
+
+    def forward(self, input_ids, loss_mask=None, pixels=None, features=None, reduction="mean"):
+        """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens)."""
+        prefix = self.visual_tokens(pixels, features)
+        return self.lm(input_ids, prefix=prefix, loss_mask=loss_mask, reduction=reduction)
+
+    @torch.no_grad()
+    def generate(self, prompts, pixels=None, features=None, **generate_kwargs):
+        """Text after each prompt (list of token-id lists), conditioned on the images."""
+        return self.lm.generate(prompts, prefix=self.visual_tokens(pixels, features), **generate_kwargs)
+
+
+def build_vlm(spec: dict) -> VisionLanguageModel:
+    """Rebuild a model from the plain-value spec every checkpoint holds.
+
+    spec: {"vision": ViTConfig fields, "lm": PaLMConfig fields, "resampler": ResamplerConfig
+    fields, "adapter": "resampler" (stage 1: latents go straight into the LM) | "perceiver" |
+    "vadapter", "tiny_lm": PaLMConfig fields (vadapter only), "train_lm": bool}."""
+    lm = PaLMDecoder(PaLMConfig(**spec["lm"]))
+    resampler = PerceiverResampler(ResamplerConfig(**spec["resampler"]))
+    if spec["adapter"] == "resampler":
+        if resampler.config.dim != lm.config.dim:
+            raise ValueError(f"resampler dim {resampler.config.dim} must equal the LM's dim {lm.config.dim}")
+        adapter = resampler
+    elif spec["adapter"] == "perceiver":
+        adapter = PerceiverAdapter(resampler, lm.config.dim)
+    elif spec["adapter"] == "vadapter":
+        adapter = VAdapter(resampler, PaLMDecoder(PaLMConfig(**spec["tiny_lm"])), lm.config.dim)
+    else:
+        raise ValueError(f"spec['adapter'] is {spec['adapter']!r}; expected 'resampler', 'perceiver' or 'vadapter'")
+    return VisionLanguageModel(ViT(ViTConfig(**spec["vision"])), adapter, lm, train_lm=spec.get("train_lm", False))
