@@ -777,7 +777,7 @@ class VisionTextDataset(Dataset):
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
     (B,L) (False on padding), lengths (B,), image_ids (and question_ids if any) as lists."""
-    if len({s["pixels"].dim() for s in samples}) > 1:
+    if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
         raise ValueError("collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
                          "use separate data loaders for image and video datasets")
     lengths = torch.tensor([len(s["input_ids"]) for s in samples])
@@ -786,8 +786,10 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     for row, sample in enumerate(samples):
         input_ids[row, :lengths[row]] = sample["input_ids"]
         loss_mask[row, :lengths[row]] = sample["loss_mask"]
-    batch = {"pixels": torch.stack([s["pixels"] for s in samples]), "input_ids": input_ids, "loss_mask": loss_mask,
-             "lengths": lengths, "image_ids": [s["image_id"] for s in samples]}
+    batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
+    if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
+        batch["pixels"] = torch.stack([s["pixels"] for s in samples])
+        batch["image_ids"] = [s["image_id"] for s in samples]
     if any("question_id" in s for s in samples):  # None for captions mixed into a VQA batch
         batch["question_ids"] = [s.get("question_id") for s in samples]
     return batch
@@ -818,17 +820,101 @@ class FeatureCache:
         return torch.stack([self.features[image_id] for image_id in image_ids]).to(pixels.device)
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. A data folder: which files hold each task, the tokenizer, the datasets a stage trains on
+# ---------------------------------------------------------------------------------------------
+
+# Files of each task in a data folder ({split} is filled in), as `python data.py` writes them. Real
+# COCO / VQAv2 files are used by giving them these names (or symlinks) in one folder.
+TASK_FILES = {
+    "caption": {"captions": "captions_{split}.json"},
+    "vqa": {"questions": "questions_{split}.json", "annotations": "annotations_{split}.json",
+            "images": "captions_{split}.json"},
+    "video_caption": {"captions": "video_captions_{split}.json"},
+    "video_vqa": {"questions": "video_questions_{split}.json", "annotations": "video_annotations_{split}.json",
+                  "images": "video_captions_{split}.json"},
+}
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def folder_num_frames(folder: str | Path) -> int | None:
+    """Frames per video from the folder's dataset.json (None when absent: frames are not checked)."""
+    info = Path(folder) / "dataset.json"
+    return json.loads(info.read_text())["options"]["num_frames"] if info.exists() else None
+
+
+def available_tasks(folder: str | Path, split: str) -> list[str]:
+    return [task for task, files in TASK_FILES.items()
+            if all((Path(folder) / name.format(split=split)).exists() for name in files.values())]
+
+
+def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "error") -> Annotations:
+    if task not in TASK_FILES:
+        raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
+    files = {role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()}
+    num_frames = folder_num_frames(folder) if task.startswith("video") else None
+    if "captions" in files:
+        return read_captions(files["captions"], num_frames=num_frames, on_bad_sample=on_bad_sample)
+    return read_vqa(files["questions"], files["annotations"], files["images"], num_frames=num_frames,
+                    on_bad_sample=on_bad_sample)
+
+
+def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_size: int,
+                  tasks: list[str] | None = None, on_bad_sample: str = "error") -> list[Dataset]:
+    """The datasets a stage trains on, one per modality (a batch never mixes images and videos):
+    [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks."""
+    tasks = tasks or available_tasks(folder, split)
+    missing = [task for task in tasks if task not in available_tasks(folder, split)]
+    if missing:
+        raise DataError(f"{folder}: no files for task(s) {missing} of split {split!r}; expected "
+                        + ", ".join(name.format(split=split) for task in missing for name in TASK_FILES[task].values()))
+    groups = []
+    for modality in ([t for t in tasks if not t.startswith("video")], [t for t in tasks if t.startswith("video")]):
+        examples = [e for task in modality for e in read_task(folder, task, split, on_bad_sample).examples]
+        if examples:
+            groups.append(VisionTextDataset(examples, tokenizer, image_size, on_bad_sample=on_bad_sample))
+    return groups
+
+
+def training_texts(folder: str | Path, split: str = "train") -> list[str]:
+    """Every caption and every "question: ... answer: ..." line of a split: the tokenizer's corpus
+    and the LMs' text-only pretraining data."""
+    texts = []
+    for task in available_tasks(folder, split):
+        texts += [f"{e.prompt} {e.target}".strip() for e in read_task(folder, task, split).examples]
+    return texts
+
+
+class TextDataset(Dataset):
+    """Text only, for language pretraining: [bos] text [eos], loss on every token after bos."""
+
+    def __init__(self, texts: list[str], tokenizer: Tokenizer):
+        self.texts, self.tokenizer = texts, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> dict:
+        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(self.texts[index]) + [self.tokenizer.eos_id]
+        return {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor([False] + [True] * (len(ids) - 1))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic shapes world (COCO captions + VQAv2 formats).")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/shapes")
     for option in dataclasses.fields(WorldConfig):
         parser.add_argument(f"--{option.name.replace('_', '-')}", type=int, default=option.default,
                             help=f"{option.metadata['help']} (default {option.default})")
+    parser.add_argument("--vocab-size", type=int, default=1000,
+                        help="sentencepiece vocabulary asked for; a small corpus yields fewer pieces (default 1000)")
     arguments = vars(parser.parse_args())
     out = Path(arguments.pop("out"))
     start = time.perf_counter()
+    vocab_size = arguments.pop("vocab_size")
     summary = generate(out, WorldConfig(**arguments))
+    tokenizer = Tokenizer.train(training_texts(out), out / TOKENIZER_FILE, vocab_size)
     print(json.dumps(summary["counts"]))
+    print(f"tokenizer: {out / TOKENIZER_FILE} ({tokenizer.vocab_size} pieces)")
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from palm_decoder import PaLMConfig, PaLMDecoder
+from trainer import load_checkpoint
 from resampler import PerceiverResampler, ResamplerConfig
 from vit import ViT, ViTConfig
 
@@ -55,12 +56,15 @@ class VAdapter(nn.Module):
 
 
 class VisionLanguageModel(nn.Module):
-    """vision (frozen) -> adapter (trained) -> lm (frozen unless train_lm, as in stage 1)."""
+    """vision (frozen) -> adapter (trained) -> lm (frozen unless train_lm, as in stage 1).
 
-    def __init__(self, vision: nn.Module, adapter: nn.Module, lm: PaLMDecoder, train_lm: bool = False):
+    train_vision is for stage 0 only: pretraining the ViT by captioning, CoCa's captioning loss."""
+
+    def __init__(self, vision: nn.Module, adapter: nn.Module, lm: PaLMDecoder, train_lm: bool = False,
+                 train_vision: bool = False):
         super().__init__()
         self.vision, self.adapter, self.lm = vision, adapter, lm
-        self.train_lm = train_lm
+        self.train_lm, self.train_vision = train_lm, train_vision
         # Freeze everything, then unfreeze by name: the stage boundary is one visible place.
         frozen_in_adapter = {name for name, p in adapter.named_parameters() if not p.requires_grad}
         self.requires_grad_(False)
@@ -68,12 +72,14 @@ class VisionLanguageModel(nn.Module):
             p.requires_grad_(name not in frozen_in_adapter)
         if train_lm:
             self.lm.requires_grad_(True)
+        if train_vision:
+            self.vision.requires_grad_(True)
         self.train(False)
 
     def train(self, mode: bool = True):
         """Frozen modules stay in eval mode whatever the trainer asks."""
         super().train(mode)
-        self.vision.train(False)
+        self.vision.train(mode and self.train_vision)
         self.lm.train(mode and self.train_lm)
         return self
 
@@ -84,9 +90,9 @@ class VisionLanguageModel(nn.Module):
         return sum(p.numel() for _, p in self.trainable_parameters())
 
     def encode_images(self, pixels):
-        """(B, 3, H, W) or (B, T, 3, H, W) -> patch features. The encoder is frozen and upstream of
+        """(B, 3, H, W) or (B, T, 3, H, W) -> patch features. A frozen encoder is upstream of
         everything trained, so it needs no autograd graph at all."""
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
             return self.vision(pixels)
 
     def visual_tokens(self, pixels=None, features=None):
@@ -113,7 +119,7 @@ def build_vlm(spec: dict) -> VisionLanguageModel:
 
     spec: {"vision": ViTConfig fields, "lm": PaLMConfig fields, "resampler": ResamplerConfig
     fields, "adapter": "resampler" (stage 1: latents go straight into the LM) | "perceiver" |
-    "vadapter", "tiny_lm": PaLMConfig fields (vadapter only), "train_lm": bool}."""
+    "vadapter", "tiny_lm": PaLMConfig fields (vadapter only), "train_lm": bool, "train_vision": bool}."""
     lm = PaLMDecoder(PaLMConfig(**spec["lm"]))
     resampler = PerceiverResampler(ResamplerConfig(**spec["resampler"]))
     if spec["adapter"] == "resampler":
@@ -126,4 +132,40 @@ def build_vlm(spec: dict) -> VisionLanguageModel:
         adapter = VAdapter(resampler, PaLMDecoder(PaLMConfig(**spec["tiny_lm"])), lm.config.dim)
     else:
         raise ValueError(f"spec['adapter'] is {spec['adapter']!r}; expected 'resampler', 'perceiver' or 'vadapter'")
-    return VisionLanguageModel(ViT(ViTConfig(**spec["vision"])), adapter, lm, train_lm=spec.get("train_lm", False))
+    return VisionLanguageModel(ViT(ViTConfig(**spec["vision"])), adapter, lm, train_lm=spec.get("train_lm", False),
+                               train_vision=spec.get("train_vision", False))
+
+
+def load_vision(path: str) -> ViT:
+    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint."""
+    checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
+    vision = ViT(ViTConfig(**checkpoint["spec"]["vision"]))
+    vision.load_state_dict(submodule_state(checkpoint["model"], "vision."))
+    return vision
+
+
+def load_lm(path: str) -> PaLMDecoder:
+    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder."""
+    checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
+    lm = PaLMDecoder(PaLMConfig(**checkpoint["spec"]["lm"]))
+    state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
+    lm.load_state_dict(state)
+    return lm
+
+
+def submodule_state(state: dict, prefix: str) -> dict:
+    return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+
+
+def caption_loss(model, batch: dict, feature_cache=None):
+    """The trainer's loss for every stage with images: (sum of token losses, number of target tokens).
+
+    With a feature cache (data.FeatureCache) the frozen encoder runs once per image over the run.
+    `model` may be wrapped (DDP, torch.compile): the forward goes through the wrapper."""
+    features = None
+    if feature_cache is not None:
+        encoder = getattr(model, "module", model).encode_images  # DDP keeps the model in .module
+        features = feature_cache.get_or_compute(batch["image_ids"], batch["pixels"], encoder)
+    _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=None if features is not None else batch["pixels"],
+                        features=features, reduction="sum")
+    return loss_sum, batch["loss_mask"].sum()

@@ -1,0 +1,75 @@
+"""Stage 0: the pretrained models the paper starts from, made here from the synthetic data.
+
+The paper starts from a CoCa-pretrained ViT, a large PaLM2 LM and a tiny PaLM2 LM. Offline we make
+stand-ins of each (with real pretrained weights a user skips this step):
+
+    python pretrain.py vit --data data/shapes --out runs/pretrain/vit
+    python pretrain.py lm  --data data/shapes --out runs/pretrain/tiny_lm  --lm-preset toy-tiny
+    python pretrain.py lm  --data data/shapes --out runs/pretrain/large_lm --lm-preset toy-large
+
+- The ViT learns by captioning (CoCa's captioning loss, without the contrastive half): ViT ->
+  resampler -> a small decoder, all trained from scratch; the decoder is then thrown away.
+  Captioning makes the features name what the captions name: shapes, colours, counts, places.
+- The LMs learn the language alone: next-token loss on the training captions and question/answer
+  lines, no images.
+"""
+import argparse
+from dataclasses import asdict, replace
+
+import data
+from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
+from resampler import ResamplerConfig
+from trainer import TrainConfig, add_config_flags, config_from_args, train
+from vit import VIT_CONFIGS, ViTConfig
+from vlm import build_vlm, caption_loss
+
+DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=200, save_every=200)
+
+
+def lm_loss(model, batch):
+    _, loss_sum = model(batch["input_ids"], loss_mask=batch["loss_mask"], reduction="sum")
+    return loss_sum, batch["loss_mask"].sum()
+
+
+def pretrain_vit(args, tokenizer, train_config):
+    vision = config_from_args(args, ViTConfig, "vit-", VIT_CONFIGS)
+    decoder = replace(config_from_args(args, PaLMConfig, "lm-", PALM_CONFIGS), vocab_size=tokenizer.vocab_size)
+    spec = {
+        "vision": asdict(vision),
+        "resampler": asdict(ResamplerConfig(input_dim=vision.dim, dim=decoder.dim, depth=1, num_latents=args.num_latents,
+                                            num_heads=decoder.num_heads, max_frames=args.max_frames)),
+        "lm": asdict(decoder), "tiny_lm": None, "adapter": "resampler", "train_lm": True, "train_vision": True,
+    }
+    model = build_vlm(spec)
+    datasets = {split: data.task_datasets(args.data, split, tokenizer, vision.image_size, ["caption"]) for split in ("train", "val")}
+    return train(model, caption_loss, datasets["train"], datasets["val"], lambda s: data.collate(s, tokenizer.pad_id),
+                 train_config, stage="pretrain-vit", spec=spec)
+
+
+def pretrain_lm(args, tokenizer, train_config):
+    config = replace(config_from_args(args, PaLMConfig, "lm-", PALM_CONFIGS), vocab_size=tokenizer.vocab_size)
+    texts = {split: data.TextDataset(data.training_texts(args.data, split), tokenizer) for split in ("train", "val")}
+    return train(PaLMDecoder(config), lm_loss, texts["train"], texts["val"], lambda s: data.collate(s, tokenizer.pad_id),
+                 train_config, stage="pretrain-lm", spec={"lm": asdict(config)})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["vit", "lm"])
+    parser.add_argument("--data", required=True, help="data folder (python data.py --out DIR)")
+    parser.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
+    parser.add_argument("--num-latents", type=int, default=16, help="vit: visual tokens the throwaway decoder reads")
+    parser.add_argument("--max-frames", type=int, default=8)
+    add_config_flags(parser, ViTConfig, "vit-", VIT_CONFIGS, "toy")
+    add_config_flags(parser, PaLMConfig, "lm-", PALM_CONFIGS, "toy-tiny")
+    add_config_flags(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    tokenizer = data.Tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}")
+    train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
+    summary = (pretrain_vit if args.what == "vit" else pretrain_lm)(args, tokenizer, train_config)
+    print(f"[pretrain {args.what}] done: {summary}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
