@@ -1,0 +1,81 @@
+"""Stage 2: connect the frozen ViT to the frozen large LM through an adapter; only the adapter trains.
+
+    --adapter vadapter  (PaLM2-VAdapter): 1-layer resampler -> tiny LM -> linear to the large LM width
+        --adapter-init stage1   the tiny LM (and resampler) progressively aligned by train_stage1.py
+        --adapter-init lm       the tiny LM after language pretraining only; a fresh resampler
+        --adapter-init random   the same architecture from random initialisation
+    --adapter perceiver --perceiver-depth N   the baseline: N-layer perceiver resampler -> linear
+
+    python train_stage2.py --adapter vadapter --stage1 runs/stage1 --data data/shapes \\
+        --vit runs/pretrain/vit --lm runs/pretrain/large_lm --out-dir runs/stage2_vadapter
+    python train_stage2.py --adapter perceiver --perceiver-depth 6 --data data/shapes \\
+        --vit runs/pretrain/vit --lm runs/pretrain/large_lm --out-dir runs/stage2_perceiver
+"""
+import argparse
+from dataclasses import asdict
+
+from palm_decoder import PaLMConfig, PaLMDecoder
+from resampler import PerceiverResampler, ResamplerConfig
+from train_stage1 import DEFAULTS, add_data_flags, train_vlm
+from trainer import TrainConfig, add_config_flags, config_from_args, load_checkpoint
+from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel, load_lm, load_vision, submodule_state
+
+
+def build_adapter(args, vision, lm):
+    """-> (adapter module, resampler config, tiny LM config or None)."""
+    def resampler_config(dim, num_heads, depth):
+        return config_from_args(args, ResamplerConfig, "resampler-", base=ResamplerConfig(
+            input_dim=vision.config.dim, dim=dim, depth=depth, num_latents=16, num_heads=num_heads))
+
+    if args.adapter == "perceiver":
+        config = resampler_config(args.perceiver_dim or vision.config.dim, args.perceiver_heads, args.perceiver_depth)
+        return PerceiverAdapter(PerceiverResampler(config), lm.config.dim), config, None
+    if args.adapter_init == "stage1":
+        if not args.stage1:
+            raise ValueError("--adapter-init stage1 needs --stage1 (a train_stage1.py checkpoint)")
+        stage1 = load_checkpoint(args.stage1, expected_stage="stage1")
+        tiny_lm = load_lm(args.stage1)
+        config = ResamplerConfig(**stage1["spec"]["resampler"])
+        resampler = PerceiverResampler(config)
+        if args.resampler_from_stage1:
+            resampler.load_state_dict(submodule_state(stage1["model"], "adapter."))
+        return VAdapter(resampler, tiny_lm, lm.config.dim), config, tiny_lm.config
+    if not args.tiny_lm:
+        raise ValueError(f"--adapter-init {args.adapter_init} needs --tiny-lm (a pretrain.py lm checkpoint)")
+    tiny_lm = load_lm(args.tiny_lm)
+    if args.adapter_init == "random":
+        tiny_lm = PaLMDecoder(tiny_lm.config)
+    config = resampler_config(tiny_lm.config.dim, tiny_lm.config.num_heads, 1)
+    return VAdapter(PerceiverResampler(config), tiny_lm, lm.config.dim), config, tiny_lm.config
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_flags(parser)
+    parser.add_argument("--vit", required=True, help="checkpoint of the frozen vision encoder (pretrain.py vit)")
+    parser.add_argument("--lm", required=True, help="checkpoint of the frozen large LM (pretrain.py lm)")
+    parser.add_argument("--adapter", choices=["vadapter", "perceiver"], default="vadapter")
+    parser.add_argument("--adapter-init", choices=["stage1", "lm", "random"], default="stage1")
+    parser.add_argument("--stage1", help="train_stage1.py checkpoint (for --adapter-init stage1)")
+    parser.add_argument("--tiny-lm", help="pretrain.py lm checkpoint of the tiny LM (for --adapter-init lm / random)")
+    parser.add_argument("--resampler-from-stage1", type=lambda s: s.lower() == "true", default=True, metavar="BOOL",
+                        help="carry the stage-1 resampler over (default) or start it fresh")
+    parser.add_argument("--perceiver-depth", type=int, default=6)
+    parser.add_argument("--perceiver-dim", type=int, help="latent width of the baseline (default: the ViT's)")
+    parser.add_argument("--perceiver-heads", type=int, default=4)
+    add_config_flags(parser, ResamplerConfig, "resampler-")
+    add_config_flags(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    vision, lm = load_vision(args.vit), load_lm(args.lm)
+    adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
+    spec = {"vision": asdict(vision.config), "resampler": asdict(resampler), "lm": asdict(lm.config),
+            "tiny_lm": asdict(tiny_lm) if tiny_lm else None, "adapter": args.adapter, "train_lm": False,
+            "adapter_init": args.adapter_init if args.adapter == "vadapter" else None}
+    model = VisionLanguageModel(vision, adapter, lm)
+    summary = train_vlm(model, args, "stage2", spec, config_from_args(args, TrainConfig, base=DEFAULTS))
+    print(f"[stage2 {args.adapter}] done: {summary}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
