@@ -3,9 +3,9 @@
 The paper starts from a CoCa-pretrained ViT, a large PaLM2 LM and a tiny PaLM2 LM. Offline we make
 stand-ins of each (with real pretrained weights a user skips this step):
 
-    python pretrain.py vit --data data/shapes --out runs/pretrain/vit
-    python pretrain.py lm  --data data/shapes --out runs/pretrain/tiny_lm  --lm-preset toy-tiny
-    python pretrain.py lm  --data data/shapes --out runs/pretrain/large_lm --lm-preset toy-large
+    python pretrain.py vit --data data/shapes --out-dir runs/pretrain/vit
+    python pretrain.py lm  --data data/shapes --out-dir runs/pretrain/tiny_lm  --lm-preset toy-tiny
+    python pretrain.py lm  --data data/shapes --out-dir runs/pretrain/large_lm --lm-preset toy-large
 
 - The ViT learns by captioning (CoCa's captioning loss, without the contrastive half): ViT ->
   resampler -> a small decoder, all trained from scratch; the decoder is then thrown away.
@@ -15,6 +15,8 @@ stand-ins of each (with real pretrained weights a user skips this step):
 """
 import argparse
 from dataclasses import asdict, replace
+
+import torch
 
 import data
 from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
@@ -64,8 +66,9 @@ def main(argv=None):
     add_config_flags(parser, PaLMConfig, "lm-", PALM_CONFIGS, "toy-tiny")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
-    tokenizer = data.Tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}")
     train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
+    torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
+    tokenizer = data.Tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}")
     summary = (pretrain_vit if args.what == "vit" else pretrain_lm)(args, tokenizer, train_config)
     print(f"[pretrain {args.what}] done: {summary}")
     return summary

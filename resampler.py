@@ -120,13 +120,15 @@ class PerceiverResampler(nn.Module):
                 f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, {self.config.input_dim}); "
                 f"got shape {tuple(features.shape)}"
             )
-        features = self.input_projection(features)  # (B, N, D) or (B, T, N, D)
-        if features.dim() == 4:
-            frames = features.shape[1]
-            if frames > self.config.max_frames:
-                raise ValueError(f"video has {frames} frames but the resampler has time embeddings for max_frames={self.config.max_frames}")
-            features = features + self.time_embedding[:frames]  # (T, 1, D) broadcasts over patches
-            features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
+        if features.dim() == 3:
+            # An image is a one-frame video (as in Flamingo): both paths share time_embedding[0], and
+            # every parameter takes part in every batch, as DDP requires.
+            features = features[:, None]  # (B, 1, N, Din)
+        frames = features.shape[1]
+        if frames > self.config.max_frames:
+            raise ValueError(f"video has {frames} frames but the resampler has time embeddings for max_frames={self.config.max_frames}")
+        features = self.input_projection(features) + self.time_embedding[:frames]  # (B, T, N, D); (T, 1, D) broadcasts
+        features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
         latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
         for layer in self.layers:
             latents = layer(features, latents)

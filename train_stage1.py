@@ -9,6 +9,8 @@ tiny LM are trained; stage 2 then reuses them as the adapter (train_stage2.py).
 import argparse
 from dataclasses import asdict
 
+import torch
+
 import data
 from resampler import PerceiverResampler, ResamplerConfig
 from trainer import TrainConfig, add_config_flags, config_from_args, train
@@ -48,6 +50,8 @@ def main(argv=None):
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
+    train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
+    torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
     vision, tiny_lm = load_vision(args.vit), load_lm(args.tiny_lm)
     resampler = config_from_args(args, ResamplerConfig, "resampler-", base=ResamplerConfig(
         input_dim=vision.config.dim, dim=tiny_lm.config.dim, depth=1, num_latents=16,
@@ -55,7 +59,6 @@ def main(argv=None):
     spec = {"vision": asdict(vision.config), "resampler": asdict(resampler), "lm": asdict(tiny_lm.config),
             "tiny_lm": None, "adapter": "resampler", "train_lm": True}
     model = VisionLanguageModel(vision, PerceiverResampler(resampler), tiny_lm, train_lm=True)
-    train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
     summary = train_vlm(model, args, "stage1", spec, train_config)
     print(f"[stage1] done: {summary}")
     return summary

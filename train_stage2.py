@@ -14,7 +14,9 @@
 import argparse
 from dataclasses import asdict
 
-from palm_decoder import PaLMConfig, PaLMDecoder
+import torch
+
+from palm_decoder import PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
 from train_stage1 import DEFAULTS, add_data_flags, train_vlm
 from trainer import TrainConfig, add_config_flags, config_from_args, load_checkpoint
@@ -66,13 +68,15 @@ def main(argv=None):
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
+    train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
+    torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
     vision, lm = load_vision(args.vit), load_lm(args.lm)
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
     spec = {"vision": asdict(vision.config), "resampler": asdict(resampler), "lm": asdict(lm.config),
             "tiny_lm": asdict(tiny_lm) if tiny_lm else None, "adapter": args.adapter, "train_lm": False,
             "adapter_init": args.adapter_init if args.adapter == "vadapter" else None}
     model = VisionLanguageModel(vision, adapter, lm)
-    summary = train_vlm(model, args, "stage2", spec, config_from_args(args, TrainConfig, base=DEFAULTS))
+    summary = train_vlm(model, args, "stage2", spec, train_config)
     print(f"[stage2 {args.adapter}] done: {summary}")
     return summary
 
