@@ -161,3 +161,25 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.final_norm(x)  # (B, N, D)
+
+
+def preset_table() -> str:
+    """Every preset's shape and parameter count (built on the meta device: no memory, no init)."""
+    lines = [f"{'preset':<6} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patches':>7} {'params':>12}"]
+    for name, config in VIT_CONFIGS.items():
+        with torch.device("meta"):
+            count = ViT(config).num_parameters()
+        lines.append(f"{name:<6} {config.image_size:>5} {config.patch_size:>5} {config.dim:>5} {config.depth:>5} "
+                     f"{config.num_heads:>5} {config.mlp_dim:>5} {config.grid_size ** 2:>7} {count:>12,}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ViT presets")
+    parser.add_argument("--list", action="store_true", help="print every preset's parameter count")
+    if parser.parse_args().list:
+        print(preset_table())
+    else:
+        parser.print_help()
