@@ -5,11 +5,33 @@ accuracy (VQAv2, MSRVTT-QA, ...). The metrics here compute them as the standard 
 CIDEr-D and BLEU-4 as the COCO caption evaluation (`pycocoevalcap`: its `Cider` scorer is
 CIDEr-D, with clipping and a length penalty), and VQA accuracy as the official VQAv2 evaluation
 (`vqaEval.py`), including the quirks of both that move numbers. The metrics are pure Python.
+
+Below them: batched greedy decoding and beam search over the decoder's KV cache, and the
+evaluation of a stage-1 or stage-2 checkpoint on a data folder. Evaluation decodes greedily
+unless told otherwise, with fixed prompts ([bos] for captions, [bos] + "question: ... answer:"
+for VQA, as in training), so the same checkpoint always gives the same numbers.
+
+    python evaluate.py checkpoint runs/stage2 --data data/shapes --split val [--beam 1] [--limit N]
+    python evaluate.py caption data/shapes/images/val/000001000001.png --checkpoint runs/stage2 \\
+        --data data/shapes [--question "what color is the circle?"]
 """
 
+import argparse
+import json
 import math
+import os
 import re
 from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from trainer import load_checkpoint
+from vlm import VisionLanguageModel, build_vlm
 
 # =============================================================================================
 # Metrics: caption tokenization, CIDEr-D, BLEU-4, VQA accuracy
@@ -223,3 +245,349 @@ def vqa_accuracy(prediction, answers):
     hits = [answer == prediction for answer in answers]
     num_hits = sum(hits)
     return sum(min(1, (num_hits - hit) / 3) for hit in hits) / len(hits)
+
+
+# =============================================================================================
+# Decoding: greedy and beam search, batched over the decoder's KV cache
+# =============================================================================================
+# Prompts are token-id lists of any lengths; the decoder pads them on the left, so every row ends
+# in its last real token and all rows take their next token at the same step. Both decoders
+# return the new token ids of every row, EOS excluded, like `PaLMDecoder.generate`.
+
+
+@torch.no_grad()
+def greedy_decode(model: VisionLanguageModel, pixels, prompts, max_new_tokens=32, eos_id=None, *,
+                  features=None, pad_id=0):
+    """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
+    features = the frozen encoder's patch features (B, ...) -> B lists of new token ids."""
+    return model.generate(prompts, pixels, features, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+
+
+@torch.no_grad()
+def beam_search(model: VisionLanguageModel, pixels, prompts, beam_size=4, length_penalty=1.0, max_new_tokens=32,
+                eos_id=None, *, features=None, pad_id=0):
+    """Beam search conditioned on the images; inputs as `greedy_decode`, search as `beam_search_lm`."""
+    prefix = model.visual_tokens(pixels, features)  # (B, P, D)
+    return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id)
+
+
+def decode(model: VisionLanguageModel, pixels, prompts, beam_size=1, length_penalty=1.0, max_new_tokens=32,
+           eos_id=None, *, features=None, pad_id=0):
+    """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
+    if beam_size == 1:
+        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, features=features, pad_id=pad_id)
+    return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id,
+                       features=features, pad_id=pad_id)
+
+
+@dataclass
+class FinishedHypotheses:
+    """The hypotheses of one sample that have ended (EOS, or max_new_tokens): how many, and the best."""
+    count: int = 0
+    best_score: float = -math.inf
+    best_tokens: list = field(default_factory=list)
+
+    def add(self, tokens: list, log_prob: float, length: int, length_penalty: float) -> None:
+        self.count += 1
+        score = log_prob / length ** length_penalty
+        if score > self.best_score:  # strict: of equal scores the earlier one stays, deterministically
+            self.best_score, self.best_tokens = score, tokens
+
+
+@torch.no_grad()
+def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, max_new_tokens=32, eos_id=None,
+                   pad_id=0):
+    """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None.
+
+    Each sample keeps beam_size running hypotheses, one cache row each. A hypothesis y is ranked
+    by sum_t log p(y_t) / |y| ** length_penalty, |y| counting its EOS: the form Hugging Face uses
+    (GNMT divides by ((5 + |y|) / 6) ** alpha instead). length_penalty 0 ranks by total log-prob,
+    which favours short outputs; 1 (the default, as in HF) by mean log-prob per token.
+
+    Stopping as in fairseq and HF's early_stopping=True: a hypothesis ends when EOS is among the
+    step's beam_size best candidates, and a sample is done once beam_size hypotheses have ended;
+    at max_new_tokens the running ones end too. The best ended hypothesis is returned. So
+    beam_size 1 is exactly greedy decoding."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size={beam_size}; expected at least 1")
+    B, K = len(prompts), beam_size
+    check_decode_length(lm, prompts, prefix, max_new_tokens)
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    device = lm.token_embedding.weight.device
+    input_ids, pad_lengths = left_pad(prompts, pad_id, device)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths)  # (B, V)
+    # The prefix and prompt of a sample are run once, then copied to its K beam rows.
+    rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
+    cache.reorder(rows)
+    logits = logits.index_select(0, rows)  # (B * K, V)
+    # Only beam 0 starts alive: K identical beams would all propose the same K tokens.
+    beam_scores = torch.full((B, K), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    tokens = torch.zeros(B, K, 0, dtype=torch.long)  # (B, K, step) on CPU, where hypotheses are kept
+    finished = [FinishedHypotheses() for _ in range(B)]
+    for step in range(max_new_tokens):
+        vocab_size = logits.shape[-1]
+        candidates = beam_scores[..., None] + F.log_softmax(logits.float(), dim=-1).view(B, K, vocab_size)
+        # 2K candidates: at most K of them (one per beam) are EOS, so K others can carry on.
+        top_scores, top_index = candidates.view(B, K * vocab_size).topk(min(2 * K, K * vocab_size), dim=1)
+        scores, parents, next_tokens = select_beams(top_scores.tolist(), (top_index // vocab_size).tolist(),
+                                                    (top_index % vocab_size).tolist(), tokens, finished, K, eos_id,
+                                                    length_penalty, step)
+        tokens = torch.cat([tokens.gather(1, parents[..., None].expand(-1, -1, step)), next_tokens[..., None]], dim=2)
+        beam_scores = scores.to(device)
+        if step == max_new_tokens - 1 or all(f.count >= K for f in finished):
+            break
+        cache.reorder((torch.arange(B)[:, None] * K + parents).view(-1).to(device))
+        logits = lm.decode_step(next_tokens.view(-1).to(device), cache)
+    for b, hypotheses in enumerate(finished):
+        if hypotheses.count < K:  # stopped by max_new_tokens: the running beams end here
+            for k, score in enumerate(beam_scores[b].tolist()):
+                if score > -math.inf:
+                    hypotheses.add(tokens[b, k].tolist(), score, tokens.shape[2], length_penalty)
+    return [hypotheses.best_tokens for hypotheses in finished]
+
+
+def select_beams(top_scores, top_beams, top_tokens, tokens, finished, K, eos_id, length_penalty, step):
+    """One step's bookkeeping, per sample: the candidates come best first (B lists of 2K); an EOS
+    among the first K ends its hypothesis, the first K others become the new beams.
+    -> scores (B, K), parent beams (B, K), new tokens (B, K)."""
+    scores, parents, new_tokens = [], [], []
+    for b in range(len(top_scores)):
+        done, beams = finished[b].count >= K, []
+        for rank, (score, beam, token) in enumerate(zip(top_scores[b], top_beams[b], top_tokens[b])):
+            if token == eos_id:
+                # A done sample's rows keep running only to keep the batch rectangular: ignored.
+                if rank < K and not done and score > -math.inf:
+                    finished[b].add(tokens[b, beam].tolist(), score, step + 1, length_penalty)
+            else:
+                beams.append((score, beam, token))
+                if len(beams) == K:
+                    break
+        scores.append([s for s, _, _ in beams])
+        parents.append([p for _, p, _ in beams])
+        new_tokens.append([t for _, _, t in beams])
+    return torch.tensor(scores), torch.tensor(parents), torch.tensor(new_tokens)
+
+
+def left_pad(prompts, pad_id, device):
+    """B token-id lists -> (input_ids (B, L) padded on the left, pad_lengths (B,))."""
+    lengths = [len(prompt) for prompt in prompts]
+    input_ids = torch.full((len(prompts), max(lengths)), pad_id, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, max(lengths) - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+    return input_ids, max(lengths) - torch.tensor(lengths, device=device)
+
+
+def check_decode_length(lm, prompts, prefix, max_new_tokens):
+    """The checks of `PaLMDecoder.generate`, before any work: the last new token needs no slot."""
+    prefix_len, longest = 0 if prefix is None else prefix.shape[1], max(len(prompt) for prompt in prompts)
+    if prefix_len == 0 and min(len(prompt) for prompt in prompts) == 0:
+        raise ValueError("every prompt needs at least one token when there is no prefix")
+    if prefix_len + longest + max_new_tokens - 1 > lm.config.max_seq_len:
+        raise ValueError(f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
+                         f"exceeds max_seq_len={lm.config.max_seq_len}")
+
+
+# =============================================================================================
+# Evaluating a checkpoint on a data folder
+# =============================================================================================
+# Which files hold each task is `data.TASK_FILES` (the one table, shared with training): real
+# COCO / VQAv2 files are evaluated by giving them those names in one folder. Scores are as the
+# metric functions return them (CIDEr-D on pycocoevalcap's scale; papers print it times 100).
+
+CAPTION_TASKS = ("caption", "video_caption")  # the others are question answering
+SAMPLES_PER_TASK = 5  # predictions written to results.json next to the metrics, to read
+
+
+@dataclass
+class Decoding:
+    beam_size: int = 1  # 1: greedy, the evaluation default
+    length_penalty: float = 1.0  # beam search only, see beam_search_lm
+    max_new_tokens: int = 32
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(checkpoint_path, device="cpu") -> tuple[VisionLanguageModel, dict]:
+    """A stage-1 or stage-2 checkpoint -> (the model rebuilt from its spec, in eval mode; the checkpoint)."""
+    checkpoint = load_checkpoint(str(checkpoint_path), expected_stage=("stage1", "stage2"))
+    model = build_vlm(checkpoint["spec"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+def load_tokenizer(model: VisionLanguageModel, tokenizer_path) -> data.Tokenizer:
+    tokenizer = data.Tokenizer(tokenizer_path)
+    if tokenizer.vocab_size != model.lm.config.vocab_size:
+        raise ValueError(f"{tokenizer_path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size "
+                         f"{model.lm.config.vocab_size}: give the tokenizer the run was trained with (--tokenizer)")
+    return tokenizer
+
+
+def prompt_ids(tokenizer: data.Tokenizer, prompt: str) -> list[int]:
+    """[bos] + the prompt's tokens, exactly as `data.VisionTextDataset` builds training inputs."""
+    return [tokenizer.bos_id] + (tokenizer.encode(prompt) if prompt else [])
+
+
+def encode_once(model: VisionLanguageModel, paths: list, device) -> torch.Tensor:
+    """Patch features of each row's image or frame folder, the ViT run once per distinct path
+    (VQA has several questions per image): (B, N, Dv) or (B, T, N, Dv)."""
+    distinct = list(dict.fromkeys(paths))
+    image_size = model.vision.config.image_size
+    pixels = torch.stack([data.load_pixels(path, image_size) for path in distinct]).to(device)
+    features = model.encode_images(pixels)  # (distinct, ...)
+    return features[[distinct.index(path) for path in paths]]
+
+
+def generate_texts(model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device) -> list[str]:
+    """The decoded text for each (image, text prompt) pair of a batch."""
+    new_ids = decode(model, None, [prompt_ids(tokenizer, prompt) for prompt in prompts], decoding.beam_size,
+                     decoding.length_penalty, decoding.max_new_tokens, tokenizer.eos_id,
+                     features=encode_once(model, paths, device), pad_id=tokenizer.pad_id)
+    return [tokenizer.decode(ids) for ids in new_ids]
+
+
+def batches(items: list, batch_size: int):
+    return [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+
+
+@torch.no_grad()
+def evaluate_captions(model, tokenizer, annotations: data.Annotations, decoding: Decoding, limit=None,
+                      batch_size=32, device="cpu", description="caption") -> tuple[dict, list]:
+    """One caption per image, scored against all of its reference captions -> (metrics, samples)."""
+    image_ids = sorted(annotations.references)[:limit]
+    predictions = {}
+    for batch in tqdm(batches(image_ids, batch_size), desc=description, leave=False):
+        texts = generate_texts(model, tokenizer, [annotations.images[i] for i in batch], [""] * len(batch), decoding, device)
+        predictions.update(zip(batch, texts))
+    references = {image_id: annotations.references[image_id] for image_id in image_ids}
+    metrics = {"cider_d": cider_d(predictions, references)[0], "bleu4": bleu4(predictions, references),
+               "images": len(image_ids)}
+    samples = [{"image_id": i, "file_name": str(annotations.images[i]), "prediction": predictions[i],
+                "references": references[i]} for i in image_ids[:SAMPLES_PER_TASK]]
+    return metrics, samples
+
+
+@torch.no_grad()
+def evaluate_vqa(model, tokenizer, annotations: data.Annotations, decoding: Decoding, limit=None,
+                 batch_size=32, device="cpu", description="vqa") -> tuple[dict, list]:
+    """VQA accuracy, the mean over questions -> (metrics, samples)."""
+    # Questions of one image side by side, so that a batch encodes each image once.
+    examples = sorted(annotations.examples, key=lambda e: (e.image_id, e.question_id))[:limit]
+    predictions = []
+    for batch in tqdm(batches(examples, batch_size), desc=description, leave=False):
+        predictions += generate_texts(model, tokenizer, [e.path for e in batch], [e.prompt for e in batch], decoding, device)
+    accuracies = [vqa_accuracy(prediction, annotations.references[e.question_id])
+                  for prediction, e in zip(predictions, examples)]
+    metrics = {"vqa_accuracy": sum(accuracies) / len(accuracies), "questions": len(examples)}
+    samples = [{"question_id": e.question_id, "image_id": e.image_id, "file_name": str(e.path), "prompt": e.prompt,
+                "prediction": prediction, "accuracy": accuracy, "answers": annotations.references[e.question_id]}
+               for e, prediction, accuracy in list(zip(examples, predictions, accuracies))[:SAMPLES_PER_TASK]]
+    return metrics, samples
+
+
+def evaluate_checkpoint(checkpoint_path, data_dir, split, tasks=None, limit=None, beam=1, batch_size=32, *,
+                        tokenizer_path=None, length_penalty=1.0, max_new_tokens=32, device="auto") -> dict:
+    """Decode every task of the split present in data_dir (or `tasks`) and score it.
+
+    limit: at most this many images (captioning) or questions (VQA) per task, the first by id.
+    Returns what results.json holds: metrics and sample predictions per task, the stage, step,
+    spec and training config of the checkpoint, and how it was decoded."""
+    device = pick_device(device)
+    model, checkpoint = load_model(checkpoint_path, device)
+    tokenizer_path = tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE
+    tokenizer = load_tokenizer(model, tokenizer_path)
+    present = data.available_tasks(data_dir, split)
+    tasks = list(tasks or present)
+    if not tasks or set(tasks) - set(present):
+        raise data.DataError(f"{data_dir}: no files for task(s) {sorted(set(tasks) - set(present)) or 'any'} of "
+                             f"split {split!r}; the task files are {data.TASK_FILES}")
+    decoding = Decoding(beam, length_penalty, max_new_tokens)
+    results = {"checkpoint": str(checkpoint_path), "stage": checkpoint["stage"], "step": checkpoint.get("step"),
+               "data": str(data_dir), "split": split, "tokenizer": str(tokenizer_path),
+               "decoding": {**vars(decoding), "prompts": {"caption": "[bos]", "vqa": "[bos] " + data.vqa_prompt("{question}")}},
+               "spec": checkpoint["spec"], "train_config": checkpoint.get("train_config"), "metrics": {}, "samples": {}}
+    for task in tasks:
+        evaluate_task = evaluate_captions if task in CAPTION_TASKS else evaluate_vqa
+        results["metrics"][task], results["samples"][task] = evaluate_task(
+            model, tokenizer, data.read_task(data_dir, task, split), decoding, limit, batch_size, device, task)
+    return results
+
+
+def caption_one(checkpoint_path, path, tokenizer_path, question=None, decoding: Decoding | None = None,
+                device="auto") -> str:
+    """The caption of one image file or frame folder, or the answer to `question` about it."""
+    device = pick_device(device)
+    model, _ = load_model(checkpoint_path, device)
+    tokenizer = load_tokenizer(model, tokenizer_path)
+    prompt = data.vqa_prompt(question) if question else ""
+    with torch.no_grad():
+        return generate_texts(model, tokenizer, [Path(path)], [prompt], decoding or Decoding(), device)[0]
+
+
+def write_json_atomically(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(content, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def default_results_path(checkpoint_path, split: str) -> Path:
+    """results_<split>.json in the run folder, next to the checkpoint it scores."""
+    run_folder = Path(checkpoint_path) if Path(checkpoint_path).is_dir() else Path(checkpoint_path).parent
+    return run_folder / f"results_{split}.json"
+
+
+def print_metrics(results: dict) -> None:
+    for task, metrics in results["metrics"].items():
+        print(f"{task:<14} " + "  ".join(f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+                                          for name, value in metrics.items()))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    checkpoint = commands.add_parser("checkpoint", help="score a stage-1/2 checkpoint on every task of a split")
+    checkpoint.add_argument("checkpoint_path", metavar="RUN_DIR_OR_FILE")
+    checkpoint.add_argument("--data", required=True, help="data folder (python data.py --out DIR, or real files)")
+    checkpoint.add_argument("--split", default="val")
+    checkpoint.add_argument("--tasks", help=f"comma-separated, from {list(data.TASK_FILES)} (default: all in DATA)")
+    checkpoint.add_argument("--limit", type=int, help="at most N images (captions) / questions (VQA) per task")
+    checkpoint.add_argument("--batch-size", type=int, default=32)
+    checkpoint.add_argument("--out", type=Path, help="results JSON (default: RUN_DIR/results_<split>.json)")
+    one = commands.add_parser("caption", help="caption (or answer about) one image file or frame folder")
+    one.add_argument("path", metavar="IMAGE_OR_FRAME_FOLDER")
+    one.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE")
+    one.add_argument("--question", help="answer this question instead of captioning")
+    one.add_argument("--data", help=f"data folder whose {data.TOKENIZER_FILE} to use (or give --tokenizer)")
+    for command in (checkpoint, one):
+        command.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
+        command.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+        command.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
+        command.add_argument("--max-new-tokens", type=int, default=32)
+        command.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    if args.command == "caption":
+        if not (args.tokenizer or args.data):
+            parser.error("caption needs --tokenizer PATH or --data DIR (for DIR/tokenizer.model)")
+        decoding = Decoding(args.beam, args.length_penalty, args.max_new_tokens)
+        print(caption_one(args.checkpoint, args.path, args.tokenizer or Path(args.data) / data.TOKENIZER_FILE,
+                          args.question, decoding, args.device))
+        return
+    results = evaluate_checkpoint(args.checkpoint_path, args.data, args.split,
+                                  args.tasks.split(",") if args.tasks else None, args.limit, args.beam, args.batch_size,
+                                  tokenizer_path=args.tokenizer, length_penalty=args.length_penalty,
+                                  max_new_tokens=args.max_new_tokens, device=args.device)
+    out = args.out or default_results_path(args.checkpoint_path, args.split)
+    write_json_atomically(out, results)
+    print_metrics(results)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
