@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
+INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
 .PHONY: test install clean demo demo-quick ablation
 
@@ -35,7 +36,7 @@ TRAIN_FLAGS ?=
 FROZEN = --vit $(RUNS)/pretrain/vit --lm $(RUNS)/pretrain/large_lm
 STAGE2 = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
 
-demo: install
+demo: $(INSTALL)
 	$(PY) data.py --out $(DATA) $(DATA_FLAGS)
 	$(PY) pretrain.py vit --data $(DATA) --out-dir $(RUNS)/pretrain/vit --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
 	$(PY) pretrain.py lm --data $(DATA) --out-dir $(RUNS)/pretrain/tiny_lm --lm-preset toy-tiny --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
@@ -53,7 +54,7 @@ demo-quick:
 
 # The paper's other ablation rows, after `make demo`: the tiny LM language-pretrained only or
 # random, and shallower / deeper perceivers, with the same budget.
-ablation: install
+ablation: $(INSTALL)
 	$(PY) train_stage2.py --adapter vadapter --adapter-init lm --tiny-lm $(RUNS)/pretrain/tiny_lm --out-dir $(RUNS)/stage2_vadapter_lm $(STAGE2)
 	$(PY) train_stage2.py --adapter vadapter --adapter-init random --tiny-lm $(RUNS)/pretrain/tiny_lm --out-dir $(RUNS)/stage2_vadapter_random $(STAGE2)
 	$(PY) train_stage2.py --adapter perceiver --perceiver-depth 1 --out-dir $(RUNS)/stage2_perceiver_d1 $(STAGE2)

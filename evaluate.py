@@ -549,6 +549,106 @@ def print_metrics(results: dict) -> None:
                                           for name, value in metrics.items()))
 
 
+# =============================================================================================
+# Comparing adapters: the paper's table at our scale, and the validation-loss curves
+# =============================================================================================
+
+
+def run_name(spec: dict) -> str:
+    if spec["adapter"] == "vadapter":
+        return f"vadapter ({spec.get('adapter_init') or 'stage1'})"
+    if spec["adapter"] == "perceiver":
+        return f"perceiver (depth {spec['resampler']['depth']})"
+    return spec["adapter"]
+
+
+def validation_curve(run_dir) -> list[tuple[int, float]]:
+    """(step, validation loss) pairs from a run's metrics.jsonl."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(record["step"], record["val_loss"]) for record in map(json.loads, lines) if "val_loss" in record]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float):
+    """The first step whose validation loss is at or below target (None if never)."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def compare_runs(run_dirs: list, data_dir, split="test", baseline=None, limit=None, batch_size=32) -> list[dict]:
+    """One row per stage-2 run: adapter, trainable parameters, final validation loss, steps to reach
+    the baseline's final validation loss, and the test metrics of every task. The baseline is
+    `baseline` or the first perceiver run."""
+    rows = []
+    for run_dir in run_dirs:
+        model, checkpoint = load_model(run_dir)
+        results = evaluate_checkpoint(run_dir, data_dir, split, limit=limit or None, batch_size=batch_size)
+        curve = validation_curve(run_dir)
+        rows.append({"run": str(run_dir), "adapter": run_name(checkpoint["spec"]), "step": checkpoint["step"],
+                     "trainable_parameters": model.num_trainable_parameters(), "curve": curve,
+                     "final_val_loss": curve[-1][1], "metrics": results["metrics"], "samples": results["samples"]})
+    reference = next((row for row in rows if row["run"] == str(baseline) or (baseline is None and row["adapter"].startswith("perceiver"))), rows[0])
+    for row in rows:
+        row["steps_to_baseline_final_loss"] = steps_to_reach(row["curve"], reference["final_val_loss"])
+        row["baseline"] = reference["adapter"]
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown, like the paper's comparison: one row per adapter."""
+    columns = [("caption", "cider_d", "CIDEr-D"), ("vqa", "vqa_accuracy", "VQA acc"),
+               ("video_caption", "cider_d", "video CIDEr-D"), ("video_vqa", "vqa_accuracy", "video VQA acc")]
+    columns = [c for c in columns if any(c[0] in row["metrics"] for row in rows)]
+    header = ["adapter", "trainable params", "val loss", f"steps to {rows[0]['baseline']}'s final val loss"]
+    lines = ["| " + " | ".join(header + [title for *_, title in columns]) + " |", "|" + "---|" * (len(header) + len(columns))]
+    for row in rows:
+        reached = row["steps_to_baseline_final_loss"]
+        cells = [row["adapter"], f"{row['trainable_parameters']:,}", f"{row['final_val_loss']:.4f}",
+                 f"{reached} of {row['step']}" if reached is not None else f"not reached in {row['step']}"]
+        cells += [f"{row['metrics'][task][metric]:.3f}" if task in row["metrics"] else "-" for task, metric, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: Path, size=(720, 440)) -> None:
+    """Validation loss against step for every run, drawn with Pillow (no plotting dependency)."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 60, 20, 20, 60
+    steps = [step for row in rows for step, _ in row["curve"]]
+    losses = [loss for row in rows for _, loss in row["curve"]]
+    low, high = min(losses), max(losses)
+    x = lambda step: left + (width - left - right) * step / max(steps)
+    y = lambda loss: top + (height - top - bottom) * (high - loss) / max(high - low, 1e-9)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black")
+    for fraction in (0, 0.5, 1):
+        loss, step = high - fraction * (high - low), fraction * max(steps)
+        draw.text((4, y(loss) - 6), f"{loss:.3f}", fill="black")
+        draw.text((x(step) - 10, height - bottom + 6), f"{step:.0f}", fill="black")
+    draw.text((width // 2 - 60, height - 24), "step (validation loss)", fill="black")
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+    for index, row in enumerate(rows):
+        colour = colours[index % len(colours)]
+        points = [(x(step), y(loss)) for step, loss in row["curve"]]
+        draw.line(points, fill=colour, width=2) if len(points) > 1 else None
+        draw.text((width - right - 220, top + 16 * index), row["adapter"], fill=colour)
+    image.save(path)
+
+
+def write_comparison(rows: list[dict], out_dir) -> str:
+    """results.json, table.md, val_loss.csv and val_loss.png in out_dir; returns the table."""
+    out_dir = Path(out_dir)
+    table = comparison_table(rows)
+    write_json_atomically(out_dir / "results.json", {"runs": rows})
+    (out_dir / "table.md").write_text(table + "\n")
+    with open(out_dir / "val_loss.csv", "w") as f:
+        f.write("adapter,step,val_loss\n")
+        f.writelines(f"{row['adapter']},{step},{loss:.6f}\n" for row in rows for step, loss in row["curve"])
+    plot_curves(rows, out_dir / "val_loss.png")
+    return table
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -565,6 +665,14 @@ def main(argv=None) -> None:
     one.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE")
     one.add_argument("--question", help="answer this question instead of captioning")
     one.add_argument("--data", help=f"data folder whose {data.TOKENIZER_FILE} to use (or give --tokenizer)")
+    compare = commands.add_parser("compare", help="the paper's comparison table for several stage-2 runs")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--split", default="test")
+    compare.add_argument("--baseline", help="run whose final validation loss the others race to (default: first perceiver)")
+    compare.add_argument("--limit", type=int, help="at most N images / questions per task (0 or none: all)")
+    compare.add_argument("--batch-size", type=int, default=32)
+    compare.add_argument("--out", type=Path, required=True, help="folder for results.json, table.md, val_loss.csv/.png")
     for command in (checkpoint, one):
         command.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
         command.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
@@ -578,6 +686,11 @@ def main(argv=None) -> None:
         decoding = Decoding(args.beam, args.length_penalty, args.max_new_tokens)
         print(caption_one(args.checkpoint, args.path, args.tokenizer or Path(args.data) / data.TOKENIZER_FILE,
                           args.question, decoding, args.device))
+        return
+    if args.command == "compare":
+        rows = compare_runs(args.runs, args.data, args.split, args.baseline, args.limit, args.batch_size)
+        print(write_comparison(rows, args.out))
+        print(f"wrote {args.out}/results.json, table.md, val_loss.csv, val_loss.png")
         return
     results = evaluate_checkpoint(args.checkpoint_path, args.data, args.split,
                                   args.tasks.split(",") if args.tasks else None, args.limit, args.beam, args.batch_size,

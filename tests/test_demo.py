@@ -1,0 +1,27 @@
+"""The reduced demo end to end: every stage, both adapters, the comparison table and curves."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
+    result = subprocess.run(["make", "demo-quick", f"RUNS={tmp_path}", f"PY={sys.executable}", "INSTALL="],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    runs = json.loads((tmp_path / "results" / "results.json").read_text())["runs"]
+    assert [run["adapter"] for run in runs] == ["vadapter (stage1)", "perceiver (depth 6)"]
+    for run in runs:
+        assert run["trainable_parameters"] > 0 and run["final_val_loss"] > 0
+        assert set(run["metrics"]) == {"caption", "vqa", "video_caption", "video_vqa"}
+        for task in ("caption", "video_caption"):
+            assert {"cider_d", "bleu4"} <= set(run["metrics"][task])
+        for task in ("vqa", "video_vqa"):
+            assert 0 <= run["metrics"][task]["vqa_accuracy"] <= 1
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "vadapter (stage1)" in table and "perceiver (depth 6)" in table and "CIDEr-D" in table
+    csv = (tmp_path / "results" / "val_loss.csv").read_text().splitlines()
+    assert csv[0] == "adapter,step,val_loss" and len(csv) > 2
+    assert (tmp_path / "results" / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
