@@ -1,0 +1,510 @@
+"""Benchmarks for kernel work: every attention backend on the shapes the three models run, and our
+PaLM decoder against a Hugging Face decoder of the same size.
+
+The kernel-work box. Adding an attention kernel is two lines in attention.py:
+    def my_attention(q, k, v, mask=None): ...   # q (B, Hq, Sq, Dh), k/v (B, Hkv, Sk, Dh) -> (B, Hq, Sq, Dh)
+    BACKENDS["mine"] = my_attention             # mask: attention.Mask (.mask_mod, .dense(...))
+then run
+    python benchmark.py attention               # every backend + auto; --backends mine,sdpa --cases decoder_causal
+which checks the output and the gradients against `math` (INCORRECT and exit status 1 when a backend
+is off by more than the tolerance) before timing anything.
+
+Subcommands:
+    attention   every backend in attention.BACKENDS, plus `auto`, on the ViT, resampler and decoder
+                shapes derived from a preset of model configs (`--preset cpu|cuda`, `--quick`)
+    reference   our PaLMDecoder against transformers' LlamaForCausalLM of the same width, depth,
+                heads, vocabulary and sequence, forward+backward (needs `pip install transformers`)
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+import attention as attn
+from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
+from resampler import ResamplerConfig
+from vit import VIT_CONFIGS, ViTConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Max abs error allowed against `math` run in float32 on the same inputs. Gradients are compared
+# with the tolerance times the largest reference gradient (at least 1): their scale grows with Sq.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# FLOP convention (FlashAttention's benchmarks): forward = 4 * B * Hq * Sq * Sk * Dh, the two
+# matmuls, masked-out entries counted as if computed; backward = 2.5 x forward (five matmuls, one of
+# them recomputing Q K^T), so forward+backward = 3.5 x forward.
+FORWARD_BACKWARD_FLOPS = 3.5
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable, calls: int, device: torch.device) -> float:
+    """Milliseconds per call of `calls` back-to-back calls."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+def calls_per_repeat(fn: Callable, device: torch.device, min_repeat_ms: float) -> int:
+    """Enough calls that one timed repeat lasts min_repeat_ms: a single sub-millisecond call is
+    mostly timer and Python noise."""
+    if min_repeat_ms <= 0:
+        return 1
+    once = time_calls(fn, 1, device)
+    return max(1, math.ceil(min_repeat_ms / max(once, 1e-3)))
+
+
+def machine(device: torch.device) -> str:
+    """Where the numbers come from; on CPU the load average says how much others were running."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+            f"torch {torch.__version__}")
+
+
+def summary(samples_ms: list[float]) -> dict:
+    """Median and spread (interquartile range and min-max) of per-call times, ms."""
+    quartiles = statistics.quantiles(samples_ms, n=4, method="inclusive") if len(samples_ms) > 1 else samples_ms * 3
+    return {"median_ms": statistics.median(samples_ms), "p25_ms": quartiles[0], "p75_ms": quartiles[2],
+            "min_ms": min(samples_ms), "max_ms": max(samples_ms), "repeats": len(samples_ms)}
+
+
+# =============================================================================================
+# attention: every backend on the shapes the models run
+# =============================================================================================
+
+
+@dataclass
+class Preset:
+    """The model configs whose attention shapes are benchmarked, and the data sizes they see."""
+
+    vit: ViTConfig
+    resampler: ResamplerConfig  # the VAdapter's 1-layer resampler, latents at the tiny LM's width
+    lm: PaLMConfig  # the decoder that reads [visual tokens; text]
+    batch: int
+    text_len: int  # caption / question + answer tokens after the visual tokens
+    frames: int  # video frames, each frame's patches enter the resampler together
+    dtype: str  # what training runs in on that device (bf16 autocast on CUDA)
+
+
+def resampler_for(vit: ViTConfig, tiny_lm: PaLMConfig, num_latents: int) -> ResamplerConfig:
+    """As pretrain.py builds it: latents at the tiny LM's width, with its number of heads."""
+    return ResamplerConfig(input_dim=vit.dim, dim=tiny_lm.dim, depth=1, num_latents=num_latents, num_heads=tiny_lm.num_heads)
+
+
+QUICK_VIT = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64)  # 16 patches
+PRESETS = {
+    # `make demo` on a laptop: toy ViT (64 patches), 16 latents, toy-large LM, batch 32, 8-frame videos.
+    "cpu": Preset(VIT_CONFIGS["toy"], resampler_for(VIT_CONFIGS["toy"], PALM_CONFIGS["toy-tiny"], 16),
+                  PALM_CONFIGS["toy-large"], batch=32, text_len=32, frames=8, dtype="float32"),
+    # Paper-size: ViT-B/16 (196 patches), tiny-108m adapter (64 latents), 1B LM.
+    "cuda": Preset(VIT_CONFIGS["B/16"], resampler_for(VIT_CONFIGS["B/16"], PALM_CONFIGS["tiny-108m"], 64),
+                   PALM_CONFIGS["1b"], batch=32, text_len=64, frames=8, dtype="bfloat16"),
+    # For tests: every case in well under a second per backend (Dh 16 is flex's smallest).
+    "quick": Preset(QUICK_VIT, resampler_for(QUICK_VIT, PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2), 4),
+                    PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48), batch=2, text_len=8,
+                    frames=2, dtype="float32"),
+}
+
+
+@dataclass
+class AttentionCase:
+    """One attention call as a model makes it: q (B, Hq, Sq, Dh), k and v (B, Hkv, Sk, Dh), a mask."""
+
+    name: str
+    what: str
+    batch: int
+    heads_q: int
+    heads_kv: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    mask: attn.Mask | None
+    backward: bool = True  # False where the model only ever runs it under no_grad (decoding)
+
+    @property
+    def forward_flops(self) -> int:
+        return 4 * self.batch * self.heads_q * self.q_len * self.kv_len * self.head_dim
+
+    def visible_fraction(self, device) -> float:
+        if self.mask is None:
+            return 1.0
+        return self.mask.dense(self.batch, self.q_len, self.kv_len, device).float().mean().item()
+
+    def shape(self) -> str:
+        return f"B={self.batch} Hq={self.heads_q} Hkv={self.heads_kv} Sq={self.q_len} Sk={self.kv_len} Dh={self.head_dim}"
+
+
+def attention_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
+    vit, resampler, lm, B = preset.vit, preset.resampler, preset.lm, preset.batch
+    patches = vit.grid_size**2  # N
+    latents = resampler.num_latents  # L: the visual tokens
+    resampler_head_dim = resampler.dim // resampler.num_heads
+    lm_head_dim = lm.head_dim or lm.dim // lm.num_heads
+    sequence = latents + preset.text_len  # [visual tokens; text]
+    long_batch = max(1, B * sequence // lm.max_seq_len)  # as many tokens as the batch of short sequences
+    visual_prefix = torch.full((B,), latents, device=device)
+    return [
+        # ViT: patches attend to patches. (B, H, N, Dh) x (B, H, N, Dh)
+        AttentionCase("vit_self", "ViT self-attention over the patches", B, vit.num_heads, vit.num_heads, patches, patches,
+                      vit.dim // vit.num_heads, None),
+        # Resampler: latents attend to [features; latents]. (B, H, L, Dh) x (B, H, N + L, Dh)
+        AttentionCase("resampler_image", "resampler latents -> [patches; latents]", B, resampler.num_heads, resampler.num_heads,
+                      latents, patches + latents, resampler_head_dim, None),
+        # Video: every frame's patches in one set. (B, H, L, Dh) x (B, H, T * N + L, Dh)
+        AttentionCase("resampler_video", f"resampler latents -> [{preset.frames} frames of patches; latents]", B,
+                      resampler.num_heads, resampler.num_heads, latents, preset.frames * patches + latents,
+                      resampler_head_dim, None),
+        # LM over [visual; text], multi-query: (B, H, P + L, Dh) x (B, Hkv, P + L, Dh)
+        AttentionCase("decoder_causal", "LM causal over [visual tokens; text], MQA", B, lm.num_heads, lm.num_kv_heads,
+                      sequence, sequence, lm_head_dim, attn.causal()),
+        AttentionCase("decoder_prefix_lm", "LM prefix-LM: visual tokens bidirectional, text causal", B, lm.num_heads,
+                      lm.num_kv_heads, sequence, sequence, lm_head_dim, attn.prefix_lm(visual_prefix)),
+        # The longest sequence the LM takes, same tokens per batch. (B', H, max_seq_len, Dh)
+        AttentionCase("decoder_prefix_lm_long", f"LM prefix-LM at max_seq_len={lm.max_seq_len}", long_batch, lm.num_heads,
+                      lm.num_kv_heads, lm.max_seq_len, lm.max_seq_len, lm_head_dim, attn.prefix_lm(visual_prefix[:long_batch])),
+        # One new token against the cache, masked as PaLMDecoder.decode_step does. (B, H, 1, Dh) x (B, Hkv, S, Dh)
+        AttentionCase("decode_step", "LM KV-cache decoding step", B, lm.num_heads, lm.num_kv_heads, 1, sequence, lm_head_dim,
+                      attn.and_masks(attn.left_padding(torch.zeros(B, dtype=torch.long, device=device), sequence - 1),
+                                     attn.causal(sequence - 1)),
+                      backward=False),
+    ]
+
+
+def call_backend(backend: str) -> Callable:
+    return lambda q, k, v, mask: attn.attention(q, k, v, mask, backend=backend)
+
+
+def short_error(error: Exception) -> str:
+    """`Type: first line of the message`, for the table and the JSON."""
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"[:200]
+
+
+def max_abs_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return (got.float() - reference).abs().max().item()
+
+
+def check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype, backward) -> dict:
+    """Errors against the float32 `math` reference; `error` instead where the backend cannot run."""
+    tolerance = TOLERANCE[dtype]
+    result = {"forward": {}, "forward_backward": {}}
+    try:
+        with torch.no_grad():
+            result["forward"]["max_abs_error"] = max_abs_error(fn(q, k, v, mask), reference)
+        result["forward"]["correct"] = result["forward"]["max_abs_error"] <= tolerance
+    except Exception as error:  # a backend that cannot run this shape is reported, not fatal
+        result["forward"]["error"] = short_error(error)
+    if not backward:
+        result["forward_backward"]["error"] = "inference only (decoding runs under no_grad)"
+        return result
+    try:
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        grads = torch.autograd.grad(fn(*leaves, mask), leaves, grad_out)
+        scaled = [max_abs_error(g, g_ref) / max(1.0, g_ref.abs().max().item()) for g, g_ref in zip(grads, reference_grads)]
+        result["forward_backward"]["max_abs_error"] = max(max_abs_error(g, g_ref) for g, g_ref in zip(grads, reference_grads))
+        result["forward_backward"]["correct"] = max(scaled) <= tolerance
+    except Exception as error:  # e.g. FlexAttention has no backward on CPU
+        result["forward_backward"]["error"] = short_error(error)
+    return result
+
+
+def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: int, warmup: int,
+             min_repeat_ms: float) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)  # (B, Hq, Sq, Dh)
+    k = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)  # (B, Hkv, Sk, Dh)
+    v = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)
+    grad_out = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)
+    q, k, v, grad_out = (t.to(device=device, dtype=dtype) for t in (q, k, v, grad_out))
+    mask = case.mask  # its tensors are already on the device (attention_cases)
+
+    # The reference: math in float32 on the same (already rounded) inputs.
+    leaves = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
+    reference = attn.attention(*leaves, mask, backend="math")
+    reference_grads = torch.autograd.grad(reference, leaves, grad_out.float()) if case.backward else None
+    reference = reference.detach()
+
+    rows, timed = [], []  # timed: (row, mode, call) for every mode that ran, correct or not
+    for backend in backends:
+        fn = call_backend(backend)
+        errors = check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype, case.backward)
+        row = {"case": case.name, "backend": backend, **errors}
+        if backend == "auto":
+            row["auto_chose"] = attn.choose_backend(q, k, v)
+        rows.append(row)
+
+        def forward(fn=fn):
+            with torch.no_grad():
+                fn(q, k, v, mask)
+
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+
+        def forward_backward(fn=fn, leaves=leaves):
+            torch.autograd.grad(fn(*leaves, mask), leaves, grad_out)
+
+        for mode, call in (("forward", forward), ("forward_backward", forward_backward)):
+            if "error" not in row[mode]:
+                timed.append((row, mode, call))
+
+    for _, _, call in timed:
+        for _ in range(warmup):
+            call()
+    inner = [calls_per_repeat(call, device, min_repeat_ms) for _, _, call in timed]
+    samples = [[] for _ in timed]
+    # Backends take turns within each repeat, so that machine noise (other processes, clock
+    # changes) falls on all of them alike instead of on whichever ran during the burst.
+    for _ in range(repeats):
+        for i, (_, _, call) in enumerate(timed):
+            samples[i].append(time_calls(call, inner[i], device))
+    for (row, mode, _), times in zip(timed, samples):
+        stats = summary(times)
+        flops = case.forward_flops * (1 if mode == "forward" else FORWARD_BACKWARD_FLOPS)
+        row[mode].update(stats, gflops_per_s=flops / (stats["median_ms"] * 1e-3) / 1e9)
+    return rows
+
+
+MODE_HEADER = f"{'max err':>9} {'median ms':>9} {'[p25-p75]':<19} {'GFLOP/s':>8} {'':<9}"
+
+
+def format_mode(result: dict) -> str:
+    """One mode's cells, MODE_HEADER's width: error, median [p25-p75] ms, GFLOP/s, verdict."""
+    if "max_abs_error" not in result:
+        message = result["error"].split(": ", 1)[-1].split(". ")[0]  # the first sentence, without the exception type
+        return f"n/a: {message}"[:len(MODE_HEADER)].ljust(len(MODE_HEADER))
+    verdict = "ok" if result["correct"] else "INCORRECT"
+    spread = f"[{result['p25_ms']:.3f}-{result['p75_ms']:.3f}]"
+    return f"{result['max_abs_error']:>9.1e} {result['median_ms']:>9.3f} {spread:<19} {result['gflops_per_s']:>8.1f} {verdict:<9}"
+
+
+def print_case(case: AttentionCase, rows: list[dict], device) -> None:
+    print(f"\n{case.name}: {case.what}\n  {case.shape()}  mask: {case.mask.kind if case.mask else 'none'} "
+          f"({case.visible_fraction(device):.0%} of scores visible)")
+    print(f"  {'':<12} | {'forward':<{len(MODE_HEADER)}} | forward+backward")
+    print(f"  {'backend':<12} | {MODE_HEADER} | {MODE_HEADER}")
+    for row in rows:
+        name = f"auto->{row['auto_chose']}" if row["backend"] == "auto" else row["backend"]
+        print(f"  {name:<12} | {format_mode(row['forward'])} | {format_mode(row['forward_backward'])}".rstrip())
+
+
+def auto_report(rows: list[dict]) -> list[dict]:
+    """Per case and mode: `auto` against the fastest correct named backend (ratio of medians).
+
+    It passes when within 10%, or when auto ran that very backend: the two rows then time the same
+    kernel, and what separates them is machine noise plus choose_backend's few microseconds."""
+    report = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        case_rows = [r for r in rows if r["case"] == case]
+        auto = next((r for r in case_rows if r["backend"] == "auto"), None)
+        for mode in ("forward", "forward_backward"):
+            candidates = [r for r in case_rows if r["backend"] != "auto" and r[mode].get("correct") and "median_ms" in r[mode]]
+            if auto is None or not candidates or "median_ms" not in auto[mode]:
+                continue
+            fastest = min(candidates, key=lambda r: r[mode]["median_ms"])
+            ratio = auto[mode]["median_ms"] / fastest[mode]["median_ms"]
+            report.append({"case": case, "mode": mode, "auto_chose": auto["auto_chose"], "fastest": fastest["backend"],
+                           "ratio": ratio, "ok": ratio <= 1.10 or auto["auto_chose"] == fastest["backend"]})
+    return report
+
+
+def attention_main(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset_name = "quick" if args.quick else args.preset or ("cuda" if device.type == "cuda" else "cpu")
+    preset = PRESETS[preset_name]
+    dtype = DTYPES[args.dtype or preset.dtype]
+    repeats = args.repeats or (2 if args.quick else 15)
+    warmup, min_repeat_ms = (1, 0.0) if args.quick else (3, 20.0)
+    backends = args.backends.split(",") if args.backends else [*attn.BACKENDS, "auto"]
+    unknown = [b for b in backends if b not in ("auto", *attn.BACKENDS)]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}; attention.BACKENDS has {list(attn.BACKENDS)} (and auto)")
+    cases = attention_cases(preset, device)
+    if args.cases:
+        wanted = args.cases.split(",")
+        unknown = sorted(set(wanted) - {c.name for c in cases})
+        if unknown:
+            raise SystemExit(f"unknown case(s) {unknown}; choose from {[c.name for c in cases]}")
+        cases = [c for c in cases if c.name in wanted]
+
+    print(f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}")
+    print(f"correctness: max abs error against math in float32 (gradients: relative to the largest reference gradient, "
+          f"at least 1), INCORRECT above {TOLERANCE[dtype]:g}\n"
+          f"timing: median [p25-p75] ms per call over {repeats} repeats, backends interleaved; forward under no_grad\n"
+          f"GFLOP/s: forward 4*B*Hq*Sq*Sk*Dh, masked-out scores counted as computed; forward+backward "
+          f"{FORWARD_BACKWARD_FLOPS} x forward")
+    rows = []
+    for case in cases:
+        case_rows = run_case(case, backends, dtype, device, repeats, warmup, min_repeat_ms)
+        print_case(case, case_rows, device)
+        rows += case_rows
+
+    auto = auto_report(rows)
+    if auto:
+        print("\nauto against the fastest correct backend (ratio of medians):")
+        for line in auto:
+            if not line["ok"]:
+                verdict = "AUTO MORE THAN 10% SLOWER"
+            else:
+                verdict = "ok, chose it" if line["auto_chose"] == line["fastest"] else "ok, within 10%"
+            print(f"  {line['case']:<24} {line['mode']:<17} auto->{line['auto_chose']:<6} fastest {line['fastest']:<6} "
+                  f"{line['ratio']:5.2f}x  {verdict}")
+    incorrect = sorted({(r["backend"], r["case"], mode) for r in rows for mode in ("forward", "forward_backward")
+                        if r[mode].get("correct") is False})
+    if args.json:
+        meta = {"preset": preset_name, "preset_config": asdict(preset), "dtype": str(dtype), "machine": machine(device),
+                "repeats": repeats, "tolerance": TOLERANCE[dtype],
+                "flops": f"forward 4*B*Hq*Sq*Sk*Dh ignoring masks; forward_backward {FORWARD_BACKWARD_FLOPS} x forward"}
+        shapes = {c.name: {**{f: getattr(c, f) for f in ("batch", "heads_q", "heads_kv", "q_len", "kv_len", "head_dim")},
+                           "mask": c.mask.kind if c.mask else None} for c in cases}
+        with open(args.json, "w") as file:
+            json.dump({"meta": meta, "cases": shapes, "results": rows, "auto": auto}, file, indent=1)
+    if incorrect:
+        print("\nINCORRECT (over the tolerance against math):")
+        for backend, case, mode in incorrect:
+            print(f"  {backend} on {case} ({mode})")
+        return 1
+    return 0
+
+
+# =============================================================================================
+# step: training-step throughput of the full stage-1/stage-2 models goes here (issue 6, part 2)
+# =============================================================================================
+
+
+# =============================================================================================
+# reference: our PaLMDecoder against a Hugging Face decoder of the same size
+# =============================================================================================
+
+
+def hugging_face_decoder(config: PaLMConfig):
+    """The closest transformers architecture: Llama with one key/value head (MQA), SwiGLU of the
+    same hidden width, rotary (same rotate-half pairing), no biases, tied embeddings. What differs:
+    Llama's block is sequential with two RMSNorms (x + attn(norm1(x)), then + mlp(norm2(x))) where
+    PaLM's is parallel on one bias-free LayerNorm; the parameter count differs only by the norms."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built from a config object: nothing to download
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise SystemExit("`benchmark.py reference` needs transformers (a benchmark-only extra): "
+                         "pip install -r requirements-bench.txt") from None
+    hf_config = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.dim, intermediate_size=config.mlp_hidden_dim or 4 * config.dim,
+        num_hidden_layers=config.depth, num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim or config.dim // config.num_heads, max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps, attention_bias=False, mlp_bias=False, tie_word_embeddings=True, hidden_act="silu",
+        attention_dropout=0.0,
+    )
+    hf_config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf_config)
+
+
+def num_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # a tied embedding is one parameter, counted once
+
+
+def reference_main(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    config = PaLMConfig(vocab_size=args.vocab, dim=args.dim, depth=args.depth, num_heads=args.heads, num_kv_heads=1,
+                        max_seq_len=args.seq, attention_backend=args.backend)
+    ours, theirs = PaLMDecoder(config).to(device), hugging_face_decoder(config).to(device)
+    input_ids = torch.randint(config.vocab_size, (args.batch, args.seq), device=device)  # (B, S)
+    loss_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    loss_mask[:, 0] = False  # both predict tokens 1..S-1 from the positions before them
+
+    def step_ours():
+        ours.zero_grad(set_to_none=True)
+        ours(input_ids, loss_mask=loss_mask)[1].backward()
+
+    def step_theirs():
+        theirs.zero_grad(set_to_none=True)
+        theirs(input_ids=input_ids, labels=input_ids).loss.backward()
+
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for _ in range(args.warmup):
+            step_ours()
+            step_theirs()
+        times = {"ours": [], "theirs": []}
+        for _ in range(args.repeats):  # alternate, so that machine noise falls on both alike
+            times["ours"].append(time_calls(step_ours, 1, device))
+            times["theirs"].append(time_calls(step_theirs, 1, device))
+
+    ours_stats, theirs_stats = summary(times["ours"]), summary(times["theirs"])
+    pair_ratio = statistics.median(a / b for a, b in zip(times["ours"], times["theirs"]))
+    print(f"reference: forward+backward, dim {args.dim} depth {args.depth} heads {args.heads} (1 kv head) vocab {args.vocab} "
+          f"seq {args.seq} batch {args.batch}, {'bf16 autocast' if device.type == 'cuda' else 'float32'}, "
+          f"{args.repeats} alternating repeats; {machine(device)}")
+    for name, model, stats in (("ours (PaLMDecoder, attention " + args.backend + ")", ours, ours_stats),
+                               ("transformers LlamaForCausalLM (sdpa)", theirs, theirs_stats)):
+        print(f"  {name:<44} {num_parameters(model):>12,} params  median {stats['median_ms']:8.2f} ms "
+              f"[{stats['p25_ms']:.2f}-{stats['p75_ms']:.2f}]")
+    print(f"  ours / theirs: {ours_stats['median_ms'] / theirs_stats['median_ms']:.3f} (ratio of medians), "
+          f"{pair_ratio:.3f} (median of per-repeat ratios)\n"
+          f"  same matmul shapes; Llama's block is sequential with two RMSNorms, PaLM's parallel on one LayerNorm")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"config": vars(args), "machine": machine(device), "ours": ours_stats,
+                       "theirs": theirs_stats, "ratio_of_medians": ours_stats["median_ms"] / theirs_stats["median_ms"],
+                       "median_pair_ratio": pair_ratio}, file, indent=1)
+    return 0
+
+
+# =============================================================================================
+# Command line
+# =============================================================================================
+
+
+THREADS_HELP = "CPU threads (torch.set_num_threads); 1 is steadier when other processes keep the cores busy"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    attention_parser = commands.add_parser("attention", help="every attention backend on the models' shapes: check, then time")
+    attention_parser.add_argument("--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)")
+    attention_parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats: a smoke run in seconds")
+    attention_parser.add_argument("--backends", help="comma-separated (default: every attention.BACKENDS entry, and auto)")
+    attention_parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    attention_parser.add_argument("--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)")
+    attention_parser.add_argument("--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)")
+    attention_parser.add_argument("--device", help="default: cuda when available")
+    attention_parser.add_argument("--threads", type=int, help=THREADS_HELP)
+    attention_parser.add_argument("--json", help="also write every number to this JSON file")
+
+    # the `step` subcommand (training-step throughput) registers here
+
+    reference_parser = commands.add_parser("reference", help="our PaLMDecoder against transformers' Llama of the same size")
+    reference_parser.add_argument("--dim", type=int, default=256)
+    reference_parser.add_argument("--depth", type=int, default=4)
+    reference_parser.add_argument("--heads", type=int, default=8)
+    reference_parser.add_argument("--vocab", type=int, default=1024)
+    reference_parser.add_argument("--seq", type=int, default=128)
+    reference_parser.add_argument("--batch", type=int, default=8)
+    reference_parser.add_argument("--backend", default="auto", help="our attention backend (default auto)")
+    reference_parser.add_argument("--repeats", type=int, default=20)
+    reference_parser.add_argument("--warmup", type=int, default=3)
+    reference_parser.add_argument("--device", help="default: cuda when available")
+    reference_parser.add_argument("--threads", type=int, help=THREADS_HELP)
+    reference_parser.add_argument("--json", help="also write the numbers to this JSON file")
+
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"attention": attention_main, "reference": reference_main}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

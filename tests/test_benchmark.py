@@ -1,0 +1,83 @@
+"""benchmark.py: the attention benchmark derives its shapes from the presets, flags a wrong backend
+as INCORRECT (exit status 1) and survives a backend without backward; the reference runs."""
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attention
+import benchmark
+from palm_decoder import PaLMConfig, PaLMDecoder
+
+
+def no_scale_attention(q, k, v, mask=None):
+    """Deliberately wrong: SDPA without the 1/sqrt(Dh) softmax scale."""
+    dense = None if mask is None else mask.dense(q.shape[0], q.shape[2], k.shape[2], q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=1.0, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def verdicts(row):
+    return [row[mode]["correct"] for mode in ("forward", "forward_backward") if "correct" in row[mode]]
+
+
+def test_cases_follow_the_model_presets():
+    preset = benchmark.PRESETS["cpu"]
+    cases = {case.name: case for case in benchmark.attention_cases(preset)}
+    patches, latents = preset.vit.grid_size**2, preset.resampler.num_latents
+    vit = cases["vit_self"]
+    assert (vit.batch, vit.heads_q, vit.q_len, vit.kv_len, vit.head_dim) == (32, 4, 64, 64, 32)  # toy ViT
+    assert cases["resampler_image"].kv_len == patches + latents
+    assert cases["resampler_video"].kv_len == preset.frames * patches + latents
+    for name in ("decoder_causal", "decoder_prefix_lm", "decoder_prefix_lm_long", "decode_step"):
+        assert cases[name].heads_kv == preset.lm.num_kv_heads == 1  # PaLM's multi-query attention
+    long, short = cases["decoder_prefix_lm_long"], cases["decoder_prefix_lm"]
+    assert long.q_len == preset.lm.max_seq_len and long.batch * long.q_len <= short.batch * short.q_len  # same token budget
+    assert cases["decode_step"].q_len == 1 and not cases["decode_step"].backward
+
+
+def test_wrong_backend_is_flagged_incorrect(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(attention, "BACKENDS", {**attention.BACKENDS, "no_scale": no_scale_attention})
+    report = tmp_path / "attention.json"
+    status = benchmark.main(["attention", "--quick", "--backends", "math,sdpa,auto,no_scale", "--json", str(report)])
+    assert status == 1
+    results = json.loads(report.read_text())["results"]
+    assert {row["case"] for row in results} == {case.name for case in benchmark.attention_cases(benchmark.PRESETS["quick"])}
+    for row in results:
+        if row["backend"] == "no_scale":
+            assert verdicts(row) and not any(verdicts(row)), row
+        else:
+            assert verdicts(row) and all(verdicts(row)), row
+    printed = capsys.readouterr().out
+    assert "INCORRECT" in printed and "no_scale on vit_self (forward)" in printed
+
+
+def test_flex_without_backward_is_reported_not_fatal(tmp_path):
+    """One compiled case (a few seconds on CPU): flex's forward is checked; on CPU its backward is n/a."""
+    report = tmp_path / "attention.json"
+    assert benchmark.main(["attention", "--quick", "--backends", "math,flex", "--cases", "vit_self", "--json", str(report)]) == 0
+    flex = next(row for row in json.loads(report.read_text())["results"] if row["backend"] == "flex")
+    assert flex["forward"]["correct"] and flex["forward"]["median_ms"] > 0
+    if not torch.cuda.is_available():
+        assert "backward" in flex["forward_backward"]["error"]
+
+
+def test_reference_against_transformers(tmp_path):
+    pytest.importorskip("transformers")
+    report = tmp_path / "reference.json"
+    status = benchmark.main(["reference", "--dim", "32", "--depth", "2", "--heads", "4", "--vocab", "64", "--seq", "16",
+                             "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(report)])
+    assert status == 0
+    assert json.loads(report.read_text())["ratio_of_medians"] > 0
+    config = PaLMConfig(vocab_size=64, dim=32, depth=2, num_heads=4, num_kv_heads=1, max_seq_len=16)
+    ours, theirs = PaLMDecoder(config), benchmark.hugging_face_decoder(config)
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    # Same sizes everywhere; Llama has two RMSNorms per block where PaLM shares one LayerNorm.
+    assert count(theirs) - count(ours) == config.depth * config.dim
+
+
+def test_reference_without_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(SystemExit, match="pip install"):
+        benchmark.main(["reference", "--dim", "32", "--depth", "1", "--heads", "4", "--vocab", "64", "--seq", "16"])
