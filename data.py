@@ -877,26 +877,45 @@ def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_si
 
 
 def training_texts(folder: str | Path, split: str = "train") -> list[str]:
-    """Every caption and every "question: ... answer: ..." line of a split: the tokenizer's corpus
-    and the LMs' text-only pretraining data."""
-    texts = []
+    """Every caption and every "question: ... answer: ..." line of a split: the tokenizer's corpus."""
+    return [text for document in training_documents(folder, split, 1) for text in document]
+
+
+def training_documents(folder: str | Path, split: str = "train", texts_per_document: int = 2,
+                       seed: int = 0) -> list[list[str]]:
+    """The LMs' text-only pretraining data: the captions and "question: ... answer: ..." lines of
+    one image, shuffled and grouped `texts_per_document` at a time. Like sentences of one web
+    page, a text is easier to predict after reading its neighbours, so the LM learns to use what
+    came before: what it later does with the visual tokens placed before the text."""
+    by_image = defaultdict(list)
     for task in available_tasks(folder, split):
-        texts += [f"{e.prompt} {e.target}".strip() for e in read_task(folder, task, split).examples]
-    return texts
+        for e in read_task(folder, task, split).examples:
+            by_image[e.image_id].append(f"{e.prompt} {e.target}".strip())
+    rng, documents = random.Random(seed), []
+    for image_id in sorted(by_image):
+        texts = by_image[image_id]
+        rng.shuffle(texts)
+        documents += [texts[i:i + texts_per_document] for i in range(0, len(texts), texts_per_document)]
+    return documents
 
 
 class TextDataset(Dataset):
-    """Text only, for language pretraining: [bos] text [eos], loss on every token after bos."""
+    """Text only, for language pretraining: each text of a document as [bos] text [eos], one after
+    the other; the loss is on every token but the bos tokens (they are given, as in captioning)."""
 
-    def __init__(self, texts: list[str], tokenizer: Tokenizer):
-        self.texts, self.tokenizer = texts, tokenizer
+    def __init__(self, documents: list[list[str]], tokenizer: Tokenizer):
+        self.documents, self.tokenizer = documents, tokenizer
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.documents)
 
     def __getitem__(self, index: int) -> dict:
-        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(self.texts[index]) + [self.tokenizer.eos_id]
-        return {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor([False] + [True] * (len(ids) - 1))}
+        ids, loss_mask = [], []
+        for text in self.documents[index]:
+            tokens = self.tokenizer.encode(text) + [self.tokenizer.eos_id]
+            ids += [self.tokenizer.bos_id] + tokens
+            loss_mask += [False] + [True] * len(tokens)
+        return {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(loss_mask)}
 
 
 def main() -> None:

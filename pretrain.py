@@ -50,7 +50,8 @@ def pretrain_vit(args, tokenizer, train_config):
 
 def pretrain_lm(args, tokenizer, train_config):
     config = replace(config_from_args(args, PaLMConfig, "lm-", PALM_CONFIGS), vocab_size=tokenizer.vocab_size)
-    texts = {split: data.TextDataset(data.training_texts(args.data, split), tokenizer) for split in ("train", "val")}
+    texts = {split: data.TextDataset(data.training_documents(args.data, split, args.texts_per_document), tokenizer)
+             for split in ("train", "val")}
     return train(PaLMDecoder(config), lm_loss, texts["train"], texts["val"], lambda s: data.collate(s, tokenizer.pad_id),
                  train_config, stage="pretrain-lm", spec={"lm": asdict(config)})
 
@@ -62,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
     parser.add_argument("--num-latents", type=int, default=16, help="vit: visual tokens the throwaway decoder reads")
     parser.add_argument("--max-frames", type=int, default=8)
+    parser.add_argument("--texts-per-document", type=int, default=2, help="lm: texts of one image per training sequence")
     add_config_flags(parser, ViTConfig, "vit-", VIT_CONFIGS, "toy")
     add_config_flags(parser, PaLMConfig, "lm-", PALM_CONFIGS, "toy-tiny")
     add_config_flags(parser, TrainConfig)

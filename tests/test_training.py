@@ -120,7 +120,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return (loss_sum * float("nan") if len(calls) == 5 else loss_sum), count
 
     config = trainer.TrainConfig(out_dir=str(tmp_path / "run"), steps=8, batch_size=4, save_every=2, eval_every=100)
-    dataset = data.TextDataset(texts, tokenizer)
+    dataset = data.TextDataset([[text] for text in texts], tokenizer)
     with pytest.raises(FloatingPointError, match="step 4.*last good checkpoint"):
         trainer.train(model, loss_fn, dataset, dataset, lambda s: data.collate(s, tokenizer.pad_id), config, "pretrain-lm",
                       {"lm": {}})
