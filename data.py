@@ -687,12 +687,26 @@ def load_pixels(path: Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5
 
 class Tokenizer:
     """Sentencepiece. Models trained here fix pad=0, unk=1, bos=2, eos=3 inside the model file; a
-    given .model keeps its own ids, but must define pad, bos and eos."""
+    given .model keeps its own ids, but must define pad, bos and eos.
+
+    model_path: a .model file, or `hf:FOLDER` for the tokenizer.model of a local Hugging Face model
+    folder (as `--lm hf:FOLDER`). Such a file may have no pad piece (Llama's has none; transformers
+    users pad with eos): it then pads with eos, which is safe because padding is never a target and
+    never attended to."""
 
     def __init__(self, model_path: str | Path):
+        hugging_face = str(model_path).startswith("hf:")
+        if hugging_face:
+            folder = Path(str(model_path)[len("hf:"):])
+            model_path = folder / "tokenizer.model"
+            if not model_path.is_file():
+                raise FileNotFoundError(f"{folder} has no tokenizer.model (a sentencepiece file); data.Tokenizer reads "
+                                        "only sentencepiece (a tokenizer.json-only model such as Llama 3 is not supported)")
         self.model = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
             self.model.pad_id(), self.model.unk_id(), self.model.bos_id(), self.model.eos_id())
+        if hugging_face and self.pad_id < 0:
+            self.pad_id = self.eos_id
         if min(self.pad_id, self.bos_id, self.eos_id) < 0:
             raise DataError(f"{model_path}: pad_id, bos_id, eos_id are {self.pad_id}, {self.bos_id}, {self.eos_id}; "
                             "expected all three defined (>= 0), as in models made by Tokenizer.train")

@@ -8,6 +8,11 @@ biases, input and output embeddings shared. The norm is PaLM's LayerNorm without
 
 Batched generation pads on the left: a row is [pads][prefix][prompt], and rotary positions are
 counted from the first real slot, so every sample sees the positions it would see alone.
+
+`PaLMDecoder.from_pretrained(folder)` loads a local Hugging Face Gemma (v1) or Llama-architecture
+folder into this same class; the config fields after `prefix_attention` say where those decoders
+differ from PaLM (sequential block, RMSNorm, GeGLU, embedding scale, untied output head), with
+PaLM's choice as the default.
 """
 import argparse
 import math
@@ -18,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
+from vit import expand_table, load_by_table, read_hugging_face_folder
 
 
 @dataclass
@@ -34,6 +40,12 @@ class PaLMConfig:
     norm_eps: float = 1e-5
     attention_backend: str = "auto"
     prefix_attention: str = "causal"  # "causal" (as pretrained) | "bidirectional" over the prefix
+    block: str = "parallel"  # parallel (PaLM: x + attn(norm(x)) + mlp(norm(x))) | sequential (Llama, Gemma)
+    norm: str = "layernorm"  # layernorm (without bias, PaLM) | rmsnorm (Llama, Gemma)
+    norm_scale_plus_one: bool = False  # RMSNorm scale stored as an offset from one: x_normed * (1 + weight) (Gemma)
+    mlp_activation: str = "silu"  # the gate's activation: silu (SwiGLU) | gelu_tanh (GeGLU, Gemma)
+    scale_embeddings: bool = False  # token embeddings * sqrt(dim) (Gemma); never the prefix
+    tie_embeddings: bool = True  # False: a separate output head (Llama's lm_head)
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "depth", "num_heads", "num_kv_heads", "max_seq_len", "rope_base", "norm_eps"):
@@ -58,6 +70,15 @@ class PaLMConfig:
             raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
         if self.prefix_attention not in ("causal", "bidirectional"):
             raise ValueError(f"prefix_attention={self.prefix_attention!r}; choose 'causal' or 'bidirectional'")
+        for name, choices in (("block", ("parallel", "sequential")), ("norm", ("layernorm", "rmsnorm")),
+                              ("mlp_activation", tuple(MLP_ACTIVATIONS))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {list(choices)}")
+        if self.norm_scale_plus_one and self.norm != "rmsnorm":
+            raise ValueError("norm_scale_plus_one=True is Gemma's RMSNorm; it needs norm='rmsnorm'")
+
+
+MLP_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 # Vocab: PaLM2's 256k sentencepiece vocabulary would be ~200M embedding parameters on its own, so
@@ -114,16 +135,41 @@ class Attention(nn.Module):
         return self.out(out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)), (k, v)
 
 
-class SwiGLU(nn.Module):
+class GatedMLP(nn.Module):
+    """down(activation(gate(x)) * up(x)): SwiGLU with silu (PaLM, Llama), GeGLU with gelu_tanh (Gemma)."""
+
     def __init__(self, config: PaLMConfig):
         super().__init__()
         hidden = config.mlp_hidden_dim or 4 * config.dim
         self.gate_and_up = nn.Linear(config.dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, config.dim, bias=False)
+        self.activation = MLP_ACTIVATIONS[config.mlp_activation]
 
     def forward(self, x):
         gate, up = self.gate_and_up(x).chunk(2, dim=-1)  # 2 x (B, S, hidden)
-        return self.down(F.silu(gate) * up)
+        return self.down(self.activation(gate) * up)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale, in float32 (Llama, Gemma). Gemma stores the scale as an offset from one,
+    scale = 1 + weight; Llama rounds x / rms(x) to the input dtype before scaling, the same in float32."""
+
+    def __init__(self, dim: int, eps: float, scale_plus_one: bool = False):
+        super().__init__()
+        self.eps, self.scale_plus_one = eps, scale_plus_one
+        self.weight = nn.Parameter(torch.zeros(dim) if scale_plus_one else torch.ones(dim))
+
+    def forward(self, x):  # (..., D)
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        scale = 1.0 + self.weight.float() if self.scale_plus_one else self.weight.float()
+        return (normed * scale).to(x.dtype)
+
+
+def make_norm(config: PaLMConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.dim, config.norm_eps, config.norm_scale_plus_one)
+    return nn.LayerNorm(config.dim, eps=config.norm_eps, bias=False)
 
 
 class PaLMBlock(nn.Module):
@@ -131,14 +177,30 @@ class PaLMBlock(nn.Module):
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=False)
+        self.norm = make_norm(config)
         self.attention = Attention(config)
-        self.mlp = SwiGLU(config)
+        self.mlp = GatedMLP(config)
 
     def forward(self, x, positions, mask, past=None):
         normed = self.norm(x)
         attention_out, key_value = self.attention(normed, positions, mask, past)
         return x + attention_out + self.mlp(normed), key_value
+
+
+class SequentialBlock(nn.Module):
+    """Llama / Gemma: x + attn(norm(x)), then x + mlp(norm(x)), each step with its own norm."""
+
+    def __init__(self, config: PaLMConfig):
+        super().__init__()
+        self.attention_norm = make_norm(config)
+        self.attention = Attention(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = GatedMLP(config)
+
+    def forward(self, x, positions, mask, past=None):
+        attention_out, key_value = self.attention(self.attention_norm(x), positions, mask, past)
+        x = x + attention_out
+        return x + self.mlp(self.mlp_norm(x)), key_value
 
 
 @dataclass
@@ -172,9 +234,11 @@ class PaLMDecoder(nn.Module):
     def __init__(self, config: PaLMConfig):
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)  # also the output layer (tied)
-        self.blocks = nn.ModuleList(PaLMBlock(config) for _ in range(config.depth))
-        self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=False)
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)  # also the output layer when tied
+        block = PaLMBlock if config.block == "parallel" else SequentialBlock
+        self.blocks = nn.ModuleList(block(config) for _ in range(config.depth))
+        self.final_norm = make_norm(config)
+        self.output_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
         for name, parameter in self.named_parameters():
             if parameter.dim() == 2:
                 # nanoGPT/GPT-2: the projections that write into the residual stream are scaled
@@ -184,6 +248,14 @@ class PaLMDecoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied embedding counted once
+
+    def _token_embeddings(self, input_ids):
+        """(B, L) -> (B, L, D). Gemma scales by sqrt(dim), the factor first rounded to the model dtype
+        as its reference does. The prefix is never scaled: the adapter learns the scale it needs."""
+        x = self.token_embedding(input_ids)
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.dim**0.5, dtype=x.dtype)
+        return x
 
     def _embed(self, input_ids, prefix):
         """[prefix][token embeddings] -> (B, P + L, D), P."""
@@ -199,7 +271,7 @@ class PaLMDecoder(nn.Module):
                 raise ValueError(f"input_ids must be (B, L) token ids; got shape {tuple(input_ids.shape)}")
             if prefix is not None and prefix.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"prefix has batch {prefix.shape[0]} but input_ids has batch {input_ids.shape[0]}")
-            parts.append(self.token_embedding(input_ids))
+            parts.append(self._token_embeddings(input_ids))
         if not parts:
             raise ValueError("give input_ids, a prefix, or both")
         x, prefix_len = torch.cat(parts, dim=1), 0 if prefix is None else prefix.shape[1]
@@ -230,8 +302,8 @@ class PaLMDecoder(nn.Module):
                 cache.keys[i], cache.values[i] = k, v
         return self.final_norm(x)
 
-    def _logits(self, hidden):
-        return F.linear(hidden, self.token_embedding.weight)  # tied output layer: (..., V)
+    def _logits(self, hidden):  # (..., D) -> (..., V)
+        return F.linear(hidden, self.token_embedding.weight if self.output_head is None else self.output_head.weight)
 
     def forward(self, input_ids=None, prefix=None, loss_mask=None, *, return_hidden=False, reduction="mean"):
         """input_ids (B, L) long, prefix (B, P, D) visual tokens placed before the text.
@@ -294,7 +366,7 @@ class PaLMDecoder(nn.Module):
         """Append one token per row (B,) to the cache -> logits for the token after it (B, V)."""
         if cache.length >= self.config.max_seq_len:
             raise ValueError(f"the cache already holds {cache.length} slots; max_seq_len={self.config.max_seq_len}")
-        x = self.token_embedding(token_ids[:, None])  # (B, 1, D)
+        x = self._token_embeddings(token_ids[:, None])  # (B, 1, D)
         positions = (cache.length - cache.pad_lengths)[:, None]  # (B, 1): unpadded position of the new token
         mask = self._mask(x.shape[0], cache.prefix_len, cache.pad_lengths, x.device, query_offset=cache.length)
         return self._logits(self._run_blocks(x, positions, mask, cache)[:, -1])
@@ -341,6 +413,93 @@ class PaLMDecoder(nn.Module):
             logits = self.decode_step(token, cache)
         rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]  # (B, T)
         return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype=torch.float32) -> "PaLMDecoder":
+        """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json +
+        *.safetensors); logits equal transformers' for the same input_ids. Only local files are read.
+        Its sentencepiece tokenizer: `data.Tokenizer("hf:" + folder)`."""
+        hugging_face_config, tensors = read_hugging_face_folder(folder)
+        config = palm_config_from_hugging_face(hugging_face_config, folder)
+        table = dict(GEMMA_AND_LLAMA_WEIGHTS)
+        if config.tie_embeddings:
+            head = tensors.pop("lm_head.weight", None)  # some folders save the tied head anyway
+            if head is not None and not torch.equal(head, tensors.get("model.embed_tokens.weight", head)):
+                raise ValueError(f"{folder}: config.json says tie_word_embeddings but tensor 'lm_head.weight' "
+                                 "differs from 'model.embed_tokens.weight'")
+        else:
+            table["output_head.weight"] = "lm_head.weight"
+        with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
+            model = cls(config)
+        return load_by_table(model, tensors, expand_table(table, config.depth), IGNORED_LM_TENSORS, folder, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face folders (Gemma v1, Llama architecture)
+# ---------------------------------------------------------------------------------------------
+
+# Our tensor name -> the folder's; Gemma uses Llama's names. A tuple is concatenated along dim 0
+# (their k and v -> our key_value; gate and up -> our gate_and_up); {i} is the block index.
+# post_attention_layernorm is, despite its name, the norm before the MLP. Untied models add
+# output_head.weight <- lm_head.weight.
+LM_LAYER = "model.layers.{i}."
+GEMMA_AND_LLAMA_WEIGHTS = {
+    "token_embedding.weight": "model.embed_tokens.weight",
+    "blocks.{i}.attention_norm.weight": LM_LAYER + "input_layernorm.weight",
+    "blocks.{i}.attention.query.weight": LM_LAYER + "self_attn.q_proj.weight",
+    "blocks.{i}.attention.key_value.weight": (LM_LAYER + "self_attn.k_proj.weight", LM_LAYER + "self_attn.v_proj.weight"),
+    "blocks.{i}.attention.out.weight": LM_LAYER + "self_attn.o_proj.weight",
+    "blocks.{i}.mlp_norm.weight": LM_LAYER + "post_attention_layernorm.weight",
+    "blocks.{i}.mlp.gate_and_up.weight": (LM_LAYER + "mlp.gate_proj.weight", LM_LAYER + "mlp.up_proj.weight"),
+    "blocks.{i}.mlp.down.weight": LM_LAYER + "mlp.down_proj.weight",
+    "final_norm.weight": "model.norm.weight",
+}
+IGNORED_LM_TENSORS = ("*rotary_emb.inv_freq",)  # a buffer older transformers versions saved
+
+# transformers' defaults for the fields a config.json may leave out.
+HUGGING_FACE_LM_DEFAULTS = {
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
+                  max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False),
+}
+HUGGING_FACE_MLP_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def palm_config_from_hugging_face(hugging_face_config: dict, source) -> PaLMConfig:
+    """A Gemma or Llama config.json -> our config; a field we cannot honour is an error that names it."""
+    model_type = hugging_face_config.get("model_type")
+    if model_type not in HUGGING_FACE_LM_DEFAULTS:
+        raise ValueError(f"{source}/config.json: model_type {model_type!r} is not supported by PaLMDecoder.from_pretrained; "
+                         f"supported: {list(HUGGING_FACE_LM_DEFAULTS)}")
+    hf = {**HUGGING_FACE_LM_DEFAULTS[model_type], **hugging_face_config}
+    for flag in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
+        if hf.get(flag):
+            raise ValueError(f"{source}/config.json: {flag}={hf[flag]} is not supported")
+    # transformers 5 writes rope_parameters; older versions rope_theta and rope_scaling.
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"{source}/config.json: rope type {rope_type!r} (rope_parameters / rope_scaling) is not "
+                         "supported; only the plain rotary embedding")
+    # Gemma's official configs say "gelu" but mean the tanh approximation (transformers maps it too).
+    activation = hf.get("hidden_activation") or hf["hidden_act"]
+    if model_type == "gemma" and activation == "gelu":
+        activation = "gelu_pytorch_tanh"
+    if activation not in HUGGING_FACE_MLP_ACTIVATIONS:
+        raise ValueError(f"{source}/config.json: hidden_act={activation!r} is not supported; "
+                         f"supported: {list(HUGGING_FACE_MLP_ACTIVATIONS)}")
+    gemma = model_type == "gemma"
+    return PaLMConfig(
+        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], depth=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"] or hf["num_attention_heads"],
+        head_dim=hf["head_dim"], mlp_hidden_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
+        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm_eps=hf["rms_norm_eps"],
+        block="sequential", norm="rmsnorm", norm_scale_plus_one=gemma,
+        mlp_activation=HUGGING_FACE_MLP_ACTIVATIONS[activation], scale_embeddings=gemma,
+        tie_embeddings=hf["tie_word_embeddings"])
 
 
 def preset_table() -> str:

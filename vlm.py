@@ -45,9 +45,12 @@ class VAdapter(nn.Module):
         self.resampler = resampler
         self.tiny_lm = tiny_lm
         self.projection = nn.Linear(tiny_lm.config.dim, lm_dim, bias=False)
-        # The tiny LM reads embeddings, never token ids, and its LM head is dropped: its (tied)
-        # token embedding takes no part, so it is frozen and not counted as trained.
+        # The tiny LM reads embeddings, never token ids, and its LM head is dropped: its token
+        # embedding and output head (one tensor when tied) take no part, so they are frozen and not
+        # counted as trained (DDP would also reject trainable parameters that get no gradient).
         self.tiny_lm.token_embedding.requires_grad_(False)
+        if self.tiny_lm.output_head is not None:
+            self.tiny_lm.output_head.requires_grad_(False)
 
     def forward(self, features):  # (B, N, Dv) or (B, T, N, Dv)
         latents = self.resampler(features)  # (B, num_latents, tiny_dim)
@@ -136,8 +139,14 @@ def build_vlm(spec: dict) -> VisionLanguageModel:
                                train_vision=spec.get("train_vision", False))
 
 
+HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
+
+
 def load_vision(path: str) -> ViT:
-    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint."""
+    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
+    `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
     checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
     vision = ViT(ViTConfig(**checkpoint["spec"]["vision"]))
     vision.load_state_dict(submodule_state(checkpoint["model"], "vision."))
@@ -145,7 +154,10 @@ def load_vision(path: str) -> ViT:
 
 
 def load_lm(path: str) -> PaLMDecoder:
-    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder."""
+    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
+    with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
     checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
     lm = PaLMDecoder(PaLMConfig(**checkpoint["spec"]["lm"]))
     state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
