@@ -636,6 +636,30 @@ def plot_curves(rows: list[dict], path: Path, size=(720, 440)) -> None:
     image.save(path)
 
 
+@torch.no_grad()
+def image_reliance(checkpoint_path, data_dir, split="val", limit=128, batch_size=32, tokenizer_path=None) -> dict:
+    """Caption loss on `limit` image captions of the split with the true images, with the images
+    blanked (all zeros) and with the images shuffled across the batch: how much the model reads
+    its visual tokens. Equal losses mean the visual path carries nothing."""
+    model, _ = load_model(checkpoint_path)
+    tokenizer = load_tokenizer(model, tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE)
+    dataset = data.task_datasets(data_dir, split, tokenizer, model.vision.config.image_size, ["caption"])[0]
+    step = max(1, len(dataset) // limit)  # spread over the split: one caption of many images
+    samples = [dataset[i] for i in range(0, len(dataset), step)][:limit]
+    totals = {"real": [0.0, 0], "blanked": [0.0, 0], "shuffled": [0.0, 0]}
+    generator = torch.Generator().manual_seed(0)
+    for chunk in batches(samples, batch_size):
+        batch = data.collate(chunk, tokenizer.pad_id)
+        pixels = batch["pixels"]
+        variants = {"real": pixels, "blanked": torch.zeros_like(pixels),
+                    "shuffled": pixels[torch.randperm(len(pixels), generator=generator)]}
+        for name, variant in variants.items():
+            _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=variant, reduction="sum")
+            totals[name][0] += loss_sum.item()
+            totals[name][1] += int(batch["loss_mask"].sum())
+    return {name: loss / count for name, (loss, count) in totals.items()}
+
+
 def write_comparison(rows: list[dict], out_dir) -> str:
     """results.json, table.md, val_loss.csv and val_loss.png in out_dir; returns the table."""
     out_dir = Path(out_dir)
@@ -673,6 +697,12 @@ def main(argv=None) -> None:
     compare.add_argument("--limit", type=int, help="at most N images / questions per task (0 or none: all)")
     compare.add_argument("--batch-size", type=int, default=32)
     compare.add_argument("--out", type=Path, required=True, help="folder for results.json, table.md, val_loss.csv/.png")
+    reliance = commands.add_parser("reliance", help="caption loss with true, blanked and shuffled images")
+    reliance.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    reliance.add_argument("--data", required=True)
+    reliance.add_argument("--split", default="val")
+    reliance.add_argument("--limit", type=int, default=128, help="captions, one per image, spread over the split")
+    reliance.add_argument("--tokenizer")
     for command in (checkpoint, one):
         command.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
         command.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
@@ -686,6 +716,11 @@ def main(argv=None) -> None:
         decoding = Decoding(args.beam, args.length_penalty, args.max_new_tokens)
         print(caption_one(args.checkpoint, args.path, args.tokenizer or Path(args.data) / data.TOKENIZER_FILE,
                           args.question, decoding, args.device))
+        return
+    if args.command == "reliance":
+        for run in args.runs:
+            losses = image_reliance(run, args.data, args.split, args.limit, tokenizer_path=args.tokenizer)
+            print(f"{run}: caption loss " + ", ".join(f"{name} images {loss:.4f}" for name, loss in losses.items()))
         return
     if args.command == "compare":
         rows = compare_runs(args.runs, args.data, args.split, args.baseline, args.limit, args.batch_size)

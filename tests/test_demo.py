@@ -25,3 +25,7 @@ def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
     csv = (tmp_path / "results" / "val_loss.csv").read_text().splitlines()
     assert csv[0] == "adapter,step,val_loss" and len(csv) > 2
     assert (tmp_path / "results" / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
+    reliance = subprocess.run([sys.executable, "evaluate.py", "reliance", str(tmp_path / "stage2_vadapter"),
+                               "--data", str(tmp_path / "data"), "--limit", "8"], cwd=ROOT, capture_output=True, text=True)
+    assert reliance.returncode == 0, reliance.stderr[-2000:]
+    assert all(f"{kind} images " in reliance.stdout for kind in ("real", "blanked", "shuffled"))
