@@ -307,6 +307,9 @@ def train(
     if world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
     if use_compile:
+        # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
+        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a crash.
+        torch._functorch.config.enable_autograd_cache = False
         model = torch.compile(model)
 
     def loader(groups, start, end, seed):
