@@ -334,7 +334,9 @@ class PaLMDecoder(nn.Module):
         predictions = predictions[:, :-1]  # position i predicts the next slot: (B, L or L - 1, V)
         targets = input_ids[:, input_ids.shape[1] - predictions.shape[1]:]
         selected = loss_mask[:, loss_mask.shape[1] - predictions.shape[1]:]
-        loss = F.cross_entropy(predictions[selected].float(), targets[selected], reduction=reduction)
+        # ignore_index rather than gathering the selected rows: no copy of the logits, no scatter back
+        targets = targets.masked_fill(~selected, -100)
+        loss = F.cross_entropy(predictions.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
         return logits, loss
 
     # -----------------------------------------------------------------------------------------
