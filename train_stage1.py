@@ -45,8 +45,8 @@ def train_vlm(model: VisionLanguageModel, args, stage: str, spec: dict, train_co
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(parser)
-    parser.add_argument("--vit", required=True, help="checkpoint of the frozen vision encoder (pretrain.py vit)")
-    parser.add_argument("--tiny-lm", required=True, help="checkpoint of the language-pretrained tiny LM (pretrain.py lm)")
+    parser.add_argument("--vit", required=True, help="frozen vision encoder: a pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
+    parser.add_argument("--tiny-lm", required=True, help="language-pretrained tiny LM: a pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)

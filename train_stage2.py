@@ -54,8 +54,8 @@ def build_adapter(args, vision, lm):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(parser)
-    parser.add_argument("--vit", required=True, help="checkpoint of the frozen vision encoder (pretrain.py vit)")
-    parser.add_argument("--lm", required=True, help="checkpoint of the frozen large LM (pretrain.py lm)")
+    parser.add_argument("--vit", required=True, help="frozen vision encoder: a pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
+    parser.add_argument("--lm", required=True, help="frozen large LM: a pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
     parser.add_argument("--adapter", choices=["vadapter", "perceiver"], default="vadapter")
     parser.add_argument("--adapter-init", choices=["stage1", "lm", "random"], default="stage1")
     parser.add_argument("--stage1", help="train_stage1.py checkpoint (for --adapter-init stage1)")
