@@ -225,45 +225,37 @@ class ViT(nn.Module):
 # concatenated along dim 0 in that order (their separate q, k, v projections -> our fused
 # query_key_value); {i} is the block index. CLIP's position table is (1 + N, D) with the class
 # token's row first, as ours; both tables gain our leading batch axis.
-CLIP_LAYER = "encoder.layers.{i}."
+# CLIP and SigLIP name their encoder layers alike: one table for the blocks serves both.
+ENCODER_LAYER = "encoder.layers.{i}."
+ENCODER_LAYER_WEIGHTS = {
+    "blocks.{i}.attention_norm.weight": ENCODER_LAYER + "layer_norm1.weight",
+    "blocks.{i}.attention_norm.bias": ENCODER_LAYER + "layer_norm1.bias",
+    "blocks.{i}.attention.query_key_value.weight": (ENCODER_LAYER + "self_attn.q_proj.weight", ENCODER_LAYER + "self_attn.k_proj.weight", ENCODER_LAYER + "self_attn.v_proj.weight"),
+    "blocks.{i}.attention.query_key_value.bias": (ENCODER_LAYER + "self_attn.q_proj.bias", ENCODER_LAYER + "self_attn.k_proj.bias", ENCODER_LAYER + "self_attn.v_proj.bias"),
+    "blocks.{i}.attention.out.weight": ENCODER_LAYER + "self_attn.out_proj.weight",
+    "blocks.{i}.attention.out.bias": ENCODER_LAYER + "self_attn.out_proj.bias",
+    "blocks.{i}.mlp_norm.weight": ENCODER_LAYER + "layer_norm2.weight",
+    "blocks.{i}.mlp_norm.bias": ENCODER_LAYER + "layer_norm2.bias",
+    "blocks.{i}.mlp.up.weight": ENCODER_LAYER + "mlp.fc1.weight",
+    "blocks.{i}.mlp.up.bias": ENCODER_LAYER + "mlp.fc1.bias",
+    "blocks.{i}.mlp.down.weight": ENCODER_LAYER + "mlp.fc2.weight",
+    "blocks.{i}.mlp.down.bias": ENCODER_LAYER + "mlp.fc2.bias",
+}
 CLIP_VISION_WEIGHTS = {
     "class_token": "embeddings.class_embedding",
     "patch_embedding.weight": "embeddings.patch_embedding.weight",  # no bias in CLIP
     "position_embedding": "embeddings.position_embedding.weight",
     "pre_norm.weight": "pre_layrnorm.weight",  # sic: transformers' spelling
     "pre_norm.bias": "pre_layrnorm.bias",
-    "blocks.{i}.attention_norm.weight": CLIP_LAYER + "layer_norm1.weight",
-    "blocks.{i}.attention_norm.bias": CLIP_LAYER + "layer_norm1.bias",
-    "blocks.{i}.attention.query_key_value.weight": (CLIP_LAYER + "self_attn.q_proj.weight", CLIP_LAYER + "self_attn.k_proj.weight", CLIP_LAYER + "self_attn.v_proj.weight"),
-    "blocks.{i}.attention.query_key_value.bias": (CLIP_LAYER + "self_attn.q_proj.bias", CLIP_LAYER + "self_attn.k_proj.bias", CLIP_LAYER + "self_attn.v_proj.bias"),
-    "blocks.{i}.attention.out.weight": CLIP_LAYER + "self_attn.out_proj.weight",
-    "blocks.{i}.attention.out.bias": CLIP_LAYER + "self_attn.out_proj.bias",
-    "blocks.{i}.mlp_norm.weight": CLIP_LAYER + "layer_norm2.weight",
-    "blocks.{i}.mlp_norm.bias": CLIP_LAYER + "layer_norm2.bias",
-    "blocks.{i}.mlp.up.weight": CLIP_LAYER + "mlp.fc1.weight",
-    "blocks.{i}.mlp.up.bias": CLIP_LAYER + "mlp.fc1.bias",
-    "blocks.{i}.mlp.down.weight": CLIP_LAYER + "mlp.fc2.weight",
-    "blocks.{i}.mlp.down.bias": CLIP_LAYER + "mlp.fc2.bias",
+    **ENCODER_LAYER_WEIGHTS,
     "final_norm.weight": "post_layernorm.weight",
     "final_norm.bias": "post_layernorm.bias",
 }
-SIGLIP_LAYER = "encoder.layers.{i}."
 SIGLIP_VISION_WEIGHTS = {
     "patch_embedding.weight": "embeddings.patch_embedding.weight",
     "patch_embedding.bias": "embeddings.patch_embedding.bias",
     "position_embedding": "embeddings.position_embedding.weight",  # (N, D): no class token
-    "blocks.{i}.attention_norm.weight": SIGLIP_LAYER + "layer_norm1.weight",
-    "blocks.{i}.attention_norm.bias": SIGLIP_LAYER + "layer_norm1.bias",
-    "blocks.{i}.attention.query_key_value.weight": (SIGLIP_LAYER + "self_attn.q_proj.weight", SIGLIP_LAYER + "self_attn.k_proj.weight", SIGLIP_LAYER + "self_attn.v_proj.weight"),
-    "blocks.{i}.attention.query_key_value.bias": (SIGLIP_LAYER + "self_attn.q_proj.bias", SIGLIP_LAYER + "self_attn.k_proj.bias", SIGLIP_LAYER + "self_attn.v_proj.bias"),
-    "blocks.{i}.attention.out.weight": SIGLIP_LAYER + "self_attn.out_proj.weight",
-    "blocks.{i}.attention.out.bias": SIGLIP_LAYER + "self_attn.out_proj.bias",
-    "blocks.{i}.mlp_norm.weight": SIGLIP_LAYER + "layer_norm2.weight",
-    "blocks.{i}.mlp_norm.bias": SIGLIP_LAYER + "layer_norm2.bias",
-    "blocks.{i}.mlp.up.weight": SIGLIP_LAYER + "mlp.fc1.weight",
-    "blocks.{i}.mlp.up.bias": SIGLIP_LAYER + "mlp.fc1.bias",
-    "blocks.{i}.mlp.down.weight": SIGLIP_LAYER + "mlp.fc2.weight",
-    "blocks.{i}.mlp.down.bias": SIGLIP_LAYER + "mlp.fc2.bias",
+    **ENCODER_LAYER_WEIGHTS,
     "final_norm.weight": "post_layernorm.weight",
     "final_norm.bias": "post_layernorm.bias",
 }
