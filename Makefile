@@ -37,7 +37,7 @@ FROZEN = --vit $(RUNS)/pretrain/vit --lm $(RUNS)/pretrain/large_lm
 STAGE2 = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
 
 demo: $(INSTALL)
-	$(PY) data.py --out $(DATA) $(DATA_FLAGS)
+	$(PY) synthetic.py --out $(DATA) $(DATA_FLAGS)
 	$(PY) pretrain.py vit --data $(DATA) --out-dir $(RUNS)/pretrain/vit --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
 	$(PY) pretrain.py lm --data $(DATA) --out-dir $(RUNS)/pretrain/tiny_lm --lm-preset toy-tiny --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
 	$(PY) pretrain.py lm --data $(DATA) --out-dir $(RUNS)/pretrain/large_lm --lm-preset toy-large --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)

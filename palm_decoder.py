@@ -6,13 +6,11 @@ norm in a single residual step (`x + attn(norm(x)) + mlp(norm(x))`), SwiGLU MLP,
 attention (one shared key/value head; grouped-query allowed), rotary position embeddings, no
 biases, input and output embeddings shared. The norm is PaLM's LayerNorm without bias.
 
-Batched generation pads on the left: a row is [pads][prefix][prompt], and rotary positions are
-counted from the first real slot, so every sample sees the positions it would see alone.
-
+Batched prefill pads on the left ([pads][prefix][prompt]); rotary positions count from the first real slot.
 `PaLMDecoder.from_pretrained(folder)` loads a local Hugging Face Gemma (v1) or Llama-architecture
 folder into this same class; the config fields after `prefix_attention` say where those decoders
-differ from PaLM (sequential block, RMSNorm, GeGLU, embedding scale, untied output head), with
-PaLM's choice as the default.
+differ from PaLM (sequential block, RMSNorm, GeGLU, embedding scale, untied output head), PaLM's
+choice the default; folder reading and weight tables live in hf_weights.py.
 """
 import argparse
 import math
@@ -22,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import hf_weights
 from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
-from vit import expand_table, load_by_table, read_hugging_face_folder
+from vit import ACTIVATIONS, num_parameters
 
 
 @dataclass
@@ -71,14 +70,11 @@ class PaLMConfig:
         if self.prefix_attention not in ("causal", "bidirectional"):
             raise ValueError(f"prefix_attention={self.prefix_attention!r}; choose 'causal' or 'bidirectional'")
         for name, choices in (("block", ("parallel", "sequential")), ("norm", ("layernorm", "rmsnorm")),
-                              ("mlp_activation", tuple(MLP_ACTIVATIONS))):
+                              ("mlp_activation", tuple(ACTIVATIONS))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {list(choices)}")
         if self.norm_scale_plus_one and self.norm != "rmsnorm":
             raise ValueError("norm_scale_plus_one=True is Gemma's RMSNorm; it needs norm='rmsnorm'")
-
-
-MLP_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 # Vocab: PaLM2's 256k sentencepiece vocabulary would be ~200M embedding parameters on its own, so
@@ -143,7 +139,7 @@ class GatedMLP(nn.Module):
         hidden = config.mlp_hidden_dim or 4 * config.dim
         self.gate_and_up = nn.Linear(config.dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, config.dim, bias=False)
-        self.activation = MLP_ACTIVATIONS[config.mlp_activation]
+        self.activation = ACTIVATIONS[config.mlp_activation]
 
     def forward(self, x):
         gate, up = self.gate_and_up(x).chunk(2, dim=-1)  # 2 x (B, S, hidden)
@@ -245,9 +241,6 @@ class PaLMDecoder(nn.Module):
                 # down so the stream's variance does not grow with depth.
                 residual = name.endswith(("attention.out.weight", "mlp.down.weight"))
                 nn.init.normal_(parameter, 0.0, 0.02 / math.sqrt(2 * config.depth) if residual else 0.02)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # tied embedding counted once
 
     def _token_embeddings(self, input_ids):
         """(B, L) -> (B, L, D). Gemma scales by sqrt(dim), the factor first rounded to the model dtype
@@ -373,135 +366,18 @@ class PaLMDecoder(nn.Module):
         mask = self._mask(x.shape[0], cache.prefix_len, cache.pad_lengths, x.device, query_offset=cache.length)
         return self._logits(self._run_blocks(x, positions, mask, cache)[:, -1])
 
-    @torch.no_grad()
-    def generate(self, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0, generator=None):
-        """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D).
-
-        Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted
-        to the top_k tokens when given. Each row stops at eos_id. Returns the new token ids of
-        every row as a list of lists, EOS excluded."""
-        if isinstance(prompts, torch.Tensor):
-            prompts = prompts.tolist()
-        device = self.token_embedding.weight.device
-        lengths = [len(p) for p in prompts]
-        longest, prefix_len = max(lengths), 0 if prefix is None else prefix.shape[1]
-        if prefix_len == 0 and min(lengths) == 0:
-            raise ValueError("every prompt needs at least one token when there is no prefix")
-        if prefix_len + longest + max_new_tokens - 1 > self.config.max_seq_len:
-            raise ValueError(
-                f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
-                f"exceeds max_seq_len={self.config.max_seq_len}"
-            )
-        input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        pad_lengths = longest - torch.tensor(lengths, device=device)
-        logits, cache = self.prefill(input_ids if longest > 0 else None, prefix, pad_lengths)
-        new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            if temperature == 0:
-                token = logits.argmax(dim=-1)  # (B,)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-                token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-            new_tokens.append(token)
-            if eos_id is not None:
-                finished |= token == eos_id
-            if finished.all() or step == max_new_tokens - 1:
-                break
-            logits = self.decode_step(token, cache)
-        rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]  # (B, T)
-        return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
-
     @classmethod
     def from_pretrained(cls, folder, dtype=torch.float32) -> "PaLMDecoder":
         """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json +
         *.safetensors); logits equal transformers' for the same input_ids. Only local files are read.
         Its sentencepiece tokenizer: `data.Tokenizer("hf:" + folder)`."""
-        hugging_face_config, tensors = read_hugging_face_folder(folder)
-        config = palm_config_from_hugging_face(hugging_face_config, folder)
-        table = dict(GEMMA_AND_LLAMA_WEIGHTS)
-        if config.tie_embeddings:
-            head = tensors.pop("lm_head.weight", None)  # some folders save the tied head anyway
-            if head is not None and not torch.equal(head, tensors.get("model.embed_tokens.weight", head)):
-                raise ValueError(f"{folder}: config.json says tie_word_embeddings but tensor 'lm_head.weight' "
-                                 "differs from 'model.embed_tokens.weight'")
-        else:
-            table["output_head.weight"] = "lm_head.weight"
+        hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
+        config = PaLMConfig(**hf_weights.palm_fields_from_hugging_face(hugging_face_config, folder))
+        table = hf_weights.lm_weight_table(tensors, config.tie_embeddings, folder)
         with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
             model = cls(config)
-        return load_by_table(model, tensors, expand_table(table, config.depth), IGNORED_LM_TENSORS, folder, dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face folders (Gemma v1, Llama architecture)
-# ---------------------------------------------------------------------------------------------
-
-# Our tensor name -> the folder's; Gemma uses Llama's names. A tuple is concatenated along dim 0
-# (their k and v -> our key_value; gate and up -> our gate_and_up); {i} is the block index.
-# post_attention_layernorm is, despite its name, the norm before the MLP. Untied models add
-# output_head.weight <- lm_head.weight.
-LM_LAYER = "model.layers.{i}."
-GEMMA_AND_LLAMA_WEIGHTS = {
-    "token_embedding.weight": "model.embed_tokens.weight",
-    "blocks.{i}.attention_norm.weight": LM_LAYER + "input_layernorm.weight",
-    "blocks.{i}.attention.query.weight": LM_LAYER + "self_attn.q_proj.weight",
-    "blocks.{i}.attention.key_value.weight": (LM_LAYER + "self_attn.k_proj.weight", LM_LAYER + "self_attn.v_proj.weight"),
-    "blocks.{i}.attention.out.weight": LM_LAYER + "self_attn.o_proj.weight",
-    "blocks.{i}.mlp_norm.weight": LM_LAYER + "post_attention_layernorm.weight",
-    "blocks.{i}.mlp.gate_and_up.weight": (LM_LAYER + "mlp.gate_proj.weight", LM_LAYER + "mlp.up_proj.weight"),
-    "blocks.{i}.mlp.down.weight": LM_LAYER + "mlp.down_proj.weight",
-    "final_norm.weight": "model.norm.weight",
-}
-IGNORED_LM_TENSORS = ("*rotary_emb.inv_freq",)  # a buffer older transformers versions saved
-
-# transformers' defaults for the fields a config.json may leave out.
-HUGGING_FACE_LM_DEFAULTS = {
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
-                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True),
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
-                  max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False),
-}
-HUGGING_FACE_MLP_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
-
-
-def palm_config_from_hugging_face(hugging_face_config: dict, source) -> PaLMConfig:
-    """A Gemma or Llama config.json -> our config; a field we cannot honour is an error that names it."""
-    model_type = hugging_face_config.get("model_type")
-    if model_type not in HUGGING_FACE_LM_DEFAULTS:
-        raise ValueError(f"{source}/config.json: model_type {model_type!r} is not supported by PaLMDecoder.from_pretrained; "
-                         f"supported: {list(HUGGING_FACE_LM_DEFAULTS)}")
-    hf = {**HUGGING_FACE_LM_DEFAULTS[model_type], **hugging_face_config}
-    for flag in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
-        if hf.get(flag):
-            raise ValueError(f"{source}/config.json: {flag}={hf[flag]} is not supported")
-    # transformers 5 writes rope_parameters; older versions rope_theta and rope_scaling.
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"{source}/config.json: rope type {rope_type!r} (rope_parameters / rope_scaling) is not "
-                         "supported; only the plain rotary embedding")
-    # Gemma's official configs say "gelu" but mean the tanh approximation (transformers maps it too).
-    activation = hf.get("hidden_activation") or hf["hidden_act"]
-    if model_type == "gemma" and activation == "gelu":
-        activation = "gelu_pytorch_tanh"
-    if activation not in HUGGING_FACE_MLP_ACTIVATIONS:
-        raise ValueError(f"{source}/config.json: hidden_act={activation!r} is not supported; "
-                         f"supported: {list(HUGGING_FACE_MLP_ACTIVATIONS)}")
-    gemma = model_type == "gemma"
-    return PaLMConfig(
-        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], depth=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"] or hf["num_attention_heads"],
-        head_dim=hf["head_dim"], mlp_hidden_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
-        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm_eps=hf["rms_norm_eps"],
-        block="sequential", norm="rmsnorm", norm_scale_plus_one=gemma,
-        mlp_activation=HUGGING_FACE_MLP_ACTIVATIONS[activation], scale_embeddings=gemma,
-        tie_embeddings=hf["tie_word_embeddings"])
+        return hf_weights.load_by_table(model, tensors, hf_weights.expand_table(table, config.depth),
+                                        hf_weights.IGNORED_LM_TENSORS, folder, dtype)
 
 
 def preset_table() -> str:
@@ -509,7 +385,7 @@ def preset_table() -> str:
     lines = [f"{'preset':<10} {'vocab':>6} {'dim':>5} {'depth':>5} {'heads':>5} {'kv':>3} {'mlp':>6} {'params':>14}"]
     for name, config in PALM_CONFIGS.items():
         with torch.device("meta"):
-            count = PaLMDecoder(config).num_parameters()
+            count = num_parameters(PaLMDecoder(config))
         mlp = config.mlp_hidden_dim or 4 * config.dim
         lines.append(f"{name:<10} {config.vocab_size:>6} {config.dim:>5} {config.depth:>5} {config.num_heads:>5} {config.num_kv_heads:>3} {mlp:>6} {count:>14,}")
     return "\n".join(lines)

@@ -14,16 +14,19 @@ stand-ins of each (with real pretrained weights a user skips this step):
   lines, no images.
 """
 import argparse
-from dataclasses import asdict, replace
+from dataclasses import replace
+from functools import partial
 
 import torch
 
 import data
+from checkpoints import ModelSpec, build_vlm
+from flags import add_config_flags, config_from_args
 from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
-from resampler import ResamplerConfig
-from trainer import TrainConfig, add_config_flags, config_from_args, train
+from resampler import NUM_LATENTS, ResamplerConfig
+from trainer import TrainConfig, train
 from vit import VIT_CONFIGS, ViTConfig
-from vlm import build_vlm, caption_loss
+from vlm import caption_loss
 
 DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=200, save_every=200)
 
@@ -36,15 +39,12 @@ def lm_loss(model, batch):
 def pretrain_vit(args, tokenizer, train_config):
     vision = config_from_args(args, ViTConfig, "vit-", VIT_CONFIGS)
     decoder = replace(config_from_args(args, PaLMConfig, "lm-", PALM_CONFIGS), vocab_size=tokenizer.vocab_size)
-    spec = {
-        "vision": asdict(vision),
-        "resampler": asdict(ResamplerConfig(input_dim=vision.dim, dim=decoder.dim, depth=1, num_latents=args.num_latents,
-                                            num_heads=decoder.num_heads, max_frames=args.max_frames)),
-        "lm": asdict(decoder), "tiny_lm": None, "adapter": "resampler", "train_lm": True, "train_vision": True,
-    }
+    resampler = ResamplerConfig.for_lm(vision.dim, decoder.dim, decoder.num_heads, num_latents=args.num_latents,
+                                       max_frames=args.max_frames)
+    spec = ModelSpec(vision=vision, resampler=resampler, lm=decoder, adapter="resampler", train_lm=True, train_vision=True)
     model = build_vlm(spec)
     datasets = {split: data.task_datasets(args.data, split, tokenizer, vision.image_size, ["caption"]) for split in ("train", "val")}
-    return train(model, caption_loss, datasets["train"], datasets["val"], lambda s: data.collate(s, tokenizer.pad_id),
+    return train(model, caption_loss, datasets["train"], datasets["val"], partial(data.collate, pad_id=tokenizer.pad_id),
                  train_config, stage="pretrain-vit", spec=spec)
 
 
@@ -52,16 +52,16 @@ def pretrain_lm(args, tokenizer, train_config):
     config = replace(config_from_args(args, PaLMConfig, "lm-", PALM_CONFIGS), vocab_size=tokenizer.vocab_size)
     texts = {split: data.TextDataset(data.training_documents(args.data, split, args.texts_per_document), tokenizer)
              for split in ("train", "val")}
-    return train(PaLMDecoder(config), lm_loss, texts["train"], texts["val"], lambda s: data.collate(s, tokenizer.pad_id),
-                 train_config, stage="pretrain-lm", spec={"lm": asdict(config)})
+    return train(PaLMDecoder(config), lm_loss, texts["train"], texts["val"], partial(data.collate, pad_id=tokenizer.pad_id),
+                 train_config, stage="pretrain-lm", spec=ModelSpec(lm=config))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["vit", "lm"])
-    parser.add_argument("--data", required=True, help="data folder (python data.py --out DIR)")
+    parser.add_argument("--data", required=True, help="data folder (python synthetic.py --out DIR)")
     parser.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
-    parser.add_argument("--num-latents", type=int, default=16, help="vit: visual tokens the throwaway decoder reads")
+    parser.add_argument("--num-latents", type=int, default=NUM_LATENTS, help="vit: visual tokens the throwaway decoder reads")
     parser.add_argument("--max-frames", type=int, default=8)
     parser.add_argument("--texts-per-document", type=int, default=2, help="lm: texts of one image per training sequence")
     add_config_flags(parser, ViTConfig, "vit-", VIT_CONFIGS, "toy")

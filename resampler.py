@@ -39,6 +39,24 @@ class ResamplerConfig:
         if self.attention_backend not in ("auto", *BACKENDS):
             raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
 
+    # The adapters' starting points, one place for every script and benchmark (flags change any field).
+    @classmethod
+    def for_lm(cls, vision_dim: int, lm_dim: int, lm_num_heads: int, **changes) -> "ResamplerConfig":
+        """The 1-layer resampler whose latents an LM reads as input embeddings (the VAdapter's tiny
+        LM, stage 1, stage 0's throwaway decoder): as wide as the LM, with as many heads."""
+        return cls(**{"input_dim": vision_dim, "dim": lm_dim, "depth": 1, "num_latents": NUM_LATENTS,
+                      "num_heads": lm_num_heads, **changes})
+
+    @classmethod
+    def for_perceiver(cls, vision_dim: int, **changes) -> "ResamplerConfig":
+        """The paper's baseline adapter: a deep resampler as wide as the ViT (then a linear map to the LM)."""
+        return cls(**{"input_dim": vision_dim, "dim": vision_dim, "depth": PERCEIVER_DEPTH, "num_latents": NUM_LATENTS,
+                      "num_heads": PERCEIVER_HEADS, **changes})
+
+
+NUM_LATENTS = 16  # visual tokens an adapter hands the LM, at toy scale
+PERCEIVER_DEPTH, PERCEIVER_HEADS = 6, 4  # the baseline's layers and heads
+
 
 # ---------------------------------------------------------------------------------------------
 # Blocks (no biases in the linear layers, as in the open Flamingo implementations)
@@ -109,9 +127,6 @@ class PerceiverResampler(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, features):
         """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents, D)."""

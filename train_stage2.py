@@ -12,32 +12,30 @@
         --vit runs/pretrain/vit --lm runs/pretrain/large_lm --out-dir runs/stage2_perceiver
 """
 import argparse
-from dataclasses import asdict
 
 import torch
 
+from checkpoints import ModelSpec, load_checkpoint, load_lm, load_vision, submodule_state
+from flags import add_config_flags, add_data_flags, config_from_args, parse_bool
 from palm_decoder import PaLMDecoder
-from resampler import PerceiverResampler, ResamplerConfig
-from train_stage1 import DEFAULTS, add_data_flags, train_vlm
-from trainer import TrainConfig, add_config_flags, config_from_args, load_checkpoint
-from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel, load_lm, load_vision, submodule_state
+from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
+from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
+from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel
 
 
 def build_adapter(args, vision, lm):
     """-> (adapter module, resampler config, tiny LM config or None)."""
-    def resampler_config(dim, num_heads, depth):
-        return config_from_args(args, ResamplerConfig, "resampler-", base=ResamplerConfig(
-            input_dim=vision.config.dim, dim=dim, depth=depth, num_latents=16, num_heads=num_heads))
-
     if args.adapter == "perceiver":
-        config = resampler_config(args.perceiver_dim or vision.config.dim, args.perceiver_heads, args.perceiver_depth)
+        config = config_from_args(args, ResamplerConfig, "resampler-", base=ResamplerConfig.for_perceiver(
+            vision.config.dim, dim=args.perceiver_dim or vision.config.dim, depth=args.perceiver_depth,
+            num_heads=args.perceiver_heads))
         return PerceiverAdapter(PerceiverResampler(config), lm.config.dim), config, None
     if args.adapter_init == "stage1":
         if not args.stage1:
             raise ValueError("--adapter-init stage1 needs --stage1 (a train_stage1.py checkpoint)")
         stage1 = load_checkpoint(args.stage1, expected_stage="stage1")
         tiny_lm = load_lm(args.stage1)
-        config = ResamplerConfig(**stage1["spec"]["resampler"])
+        config = stage1["spec"].resampler
         resampler = PerceiverResampler(config)
         if args.resampler_from_stage1:
             resampler.load_state_dict(submodule_state(stage1["model"], "adapter."))
@@ -47,7 +45,8 @@ def build_adapter(args, vision, lm):
     tiny_lm = load_lm(args.tiny_lm)
     if args.adapter_init == "random":
         tiny_lm = PaLMDecoder(tiny_lm.config)
-    config = resampler_config(tiny_lm.config.dim, tiny_lm.config.num_heads, 1)
+    config = config_from_args(args, ResamplerConfig, "resampler-", base=ResamplerConfig.for_lm(
+        vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))
     return VAdapter(PerceiverResampler(config), tiny_lm, lm.config.dim), config, tiny_lm.config
 
 
@@ -60,21 +59,20 @@ def main(argv=None):
     parser.add_argument("--adapter-init", choices=["stage1", "lm", "random"], default="stage1")
     parser.add_argument("--stage1", help="train_stage1.py checkpoint (for --adapter-init stage1)")
     parser.add_argument("--tiny-lm", help="pretrain.py lm checkpoint of the tiny LM (for --adapter-init lm / random)")
-    parser.add_argument("--resampler-from-stage1", type=lambda s: s.lower() == "true", default=True, metavar="BOOL",
+    parser.add_argument("--resampler-from-stage1", type=parse_bool, default=True, metavar="BOOL",
                         help="carry the stage-1 resampler over (default) or start it fresh")
-    parser.add_argument("--perceiver-depth", type=int, default=6)
+    parser.add_argument("--perceiver-depth", type=int, default=PERCEIVER_DEPTH)
     parser.add_argument("--perceiver-dim", type=int, help="latent width of the baseline (default: the ViT's)")
-    parser.add_argument("--perceiver-heads", type=int, default=4)
+    parser.add_argument("--perceiver-heads", type=int, default=PERCEIVER_HEADS)
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
-    train_config = config_from_args(args, TrainConfig, base=DEFAULTS)
+    train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
     vision, lm = load_vision(args.vit), load_lm(args.lm)
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
-    spec = {"vision": asdict(vision.config), "resampler": asdict(resampler), "lm": asdict(lm.config),
-            "tiny_lm": asdict(tiny_lm) if tiny_lm else None, "adapter": args.adapter, "train_lm": False,
-            "adapter_init": args.adapter_init if args.adapter == "vadapter" else None}
+    spec = ModelSpec(vision=vision.config, resampler=resampler, lm=lm.config, tiny_lm=tiny_lm, adapter=args.adapter,
+                     adapter_init=args.adapter_init if args.adapter == "vadapter" else None)
     model = VisionLanguageModel(vision, adapter, lm)
     summary = train_vlm(model, args, "stage2", spec, train_config)
     print(f"[stage2 {args.adapter}] done: {summary}")

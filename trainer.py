@@ -4,18 +4,17 @@ It trains whatever parameters of the model require gradients (the stage scripts 
 frozen), on one CPU, one GPU or several processes under `torchrun` (DDP; gloo on CPU, NCCL on
 CUDA). Next-token losses are summed over text tokens and divided by the number of text tokens in
 the whole global batch (all micro-steps, all ranks), so one process and N processes with the same
-global batch follow the same curve. Checkpoints are written atomically and hold everything a
-resumed run needs to continue the same curve: model, optimizer, scheduler, step and RNG state;
-the data position follows from the step.
+global batch follow the same curve. Checkpoints (checkpoints.py) hold everything a resumed run
+needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
+position follows from the step.
 """
 import json
 import math
 import os
-import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
-from functools import lru_cache
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
 from typing import Callable
 
 import torch
@@ -24,7 +23,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-CHECKPOINT_NAME = "checkpoint.pt"
+import data
+from checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, resume_training, save_checkpoint, training_state
+from vit import num_parameters
+from vlm import VisionLanguageModel, caption_loss
 
 
 @dataclass
@@ -50,38 +52,6 @@ class TrainConfig:
     resume: bool = False
 
 
-def _parse_value(text: str):
-    """A command-line value for a config field: bool, int, float, or string."""
-    if text.lower() in ("true", "false", "yes", "no", "on", "off"):
-        return text.lower() in ("true", "yes", "on")
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return None if text.lower() == "none" else text
-
-
-def add_config_flags(parser, config_class, prefix: str = "", presets: dict | None = None, default_preset=None):
-    """Every field of a config dataclass becomes `--{prefix}{field}` (underscores -> dashes); with
-    presets, `--{prefix}preset` picks the starting values that the other flags override."""
-    group = parser.add_argument_group(f"{prefix or 'training '}options ({config_class.__name__})")
-    if presets:
-        group.add_argument(f"--{prefix}preset", default=default_preset, choices=list(presets))
-    for f in fields(config_class):
-        group.add_argument(f"--{prefix}{f.name.replace('_', '-')}", type=_parse_value, default=None, metavar="VALUE",
-                           help=f"default: from the preset" if presets else f"default: {f.default!r}")
-
-
-def config_from_args(args, config_class, prefix: str = "", presets: dict | None = None, base=None):
-    """The config a script runs with: the preset (or `base`, or the class defaults) plus the flags given."""
-    attribute = prefix.replace("-", "_")
-    if presets:
-        base = presets[getattr(args, attribute + "preset")]
-    overrides = {f.name: value for f in fields(config_class) if (value := getattr(args, attribute + f.name)) is not None}
-    return replace(base if base is not None else config_class(), **overrides)
-
-
 # ---------------------------------------------------------------------------------------------
 # Devices and processes
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +75,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+@dataclass
+class Process:
+    """Where this process trains and how: its rank among world_size, its device, bf16 or not."""
+    rank: int
+    world_size: int
+    device: torch.device
+    bf16: bool
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,61 +153,22 @@ class StepBatches:
                 yield [self.offsets[group] + i for i in mine[micro * self.per_rank : (micro + 1) * self.per_rank]]
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: plain dicts of tensors and values, written atomically, read with weights_only=True.
-# ---------------------------------------------------------------------------------------------
+def step_loader(groups, collate: Callable, config: TrainConfig, process: Process, start_step: int, end_step: int,
+                seed: int) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches of steps [start_step, end_step), grad_accum of them per step."""
+    dataset, group_sizes = as_dataset(groups)
+    sampler = StepBatches(group_sizes, config.batch_size, config.grad_accum, process.rank, process.world_size, seed,
+                          start_step, end_step)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                       num_workers=config.num_workers, pin_memory=process.device.type == "cuda")
 
 
-def save_checkpoint(path: str, payload: dict):
-    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temp_path = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, temp_path)
-    os.replace(temp_path, path)
-
-
-def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = None) -> dict:
-    """Load a checkpoint (never unpickling arbitrary objects) and check which stage wrote it."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "stage" not in checkpoint or "model" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'stage' / 'model' entries)")
-    expected = (expected_stage,) if isinstance(expected_stage, str) else expected_stage
-    if expected is not None and checkpoint["stage"] not in expected:
-        raise ValueError(f"{path} was written by stage {checkpoint['stage']!r}; expected {' or '.join(map(repr, expected))}")
-    return checkpoint
-
-
-def check_same_spec(saved: dict, current: dict, path: str):
-    """A resumed run must rebuild the same model: name every field that differs."""
-    differences = [
-        f"{key}: checkpoint has {saved.get(key)!r}, this run has {current.get(key)!r}"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key) != current.get(key)
-    ]
-    if differences:
-        raise ValueError(f"config mismatch with {path}:\n  " + "\n  ".join(differences))
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def move_to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# Optimization
 # ---------------------------------------------------------------------------------------------
 
 
@@ -249,143 +192,125 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def move_to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -> nn.Module:
+    """DDP over several processes, then torch.compile; checkpoints keep the unwrapped model."""
+    if process.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[process.device.index] if process.device.type == "cuda" else None)
+    if compile_model:
+        # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
+        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a crash.
+        torch._functorch.config.enable_autograd_cache = False
+        model = torch.compile(model)
+    return model
 
 
-def train(
-    model: nn.Module,
-    loss_fn: Callable,
-    train_set,
-    val_set,
-    collate: Callable,
-    config: TrainConfig,
-    stage: str,
-    spec: dict,
-) -> dict:
+def forward_backward(model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process) -> tuple[float, torch.Tensor]:
+    """Accumulate the gradients of one global batch -> (its mean token loss, its number of text tokens)."""
+    # Normalize by the text tokens of the whole global batch, so that shards holding different
+    # numbers of tokens still add up to the single-process gradient.
+    local_tokens = sum(batch["loss_mask"].sum() for batch in batches)
+    global_tokens = all_reduce_sum(torch.as_tensor(local_tokens, device=process.device, dtype=torch.float))
+    step_loss = torch.zeros((), device=process.device)
+    for micro, batch in enumerate(batches):
+        last = micro == len(batches) - 1
+        sync = nullcontext() if last or process.world_size == 1 else model.no_sync()
+        with sync, process.autocast():
+            loss_sum, _ = loss_fn(model, batch)
+            # DDP averages gradients over ranks: scale back up by world_size.
+            (loss_sum * process.world_size / global_tokens).backward()
+        step_loss += loss_sum.detach().float()
+    return (all_reduce_sum(step_loss) / global_tokens).item(), global_tokens
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, loss_fn: Callable, val_set, collate: Callable, config: TrainConfig,
+                    process: Process) -> float:
+    """Mean token loss over the same eval_batches global batches of the validation set every time."""
+    model.eval()
+    total = torch.zeros(2, device=process.device)  # (loss sum, tokens)
+    for batch in step_loader(val_set, collate, config, process, 0, config.eval_batches, seed=config.seed + 1):
+        with process.autocast():
+            loss_sum, count = loss_fn(model, move_to(batch, process.device))
+        total += torch.stack([loss_sum.float(), torch.as_tensor(count, device=process.device, dtype=torch.float)])
+    model.train()
+    total = all_reduce_sum(total)
+    return (total[0] / total[1]).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Callable, config: TrainConfig, stage: str,
+          spec: ModelSpec) -> dict:
     """Train `model`'s trainable parameters; `loss_fn(model, batch) -> (loss_sum, num_target_tokens)`.
     train_set / val_set: a dataset or a list of groups (see StepBatches).
 
-    `stage` and `spec` (plain values from which the model can be rebuilt) go into every checkpoint.
+    `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint.
     Returns a summary: last train loss, validation losses, wall time."""
     rank, world_size, device = setup_distributed(config.device)
     is_main = rank == 0
     torch.manual_seed(config.seed)
     model.to(device)
     use_cuda = device.type == "cuda"
-    use_bf16 = use_cuda if config.bf16 is None else config.bf16
-    use_compile = use_cuda if config.compile is None else config.compile
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-
+    process = Process(rank, world_size, device, bf16=use_cuda if config.bf16 is None else config.bf16)
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     checkpoint_path = os.path.join(config.out_dir, CHECKPOINT_NAME)
     metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+
     start_step = 0
     if config.resume and os.path.exists(checkpoint_path):
-        checkpoint = load_checkpoint(checkpoint_path, expected_stage=stage)
-        check_same_spec(checkpoint["spec"], spec, checkpoint_path)
-        check_same_spec(
-            {k: checkpoint["train_config"][k] for k in ("batch_size", "seed")},
-            {"batch_size": config.batch_size, "seed": config.seed},
-            checkpoint_path,
-        )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"])
-        start_step = checkpoint["step"]
+        start_step = resume_training(checkpoint_path, stage, spec, asdict(config), model, optimizer, scheduler)
         if is_main:
             print(f"resumed from {checkpoint_path} at step {start_step}")
     if is_main:
         os.makedirs(config.out_dir, exist_ok=True)
         keep_metrics_up_to(metrics_path, start_step)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"[{stage}] trainable parameters: {trainable:,} of {sum(p.numel() for p in model.parameters()):,}")
+        print(f"[{stage}] trainable parameters: {num_parameters(model, trainable_only=True):,} of {num_parameters(model):,}")
 
     raw_model = model  # what checkpoints hold: unwrapped, uncompiled
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    if use_compile:
-        # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
-        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a crash.
-        torch._functorch.config.enable_autograd_cache = False
-        model = torch.compile(model)
-
-    def loader(groups, start, end, seed):
-        dataset, group_sizes = as_dataset(groups)
-        sampler = StepBatches(group_sizes, config.batch_size, config.grad_accum, rank, world_size, seed, start, end)
-        return torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.num_workers, pin_memory=use_cuda
-        )
-
-    def save(step):
-        if is_main:
-            save_checkpoint(checkpoint_path, {
-                "stage": stage, "spec": spec, "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "rng": rng_state(), "train_config": asdict(config),
-            })
-        if dist.is_initialized():
-            dist.barrier()
-
-    @torch.no_grad()
-    def validation_loss():
-        model.eval()
-        total = torch.zeros(2, device=device)  # (loss sum, tokens)
-        for batch in loader(val_set, 0, config.eval_batches, seed=config.seed + 1):
-            with autocast():
-                loss_sum, count = loss_fn(model, move_to(batch, device))
-            total += torch.stack([loss_sum.float(), torch.as_tensor(count, device=device, dtype=torch.float)])
-        model.train()
-        total = all_reduce_sum(total)
-        return (total[0] / total[1]).item()
-
+    model = wrap_for_training(model, process, use_cuda if config.compile is None else config.compile)
     summary = {"stage": stage, "val_loss": {}, "train_loss": None}
     model.train()
-    micro_batches = iter(loader(train_set, start_step, config.steps, seed=config.seed))
+    micro_batches = iter(step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed))
     progress = tqdm(range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True)
     started = time.time()
     for step in progress:
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
-        # Normalize by the text tokens of the whole global batch, so that shards holding different
-        # numbers of tokens still add up to the single-process gradient.
-        local_tokens = sum(batch["loss_mask"].sum() for batch in batches)
-        global_tokens = all_reduce_sum(torch.as_tensor(local_tokens, device=device, dtype=torch.float))
-        step_loss = torch.zeros((), device=device)
-        for micro, batch in enumerate(batches):
-            last = micro == len(batches) - 1
-            sync = nullcontext() if last or world_size == 1 else model.no_sync()
-            with sync, autocast():
-                loss_sum, _ = loss_fn(model, batch)
-                # DDP averages gradients over ranks: scale back up by world_size.
-                (loss_sum * world_size / global_tokens).backward()
-            step_loss += loss_sum.detach().float()
-        train_loss = (all_reduce_sum(step_loss) / global_tokens).item()
+        train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
         if not math.isfinite(train_loss):
-            message = (f"[{stage}] loss is {train_loss} at step {step}; stopping. The last good checkpoint "
-                       f"is {checkpoint_path} (resume with --resume true after lowering --lr)")
-            if is_main:
-                append_metrics(metrics_path, {"step": step, "error": "non-finite loss"})
-            raise FloatingPointError(message)
+            stop_on_non_finite_loss(train_loss, step, stage, checkpoint_path, metrics_path, is_main)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+
         done = step + 1
         summary["train_loss"] = train_loss
         record = {"step": done, "loss": train_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                   "tokens": int(global_tokens.item()), "elapsed_s": round(time.time() - started, 3)}
         if done % config.eval_every == 0 or done == config.steps:
-            record["val_loss"] = validation_loss()
-            summary["val_loss"][done] = record["val_loss"]
+            record["val_loss"] = summary["val_loss"][done] = validation_loss(model, loss_fn, val_set, collate, config, process)
         if is_main and (done % config.log_every == 0 or "val_loss" in record or done == start_step + 1):
             append_metrics(metrics_path, record)
             progress.set_postfix(loss=f"{train_loss:.4f}", **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}))
         if done % config.save_every == 0 or done == config.steps:
-            save(done)
+            if is_main:
+                save_checkpoint(checkpoint_path, training_state(stage, spec, raw_model, optimizer, scheduler, done, asdict(config)))
+            if dist.is_initialized():
+                dist.barrier()
     summary["wall_s"] = time.time() - started
     return summary
+
+
+def stop_on_non_finite_loss(loss: float, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool):
+    """A NaN or infinite loss ends the run, logged, before the optimizer step could spoil the weights."""
+    if is_main:
+        append_metrics(metrics_path, {"step": step, "error": "non-finite loss"})
+    raise FloatingPointError(f"[{stage}] loss is {loss} at step {step}; stopping. The last good checkpoint is "
+                             f"{checkpoint_path} (resume with --resume true after lowering --lr)")
 
 
 def append_metrics(path: str, record: dict):
@@ -401,3 +326,22 @@ def keep_metrics_up_to(path: str, step: int):
         kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
     with open(path, "w") as f:
         f.writelines(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 1 and 2: a vision-language model on a data folder's tasks
+# ---------------------------------------------------------------------------------------------
+
+VLM_DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=100, save_every=200)
+
+
+def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig) -> dict:
+    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it."""
+    tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size)
+    tasks = args.tasks.split(",") if args.tasks else None
+    image_size = model.vision.config.image_size
+    train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample)
+                          for split in ("train", "val"))
+    cache = data.FeatureCache() if args.cache_features else None
+    return train(model, partial(caption_loss, feature_cache=cache), train_set, val_set,
+                 partial(data.collate, pad_id=tokenizer.pad_id), train_config, stage, spec)

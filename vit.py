@@ -12,18 +12,15 @@ a higher resolution does (Dosovitskiy et al. 2021, section 3.2).
 
 `ViT.from_pretrained(folder)` loads the vision tower of a local Hugging Face CLIP or SigLIP folder
 (config.json + *.safetensors) into this same class; the config fields after `norm_eps` say where
-those encoders differ from the plain ViT. The folder reader and the renaming by table at the end of
-this file serve `PaLMDecoder.from_pretrained` too.
+those encoders differ from the plain ViT. The folder reading and the weight tables are in hf_weights.py.
 """
-import fnmatch
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import hf_weights
 from attention import BACKENDS, attention
 
 
@@ -65,11 +62,19 @@ class ViTConfig:
         return self.image_size // self.patch_size
 
 
+# The one table of MLP activations, by the name a config gives (palm_decoder.py uses it too):
+# gelu_tanh for SigLIP and Gemma (GeGLU), quick_gelu for CLIP, silu for PaLM and Llama (SwiGLU).
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": F.silu,
 }
+
+
+def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Parameters of any module, each counted once (a tied embedding is one tensor)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 # toy: what `make demo` pretrains on CPU on the 64-pixel synthetic images (64 patches of 8x8).
@@ -162,9 +167,6 @@ class ViT(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, pixels):
         """Images (B, C, H, W) -> patch features (B, N, D); videos (B, T, C, H, W) -> (B, T, N, D)."""
         if pixels.dim() == 5:
@@ -208,166 +210,13 @@ class ViT(nn.Module):
         after the final norm, equals transformers' `post_layernorm(last_hidden_state)[:, 1:]` for
         CLIP (the class token dropped; CLIP itself applies post_layernorm to the class token only) and
         `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not loaded)."""
-        hugging_face_config, tensors = read_hugging_face_folder(folder)
-        config, table, ignored = vit_config_from_hugging_face(hugging_face_config, folder)
+        hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
+        fields, table, ignored = hf_weights.vit_fields_from_hugging_face(hugging_face_config, folder)
+        config = ViTConfig(**fields)
         tensors = {name.removeprefix("vision_model."): tensor for name, tensor in tensors.items()}
         with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
             model = cls(config)
-        return load_by_table(model, tensors, expand_table(table, config.depth), ignored, folder, dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face folders: config.json + *.safetensors, renamed into our modules by one table each
-# ---------------------------------------------------------------------------------------------
-
-# Our tensor name -> the folder's, inside the vision tower: the "vision_model." prefix that CLIPModel,
-# SiglipModel and folders saved by transformers 4 put before every name is dropped first. A tuple is
-# concatenated along dim 0 in that order (their separate q, k, v projections -> our fused
-# query_key_value); {i} is the block index. CLIP's position table is (1 + N, D) with the class
-# token's row first, as ours; both tables gain our leading batch axis.
-# CLIP and SigLIP name their encoder layers alike: one table for the blocks serves both.
-ENCODER_LAYER = "encoder.layers.{i}."
-ENCODER_LAYER_WEIGHTS = {
-    "blocks.{i}.attention_norm.weight": ENCODER_LAYER + "layer_norm1.weight",
-    "blocks.{i}.attention_norm.bias": ENCODER_LAYER + "layer_norm1.bias",
-    "blocks.{i}.attention.query_key_value.weight": (ENCODER_LAYER + "self_attn.q_proj.weight", ENCODER_LAYER + "self_attn.k_proj.weight", ENCODER_LAYER + "self_attn.v_proj.weight"),
-    "blocks.{i}.attention.query_key_value.bias": (ENCODER_LAYER + "self_attn.q_proj.bias", ENCODER_LAYER + "self_attn.k_proj.bias", ENCODER_LAYER + "self_attn.v_proj.bias"),
-    "blocks.{i}.attention.out.weight": ENCODER_LAYER + "self_attn.out_proj.weight",
-    "blocks.{i}.attention.out.bias": ENCODER_LAYER + "self_attn.out_proj.bias",
-    "blocks.{i}.mlp_norm.weight": ENCODER_LAYER + "layer_norm2.weight",
-    "blocks.{i}.mlp_norm.bias": ENCODER_LAYER + "layer_norm2.bias",
-    "blocks.{i}.mlp.up.weight": ENCODER_LAYER + "mlp.fc1.weight",
-    "blocks.{i}.mlp.up.bias": ENCODER_LAYER + "mlp.fc1.bias",
-    "blocks.{i}.mlp.down.weight": ENCODER_LAYER + "mlp.fc2.weight",
-    "blocks.{i}.mlp.down.bias": ENCODER_LAYER + "mlp.fc2.bias",
-}
-CLIP_VISION_WEIGHTS = {
-    "class_token": "embeddings.class_embedding",
-    "patch_embedding.weight": "embeddings.patch_embedding.weight",  # no bias in CLIP
-    "position_embedding": "embeddings.position_embedding.weight",
-    "pre_norm.weight": "pre_layrnorm.weight",  # sic: transformers' spelling
-    "pre_norm.bias": "pre_layrnorm.bias",
-    **ENCODER_LAYER_WEIGHTS,
-    "final_norm.weight": "post_layernorm.weight",
-    "final_norm.bias": "post_layernorm.bias",
-}
-SIGLIP_VISION_WEIGHTS = {
-    "patch_embedding.weight": "embeddings.patch_embedding.weight",
-    "patch_embedding.bias": "embeddings.patch_embedding.bias",
-    "position_embedding": "embeddings.position_embedding.weight",  # (N, D): no class token
-    **ENCODER_LAYER_WEIGHTS,
-    "final_norm.weight": "post_layernorm.weight",
-    "final_norm.bias": "post_layernorm.bias",
-}
-# What a folder may hold besides the vision tower: the text tower and projections of a full
-# CLIPModel / SiglipModel, SigLIP's attention-pooling head, and the position_ids buffer that older
-# transformers versions saved.
-IGNORED_VISION_TENSORS = ("text_model.*", "text_projection.*", "visual_projection.*", "logit_scale", "logit_bias",
-                          "head.*", "*position_ids")
-
-# transformers' defaults for the fields a config.json may leave out (a saved config keeps only
-# what differs from them, e.g. google/siglip-base-patch16-224's vision_config is {"patch_size": 16}).
-HUGGING_FACE_VISION_DEFAULTS = {
-    "clip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-                 image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
-    "siglip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-                   image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
-}
-VISION_MODEL_TYPES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
-HUGGING_FACE_VISION_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
-
-
-def vit_config_from_hugging_face(hugging_face_config: dict, source) -> tuple[ViTConfig, dict, tuple]:
-    """A folder's config.json -> (our config, its weight table, the tensor names to leave out)."""
-    model_type = hugging_face_config.get("model_type")
-    family = VISION_MODEL_TYPES.get(model_type)
-    if family is None:
-        raise ValueError(f"{source}/config.json: model_type {model_type!r} is not supported by ViT.from_pretrained; "
-                         f"supported: {list(VISION_MODEL_TYPES)}")
-    vision = hugging_face_config if model_type.endswith("_vision_model") else hugging_face_config.get("vision_config") or {}
-    vision = {**HUGGING_FACE_VISION_DEFAULTS[family], **vision}
-    for name in ("image_size", "patch_size"):  # ints, or [height, width] in newer configs
-        if isinstance(vision[name], (list, tuple)):
-            if len(set(vision[name])) != 1:
-                raise ValueError(f"{source}/config.json: {name}={vision[name]}; only square images and patches are supported")
-            vision[name] = vision[name][0]
-    if vision["hidden_act"] not in HUGGING_FACE_VISION_ACTIVATIONS:
-        raise ValueError(f"{source}/config.json: hidden_act={vision['hidden_act']!r} is not supported; "
-                         f"supported: {list(HUGGING_FACE_VISION_ACTIVATIONS)}")
-    clip = family == "clip"
-    config = ViTConfig(
-        image_size=vision["image_size"], patch_size=vision["patch_size"], dim=vision["hidden_size"],
-        depth=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-        channels=vision["num_channels"], norm_eps=vision["layer_norm_eps"], class_token=clip, pre_norm=clip,
-        patch_bias=not clip, mlp_activation=HUGGING_FACE_VISION_ACTIVATIONS[vision["hidden_act"]])
-    return config, CLIP_VISION_WEIGHTS if clip else SIGLIP_VISION_WEIGHTS, IGNORED_VISION_TENSORS
-
-
-def read_hugging_face_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
-    """config.json and every tensor of a local Hugging Face model folder, from the shards its
-    model.safetensors.index.json names (or every *.safetensors). Reads local files only."""
-    from safetensors.torch import load_file  # imported here: only Hugging Face folders need it
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {str(folder)!r}: expected a local Hugging Face model folder "
-                                "(config.json + *.safetensors); hub names are not downloaded")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json")
-    index_file = folder / "model.safetensors.index.json"
-    if index_file.is_file():
-        shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-    else:
-        shards = sorted(path.name for path in folder.glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{folder} has no *.safetensors weights (pytorch_model.bin is not read: it is a pickle)")
-    tensors = {}
-    for shard in shards:
-        if not (folder / shard).is_file():
-            raise FileNotFoundError(f"{folder / shard} is named by {index_file.name} but missing")
-        tensors.update(load_file(folder / shard))
-    return json.loads(config_file.read_text()), tensors
-
-
-def expand_table(table: dict, depth: int) -> dict:
-    """Write out a weight table's per-block entries ({i}) for blocks 0 .. depth - 1."""
-    expanded = {}
-    for ours, theirs in table.items():
-        for i in range(depth) if "{i}" in ours else [None]:
-            expanded[ours.format(i=i)] = theirs.format(i=i) if isinstance(theirs, str) else tuple(t.format(i=i) for t in theirs)
-    return expanded
-
-
-def load_by_table(model: nn.Module, tensors: dict, table: dict, ignored: tuple, source, dtype) -> nn.Module:
-    """Fill `model` (built on the meta device) with a folder's `tensors`, named by `table` (ours ->
-    theirs, written out by expand_table). A missing, misshapen or left-over tensor is an error
-    that names it; `ignored` (fnmatch patterns) are the left-overs that belong to other heads or towers."""
-    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    if set(table) != set(shapes):  # a bug in our table, not in the folder
-        raise RuntimeError(f"the weight table and {type(model).__name__} disagree on {sorted(set(table) ^ set(shapes))}")
-    state = {}
-    for ours, theirs in table.items():
-        names = (theirs,) if isinstance(theirs, str) else theirs
-        piece_shape = (shapes[ours][0] // len(names), *shapes[ours][1:])  # fused tensors are equal parts
-        pieces = []
-        for name in names:
-            if name not in tensors:
-                raise ValueError(f"{source}: tensor {name!r} is missing (it fills our {ours!r})")
-            piece = tensors.pop(name)
-            if (1, *piece.shape) == piece_shape:
-                piece = piece[None]  # our position table's leading batch axis
-            if tuple(piece.shape) != piece_shape:
-                raise ValueError(f"{source}: tensor {name!r} has shape {tuple(piece.shape)}; {ours!r} needs {piece_shape} "
-                                 "(config.json and the weights disagree)")
-            pieces.append(piece.to(dtype))
-        state[ours] = torch.cat(pieces)  # a new tensor, never a view of the file
-    unexpected = [name for name in tensors if not any(fnmatch.fnmatchcase(name, pattern) for pattern in ignored)]
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}: "
-                         f"this architecture has no place for them")
-    model.load_state_dict(state, assign=True)
-    return model
+        return hf_weights.load_by_table(model, tensors, hf_weights.expand_table(table, config.depth), ignored, folder, dtype)
 
 
 def preset_table() -> str:
@@ -375,7 +224,7 @@ def preset_table() -> str:
     lines = [f"{'preset':<6} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patches':>7} {'params':>12}"]
     for name, config in VIT_CONFIGS.items():
         with torch.device("meta"):
-            count = ViT(config).num_parameters()
+            count = num_parameters(ViT(config))
         lines.append(f"{name:<6} {config.image_size:>5} {config.patch_size:>5} {config.dim:>5} {config.depth:>5} "
                      f"{config.num_heads:>5} {config.mlp_dim:>5} {config.grid_size ** 2:>7} {count:>12,}")
     return "\n".join(lines)

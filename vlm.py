@@ -14,10 +14,9 @@ the text the loss mask selects. The vision encoder is always frozen; the LM is f
 import torch
 import torch.nn as nn
 
-from palm_decoder import PaLMConfig, PaLMDecoder
-from trainer import load_checkpoint
-from resampler import PerceiverResampler, ResamplerConfig
-from vit import ViT, ViTConfig
+from palm_decoder import PaLMDecoder
+from resampler import PerceiverResampler
+from vit import num_parameters
 
 
 class PerceiverAdapter(nn.Module):
@@ -90,7 +89,7 @@ class VisionLanguageModel(nn.Module):
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for _, p in self.trainable_parameters())
+        return num_parameters(self, trainable_only=True)
 
     def encode_images(self, pixels):
         """(B, 3, H, W) or (B, T, 3, H, W) -> patch features. A frozen encoder is upstream of
@@ -110,63 +109,6 @@ class VisionLanguageModel(nn.Module):
         """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens)."""
         prefix = self.visual_tokens(pixels, features)
         return self.lm(input_ids, prefix=prefix, loss_mask=loss_mask, reduction=reduction)
-
-    @torch.no_grad()
-    def generate(self, prompts, pixels=None, features=None, **generate_kwargs):
-        """Text after each prompt (list of token-id lists), conditioned on the images."""
-        return self.lm.generate(prompts, prefix=self.visual_tokens(pixels, features), **generate_kwargs)
-
-
-def build_vlm(spec: dict) -> VisionLanguageModel:
-    """Rebuild a model from the plain-value spec every checkpoint holds.
-
-    spec: {"vision": ViTConfig fields, "lm": PaLMConfig fields, "resampler": ResamplerConfig
-    fields, "adapter": "resampler" (stage 1: latents go straight into the LM) | "perceiver" |
-    "vadapter", "tiny_lm": PaLMConfig fields (vadapter only), "train_lm": bool, "train_vision": bool}."""
-    lm = PaLMDecoder(PaLMConfig(**spec["lm"]))
-    resampler = PerceiverResampler(ResamplerConfig(**spec["resampler"]))
-    if spec["adapter"] == "resampler":
-        if resampler.config.dim != lm.config.dim:
-            raise ValueError(f"resampler dim {resampler.config.dim} must equal the LM's dim {lm.config.dim}")
-        adapter = resampler
-    elif spec["adapter"] == "perceiver":
-        adapter = PerceiverAdapter(resampler, lm.config.dim)
-    elif spec["adapter"] == "vadapter":
-        adapter = VAdapter(resampler, PaLMDecoder(PaLMConfig(**spec["tiny_lm"])), lm.config.dim)
-    else:
-        raise ValueError(f"spec['adapter'] is {spec['adapter']!r}; expected 'resampler', 'perceiver' or 'vadapter'")
-    return VisionLanguageModel(ViT(ViTConfig(**spec["vision"])), adapter, lm, train_lm=spec.get("train_lm", False),
-                               train_vision=spec.get("train_vision", False))
-
-
-HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
-
-
-def load_vision(path: str) -> ViT:
-    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
-    `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""
-    if path.startswith(HUGGING_FACE_PREFIX):
-        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
-    checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
-    vision = ViT(ViTConfig(**checkpoint["spec"]["vision"]))
-    vision.load_state_dict(submodule_state(checkpoint["model"], "vision."))
-    return vision
-
-
-def load_lm(path: str) -> PaLMDecoder:
-    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
-    with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
-    if path.startswith(HUGGING_FACE_PREFIX):
-        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
-    checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
-    lm = PaLMDecoder(PaLMConfig(**checkpoint["spec"]["lm"]))
-    state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
-    lm.load_state_dict(state)
-    return lm
-
-
-def submodule_state(state: dict, prefix: str) -> dict:
-    return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
 
 
 def caption_loss(model, batch: dict, feature_cache=None):

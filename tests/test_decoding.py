@@ -1,53 +1,25 @@
-"""evaluate.py decoding and evaluation: greedy and beam search over the KV cache, batched, and the
-command line that scores a checkpoint. Toy models from build_vlm with random weights: decoding
-is checked against itself (batched vs alone, beam 1 vs greedy) and against brute force."""
+"""decoding.py: greedy and beam search over the KV cache, batched. Toy models from build_vlm with
+random weights: decoding is checked against itself (batched vs alone, beam 1 vs greedy) and
+against brute force."""
 import itertools
-import json
-import os
-import subprocess
-import sys
-from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
 
-import data
-import evaluate
-from palm_decoder import PaLMConfig
-from resampler import ResamplerConfig
-from vit import ViTConfig
-from vlm import build_vlm
+import decoding
+from checkpoints import build_vlm
+from conftest import toy_spec
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 2
 PROMPTS = [[BOS, 7, 8, 9], [BOS], [BOS, 5]]  # different lengths: the batch is left-padded
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and does not stall when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def toy_spec(vocab_size, image_size=16, max_frames=4):
-    return {
-        "vision": asdict(ViTConfig(image_size=image_size, patch_size=8, dim=32, depth=1, num_heads=4, mlp_dim=64)),
-        "resampler": asdict(ResamplerConfig(input_dim=32, dim=32, depth=1, num_latents=4, num_heads=4,
-                                            max_frames=max_frames)),
-        "lm": asdict(PaLMConfig(vocab_size=vocab_size, dim=32, depth=2, num_heads=4, max_seq_len=64)),
-        "tiny_lm": None, "adapter": "resampler", "train_lm": True,
-    }
 
 
 def toy_model(vocab_size=50, seed=0):
     """Random weights, made larger than at init: with init-scale weights and tied embeddings a
     random LM repeats its last token forever, which would make every decoder look alike."""
     torch.manual_seed(seed)
-    model = build_vlm(toy_spec(vocab_size))
+    model = build_vlm(toy_spec(vocab_size=vocab_size, vision_dim=32, lm_dim=32, image_size=16))
     with torch.no_grad():
         for name, parameter in model.lm.named_parameters():
             if parameter.dim() == 2:
@@ -61,7 +33,7 @@ def toy_pixels(batch, seed=0):
 
 def eos_in_the_middle(model, pixels):
     """A token greedy decoding emits at step 3 of sample 0: used as EOS, rows end at different steps."""
-    return evaluate.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12)[0][3]
+    return decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12)[0][3]
 
 
 def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens):
@@ -80,7 +52,6 @@ def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty
     return scores
 
 
-# --------------------------------------------------------------------------- greedy and beam
 
 
 def eos_second_at_first(model, pixels):
@@ -94,9 +65,9 @@ def eos_second_at_first(model, pixels):
 def test_beam_of_one_is_greedy(length_penalty, pick_eos):
     model, pixels = toy_model(seed=1), toy_pixels(3, seed=1)
     eos = pick_eos(model, pixels)
-    greedy = evaluate.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12, eos_id=eos)
-    assert evaluate.beam_search(model, pixels, PROMPTS, 1, length_penalty, 12, eos) == greedy
-    assert evaluate.decode(model, pixels, PROMPTS, beam_size=1, max_new_tokens=12, eos_id=eos) == greedy
+    greedy = decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12, eos_id=eos)
+    assert decoding.beam_search(model, pixels, PROMPTS, 1, length_penalty, 12, eos) == greedy
+    assert decoding.decode(model, pixels, PROMPTS, beam_size=1, max_new_tokens=12, eos_id=eos) == greedy
     if pick_eos is eos_in_the_middle:
         assert any(len(row) < 12 for row in greedy) and any(eos not in row for row in greedy)
 
@@ -107,12 +78,12 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
     model, pixels = toy_model(seed=5), toy_pixels(3, seed=5)
     eos = eos_in_the_middle(model, pixels)
     ended = []
-    add = evaluate.FinishedHypotheses.add
-    monkeypatch.setattr(evaluate.FinishedHypotheses, "add",
+    add = decoding.FinishedHypotheses.add
+    monkeypatch.setattr(decoding.FinishedHypotheses, "add",
                         lambda self, *args: (ended.append(args[:3]), add(self, *args))[1])
     for b, prompt in enumerate(PROMPTS):
         ended.clear()
-        evaluate.beam_search(model, pixels[b:b + 1], [prompt], 4, 1.0, 12, eos)
+        decoding.beam_search(model, pixels[b:b + 1], [prompt], 4, 1.0, 12, eos)
         assert len(ended) >= 4
         expected = sequence_scores(model, pixels[b:b + 1], prompt, [tokens for tokens, _, _ in ended], eos, 0.0, 12)
         for (tokens, log_prob, length), score in zip(ended, expected):
@@ -127,8 +98,8 @@ def test_batched_decoding_equals_decoding_one_by_one(beam_size):
 
     def decode(pixels, prompts, features=None):
         if beam_size is None:
-            return evaluate.greedy_decode(model, pixels, prompts, 12, eos, features=features)
-        return evaluate.beam_search(model, pixels, prompts, beam_size, 1.0, 12, eos, features=features)
+            return decoding.greedy_decode(model, pixels, prompts, 12, eos, features=features)
+        return decoding.beam_search(model, pixels, prompts, beam_size, 1.0, 12, eos, features=features)
 
     batched = decode(pixels, PROMPTS)
     assert batched == [decode(pixels[b:b + 1], [prompt])[0] for b, prompt in enumerate(PROMPTS)]
@@ -146,8 +117,8 @@ def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty
     greedy path. Exactness holds only for a beam this wide.)"""
     model, pixels, eos, steps = toy_model(vocab_size=5, seed=3), toy_pixels(3, seed=3), 3, 3
     prompts = [[BOS, 4, 0], [BOS], [BOS, 1]]
-    beam = evaluate.beam_search(model, pixels, prompts, 80, length_penalty, steps, eos)
-    greedy = evaluate.greedy_decode(model, pixels, prompts, steps, eos)
+    beam = decoding.beam_search(model, pixels, prompts, 80, length_penalty, steps, eos)
+    greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos)
     tokens = [t for t in range(5) if t != eos]
     everything = [list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)]  # 85
     for b, prompt in enumerate(prompts):
@@ -166,8 +137,8 @@ def test_wider_beams_mostly_beat_greedy():
     for seed in range(4):
         model, pixels = toy_model(seed=10 + seed), toy_pixels(3, seed=10 + seed)
         eos = eos_in_the_middle(model, pixels)
-        beam = evaluate.beam_search(model, pixels, PROMPTS, 4, 1.0, 12, eos)
-        greedy = evaluate.greedy_decode(model, pixels, PROMPTS, 12, eos)
+        beam = decoding.beam_search(model, pixels, PROMPTS, 4, 1.0, 12, eos)
+        greedy = decoding.greedy_decode(model, pixels, PROMPTS, 12, eos)
         for b, prompt in enumerate(PROMPTS):
             beam_score, greedy_score = sequence_scores(model, pixels[b:b + 1], prompt, [beam[b], greedy[b]], eos, 1.0, 12)
             wins += beam_score > greedy_score + 1e-6
@@ -177,113 +148,24 @@ def test_wider_beams_mostly_beat_greedy():
 
 def test_eos_ends_hypotheses():
     model, pixels = toy_model(seed=4), toy_pixels(3, seed=4)
-    free = evaluate.greedy_decode(model, pixels, PROMPTS, max_new_tokens=8)
+    free = decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=8)
     eos = free[0][0]
     # Greedy stops at the first EOS and leaves it out.
-    stopped = evaluate.greedy_decode(model, pixels, PROMPTS, max_new_tokens=8, eos_id=eos)
+    stopped = decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=8, eos_id=eos)
     assert stopped == [row[:row.index(eos)] if eos in row else row for row in free]
     # Beam search with length_penalty 0 ranks by total log-prob, which only falls as a hypothesis
     # grows: sample 0 takes EOS first, so its empty output beats every longer one, while the other
     # rows of the batch carry on.
-    beam = evaluate.beam_search(model, pixels, PROMPTS, 3, 0.0, 8, eos)
+    beam = decoding.beam_search(model, pixels, PROMPTS, 3, 0.0, 8, eos)
     assert beam[0] == [] and all(eos not in row for row in beam) and any(beam[1:])
     # Without eos_id every hypothesis runs to max_new_tokens.
-    assert all(len(row) == 8 for row in evaluate.beam_search(model, pixels, PROMPTS, 3, 1.0, 8, None))
+    assert all(len(row) == 8 for row in decoding.beam_search(model, pixels, PROMPTS, 3, 1.0, 8, None))
 
 
 def test_bad_decoding_arguments_raise():
     model, pixels = toy_model(), toy_pixels(3)
     with pytest.raises(ValueError, match="beam_size"):
-        evaluate.beam_search(model, pixels, PROMPTS, 0)
+        decoding.beam_search(model, pixels, PROMPTS, 0)
     with pytest.raises(ValueError, match="max_seq_len"):
-        evaluate.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=100)
-    assert evaluate.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=0) == [[], [], []]
-
-
-# --------------------------------------------------------------------------- scoring a checkpoint
-
-TINY_WORLD = dict(train_images=50, val_images=20, test_images=20, train_videos=10, val_videos=5, test_videos=5)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny data folder with its tokenizer, and a checkpoint of an untrained toy model in the
-    trainer's format: {stage, spec, model, step, train_config}."""
-    folder = tmp_path_factory.mktemp("evaluate")
-    world = folder / "data"
-    data.generate(world, data.WorldConfig(**TINY_WORLD))
-    tokenizer = data.Tokenizer.train(data.training_texts(world), world / data.TOKENIZER_FILE, vocab_size=200)
-    torch.manual_seed(0)
-    spec = toy_spec(tokenizer.vocab_size, image_size=32, max_frames=8)
-    (folder / "run").mkdir()
-    torch.save({"stage": "stage1", "spec": spec, "model": build_vlm(spec).state_dict(), "step": 7,
-                "train_config": {"lr": 1e-3}}, folder / "run" / "checkpoint.pt")
-    return folder / "run", world
-
-
-def test_command_line_scores_every_task(run):
-    run_dir, world = run
-    out = run_dir / "results.json"
-    command = [sys.executable, str(REPO / "evaluate.py"), "checkpoint", str(run_dir), "--data", str(world),
-               "--split", "val", "--limit", "6", "--batch-size", "4", "--max-new-tokens", "8", "--out", str(out)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert finished.returncode == 0, finished.stderr
-    results = json.loads(out.read_text())
-    assert results["stage"] == "stage1" and results["step"] == 7 and results["split"] == "val"
-    assert results["spec"]["lm"]["vocab_size"] > 0 and results["decoding"]["beam_size"] == 1
-    expected = {"caption": {"cider_d", "bleu4", "images"}, "vqa": {"vqa_accuracy", "questions"},
-                "video_caption": {"cider_d", "bleu4", "images"}, "video_vqa": {"vqa_accuracy", "questions"}}
-    assert {task: set(metrics) for task, metrics in results["metrics"].items()} == expected
-    assert results["metrics"]["caption"]["images"] == 6 and results["metrics"]["vqa"]["questions"] == 6
-    assert results["metrics"]["video_caption"]["images"] == 5  # the split has 5 videos
-    for task in expected:
-        assert all(isinstance(v, (int, float)) for v in results["metrics"][task].values())
-        assert results["samples"][task] and all("prediction" in s for s in results["samples"][task])
-    assert len(results["samples"]["caption"][0]["references"]) == data.CAPTIONS_PER_ITEM
-    for line in ("caption", "video_vqa", "wrote"):
-        assert line in finished.stdout
-
-
-def test_evaluation_is_deterministic_and_independent_of_batch_size(run):
-    run_dir, world = run
-    common = dict(tasks=["vqa", "video_caption"], limit=5, tokenizer_path=None, max_new_tokens=6)
-    first = evaluate.evaluate_checkpoint(run_dir / "checkpoint.pt", world, "val", batch_size=1, **common)
-    second = evaluate.evaluate_checkpoint(run_dir, world, "val", batch_size=4, **common)
-    assert first["metrics"] == second["metrics"] and first["samples"] == second["samples"]
-    beam = evaluate.evaluate_checkpoint(run_dir, world, "val", beam=2, batch_size=4, **common)
-    assert beam["decoding"]["beam_size"] == 2 and set(beam["metrics"]) == {"vqa", "video_caption"}
-
-
-def test_caption_one_image_or_video_from_the_command_line(run, capsys):
-    run_dir, world = run
-    image = next((world / "images" / "val").iterdir())
-    video = next((world / "videos" / "val").iterdir())
-    evaluate.main(["caption", str(image), "--checkpoint", str(run_dir), "--data", str(world)])
-    evaluate.main(["caption", str(video), "--checkpoint", str(run_dir), "--tokenizer", str(world / "tokenizer.model"),
-                   "--question", "does the circle move?", "--beam", "2", "--max-new-tokens", "5"])
-    caption, answer = capsys.readouterr().out.splitlines()
-    assert caption == evaluate.caption_one(run_dir, image, world / "tokenizer.model")  # deterministic
-    with pytest.raises(SystemExit):
-        evaluate.main(["caption", str(image), "--checkpoint", str(run_dir)])  # no tokenizer given
-
-
-def test_stage2_vadapter_checkpoint(run, tmp_path):
-    """Stage 2 rebuilds the adapter from the spec alone: here the VAdapter (resampler, tiny LM, projection)."""
-    _, world = run
-    spec = toy_spec(data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size, image_size=32, max_frames=8)
-    spec["tiny_lm"] = asdict(PaLMConfig(vocab_size=spec["lm"]["vocab_size"], dim=32, depth=1, num_heads=4))
-    spec.update(adapter="vadapter", train_lm=False)
-    torch.save({"stage": "stage2", "spec": spec, "model": build_vlm(spec).state_dict(), "step": 3}, tmp_path / "checkpoint.pt")
-    results = evaluate.evaluate_checkpoint(tmp_path, world, "val", tasks=["caption"], limit=3, max_new_tokens=4)
-    assert results["stage"] == "stage2" and results["metrics"]["caption"]["images"] == 3
-
-
-def test_wrong_stage_or_missing_task_raise(run, tmp_path):
-    run_dir, world = run
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    torch.save({**checkpoint, "stage": "pretrain-lm"}, tmp_path / "lm.pt")
-    with pytest.raises(ValueError, match="stage"):
-        evaluate.evaluate_checkpoint(tmp_path / "lm.pt", world, "val")
-    with pytest.raises(data.DataError, match="video_vqa"):
-        evaluate.evaluate_checkpoint(run_dir, world, "nosuchsplit", tasks=["video_vqa"])
+        decoding.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=100)
+    assert decoding.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=0) == [[], [], []]

@@ -19,13 +19,17 @@ import torch
 from safetensors.torch import save_file
 
 import data
+import synthetic
 import train_stage1
 import train_stage2
-import trainer
-from palm_decoder import GEMMA_AND_LLAMA_WEIGHTS, PaLMDecoder, palm_config_from_hugging_face
+from checkpoints import build_vlm, load_checkpoint, load_lm, load_vision
+from decoding import generate
+from hf_weights import (GEMMA_AND_LLAMA_WEIGHTS, SIGLIP_VISION_WEIGHTS, expand_table, palm_fields_from_hugging_face,
+                        vit_fields_from_hugging_face)
+from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
-from vit import SIGLIP_VISION_WEIGHTS, ViT, expand_table, vit_config_from_hugging_face
-from vlm import VAdapter, build_vlm, load_lm, load_vision
+from vit import ViT, ViTConfig
+from vlm import VAdapter
 
 ATOL = 1e-4
 
@@ -150,7 +154,7 @@ def test_gemma_greedy_generation_with_the_kv_cache_matches_transformers(tmp_path
             for _ in range(5):
                 ids = torch.cat([ids, hf(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             expected.append(ids[0, len(prompt):].tolist())
-    assert ours.generate(prompts, max_new_tokens=5) == expected
+    assert generate(ours, prompts, max_new_tokens=5) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ def write_folder(folder, config: dict, tensors: dict, shards: int = 1):
 def llama_folder(folder, vocab_size=100, shards=1, **changes):
     config = {**LLAMA_CONFIG, "vocab_size": vocab_size, **changes}
     torch.manual_seed(0)
-    model = perturbed(PaLMDecoder(palm_config_from_hugging_face(config, folder)))
+    model = perturbed(PaLMDecoder(PaLMConfig(**palm_fields_from_hugging_face(config, folder))))
     table = {**GEMMA_AND_LLAMA_WEIGHTS, **({} if config["tie_word_embeddings"] else {"output_head.weight": "lm_head.weight"})}
     write_folder(folder, config, folder_tensors(model, expand_table(table, model.config.depth)), shards)
     return model
@@ -204,7 +208,7 @@ def llama_folder(folder, vocab_size=100, shards=1, **changes):
 
 def siglip_folder(folder):
     torch.manual_seed(0)
-    model = perturbed(ViT(vit_config_from_hugging_face(SIGLIP_CONFIG, folder)[0]))
+    model = perturbed(ViT(ViTConfig(**vit_fields_from_hugging_face(SIGLIP_CONFIG, folder)[0])))
     write_folder(folder, SIGLIP_CONFIG, folder_tensors(model, expand_table(SIGLIP_VISION_WEIGHTS, model.config.depth)))
     return model
 
@@ -307,8 +311,8 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
     tokenizer; stage 2 decodes with the large LM (another Llama folder, another vocabulary), so its
     data uses the large LM's tokenizer. The tiny LM reads no token ids in stage 2."""
     world = tmp_path / "data"
-    data.generate(world, data.WorldConfig(train_images=16, val_images=8, test_images=4, train_videos=0, val_videos=0,
-                                          test_videos=0, image_size=32))
+    synthetic.generate(world, synthetic.WorldConfig(train_images=16, val_images=8, test_images=4, train_videos=0, val_videos=0,
+                                                    test_videos=0, image_size=32))
     texts = data.training_texts(world)
     tiny, large = tmp_path / "tiny", tmp_path / "large"
     for folder, vocab_size in ((tiny, 60), (large, 90)):
@@ -325,8 +329,8 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
     train_stage1.main([*fast, *vit, "--tiny-lm", f"hf:{tiny}", "--tokenizer", f"hf:{tiny}", "--out-dir", str(tmp_path / "stage1")])
     train_stage2.main([*fast, *vit, "--lm", f"hf:{large}", "--tokenizer", f"hf:{large}", "--adapter", "vadapter",
                        "--stage1", str(tmp_path / "stage1"), "--out-dir", str(tmp_path / "stage2")])
-    checkpoint = trainer.load_checkpoint(str(tmp_path / "stage2"), expected_stage="stage2")
-    assert checkpoint["spec"]["lm"]["vocab_size"] == large_vocab and checkpoint["spec"]["tiny_lm"]["vocab_size"] == tiny_vocab
+    checkpoint = load_checkpoint(str(tmp_path / "stage2"), expected_stage="stage2")
+    assert checkpoint["spec"].lm.vocab_size == large_vocab and checkpoint["spec"].tiny_lm.vocab_size == tiny_vocab
     model = build_vlm(checkpoint["spec"])  # rebuilt from the file alone
     model.load_state_dict(checkpoint["model"])
     trained = {name for name, _ in model.trainable_parameters()}

@@ -1,4 +1,4 @@
-"""evaluate.py metrics: CIDEr-D, BLEU-4 and VQA accuracy against values worked out by hand.
+"""metrics.py: CIDEr-D, BLEU-4 and VQA accuracy against values worked out by hand.
 
 CIDEr-D notation: N images, idf(g) = log N - log max(1, df(g)), L = log 2 (the idf of an
 n-gram seen in 1 of 2 images, or in none), cos_n = clipped dot / (|c_n| |r_n|) (0 when a side
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from evaluate import bleu4, caption_tokenize, cider_d, vqa_accuracy
+from metrics import bleu4, caption_tokenize, cider_d, vqa_accuracy
 
 approx = pytest.approx
 

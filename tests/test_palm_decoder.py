@@ -2,13 +2,15 @@
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import REPO
+from decoding import generate
 from palm_decoder import PALM_CONFIGS, KVCache, PaLMConfig, PaLMDecoder, apply_rotary
+from vit import num_parameters
 
 SMALL = PaLMConfig(vocab_size=50, dim=32, depth=2, num_heads=4, max_seq_len=64)
 
@@ -30,13 +32,13 @@ def small_model(seed=0, **overrides):
 
 def test_tiny_108m_parameter_count():
     with torch.device("meta"):
-        count = PaLMDecoder(PALM_CONFIGS["tiny-108m"]).num_parameters()
+        count = num_parameters(PaLMDecoder(PALM_CONFIGS["tiny-108m"]))
     assert 100e6 <= count <= 116e6
 
 
 def test_list_prints_every_preset():
     result = subprocess.run(
-        [sys.executable, "palm_decoder.py", "--list"], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True
+        [sys.executable, "palm_decoder.py", "--list"], cwd=REPO, capture_output=True, text=True, check=True
     )
     for name in PALM_CONFIGS:
         assert name in result.stdout
@@ -82,7 +84,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="loss_mask has shape"):
         model(torch.tensor([[1, 2, 3]]), loss_mask=torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="max_seq_len"):
-        model.generate([[1, 2]], max_new_tokens=70)
+        generate(model, [[1, 2]], max_new_tokens=70)
 
 
 # --------------------------------------------------------------------------- rotary
@@ -230,28 +232,28 @@ def test_cached_decoding_equals_recomputing(mode):
 def test_batched_generate_equals_generating_alone():
     model = small_model(seed=4, prefix_attention="bidirectional")
     prefix = torch.randn(3, 4, 32)
-    batched = model.generate(PROMPTS, prefix, max_new_tokens=8)
+    batched = generate(model, PROMPTS, prefix, max_new_tokens=8)
     for b, prompt in enumerate(PROMPTS):
-        assert batched[b] == model.generate([prompt], prefix[b : b + 1], max_new_tokens=8)[0]
+        assert batched[b] == generate(model, [prompt], prefix[b : b + 1], max_new_tokens=8)[0]
     assert all(len(row) == 8 for row in batched)
-    only_prefix = model.generate([[], [], []], prefix, max_new_tokens=3)  # captioning: no prompt at all
+    only_prefix = generate(model, [[], [], []], prefix, max_new_tokens=3)  # captioning: no prompt at all
     first_tokens = model._logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
     assert [row[0] for row in only_prefix] == first_tokens.tolist()
 
 
 def test_generate_stops_at_eos_and_samples_reproducibly():
     model = small_model(seed=5)
-    greedy = model.generate([[1, 2, 3]], max_new_tokens=10)[0]
+    greedy = generate(model, [[1, 2, 3]], max_new_tokens=10)[0]
     eos = greedy[3]
-    stopped = model.generate([[1, 2, 3]], max_new_tokens=10, eos_id=eos)[0]
+    stopped = generate(model, [[1, 2, 3]], max_new_tokens=10, eos_id=eos)[0]
     assert stopped == greedy[: greedy.index(eos)]
 
     def sample(seed, **kwargs):
-        return model.generate(PROMPTS, max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+        return generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kwargs)
 
     assert sample(0) == sample(0)
     top_1 = sample(1, top_k=1)
-    assert top_1 == model.generate(PROMPTS, max_new_tokens=6)  # top-1 sampling is greedy
+    assert top_1 == generate(model, PROMPTS, max_new_tokens=6)  # top-1 sampling is greedy
 
 
 def test_cache_reorder():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from resampler import PerceiverResampler, ResamplerConfig
+from vit import num_parameters
 
 SMALL = ResamplerConfig(input_dim=24, dim=32, depth=2, num_latents=5, num_heads=4, max_frames=4)
 
@@ -111,7 +112,7 @@ def test_parameter_count():
     """Latents, projection, time embeddings, per layer (3 LayerNorms, q, kv, out, feed-forward), final LayerNorm."""
     L, Din, D, T, depth = 5, 24, 32, 4, 2
     per_layer = 3 * 2 * D + D * D + 2 * D * D + D * D + 2 * 4 * D * D
-    assert make().num_parameters() == L * D + Din * D + T * D + depth * per_layer + 2 * D
+    assert num_parameters(make()) == L * D + Din * D + T * D + depth * per_layer + 2 * D
 
 
 @pytest.mark.parametrize(
@@ -136,3 +137,13 @@ def test_bad_inputs_are_refused(shape, message):
 def test_bad_configs_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         ResamplerConfig(**{**vars(SMALL), **changes})
+
+
+def test_the_adapters_starting_configs():
+    """One place for the defaults the stage scripts and the benchmark start from; flags change any field."""
+    in_front_of_lm = ResamplerConfig.for_lm(vision_dim=128, lm_dim=96, lm_num_heads=6, max_frames=2)
+    assert (in_front_of_lm.input_dim, in_front_of_lm.dim, in_front_of_lm.num_heads) == (128, 96, 6)
+    assert (in_front_of_lm.depth, in_front_of_lm.num_latents, in_front_of_lm.max_frames) == (1, 16, 2)
+    baseline = ResamplerConfig.for_perceiver(128)
+    assert (baseline.input_dim, baseline.dim, baseline.depth, baseline.num_heads, baseline.num_latents) == (128, 128, 6, 4, 16)
+    assert ResamplerConfig.for_perceiver(128, dim=64, depth=2).dim == 64

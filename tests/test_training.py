@@ -1,4 +1,5 @@
-"""trainer.py and the stage scripts: the chain runs, boundaries hold, DDP and resume keep the curve."""
+"""The stage scripts (pretrain.py, train_stage1.py, train_stage2.py) on the trainer: the chain runs,
+boundaries hold, DDP and resume keep the curve."""
 import json
 import os
 import signal
@@ -10,14 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
 import pretrain
 import train_stage1
 import train_stage2
 import trainer
-from vlm import build_vlm
-
-ROOT = Path(__file__).resolve().parent.parent
+from checkpoints import build_vlm, load_checkpoint
+from conftest import REPO
 FAST = ["--steps", "4", "--batch-size", "8", "--eval-every", "2", "--eval-batches", "1", "--log-every", "1"]
 
 
@@ -31,9 +30,9 @@ def chain(tmp_path_factory):
     """A tiny data folder and every stage run once, each loading the previous stage's checkpoint."""
     root = tmp_path_factory.mktemp("chain")
     data_dir = root / "data"
-    subprocess.run([sys.executable, "data.py", "--out", str(data_dir), "--train-images", "48", "--val-images", "16",
+    subprocess.run([sys.executable, "synthetic.py", "--out", str(data_dir), "--train-images", "48", "--val-images", "16",
                     "--test-images", "8", "--train-videos", "16", "--val-videos", "8", "--test-videos", "4",
-                    "--image-size", "32", "--num-frames", "2"], cwd=ROOT, check=True, capture_output=True)
+                    "--image-size", "32", "--num-frames", "2"], cwd=REPO, check=True, capture_output=True)
     small_vit = ["--vit-image-size", "32", "--vit-dim", "32", "--vit-depth", "1", "--vit-num-heads", "2", "--vit-mlp-dim", "64"]
     small_lm = ["--lm-dim", "32", "--lm-depth", "1", "--lm-num-heads", "2"]
     common = ["--data", str(data_dir), *FAST]
@@ -57,23 +56,23 @@ def test_each_stage_writes_a_checkpoint_the_next_one_loads(chain):
     stages = {"vit": "pretrain-vit", "tiny_lm": "pretrain-lm", "large_lm": "pretrain-lm", "stage1": "stage1",
               "vadapter": "stage2", "perceiver": "stage2"}
     for name, stage in stages.items():
-        checkpoint = trainer.load_checkpoint(str(runs[name]), expected_stage=stage)
+        checkpoint = load_checkpoint(str(runs[name]), expected_stage=stage)
         assert checkpoint["step"] == 4
         assert set(checkpoint) >= {"model", "optimizer", "scheduler", "rng", "spec", "train_config"}
         assert not any(key.startswith("_orig_mod.") or key.startswith("module.") for key in checkpoint["model"])
         assert len(losses(runs[name])) == 4
     for name in ("stage1", "vadapter", "perceiver"):  # rebuilt from the file alone
-        checkpoint = trainer.load_checkpoint(str(runs[name]))
+        checkpoint = load_checkpoint(str(runs[name]))
         build_vlm(checkpoint["spec"]).load_state_dict(checkpoint["model"])
 
 
 def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(chain):
     _, runs, *_ = chain
-    vit = trainer.load_checkpoint(str(runs["vit"]))["model"]
-    large_lm = trainer.load_checkpoint(str(runs["large_lm"]))["model"]
-    stage1 = trainer.load_checkpoint(str(runs["stage1"]))["model"]
+    vit = load_checkpoint(str(runs["vit"]))["model"]
+    large_lm = load_checkpoint(str(runs["large_lm"]))["model"]
+    stage1 = load_checkpoint(str(runs["stage1"]))["model"]
     for name in ("vadapter", "perceiver"):
-        checkpoint = trainer.load_checkpoint(str(runs[name]))
+        checkpoint = load_checkpoint(str(runs[name]))
         model = checkpoint["model"]
         for key, tensor in large_lm.items():
             assert torch.equal(model[f"lm.{key}"], tensor), f"{name}: frozen large-LM tensor lm.{key} changed"
@@ -88,7 +87,7 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         assert held == {id(p) for p in trainable}
         assert len(checkpoint["optimizer"]["state"]) == len(trainable)
-    vadapter = trainer.load_checkpoint(str(runs["vadapter"]))["model"]
+    vadapter = load_checkpoint(str(runs["vadapter"]))["model"]
     changed = [k for k, t in stage1.items() if k.startswith("lm.") and not torch.equal(vadapter[f"adapter.tiny_{k}"], t)]
     assert changed, "stage 2 trains the progressively aligned tiny LM it started from"
     assert torch.equal(vadapter["adapter.tiny_lm.token_embedding.weight"], stage1["lm.token_embedding.weight"])
@@ -97,35 +96,13 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
 def test_wrong_stage_and_mismatched_config_fail_with_a_message(chain):
     data_dir, runs, common, frozen, resampler = chain
     with pytest.raises(ValueError, match="written by stage 'stage1'; expected 'stage2'"):
-        trainer.load_checkpoint(str(runs["stage1"]), expected_stage="stage2")
+        load_checkpoint(str(runs["stage1"]), expected_stage="stage2")
     with pytest.raises(ValueError, match="written by stage 'stage2'"):
         train_stage2.main([*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["vadapter"]),
                            "--out-dir", str(runs["vadapter"].parent / "x")])
     with pytest.raises(ValueError, match="config mismatch.*perceiver"):  # resume with another depth
         train_stage2.main([*common, *frozen, *resampler, "--adapter", "perceiver", "--perceiver-depth", "3",
                            "--out-dir", str(runs["perceiver"]), "--resume", "true", "--steps", "5"])
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
-    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
-    from palm_decoder import PaLMConfig, PaLMDecoder
-
-    model = PaLMDecoder(PaLMConfig(vocab_size=tokenizer.vocab_size, dim=32, depth=1, num_heads=2))
-    calls = []
-
-    def loss_fn(m, batch):
-        loss_sum, count = pretrain.lm_loss(m, batch)
-        calls.append(1)
-        return (loss_sum * float("nan") if len(calls) == 5 else loss_sum), count
-
-    config = trainer.TrainConfig(out_dir=str(tmp_path / "run"), steps=8, batch_size=4, save_every=2, eval_every=100)
-    dataset = data.TextDataset([[text] for text in texts], tokenizer)
-    with pytest.raises(FloatingPointError, match="step 4.*last good checkpoint"):
-        trainer.train(model, loss_fn, dataset, dataset, lambda s: data.collate(s, tokenizer.pad_id), config, "pretrain-lm",
-                      {"lm": {}})
-    assert trainer.load_checkpoint(str(tmp_path / "run"))["step"] == 4
-    assert torch.isfinite(torch.cat([t.flatten() for t in trainer.load_checkpoint(str(tmp_path / "run"))["model"].values()])).all()
 
 
 def stage1_command(chain, out_dir, steps, extra=()):
@@ -139,9 +116,9 @@ def stage1_command(chain, out_dir, steps, extra=()):
 def test_killed_and_resumed_run_follows_the_uninterrupted_curve(chain, tmp_path):
     steps = 40
     straight = tmp_path / "straight"
-    subprocess.run(stage1_command(chain, straight, steps), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(stage1_command(chain, straight, steps), cwd=REPO, check=True, capture_output=True)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(stage1_command(chain, killed, steps, ["--save-every", "5"]), cwd=ROOT,
+    process = subprocess.Popen(stage1_command(chain, killed, steps, ["--save-every", "5"]), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -151,9 +128,9 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_curve(chain, tmp_path)
         time.sleep(0.005)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run was killed part way"
-    saved_step = trainer.load_checkpoint(str(killed))["step"]
+    saved_step = load_checkpoint(str(killed))["step"]
     assert 5 <= saved_step < steps
-    subprocess.run(stage1_command(chain, killed, steps, ["--save-every", "5", "--resume", "true"]), cwd=ROOT,
+    subprocess.run(stage1_command(chain, killed, steps, ["--save-every", "5", "--resume", "true"]), cwd=REPO,
                    check=True, capture_output=True)
     expected, resumed = losses(straight), losses(killed)
     assert sorted(resumed) == list(range(1, steps + 1))
@@ -164,32 +141,15 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_curve(chain, tmp_path)
 def test_two_process_torchrun_matches_one_process(chain, tmp_path):
     """Same global batch of 8: one process, or two gloo ranks of 4 (with grad accumulation too)."""
     single, double = tmp_path / "single", tmp_path / "double"
-    subprocess.run(stage1_command(chain, single, 6), cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(stage1_command(chain, single, 6), cwd=REPO, check=True, capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
     command = stage1_command(chain, double, 6, ["--grad-accum", "2"])
-    result = subprocess.run(torchrun + command[1:], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(torchrun + command[1:], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = losses(single), losses(double)
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
-    final_one = trainer.load_checkpoint(str(single))["model"]
-    final_two = trainer.load_checkpoint(str(double))["model"]
+    final_one = load_checkpoint(str(single))["model"]
+    final_two = load_checkpoint(str(double))["model"]
     assert max((final_one[k] - final_two[k]).abs().max().item() for k in final_one) < 1e-4
-
-
-def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
-    groups = [10, 6]
-    whole = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=0, end_step=7))
-    split = [trainer.StepBatches(groups, 4, 2, rank, 2, seed=3, start_step=0, end_step=7) for rank in (0, 1)]
-    pieces = [list(s) for s in split]
-    for step in range(7):
-        rebuilt = pieces[0][2 * step] + pieces[0][2 * step + 1] + pieces[1][2 * step] + pieces[1][2 * step + 1]
-        assert rebuilt == whole[step]
-        assert len({i >= 10 for i in whole[step]}) == 1, "a batch never mixes groups"
-    resumed = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=4, end_step=7))
-    assert resumed == whole[4:]
-    group_0 = sorted(i for batch in whole for i in batch if i < 10)
-    assert all(group_0.count(i) <= group_0.count(j) + 1 for i in range(10) for j in range(10)), "epochs are permutations"
-    with pytest.raises(ValueError, match="multiple of world_size"):
-        trainer.StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)

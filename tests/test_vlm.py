@@ -1,30 +1,12 @@
 """vlm.py: the wiring of Figure 2. Each adapter learns to carry image information into a frozen LM."""
-from dataclasses import asdict
-
 import pytest
 import torch
 
-from palm_decoder import PaLMConfig
-from resampler import ResamplerConfig
-from vit import ViTConfig
-from vlm import PerceiverAdapter, VAdapter, build_vlm
+from checkpoints import build_vlm
+from conftest import toy_spec
+from decoding import greedy_decode
 
 VOCAB, CAPTION_LEN = 64, 6
-
-
-def toy_spec(adapter, num_latents=4):
-    lm = PaLMConfig(vocab_size=VOCAB, dim=64, depth=2, num_heads=4, max_seq_len=64)
-    tiny = PaLMConfig(vocab_size=VOCAB, dim=48, depth=1, num_heads=4, max_seq_len=64)
-    resampler_dim = {"resampler": lm.dim, "perceiver": 64, "vadapter": tiny.dim}[adapter]
-    return {
-        "vision": asdict(ViTConfig(image_size=32, patch_size=8, dim=48, depth=1, num_heads=4, mlp_dim=96)),
-        "resampler": asdict(ResamplerConfig(input_dim=48, dim=resampler_dim, depth=2 if adapter == "perceiver" else 1,
-                                            num_latents=num_latents, num_heads=4, max_frames=4)),
-        "lm": asdict(lm),
-        "tiny_lm": asdict(tiny) if adapter == "vadapter" else None,
-        "adapter": adapter,
-        "train_lm": adapter == "resampler",
-    }
 
 
 def eight_pairs():
@@ -121,18 +103,5 @@ def test_video_gives_as_many_visual_tokens_as_an_image_and_every_frame_counts(ad
 def test_generate_conditions_on_the_image():
     torch.manual_seed(0)
     model = build_vlm(toy_spec("perceiver"))
-    out = model.generate([[2], [2, 5]], pixels=torch.randn(2, 3, 32, 32), max_new_tokens=3)
+    out = greedy_decode(model, torch.randn(2, 3, 32, 32), [[2], [2, 5]], max_new_tokens=3)
     assert len(out) == 2 and all(len(tokens) == 3 for tokens in out)
-
-
-def test_mismatched_widths_raise_clear_errors():
-    spec = toy_spec("vadapter")
-    spec["resampler"]["dim"] = 40
-    with pytest.raises(ValueError, match="tiny LM's dim"):
-        build_vlm(spec)
-    spec = toy_spec("resampler")
-    spec["resampler"]["dim"] = 40
-    with pytest.raises(ValueError, match="LM's dim"):
-        build_vlm(spec)
-    with pytest.raises(ValueError, match="expected 'resampler'"):
-        build_vlm({**toy_spec("perceiver"), "adapter": "mlp"})

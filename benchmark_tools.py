@@ -1,0 +1,192 @@
+"""What the three benchmarks of the kernel-work box share: the model sizes they run at (presets:
+a laptop CPU's toy models, the paper-size models on CUDA, a quick one for tests) and how they
+measure (time per call with the device synchronized, median and spread, peak memory, the machine).
+benchmark.py (the entry point and the attention benchmark), benchmark_step.py and
+benchmark_reference.py import it; it imports no benchmark, so the imports run one way.
+"""
+import ctypes
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import attention as attn
+from palm_decoder import PALM_CONFIGS, PaLMConfig
+from resampler import ResamplerConfig
+from vit import VIT_CONFIGS, ViTConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the model sizes the benchmarks run at
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Preset:
+    """The model configs whose attention shapes are benchmarked, and the data sizes they see."""
+
+    vit: ViTConfig
+    resampler: ResamplerConfig  # the VAdapter's 1-layer resampler, latents at the tiny LM's width
+    lm: PaLMConfig  # the decoder that reads [visual tokens; text]
+    batch: int
+    text_len: int  # caption / question + answer tokens after the visual tokens
+    frames: int  # video frames, each frame's patches enter the resampler together
+    dtype: str  # what training runs in on that device (bf16 autocast on CUDA)
+    tiny_lm: PaLMConfig  # step: the stage-1 decoder, then the VAdapter's tiny LM
+    perceiver: ResamplerConfig  # step: the stage-2 baseline adapter
+
+
+def make_preset(vit: ViTConfig, tiny_lm: PaLMConfig, lm: PaLMConfig, num_latents: int, **sizes) -> Preset:
+    """The adapters as the stage scripts build them by default (resampler.ResamplerConfig.for_lm /
+    .for_perceiver), with `num_latents` visual tokens."""
+    return Preset(vit, ResamplerConfig.for_lm(vit.dim, tiny_lm.dim, tiny_lm.num_heads, num_latents=num_latents), lm,
+                  tiny_lm=tiny_lm, perceiver=ResamplerConfig.for_perceiver(vit.dim, num_latents=num_latents), **sizes)
+
+
+QUICK_VIT = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64)  # 16 patches
+PRESETS = {
+    # `make demo` on a laptop: toy ViT (64 patches), toy-tiny adapter LM (16 latents), toy-large LM,
+    # batch 32, 8-frame videos.
+    "cpu": make_preset(VIT_CONFIGS["toy"], PALM_CONFIGS["toy-tiny"], PALM_CONFIGS["toy-large"], 16,
+                       batch=32, text_len=32, frames=8, dtype="float32"),
+    # Paper-size: ViT-B/16 (196 patches), tiny-108m adapter (64 latents), 1B LM.
+    "cuda": make_preset(VIT_CONFIGS["B/16"], PALM_CONFIGS["tiny-108m"], PALM_CONFIGS["1b"], 64,
+                        batch=32, text_len=64, frames=8, dtype="bfloat16"),
+    # For tests: the smallest shapes every backend runs (Dh 16 is flex's smallest).
+    "quick": make_preset(QUICK_VIT, PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48),
+                         PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48), 4,
+                         batch=2, text_len=8, frames=2, dtype="float32"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: time per call, its median and spread, peak memory, the machine
+# ---------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable, calls: int, device: torch.device) -> float:
+    """Milliseconds per call of `calls` back-to-back calls."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+def machine(device: torch.device) -> str:
+    """Where the numbers come from; on CPU the load average says how much others were running."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+            f"torch {torch.__version__}")
+
+
+def summary(samples_ms: list[float]) -> dict:
+    """Median and spread (interquartile range and min-max) of per-call times, ms."""
+    quartiles = statistics.quantiles(samples_ms, n=4, method="inclusive") if len(samples_ms) > 1 else samples_ms * 3
+    return {"median_ms": statistics.median(samples_ms), "p25_ms": quartiles[0], "p75_ms": quartiles[2],
+            "min_ms": min(samples_ms), "max_ms": max(samples_ms), "repeats": len(samples_ms)}
+
+
+def short_error(error: Exception) -> str:
+    """`Type: first line of the message`, for the table and the JSON."""
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"[:200]
+
+
+def malloc_trim() -> None:
+    """Hand free heap pages back to the OS (glibc), so the next RSS baseline is not inflated by
+    memory that the last row freed but the allocator kept."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def read_proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as file:
+            return next(int(line.split()[1]) for line in file if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def process_max_rss_kib() -> int:
+    import resource  # POSIX only; Linux reads /proc instead
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS)
+
+
+class PeakMemory:
+    """Peak memory above a baseline taken at start(). CUDA: torch.cuda.max_memory_allocated (tensors
+    only, not the allocator's cache). CPU: the process's peak resident set size (VmHWM), reset to
+    the current RSS through /proc/self/clear_refs; without that (not Linux) getrusage's ru_maxrss,
+    a high-water mark of the whole process that cannot be reset."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.baseline = 0
+        if device.type == "cuda":
+            self.what = "torch.cuda.max_memory_allocated above the allocated memory at the start"
+        elif self._reset_rss_peak():
+            self.what = "peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS at the start"
+        else:
+            self.what = "getrusage ru_maxrss (process high-water mark, never reset) above the RSS at the start"
+
+    @staticmethod
+    def _reset_rss_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as file:
+                file.write("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
+            return read_proc_status_kib("VmHWM") is not None
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            return
+        malloc_trim()
+        self._reset_rss_peak()
+        self.baseline = (read_proc_status_kib("VmRSS") or process_max_rss_kib()) * 1024
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = (read_proc_status_kib("VmHWM") or process_max_rss_kib()) * 1024
+        return (peak - self.baseline) / 2**20
+
+# ---------------------------------------------------------------------------------------------
+# Flags shared by the attention and step benchmarks
+# ---------------------------------------------------------------------------------------------
+
+
+def device_and_preset(args) -> tuple[torch.device, str, Preset]:
+    """--device (default cuda when available), and --preset (default the device's; `quick` with --quick)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = "quick" if args.quick else args.preset or ("cuda" if device.type == "cuda" else "cpu")
+    return device, name, PRESETS[name]
+
+
+def backend_names(flag: str | None, default: list[str]) -> list[str]:
+    """--backends a,b,c checked against attention.BACKENDS (and auto)."""
+    backends = flag.split(",") if flag else default
+    if unknown := [b for b in backends if b not in ("auto", *attn.BACKENDS)]:
+        raise SystemExit(f"unknown backend(s) {unknown}; attention.BACKENDS has {list(attn.BACKENDS)} (and auto)")
+    return backends

@@ -1,0 +1,203 @@
+"""Checkpoints: what a run writes, and rebuilding the models of Figure 2 from it.
+
+Every checkpoint is a plain dict of tensors and values (`torch.save` to a temp file, then a rename;
+read back with `weights_only=True`, never unpickling arbitrary objects). It holds the stage that
+wrote it and the `ModelSpec`, so `build_vlm` rebuilds the model from the file alone, and, for a
+resumed run, the optimizer, scheduler, step and RNG state. Models never import this module: the
+stage scripts, the trainer and evaluation do.
+"""
+import os
+import random
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+import data
+from palm_decoder import PaLMConfig, PaLMDecoder
+from resampler import PerceiverResampler, ResamplerConfig
+from vit import ViT, ViTConfig
+from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; every checkpoint holds it as plain values (to_dict)."""
+    lm: PaLMConfig  # the decoder: the tiny LM in stage 0/1, the frozen large LM in stage 2
+    vision: ViTConfig | None = None  # None for a text-only LM (pretrain.py lm)
+    resampler: ResamplerConfig | None = None
+    adapter: str = "none"  # "none" (text-only LM) | "resampler" (stage-0 ViT, stage 1) | "perceiver" | "vadapter"
+    tiny_lm: PaLMConfig | None = None  # vadapter only
+    adapter_init: str | None = None  # vadapter only: "stage1" | "lm" | "random"
+    train_lm: bool = False
+    train_vision: bool = False
+
+    def to_dict(self) -> dict:
+        """Plain values (nested dicts, None for absent parts), for torch.save / weights_only loading."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        configs = {"lm": PaLMConfig, "vision": ViTConfig, "resampler": ResamplerConfig, "tiny_lm": PaLMConfig}
+        names = {f.name for f in fields(cls)}
+        if unknown := sorted(set(values) - names):
+            raise ValueError(f"model spec has unknown field(s) {unknown}; expected some of {sorted(names)}")
+        if values.get("lm") is None:
+            raise ValueError("model spec has no 'lm' (the decoder's PaLMConfig fields)")
+        parts = {}
+        for name, value in values.items():
+            config = configs.get(name)
+            parts[name] = value if config is None or value is None else config_from_dict(config, value, f"spec[{name!r}]")
+        return cls(**parts)
+
+
+def config_from_dict(config_class, values: dict, where: str):
+    """A config dataclass from plain values; an unknown field is an error that names it."""
+    names = {f.name for f in fields(config_class)}
+    if unknown := sorted(set(values) - names):
+        raise ValueError(f"{where} has unknown field(s) {unknown} for {config_class.__name__}")
+    return config_class(**values)
+
+
+def build_vlm(spec: ModelSpec) -> VisionLanguageModel:
+    """The model a spec describes, freshly initialised (load a checkpoint's "model" into it)."""
+    lm = PaLMDecoder(spec.lm)
+    resampler = PerceiverResampler(spec.resampler)
+    if spec.adapter == "resampler":
+        if resampler.config.dim != lm.config.dim:
+            raise ValueError(f"resampler dim {resampler.config.dim} must equal the LM's dim {lm.config.dim}")
+        adapter = resampler
+    elif spec.adapter == "perceiver":
+        adapter = PerceiverAdapter(resampler, lm.config.dim)
+    elif spec.adapter == "vadapter":
+        adapter = VAdapter(resampler, PaLMDecoder(spec.tiny_lm), lm.config.dim)
+    else:
+        raise ValueError(f"spec.adapter is {spec.adapter!r}; expected 'resampler', 'perceiver' or 'vadapter'")
+    return VisionLanguageModel(ViT(spec.vision), adapter, lm, train_lm=spec.train_lm, train_vision=spec.train_vision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Save and load
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str, payload: dict):
+    """Write through a temp file in the same folder, then rename: a crash never leaves a torn file."""
+    data.write_atomically(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = None) -> dict:
+    """Load a checkpoint (a file, or the run folder holding one) and check which stage wrote it.
+    checkpoint["spec"] comes back as a ModelSpec."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "stage" not in checkpoint or "model" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'stage' / 'model' entries)")
+    expected = (expected_stage,) if isinstance(expected_stage, str) else expected_stage
+    if expected is not None and checkpoint["stage"] not in expected:
+        raise ValueError(f"{path} was written by stage {checkpoint['stage']!r}; expected {' or '.join(map(repr, expected))}")
+    if "spec" in checkpoint:
+        checkpoint["spec"] = ModelSpec.from_dict(checkpoint["spec"])
+    return checkpoint
+
+
+def check_same_spec(saved: dict, current: dict, path: str):
+    """A resumed run must rebuild the same model: name every field that differs."""
+    differences = [
+        f"{key}: checkpoint has {saved.get(key)!r}, this run has {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if differences:
+        raise ValueError(f"config mismatch with {path}:\n  " + "\n  ".join(differences))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume: everything a killed run needs to continue the same curve (the data position follows
+# from the step, see trainer.StepBatches)
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(stage: str, spec: ModelSpec, model: nn.Module, optimizer, scheduler, step: int,
+                   train_config: dict) -> dict:
+    """The checkpoint of a run after `step` optimizer steps; `model` unwrapped and uncompiled, so
+    its keys carry no `module.` / `_orig_mod.` prefix."""
+    return {"stage": stage, "spec": spec.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(), "train_config": train_config}
+
+
+def resume_training(path: str, stage: str, spec: ModelSpec, train_config: dict, model: nn.Module, optimizer,
+                    scheduler) -> int:
+    """Load a run's checkpoint into the model, optimizer, scheduler and RNGs -> the step to continue from.
+    The model and the global batch order must be the ones the checkpoint was trained with."""
+    checkpoint = load_checkpoint(path, expected_stage=stage)
+    check_same_spec(checkpoint["spec"].to_dict(), spec.to_dict(), path)
+    check_same_spec({key: checkpoint["train_config"][key] for key in ("batch_size", "seed")},
+                    {key: train_config[key] for key in ("batch_size", "seed")}, path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts a later stage starts from
+# ---------------------------------------------------------------------------------------------
+
+
+def submodule_state(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under `prefix`, with the prefix dropped ("lm." -> the LM's own state)."""
+    return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+
+
+def load_vision(path: str) -> ViT:
+    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
+    `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
+    checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
+    vision = ViT(checkpoint["spec"].vision)
+    vision.load_state_dict(submodule_state(checkpoint["model"], "vision."))
+    return vision
+
+
+def load_lm(path: str) -> PaLMDecoder:
+    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
+    with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
+    checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
+    lm = PaLMDecoder(checkpoint["spec"].lm)
+    state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
+    lm.load_state_dict(state)
+    return lm
+
+
+def load_tokenizer(path, vocab_size: int) -> data.Tokenizer:
+    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read its ids."""
+    tokenizer = data.Tokenizer(path)
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"{path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size {vocab_size}: "
+                         "give the tokenizer the run was trained with (--tokenizer)")
+    return tokenizer

@@ -1,0 +1,196 @@
+"""Decoding: how Figure 2's LM decoder turns visual tokens and a prompt into text.
+
+Batched greedy decoding and beam search over the decoder's step API (`PaLMDecoder.prefill` runs
+the visual tokens and prompts once into a KV cache, `decode_step` appends one token per row), as
+gpt-fast keeps generation apart from the model. Evaluation decodes greedily unless told
+otherwise (`Decoding`), so the same checkpoint always gives the same numbers.
+
+Prompts are token-id lists of any lengths; they are padded on the left (`left_pad`),
+so every row ends in its last real token and all rows take their next token at the same step.
+Both decoders return the new token ids of every row, EOS excluded, like `generate`.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from palm_decoder import PaLMDecoder
+from vlm import VisionLanguageModel
+
+
+def left_pad(prompts, pad_id, device):
+    """B token-id lists -> (input_ids (B, L) padded on the left, pad_lengths (B,))."""
+    lengths = [len(prompt) for prompt in prompts]
+    input_ids = torch.full((len(prompts), max(lengths)), pad_id, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, max(lengths) - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+    return input_ids, max(lengths) - torch.tensor(lengths, device=device)
+
+
+def check_decode_length(lm: PaLMDecoder, prompts, prefix, max_new_tokens):
+    """Refuse a decode that would not fit, before any work: the last new token needs no slot."""
+    prefix_len, longest = 0 if prefix is None else prefix.shape[1], max(len(prompt) for prompt in prompts)
+    if prefix_len == 0 and min(len(prompt) for prompt in prompts) == 0:
+        raise ValueError("every prompt needs at least one token when there is no prefix")
+    if prefix_len + longest + max_new_tokens - 1 > lm.config.max_seq_len:
+        raise ValueError(f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
+                         f"exceeds max_seq_len={lm.config.max_seq_len}")
+
+
+@torch.no_grad()
+def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0, generator=None):
+    """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D).
+
+    Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted
+    to the top_k tokens when given. Each row stops at eos_id. Returns the new token ids of
+    every row as a list of lists, EOS excluded."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    check_decode_length(lm, prompts, prefix, max_new_tokens)
+    device = lm.token_embedding.weight.device
+    input_ids, pad_lengths = left_pad(prompts, pad_id, device)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths)
+    new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        if temperature == 0:
+            token = logits.argmax(dim=-1)  # (B,)
+        else:
+            logits = logits.float() / temperature
+            if top_k is not None:
+                kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth_best, float("-inf"))
+            token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+        new_tokens.append(token)
+        if eos_id is not None:
+            finished |= token == eos_id
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        logits = lm.decode_step(token, cache)
+    rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]  # (B, T)
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+@dataclass
+class Decoding:
+    """How evaluation decodes (written to results.json next to the scores)."""
+    beam_size: int = 1  # 1: greedy, the evaluation default
+    length_penalty: float = 1.0  # beam search only, see beam_search_lm
+    max_new_tokens: int = 32
+
+
+@torch.no_grad()
+def greedy_decode(model: VisionLanguageModel, pixels, prompts, max_new_tokens=32, eos_id=None, *,
+                  features=None, pad_id=0):
+    """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
+    features = the frozen encoder's patch features (B, ...) -> B lists of new token ids."""
+    prefix = model.visual_tokens(pixels, features)
+    return generate(model.lm, prompts, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+
+
+@torch.no_grad()
+def beam_search(model: VisionLanguageModel, pixels, prompts, beam_size=4, length_penalty=1.0, max_new_tokens=32,
+                eos_id=None, *, features=None, pad_id=0):
+    """Beam search conditioned on the images; inputs as `greedy_decode`, search as `beam_search_lm`."""
+    prefix = model.visual_tokens(pixels, features)  # (B, P, D)
+    return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id)
+
+
+def decode(model: VisionLanguageModel, pixels, prompts, beam_size=1, length_penalty=1.0, max_new_tokens=32,
+           eos_id=None, *, features=None, pad_id=0):
+    """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
+    if beam_size == 1:
+        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, features=features, pad_id=pad_id)
+    return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id,
+                       features=features, pad_id=pad_id)
+
+
+@dataclass
+class FinishedHypotheses:
+    """The hypotheses of one sample that have ended (EOS, or max_new_tokens): how many, and the best."""
+    count: int = 0
+    best_score: float = -math.inf
+    best_tokens: list = field(default_factory=list)
+
+    def add(self, tokens: list, log_prob: float, length: int, length_penalty: float) -> None:
+        self.count += 1
+        score = log_prob / length ** length_penalty
+        if score > self.best_score:  # strict: of equal scores the earlier one stays, deterministically
+            self.best_score, self.best_tokens = score, tokens
+
+
+@torch.no_grad()
+def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, max_new_tokens=32, eos_id=None,
+                   pad_id=0):
+    """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None.
+
+    Each sample keeps beam_size running hypotheses, one cache row each. A hypothesis y is ranked
+    by sum_t log p(y_t) / |y| ** length_penalty, |y| counting its EOS: the form Hugging Face uses
+    (GNMT divides by ((5 + |y|) / 6) ** alpha instead). length_penalty 0 ranks by total log-prob,
+    which favours short outputs; 1 (the default, as in HF) by mean log-prob per token.
+
+    Stopping as in fairseq and HF's early_stopping=True: a hypothesis ends when EOS is among the
+    step's beam_size best candidates, and a sample is done once beam_size hypotheses have ended;
+    at max_new_tokens the running ones end too. The best ended hypothesis is returned. So
+    beam_size 1 is exactly greedy decoding."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size={beam_size}; expected at least 1")
+    B, K = len(prompts), beam_size
+    check_decode_length(lm, prompts, prefix, max_new_tokens)
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    device = lm.token_embedding.weight.device
+    input_ids, pad_lengths = left_pad(prompts, pad_id, device)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths)  # (B, V)
+    # The prefix and prompt of a sample are run once, then copied to its K beam rows.
+    rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
+    cache.reorder(rows)
+    logits = logits.index_select(0, rows)  # (B * K, V)
+    # Only beam 0 starts alive: K identical beams would all propose the same K tokens.
+    beam_scores = torch.full((B, K), -math.inf, device=device)
+    beam_scores[:, 0] = 0.0
+    tokens = torch.zeros(B, K, 0, dtype=torch.long)  # (B, K, step) on CPU, where hypotheses are kept
+    finished = [FinishedHypotheses() for _ in range(B)]
+    for step in range(max_new_tokens):
+        vocab_size = logits.shape[-1]
+        candidates = beam_scores[..., None] + F.log_softmax(logits.float(), dim=-1).view(B, K, vocab_size)
+        # 2K candidates: at most K of them (one per beam) are EOS, so K others can carry on.
+        top_scores, top_index = candidates.view(B, K * vocab_size).topk(min(2 * K, K * vocab_size), dim=1)
+        scores, parents, next_tokens = select_beams(top_scores.tolist(), (top_index // vocab_size).tolist(),
+                                                    (top_index % vocab_size).tolist(), tokens, finished, K, eos_id,
+                                                    length_penalty, step)
+        tokens = torch.cat([tokens.gather(1, parents[..., None].expand(-1, -1, step)), next_tokens[..., None]], dim=2)
+        beam_scores = scores.to(device)
+        if step == max_new_tokens - 1 or all(f.count >= K for f in finished):
+            break
+        cache.reorder((torch.arange(B)[:, None] * K + parents).view(-1).to(device))
+        logits = lm.decode_step(next_tokens.view(-1).to(device), cache)
+    for b, hypotheses in enumerate(finished):
+        if hypotheses.count < K:  # stopped by max_new_tokens: the running beams end here
+            for k, score in enumerate(beam_scores[b].tolist()):
+                if score > -math.inf:
+                    hypotheses.add(tokens[b, k].tolist(), score, tokens.shape[2], length_penalty)
+    return [hypotheses.best_tokens for hypotheses in finished]
+
+
+def select_beams(top_scores, top_beams, top_tokens, tokens, finished, K, eos_id, length_penalty, step):
+    """One step's bookkeeping, per sample: the candidates come best first (B lists of 2K); an EOS
+    among the first K ends its hypothesis, the first K others become the new beams.
+    -> scores (B, K), parent beams (B, K), new tokens (B, K)."""
+    scores, parents, new_tokens = [], [], []
+    for b in range(len(top_scores)):
+        done, beams = finished[b].count >= K, []
+        for rank, (score, beam, token) in enumerate(zip(top_scores[b], top_beams[b], top_tokens[b])):
+            if token == eos_id:
+                # A done sample's rows keep running only to keep the batch rectangular: ignored.
+                if rank < K and not done and score > -math.inf:
+                    finished[b].add(tokens[b, beam].tolist(), score, step + 1, length_penalty)
+            else:
+                beams.append((score, beam, token))
+                if len(beams) == K:
+                    break
+        scores.append([s for s, _, _ in beams])
+        parents.append([p for _, p, _ in beams])
+        new_tokens.append([t for _, _, t in beams])
+    return torch.tensor(scores), torch.tensor(parents), torch.tensor(new_tokens)

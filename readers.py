@@ -1,0 +1,283 @@
+"""Readers: the annotation files of the input box of Figure 2 (PaLM2-VAdapter, arXiv 2402.10896).
+
+The paper trains on captioning and evaluates captioning (COCO-style references) and VQA (VQAv2
+accuracy over 10 human answers), for images and for videos whose frames go through the same ViT.
+These readers turn COCO captions (official or Karpathy split) and VQAv2 files into `Example`s;
+a video is a folder of frames. Every check names the file, the field and what was expected; a
+bad sample raises `DataError`, or with on_bad_sample="skip" is counted and reported once.
+"""
+
+import json
+import os
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or lacks a field; the message names file, field and expectation."""
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class Example:
+    """One training pair before tokenization; the loss is on `target` (and EOS) only."""
+    image_id: int
+    path: Path  # an image file, or a folder of frames for a video
+    prompt: str  # text before the target: "" for captions, vqa_prompt(question) for VQA
+    target: str  # a caption, or the answer
+    question_id: int | None = None
+
+
+@dataclass
+class Annotations:
+    examples: list[Example]  # one per caption, or one per question
+    images: dict[int, Path]  # image_id -> image file or frame folder
+    references: dict[int, list[str]]  # captions per image_id, or the 10 human answers per question_id
+    skipped: Counter = field(default_factory=Counter)  # bad samples left out, per reason
+
+
+def vqa_prompt(question: str) -> str:
+    return f"question: {question} answer:"
+
+
+class BadSamples:
+    """on_bad_sample="error" raises DataError at once; "skip" counts the reason and reports all
+    counts in one warning at the end, so a single bad file never stops a run."""
+
+    def __init__(self, on_bad_sample: str):
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample={on_bad_sample!r}; expected 'error' or 'skip'")
+        self.skip, self.counts = on_bad_sample == "skip", Counter()
+
+    def __call__(self, reason: str, message: str) -> None:
+        if not self.skip:
+            raise DataError(message)
+        self.counts[reason] += 1
+
+    def report(self, source) -> Counter:
+        if self.counts:
+            counts = ", ".join(f"{count} x {reason}" for reason, count in sorted(self.counts.items()))
+            warnings.warn(f"{source}: skipped bad samples: {counts}", stacklevel=3)
+        return self.counts
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; expected a JSON annotation file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+
+
+def top_level(data: dict, key: str, path: Path) -> list:
+    # Without the list itself the whole file is wrong: no "skip" for this.
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"{path}: top-level field '{key}' is missing; expected a list")
+    return data[key]
+
+
+def required(entry, name: str, kind: type, where: str, bad: BadSamples):
+    """entry[name] if it is a `kind` (and not empty for text), else report and return None."""
+    value = entry.get(name) if isinstance(entry, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        bad("missing field", f"{where} field '{name}' is missing or not {kind.__name__}; expected {kind.__name__}")
+        return None
+    if kind is str and not value.strip():
+        bad(f"empty {name}", f"{where} field '{name}' is empty; expected a non-empty {name}")
+        return None
+    return value.strip() if kind is str else value
+
+
+def frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples) -> bool:
+    """Cheap checks up front (existence, frame count); decoding errors surface in the dataset."""
+    if num_frames is None:
+        if path.is_file():
+            return True
+        bad("missing image file", f"{path}: image file not found ({where} field 'file_name'); expected an image file"
+            + (" (a folder is a video: pass num_frames)" if path.is_dir() else ""))
+        return False
+    if not path.is_dir():
+        bad("missing video folder",
+            f"{path}: video folder not found ({where} field 'file_name'); expected a folder of frames")
+        return False
+    found = len(frame_files(path))
+    if found != num_frames:
+        bad("wrong frame count", f"{path}: {found} frames ({where} field 'file_name'); expected {num_frames} frames")
+        return False
+    return True
+
+
+def read_images(data: dict, path: Path, image_root: Path, num_frames: int | None, bad: BadSamples) -> dict:
+    """image_id -> path from a COCO `images` list; None for a skipped entry, whose annotations are
+    then left out silently (counted once, under the image's reason)."""
+    images = {}
+    for index, entry in enumerate(top_level(data, "images", path)):
+        where = f"{path}: images[{index}]"
+        image_id, file_name = required(entry, "id", int, where, bad), required(entry, "file_name", str, where, bad)
+        if image_id is not None:
+            good = file_name is not None and check_file(image_root / file_name, num_frames, where, bad)
+            images[image_id] = image_root / file_name if good else None
+    return images
+
+
+def read_captions(path: str | Path, image_root: str | Path | None = None, split: str | None = None,
+                  num_frames: int | None = None, on_bad_sample: str = "error") -> Annotations:
+    """COCO captions: the official captions_*.json (images + annotations; `split` unused) or
+    Karpathy's dataset_coco.json (`split` train/val/test, restval counted as train; None = all).
+    Image paths are image_root / file_name (root defaults to the JSON's folder)."""
+    path = Path(path)
+    image_root = Path(image_root) if image_root is not None else path.parent
+    data, bad = read_json(path), BadSamples(on_bad_sample)
+    first_image = (data.get("images") or [None])[0] if isinstance(data, dict) else None
+    if "annotations" not in data and isinstance(first_image, dict) and "sentences" in first_image:
+        images, pairs = read_karpathy(data, path, image_root, split, num_frames, bad)
+    else:
+        images = read_images(data, path, image_root, num_frames, bad)
+        pairs = []
+        for index, annotation in enumerate(top_level(data, "annotations", path)):
+            where = f"{path}: annotations[{index}]"
+            image_id = required(annotation, "image_id", int, where, bad)
+            caption = required(annotation, "caption", str, where, bad)
+            if image_id is not None and image_id not in images:
+                bad("unknown image_id", f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images'")
+            elif image_id is not None and images[image_id] is not None and caption is not None:
+                pairs.append((image_id, caption))
+        images = {image_id: file for image_id, file in images.items() if file is not None}
+    references = defaultdict(list)
+    for image_id, caption in pairs:
+        references[image_id].append(caption)
+    examples = [Example(image_id, images[image_id], "", caption) for image_id, caption in pairs]
+    return Annotations(examples, images, dict(references), bad.report(path))
+
+
+def read_karpathy(data, path, image_root, split, num_frames, bad) -> tuple[dict[int, Path], list[tuple[int, str]]]:
+    wanted = None if split is None else ({"train", "restval"} if split == "train" else {split})
+    images, pairs = {}, []
+    for index, entry in enumerate(data["images"]):
+        where = f"{path}: images[{index}]"
+        if wanted is not None and required(entry, "split", str, where, bad) not in wanted:
+            continue
+        image_id = required(entry, "cocoid" if "cocoid" in entry else "imgid", int, where, bad)
+        file_name = required(entry, "filename", str, where, bad)
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list):
+            bad("missing field", f"{where} field 'sentences' is missing; expected a list of {{raw, tokens}}")
+            continue
+        if image_id is None or file_name is None:
+            continue
+        file = image_root / entry.get("filepath", "") / file_name
+        if not check_file(file, num_frames, where, bad):
+            continue
+        images[image_id] = file
+        for number, sentence in enumerate(sentences):
+            caption = required(sentence, "raw", str, f"{where}.sentences[{number}]", bad)
+            if caption is not None:
+                pairs.append((image_id, caption))
+    return images, pairs
+
+
+def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = None,
+             images_path: str | Path | None = None, image_root: str | Path | None = None,
+             num_frames: int | None = None, on_bad_sample: str = "error") -> Annotations:
+    """VQAv2 questions (+ annotations; without them, as for test-dev, targets are empty).
+    VQAv2 names images by id only: paths come from the `images` list of a COCO-format JSON
+    (`images_path`, e.g. captions_<split>.json), else from COCO's naming, COCO_<data_subtype>_<id:012d>.jpg."""
+    questions_path, bad = Path(questions_path), BadSamples(on_bad_sample)
+    questions_data = read_json(questions_path)
+    questions = top_level(questions_data, "questions", questions_path)
+    if images_path is not None:
+        images_path = Path(images_path)
+        image_root = Path(image_root) if image_root is not None else images_path.parent
+        images = read_images(read_json(images_path), images_path, image_root, num_frames, bad)
+    else:
+        image_root = Path(image_root) if image_root is not None else questions_path.parent
+        coco_name = f"COCO_{questions_data.get('data_subtype', '')}_{{:012d}}.jpg"
+    answers = {}  # question_id -> (multiple_choice_answer, the human answers)
+    if annotations_path is not None:
+        annotations_path = Path(annotations_path)
+        for index, annotation in enumerate(top_level(read_json(annotations_path), "annotations", annotations_path)):
+            where = f"{annotations_path}: annotations[{index}]"
+            question_id = required(annotation, "question_id", int, where, bad)
+            answer = required(annotation, "multiple_choice_answer", str, where, bad)
+            humans = annotation.get("answers") if isinstance(annotation, dict) else None
+            if not isinstance(humans, list) or not all(isinstance(h, dict) and isinstance(h.get("answer"), str)
+                                                       for h in humans):
+                bad("missing field", f"{where} field 'answers' is missing or malformed; expected a list of {{answer}}")
+            elif question_id is not None and answer is not None:
+                answers[question_id] = (answer, [h["answer"] for h in humans])
+    examples, references = [], {}
+    for index, entry in enumerate(questions):
+        where = f"{questions_path}: questions[{index}]"
+        values = [required(entry, name, kind, where, bad) for name, kind in
+                  (("question_id", int), ("image_id", int), ("question", str))]
+        if None in values:
+            continue
+        question_id, image_id, question = values
+        if images_path is None:
+            image_file = image_root / coco_name.format(image_id)
+            if not check_file(image_file, num_frames, f"{where} (file named after field 'image_id')", bad):
+                continue
+        elif image_id not in images:
+            bad("unknown image_id",
+                f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images' of {images_path}")
+            continue
+        elif (image_file := images[image_id]) is None:
+            continue
+        if annotations_path is not None and question_id not in answers:
+            bad("missing annotation", f"{annotations_path}: no annotation with field 'question_id' {question_id} "
+                f"({where}); expected one per question")
+            continue
+        answer, humans = answers.get(question_id, ("", []))
+        references[question_id] = humans
+        examples.append(Example(image_id, image_file, vqa_prompt(question), answer, question_id))
+    return Annotations(examples, {e.image_id: e.path for e in examples}, references, bad.report(questions_path))
+
+
+def write_atomically(path: str | Path, write) -> None:
+    """Calls write(temporary_path), then renames the temporary file to `path`: a crash never
+    leaves a torn file. The temporary sits next to `path` (a rename is atomic within one file system)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, content: dict) -> None:
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(content)))
+
+
+def write_split(out: Path, prefix: str, split: str, items: list[dict], info: dict) -> dict:
+    """The writers' side of the formats above: COCO captions, VQAv2 questions + annotations and the
+    scenes of one split of generated items (synthetic.py); returns counts."""
+    images = [{"id": i["id"], "file_name": i["file_name"], "width": i["size"], "height": i["size"]} for i in items]
+    captions = [{"id": i["id"] * 10 + k, "image_id": i["id"], "caption": c}
+                for i in items for k, c in enumerate(i["captions"])]
+    questions, annotations = [], []
+    for item in items:
+        for k, (question, answer, question_type, answer_type, answers) in enumerate(item["questions"]):
+            question_id = item["id"] * 1000 + k  # VQAv2's own convention
+            questions.append({"image_id": item["id"], "question": question, "question_id": question_id})
+            annotations.append({"question_id": question_id, "image_id": item["id"], "question_type": question_type,
+                                "answer_type": answer_type, "multiple_choice_answer": answer, "answers": answers})
+    vqa_header = {"info": info, "data_type": "shapes", "data_subtype": split, "license": {}}
+    write_json(out / f"{prefix}captions_{split}.json",
+               {"info": info, "licenses": [], "images": images, "annotations": captions})
+    write_json(out / f"{prefix}questions_{split}.json",
+               {**vqa_header, "task_type": "Open-Ended", "questions": questions})
+    write_json(out / f"{prefix}annotations_{split}.json", {**vqa_header, "annotations": annotations})
+    write_json(out / f"{prefix}scenes_{split}.json",
+               {"scenes": [{"image_id": i["id"], "file_name": i["file_name"], **i["scene"]} for i in items]})
+    return {"items": len(items), "captions": len(captions), "questions": len(questions)}

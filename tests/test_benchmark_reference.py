@@ -1,0 +1,30 @@
+"""benchmark_reference.py: our PaLMDecoder against transformers' Llama runs through `benchmark.py
+reference`, the two have the same sizes, and without transformers it says how to install it."""
+import json
+import sys
+
+import pytest
+
+import benchmark
+import benchmark_reference
+from palm_decoder import PaLMConfig, PaLMDecoder
+from vit import num_parameters
+
+
+def test_reference_against_transformers(tmp_path):
+    pytest.importorskip("transformers")
+    report = tmp_path / "reference.json"
+    status = benchmark.main(["reference", "--dim", "32", "--depth", "2", "--heads", "4", "--vocab", "64", "--seq", "16",
+                             "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(report)])
+    assert status == 0
+    assert json.loads(report.read_text())["ratio_of_medians"] > 0
+    config = PaLMConfig(vocab_size=64, dim=32, depth=2, num_heads=4, num_kv_heads=1, max_seq_len=16)
+    ours, theirs = PaLMDecoder(config), benchmark_reference.hugging_face_decoder(config)
+    # Same sizes everywhere; Llama has two RMSNorms per block where PaLM shares one LayerNorm.
+    assert num_parameters(theirs) - num_parameters(ours) == config.depth * config.dim
+
+
+def test_reference_without_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(SystemExit, match="pip install"):
+        benchmark.main(["reference", "--dim", "32", "--depth", "1", "--heads", "4", "--vocab", "64", "--seq", "16"])

@@ -1,0 +1,159 @@
+"""checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the file
+alone, saving is atomic, resuming restores everything or names what differs, errors are clear."""
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+import data
+from checkpoints import (ModelSpec, build_vlm, check_same_spec, load_checkpoint, load_lm, load_tokenizer, load_vision,
+                         resume_training, save_checkpoint, submodule_state, training_state)
+from conftest import toy_spec
+from palm_decoder import PaLMConfig
+
+
+@pytest.mark.parametrize("adapter", ["resampler", "perceiver", "vadapter"])
+def test_a_model_is_rebuilt_from_the_file_alone(tmp_path, adapter):
+    torch.manual_seed(0)
+    spec = replace(toy_spec(adapter), adapter_init="lm" if adapter == "vadapter" else None)
+    model = build_vlm(spec)
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"stage": "stage2", "spec": spec.to_dict(),
+                                                         "model": model.state_dict(), "step": 3})
+    checkpoint = load_checkpoint(str(tmp_path / "run"))  # a run folder, or the file itself
+    assert isinstance(checkpoint["spec"], ModelSpec) and checkpoint["spec"] == spec
+    rebuilt = build_vlm(checkpoint["spec"])
+    rebuilt.load_state_dict(checkpoint["model"])
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], tensor), name
+    assert list(tmp_path.joinpath("run").iterdir()) == [tmp_path / "run" / "checkpoint.pt"], "no temp file left"
+
+
+def test_a_text_only_spec_round_trips():
+    spec = ModelSpec(lm=PaLMConfig(vocab_size=50, dim=32, depth=1, num_heads=4))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["vision"] is None and spec.adapter == "none"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lm": {"vocab_size": 50}, "colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+    ({"adapter": "resampler"}, "no 'lm'"),
+    ({"lm": {"vocab_size": 50, "width": 3}}, r"spec\['lm'\] has unknown field\(s\) \['width'\]"),
+])
+def test_a_bad_spec_names_the_field(values, message):
+    with pytest.raises(ValueError, match=message):
+        ModelSpec.from_dict(values)
+
+
+def test_mismatched_widths_raise_clear_errors():
+    spec = toy_spec("vadapter")
+    spec.resampler = replace(spec.resampler, dim=40)
+    with pytest.raises(ValueError, match="tiny LM's dim"):
+        build_vlm(spec)
+    spec = toy_spec("resampler")
+    spec.resampler = replace(spec.resampler, dim=40)
+    with pytest.raises(ValueError, match="LM's dim"):
+        build_vlm(spec)
+    with pytest.raises(ValueError, match="expected 'resampler'"):
+        build_vlm(replace(toy_spec("perceiver"), adapter="mlp"))
+
+
+def test_wrong_stage_missing_file_and_foreign_file_are_refused(tmp_path):
+    spec = toy_spec()
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": {}})
+    with pytest.raises(ValueError, match="written by stage 'stage1'; expected 'stage2'"):
+        load_checkpoint(str(tmp_path), expected_stage="stage2")
+    with pytest.raises(ValueError, match="expected 'pretrain-lm' or 'stage2'"):
+        load_checkpoint(str(tmp_path), expected_stage=("pretrain-lm", "stage2"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "absent"))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of this project"):
+        load_checkpoint(str(tmp_path / "other.pt"))
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"stage": "stage1", "model": {}, "step": 1})
+
+    def crash(payload, file):
+        with open(file, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"stage": "stage1", "model": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(str(path))["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_resume_restores_model_optimizer_scheduler_step_and_rng(tmp_path):
+    torch.manual_seed(0)
+    spec, train_config = toy_spec(), {"batch_size": 8, "seed": 0, "lr": 1e-3}
+
+    def fresh():
+        model = build_vlm(spec)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+
+    model, optimizer, scheduler = fresh()
+    sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
+    optimizer.step()
+    scheduler.step()
+    random.seed(5)
+    save_checkpoint(tmp_path / "checkpoint.pt", training_state("stage1", spec, model, optimizer, scheduler, 7, train_config))
+    expected_draws = (torch.rand(3), random.random())
+
+    torch.manual_seed(1)
+    resumed = fresh()
+    assert resume_training(str(tmp_path / "checkpoint.pt"), "stage1", spec, train_config, *resumed) == 7
+    assert torch.equal(torch.rand(3), expected_draws[0]) and random.random() == expected_draws[1]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed[0].state_dict()[name], tensor), name
+    assert resumed[1].state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+    assert resumed[2].get_last_lr() == scheduler.get_last_lr()
+
+
+def test_resume_names_every_difference(tmp_path):
+    spec = toy_spec()
+    model = build_vlm(spec)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(tmp_path / "checkpoint.pt", training_state("stage1", spec, model, optimizer, scheduler, 2,
+                                                               {"batch_size": 8, "seed": 0}))
+    deeper = replace(spec, resampler=replace(spec.resampler, depth=2))
+    with pytest.raises(ValueError, match=r"config mismatch with .*checkpoint.pt:\n  resampler: checkpoint has"):
+        resume_training(str(tmp_path / "checkpoint.pt"), "stage1", deeper, {"batch_size": 8, "seed": 0}, model,
+                        optimizer, scheduler)
+    with pytest.raises(ValueError, match="batch_size: checkpoint has 8, this run has 16"):
+        resume_training(str(tmp_path / "checkpoint.pt"), "stage1", spec, {"batch_size": 16, "seed": 0}, model,
+                        optimizer, scheduler)
+    with pytest.raises(ValueError, match="written by stage 'stage1'"):
+        resume_training(str(tmp_path / "checkpoint.pt"), "stage2", spec, {"batch_size": 8, "seed": 0}, model,
+                        optimizer, scheduler)
+    check_same_spec({"a": 1}, {"a": 1}, "same")  # nothing differs: no error
+
+
+def test_later_stages_take_the_vision_encoder_and_the_lm_out_of_a_stage1_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    spec = toy_spec("resampler")
+    state = build_vlm(spec).state_dict()
+    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": state})
+    vision, lm = load_vision(str(tmp_path)), load_lm(str(tmp_path))
+    assert vision.config == spec.vision and lm.config == spec.lm
+    for prefix, module in (("vision.", vision), ("lm.", lm)):
+        for name, tensor in submodule_state(state, prefix).items():
+            assert torch.equal(module.state_dict()[name], tensor), prefix + name
+    with pytest.raises(ValueError, match="expected 'pretrain-lm' or 'stage1'"):
+        save_checkpoint(tmp_path / "two" / "checkpoint.pt", {"stage": "stage2", "spec": spec.to_dict(), "model": state})
+        load_lm(str(tmp_path / "two"))
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path):
+    texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
+    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
+    assert load_tokenizer(tmp_path / "tok.model", tokenizer.vocab_size).vocab_size == tokenizer.vocab_size
+    with pytest.raises(ValueError, match=f"has {tokenizer.vocab_size} pieces but the model's LM has vocab_size 64"):
+        load_tokenizer(tmp_path / "tok.model", 64)

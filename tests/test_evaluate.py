@@ -1,0 +1,144 @@
+"""evaluate.py: the command line that scores a checkpoint on a data folder, captions one image,
+compares stage-2 runs and measures image reliance. Untrained toy models on a tiny synthetic data
+folder: what is checked is the wiring (files, keys, determinism, errors), not the scores."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import evaluate
+import metrics
+import synthetic
+from checkpoints import build_vlm
+from conftest import REPO, toy_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_spec(vocab_size, adapter="resampler"):
+    """32-wide toy model on 32x32 images and videos of up to 8 frames."""
+    return toy_spec(adapter, vocab_size=vocab_size, vision_dim=32, lm_dim=32, tiny_dim=32, image_size=32, max_frames=8)
+
+
+def test_metrics_stay_importable_from_evaluate():
+    assert (evaluate.cider_d, evaluate.bleu4, evaluate.vqa_accuracy) == (metrics.cider_d, metrics.bleu4,
+                                                                        metrics.vqa_accuracy)
+
+TINY_WORLD = dict(train_images=50, val_images=20, test_images=20, train_videos=10, val_videos=5, test_videos=5)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny data folder with its tokenizer, and a checkpoint of an untrained toy model in the
+    trainer's format: {stage, spec, model, step, train_config}."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    world = folder / "data"
+    synthetic.generate(world, synthetic.WorldConfig(**TINY_WORLD))
+    tokenizer = data.Tokenizer.train(data.training_texts(world), world / data.TOKENIZER_FILE, vocab_size=200)
+    torch.manual_seed(0)
+    spec = small_spec(tokenizer.vocab_size)
+    (folder / "run").mkdir()
+    torch.save({"stage": "stage1", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 7,
+                "train_config": {"lr": 1e-3}}, folder / "run" / "checkpoint.pt")
+    return folder / "run", world
+
+
+def test_command_line_scores_every_task(run):
+    run_dir, world = run
+    out = run_dir / "results.json"
+    command = [sys.executable, str(REPO / "evaluate.py"), "checkpoint", str(run_dir), "--data", str(world),
+               "--split", "val", "--limit", "6", "--batch-size", "4", "--max-new-tokens", "8", "--out", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads(out.read_text())
+    assert results["stage"] == "stage1" and results["step"] == 7 and results["split"] == "val"
+    assert results["spec"]["lm"]["vocab_size"] > 0 and results["decoding"]["beam_size"] == 1
+    expected = {"caption": {"cider_d", "bleu4", "images"}, "vqa": {"vqa_accuracy", "questions"},
+                "video_caption": {"cider_d", "bleu4", "images"}, "video_vqa": {"vqa_accuracy", "questions"}}
+    assert {task: set(metrics) for task, metrics in results["metrics"].items()} == expected
+    assert results["metrics"]["caption"]["images"] == 6 and results["metrics"]["vqa"]["questions"] == 6
+    assert results["metrics"]["video_caption"]["images"] == 5  # the split has 5 videos
+    for task in expected:
+        assert all(isinstance(v, (int, float)) for v in results["metrics"][task].values())
+        assert results["samples"][task] and all("prediction" in s for s in results["samples"][task])
+    assert len(results["samples"]["caption"][0]["references"]) == synthetic.CAPTIONS_PER_ITEM
+    for line in ("caption", "video_vqa", "wrote"):
+        assert line in finished.stdout
+
+
+def test_evaluation_is_deterministic_and_independent_of_batch_size(run):
+    run_dir, world = run
+    common = dict(tasks=["vqa", "video_caption"], limit=5, tokenizer_path=None, max_new_tokens=6)
+    first = evaluate.evaluate_checkpoint(run_dir / "checkpoint.pt", world, "val", batch_size=1, **common)
+    second = evaluate.evaluate_checkpoint(run_dir, world, "val", batch_size=4, **common)
+    assert first["metrics"] == second["metrics"] and first["samples"] == second["samples"]
+    beam = evaluate.evaluate_checkpoint(run_dir, world, "val", beam=2, batch_size=4, **common)
+    assert beam["decoding"]["beam_size"] == 2 and set(beam["metrics"]) == {"vqa", "video_caption"}
+
+
+def test_caption_one_image_or_video_from_the_command_line(run, capsys):
+    run_dir, world = run
+    image = next((world / "images" / "val").iterdir())
+    video = next((world / "videos" / "val").iterdir())
+    evaluate.main(["caption", str(image), "--checkpoint", str(run_dir), "--data", str(world)])
+    evaluate.main(["caption", str(video), "--checkpoint", str(run_dir), "--tokenizer", str(world / "tokenizer.model"),
+                   "--question", "does the circle move?", "--beam", "2", "--max-new-tokens", "5"])
+    caption, answer = capsys.readouterr().out.splitlines()
+    assert caption == evaluate.caption_one(run_dir, image, world / "tokenizer.model")  # deterministic
+    with pytest.raises(SystemExit):
+        evaluate.main(["caption", str(image), "--checkpoint", str(run_dir)])  # no tokenizer given
+
+
+def test_stage2_vadapter_checkpoint(run, tmp_path):
+    """Stage 2 rebuilds the adapter from the spec alone: here the VAdapter (resampler, tiny LM, projection)."""
+    _, world = run
+    spec = small_spec(data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size, "vadapter")
+    torch.save({"stage": "stage2", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 3},
+               tmp_path / "checkpoint.pt")
+    results = evaluate.evaluate_checkpoint(tmp_path, world, "val", tasks=["caption"], limit=3, max_new_tokens=4)
+    assert results["stage"] == "stage2" and results["metrics"]["caption"]["images"] == 3
+
+
+def test_wrong_stage_or_missing_task_raise(run, tmp_path):
+    run_dir, world = run
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**checkpoint, "stage": "pretrain-lm"}, tmp_path / "lm.pt")
+    with pytest.raises(ValueError, match="stage"):
+        evaluate.evaluate_checkpoint(tmp_path / "lm.pt", world, "val")
+    with pytest.raises(data.DataError, match="video_vqa"):
+        evaluate.evaluate_checkpoint(run_dir, world, "nosuchsplit", tasks=["video_vqa"])
+
+
+def test_compare_and_reliance_commands(run, tmp_path, capsys):
+    """Two stage-2 runs (VAdapter, perceiver baseline) with their validation curves: the table,
+    the files next to it, and the reliance losses of both."""
+    _, world = run
+    vocab_size = data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size
+    runs = []
+    for adapter, losses in (("vadapter", [3.0, 1.4, 1.0]), ("perceiver", [3.0, 2.5, 1.5])):
+        spec = small_spec(vocab_size, adapter)
+        folder = tmp_path / adapter
+        folder.mkdir()
+        torch.save({"stage": "stage2", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 30},
+                   folder / "checkpoint.pt")
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": 10 * (i + 1), "val_loss": loss}) + "\n"
+                                                      for i, loss in enumerate(losses)))
+        runs.append(str(folder))
+    out = tmp_path / "results"
+    evaluate.main(["compare", *runs, "--data", str(world), "--split", "val", "--limit", "2", "--out", str(out)])
+    table = (out / "table.md").read_text()
+    assert "| vadapter (stage1) |" in table and "| perceiver (depth 2) |" in table
+    assert "steps to perceiver (depth 2)'s final val loss" in table and "| 20 of 30 |" in table
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert [row["steps_to_baseline_final_loss"] for row in rows] == [20, 30]
+    assert (out / "val_loss.csv").read_text().splitlines()[1] == "vadapter (stage1),10,3.000000"
+    assert (out / "val_loss.png").stat().st_size > 0
+    capsys.readouterr()
+    evaluate.main(["reliance", *runs, "--data", str(world), "--limit", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("real images" in line and "shuffled images" in line for line in lines)
