@@ -14,7 +14,7 @@ import io
 import json
 import random
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5
         with Image.open(path) as image:
             image.load()
             image = to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's ways of saying missing/truncated/corrupt
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # missing/truncated/corrupt/huge
         raise DataError(f"{path}: cannot read image ({error}); expected a complete image file") from error
     width, height = image.size
     if min(width, height) != image_size:
@@ -132,22 +132,55 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 class VisionTextDataset(Dataset):
     """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), image_id[, question_id]}
     with input_ids = [bos] + prompt + target + [eos] and loss_mask True on target + eos: the token
-    at i is predicted from position i-1. The readers checked files up front; an image that fails
-    to decode here raises DataError, or with on_bad_sample="skip" is replaced by the next
-    readable sample (one warning; `unreadable` keeps the paths, per worker process)."""
+    at i is predicted from position i-1.
+
+    max_text_tokens: the most text positions a sample may have (the LM's context minus the visual
+    tokens). Longer texts are cut to it, keeping their beginning, and counted (`truncated`) here,
+    before training; a prompt that leaves no room for one target token is a bad sample.
+    The readers checked files up front; an image that fails to decode here raises DataError, or
+    with on_bad_sample="skip" is replaced by the next readable sample: a warning names it, and the
+    sample lists it under "unreadable", so whoever reads the batches counts each one exactly, from
+    any worker process (`unreadable` holds this process's)."""
 
     def __init__(self, examples: list[Example], tokenizer: Tokenizer, image_size: int,
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), on_bad_sample: str = "error"):
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), on_bad_sample: str = "error",
+                 max_text_tokens: int | None = None):
+        self.tokenizer, self.image_size, self.mean, self.std = tokenizer, image_size, mean, std
+        bad = BadSamples(on_bad_sample)
+        self.skip, self.max_text_tokens, self.truncated = bad.skip, max_text_tokens, 0
+        if max_text_tokens is not None:
+            examples = self.fit_texts(examples, max_text_tokens, bad)
+        self.skipped = bad.report("VisionTextDataset")  # bad samples left out, per reason (task_datasets adds the readers')
         if not examples:
             raise DataError("no examples: the annotation files gave no usable sample")
-        self.examples, self.tokenizer, self.image_size, self.mean, self.std = examples, tokenizer, image_size, mean, std
-        self.skip = BadSamples(on_bad_sample).skip
+        self.examples = examples
         self.unreadable: set[Path] = set()
+
+    def fit_texts(self, examples: list[Example], max_text_tokens: int, bad: BadSamples) -> list[Example]:
+        """The examples whose prompt leaves room for a target token; counts the texts to cut."""
+        prompts = self.tokenizer.model.encode([e.prompt for e in examples])  # one call: sentencepiece batches
+        targets = self.tokenizer.model.encode([e.target for e in examples])
+        kept, first_cut = [], None
+        for example, prompt, target in zip(examples, prompts, targets):
+            prompt_length = 1 + len(prompt)  # [bos] + prompt, as prompt_ids builds it
+            if prompt_length >= max_text_tokens:
+                bad("prompt longer than max_text_tokens", f"{example.source} field 'question': {prompt_length} prompt "
+                    f"tokens leave no room for the answer in max_text_tokens={max_text_tokens}")
+                continue
+            if prompt_length + len(target) + 1 > max_text_tokens:
+                self.truncated += 1
+                first_cut = first_cut or example.source
+            kept.append(example)
+        if self.truncated:
+            warnings.warn(f"{self.truncated} of {len(examples)} texts are longer than max_text_tokens={max_text_tokens}"
+                          f" and are cut to it, keeping their beginning (the first: {first_cut})", stacklevel=3)
+        return kept
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
+        found = []  # images this call found unreadable
         for offset in range(len(self.examples)):
             example = self.examples[(index + offset) % len(self.examples)]
             if example.path in self.unreadable:
@@ -155,21 +188,23 @@ class VisionTextDataset(Dataset):
             try:
                 pixels = load_pixels(example.path, self.image_size, self.mean, self.std)
             except DataError as error:
-                message = f"{error} (field 'file_name' of image_id {example.image_id})"
+                message = f"{error} (field 'file_name' of image_id {example.image_id}, {example.source})"
                 if not self.skip:
                     raise DataError(message) from error
-                if not self.unreadable:
-                    warnings.warn(f"skipping unreadable image: {message}; later ones are only listed in `unreadable`")
+                warnings.warn(f"skipping unreadable image: {message}")
                 self.unreadable.add(example.path)
+                found.append(str(example.path))
                 continue
-            return self.sample(example, pixels)
+            return {**self.sample(example, pixels), **({"unreadable": found} if found else {})}
         raise DataError(f"none of the {len(self.examples)} images could be read")
 
     def sample(self, example: Example, pixels: torch.Tensor) -> dict:
         prompt = prompt_ids(self.tokenizer, example.prompt)
         target = self.tokenizer.encode(example.target) + [self.tokenizer.eos_id]
-        sample = {"pixels": pixels, "input_ids": torch.tensor(prompt + target, dtype=torch.long),
-                  "loss_mask": torch.tensor([False] * len(prompt) + [True] * len(target)), "image_id": example.image_id}
+        input_ids, loss_mask = prompt + target, [False] * len(prompt) + [True] * len(target)
+        end = self.max_text_tokens  # None keeps all; fit_texts kept only prompts shorter than it
+        sample = {"pixels": pixels, "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
+                  "loss_mask": torch.tensor(loss_mask[:end]), "image_id": example.image_id}
         if example.question_id is not None:
             sample["question_id"] = example.question_id
         return sample
@@ -193,6 +228,8 @@ def collate(samples: list[dict], pad_id: int) -> dict:
         batch["image_ids"] = [s["image_id"] for s in samples]
     if any("question_id" in s for s in samples):  # None for captions mixed into a VQA batch
         batch["question_ids"] = [s.get("question_id") for s in samples]
+    if unreadable := [path for s in samples for path in s.get("unreadable", ())]:
+        batch["unreadable"] = unreadable  # images skipped to fill this batch (skip mode)
     return batch
 
 
@@ -239,9 +276,11 @@ TOKENIZER_FILE = "tokenizer.model"
 
 
 def folder_num_frames(folder: str | Path) -> int | None:
-    """Frames per video from the folder's dataset.json (None when absent: frames are not checked)."""
+    """Frames per video from the generator's dataset.json; None without one (real video folders):
+    the readers then take the frame count most folders have."""
     info = Path(folder) / "dataset.json"
-    return json.loads(info.read_text())["options"]["num_frames"] if info.exists() else None
+    options = json.loads(info.read_text()).get("options", {}) if info.exists() else {}
+    return options.get("num_frames") if isinstance(options, dict) else None
 
 
 def available_tasks(folder: str | Path, split: str) -> list[str]:
@@ -250,31 +289,57 @@ def available_tasks(folder: str | Path, split: str) -> list[str]:
 
 
 def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "error") -> Annotations:
+    """One task of one split; a Karpathy file under the captions names gives that split's images.
+    A task without a usable sample is an error that names it, never a silent gap in the data."""
     if task not in TASK_FILES:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
     files = {role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()}
-    num_frames = folder_num_frames(folder) if task.startswith("video") else None
+    videos = task.startswith("video")
+    num_frames = folder_num_frames(folder) if videos else None
     if "captions" in files:
-        return read_captions(files["captions"], num_frames=num_frames, on_bad_sample=on_bad_sample)
-    return read_vqa(files["questions"], files["annotations"], files["images"], num_frames=num_frames,
-                    on_bad_sample=on_bad_sample)
+        read = read_captions(files["captions"], split=split, num_frames=num_frames, on_bad_sample=on_bad_sample,
+                             videos=videos)
+    else:
+        read = read_vqa(files["questions"], files["annotations"], files["images"], num_frames=num_frames,
+                        on_bad_sample=on_bad_sample, videos=videos)
+    if not read.examples:
+        skipped = ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items())) or "none"
+        raise DataError(f"{folder}: task {task!r} of split {split!r} has no usable sample in "
+                        f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
+                        "fix the files, or leave the task out with --tasks")
+    return read
 
 
 def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_size: int,
-                  tasks: list[str] | None = None, on_bad_sample: str = "error") -> list[Dataset]:
+                  tasks: list[str] | None = None, on_bad_sample: str = "error",
+                  max_text_tokens: int | None = None) -> list[Dataset]:
     """The datasets a stage trains on, one per modality (a batch never mixes images and videos):
-    [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks."""
-    tasks = tasks or available_tasks(folder, split)
-    missing = [task for task in tasks if task not in available_tasks(folder, split)]
-    if missing:
-        raise DataError(f"{folder}: no files for task(s) {missing} of split {split!r}; expected "
-                        + ", ".join(name.format(split=split) for task in missing for name in TASK_FILES[task].values()))
+    [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks.
+    Each dataset's `skipped` counts the bad samples its files' readers left out."""
+    present = available_tasks(folder, split)
+    tasks = tasks or present
+    missing = [task for task in tasks if task not in present]
+    if missing or not tasks:
+        raise DataError(f"{folder}: no files for task(s) {missing or 'any'} of split {split!r}; expected "
+                        + ", ".join(name.format(split=split) for task in missing or TASK_FILES
+                                    for name in TASK_FILES[task].values()))
     groups = []
     for modality in ([t for t in tasks if not t.startswith("video")], [t for t in tasks if t.startswith("video")]):
-        examples = [e for task in modality for e in read_task(folder, task, split, on_bad_sample).examples]
-        if examples:
-            groups.append(VisionTextDataset(examples, tokenizer, image_size, on_bad_sample=on_bad_sample))
+        if modality:
+            reads = [read_task(folder, task, split, on_bad_sample) for task in modality]
+            groups.append(VisionTextDataset([e for read in reads for e in read.examples], tokenizer, image_size,
+                                            on_bad_sample=on_bad_sample, max_text_tokens=max_text_tokens))
+            groups[-1].skipped.update(sum((read.skipped for read in reads), Counter()))
     return groups
+
+
+def skip_report(datasets: list[Dataset], unreadable: set[str]) -> dict:
+    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts too
+    long, `unreadable` images as the batches listed them) and the number of texts cut."""
+    skipped = sum((dataset.skipped for dataset in datasets), Counter())
+    if unreadable:
+        skipped["unreadable image"] = len(unreadable)
+    return {"skipped_samples": dict(sorted(skipped.items())), "truncated_texts": sum(d.truncated for d in datasets)}
 
 
 def training_texts(folder: str | Path, split: str = "train") -> list[str]:

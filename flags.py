@@ -76,3 +76,6 @@ def add_data_flags(parser):
     parser.add_argument("--cache-features", type=parse_bool, default=True, metavar="BOOL",
                         help="run the frozen ViT once per image and keep its features (default true)")
     parser.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
+    parser.add_argument("--max-text-tokens", type=int, metavar="N",
+                        help="text positions per sample, [bos] prompt target [eos]; longer texts are cut to N and "
+                             "counted (default: the LM's max_seq_len minus the visual tokens)")

@@ -4,7 +4,9 @@ The paper trains on captioning and evaluates captioning (COCO-style references) 
 accuracy over 10 human answers), for images and for videos whose frames go through the same ViT.
 These readers turn COCO captions (official or Karpathy split) and VQAv2 files into `Example`s;
 a video is a folder of frames. Every check names the file, the field and what was expected; a
-bad sample raises `DataError`, or with on_bad_sample="skip" is counted and reported once.
+bad sample raises `DataError`, or with on_bad_sample="skip" is counted and reported once. Checked
+here, before any training step: fields, ids (unique, known), image paths (present, inside the
+data folder), frame counts; decoding is checked when a sample is loaded (data.py).
 """
 
 import json
@@ -30,6 +32,7 @@ class Example:
     prompt: str  # text before the target: "" for captions, vqa_prompt(question) for VQA
     target: str  # a caption, or the answer
     question_id: int | None = None
+    source: str = ""  # the file and entry it was read from, for messages: "captions.json: annotations[3]"
 
 
 @dataclass
@@ -53,10 +56,10 @@ class BadSamples:
             raise ValueError(f"on_bad_sample={on_bad_sample!r}; expected 'error' or 'skip'")
         self.skip, self.counts = on_bad_sample == "skip", Counter()
 
-    def __call__(self, reason: str, message: str) -> None:
+    def __call__(self, reason: str, message: str, count: int = 1) -> None:
         if not self.skip:
             raise DataError(message)
-        self.counts[reason] += 1
+        self.counts[reason] += count
 
     def report(self, source) -> Counter:
         if self.counts:
@@ -97,107 +100,171 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples) -> bool:
-    """Cheap checks up front (existence, frame count); decoding errors surface in the dataset."""
-    if num_frames is None:
+def inside_root(image_root: Path, name: str, where: str, fields: str, bad: BadSamples) -> Path | None:
+    """image_root / name, if `name` is a relative path that stays inside image_root; else report.
+    Checked on the text, not on the resolved path, so the image folder itself may be a symlink."""
+    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+        bad("image path outside the data folder", f"{where} field {fields} is {name!r}, outside the data folder "
+            f"{image_root}; expected a path relative to it")
+        return None
+    return image_root / name
+
+
+def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples, videos: bool = False) -> bool:
+    """Cheap checks up front (existence, frame count); decoding errors surface in the dataset.
+    An image unless `videos`; a video's frame count is num_frames, or any when None (then
+    keep_one_frame_count makes them agree)."""
+    if not videos:
         if path.is_file():
             return True
         bad("missing image file", f"{path}: image file not found ({where} field 'file_name'); expected an image file"
-            + (" (a folder is a video: pass num_frames)" if path.is_dir() else ""))
+            + (" (this is a folder: videos are read by the video tasks, video_*.json)" if path.is_dir() else ""))
         return False
     if not path.is_dir():
         bad("missing video folder",
             f"{path}: video folder not found ({where} field 'file_name'); expected a folder of frames")
         return False
     found = len(frame_files(path))
-    if found != num_frames:
-        bad("wrong frame count", f"{path}: {found} frames ({where} field 'file_name'); expected {num_frames} frames")
+    if found == 0 or (num_frames is not None and found != num_frames):
+        bad("wrong frame count", f"{path}: {found} frames ({where} field 'file_name'); "
+            f"expected {num_frames or 'at least 1'} frames")
         return False
     return True
 
 
-def read_images(data: dict, path: Path, image_root: Path, num_frames: int | None, bad: BadSamples) -> dict:
+def keep_one_frame_count(images: dict, path: Path, bad: BadSamples) -> None:
+    """Videos of no given frame count (real frame folders): the count most folders listed in `path`
+    have is the count, since a batch stacks videos; a folder with another count is a bad sample."""
+    counts = {image_id: len(frame_files(folder)) for image_id, folder in images.items() if folder is not None}
+    common = Counter(counts.values()).most_common(1)[0][0] if counts else None
+    for image_id, found in counts.items():
+        if found != common:
+            bad("wrong frame count", f"{images[image_id]}: {found} frames (listed in {path} field 'file_name'); "
+                f"expected {common}, the frame count of most videos there (a batch stacks videos of one count)")
+            images[image_id] = None
+
+
+def add_image(images: dict, first: dict, image_id: int, file: Path, where: str, num_frames: int | None,
+              videos: bool, bad: BadSamples) -> None:
+    """images[image_id] = file, or None for a bad entry (its annotations are then left out). An id
+    listed twice with different files leaves out both: its annotations could describe either."""
+    if image_id not in first:
+        first[image_id] = (where, file)
+        images[image_id] = file if check_file(file, num_frames, where, bad, videos) else None
+    elif file != first[image_id][1]:
+        counted = images[image_id] is None  # a bad first entry, or an earlier duplicate, was counted already
+        bad("duplicate image id", f"{where} field 'id' is {image_id}, as in {first[image_id][0]}, with another file "
+            f"({file}, not {first[image_id][1]}); expected unique ids: the annotations could describe either file",
+            count=1 if counted else 2)
+        images[image_id] = None
+
+
+def read_images(data: dict, path: Path, image_root: Path, num_frames: int | None, videos: bool,
+                bad: BadSamples) -> dict:
     """image_id -> path from a COCO `images` list; None for a skipped entry, whose annotations are
     then left out silently (counted once, under the image's reason)."""
-    images = {}
+    images, first = {}, {}
     for index, entry in enumerate(top_level(data, "images", path)):
         where = f"{path}: images[{index}]"
         image_id, file_name = required(entry, "id", int, where, bad), required(entry, "file_name", str, where, bad)
-        if image_id is not None:
-            good = file_name is not None and check_file(image_root / file_name, num_frames, where, bad)
-            images[image_id] = image_root / file_name if good else None
+        if image_id is None:
+            continue
+        file = None if file_name is None else inside_root(image_root, file_name, where, "'file_name'", bad)
+        if file is None:
+            images.setdefault(image_id, None)
+        else:
+            add_image(images, first, image_id, file, where, num_frames, videos, bad)
     return images
 
 
+def is_karpathy(data) -> bool:
+    """Karpathy's split file: entries of `images` hold their own `sentences`; no `annotations` list."""
+    images = data.get("images") if isinstance(data, dict) else None
+    return (isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+            and "annotations" not in data)
+
+
 def read_captions(path: str | Path, image_root: str | Path | None = None, split: str | None = None,
-                  num_frames: int | None = None, on_bad_sample: str = "error") -> Annotations:
+                  num_frames: int | None = None, on_bad_sample: str = "error", videos: bool = False) -> Annotations:
     """COCO captions: the official captions_*.json (images + annotations; `split` unused) or
     Karpathy's dataset_coco.json (`split` train/val/test, restval counted as train; None = all).
-    Image paths are image_root / file_name (root defaults to the JSON's folder)."""
+    Image paths are image_root / file_name (root defaults to the JSON's folder), inside the root.
+    Videos (videos=True or num_frames given) are folders of num_frames frames (None: as most have)."""
     path = Path(path)
     image_root = Path(image_root) if image_root is not None else path.parent
-    data, bad = read_json(path), BadSamples(on_bad_sample)
-    first_image = (data.get("images") or [None])[0] if isinstance(data, dict) else None
-    if "annotations" not in data and isinstance(first_image, dict) and "sentences" in first_image:
-        images, pairs = read_karpathy(data, path, image_root, split, num_frames, bad)
+    data, bad, videos = read_json(path), BadSamples(on_bad_sample), videos or num_frames is not None
+    if is_karpathy(data):
+        images, pairs = read_karpathy(data, path, image_root, split, num_frames, videos, bad)
     else:
-        images = read_images(data, path, image_root, num_frames, bad)
-        pairs = []
+        images, pairs = read_images(data, path, image_root, num_frames, videos, bad), []
         for index, annotation in enumerate(top_level(data, "annotations", path)):
             where = f"{path}: annotations[{index}]"
             image_id = required(annotation, "image_id", int, where, bad)
             caption = required(annotation, "caption", str, where, bad)
             if image_id is not None and image_id not in images:
                 bad("unknown image_id", f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images'")
-            elif image_id is not None and images[image_id] is not None and caption is not None:
-                pairs.append((image_id, caption))
-        images = {image_id: file for image_id, file in images.items() if file is not None}
+            elif image_id is not None and caption is not None:
+                pairs.append((image_id, caption, where))
+    if videos and num_frames is None:
+        keep_one_frame_count(images, path, bad)
+    pairs = [(image_id, caption, where) for image_id, caption, where in pairs if images[image_id] is not None]
+    images = {image_id: file for image_id, file in images.items() if file is not None}
     references = defaultdict(list)
-    for image_id, caption in pairs:
+    for image_id, caption, _ in pairs:
         references[image_id].append(caption)
-    examples = [Example(image_id, images[image_id], "", caption) for image_id, caption in pairs]
+    examples = [Example(image_id, images[image_id], "", caption, source=where) for image_id, caption, where in pairs]
     return Annotations(examples, images, dict(references), bad.report(path))
 
 
-def read_karpathy(data, path, image_root, split, num_frames, bad) -> tuple[dict[int, Path], list[tuple[int, str]]]:
+def read_karpathy(data, path, image_root, split, num_frames, videos, bad) -> tuple[dict, list[tuple[int, str, str]]]:
+    """-> image_id -> path (None: a skipped entry), [(image_id, caption, where it is)] of `split`."""
+    if split not in (None, "train", "restval", "val", "test"):
+        raise DataError(f"{path}: split {split!r}; expected train (restval included), val or test, as in Karpathy's file")
     wanted = None if split is None else ({"train", "restval"} if split == "train" else {split})
-    images, pairs = {}, []
+    images, first, pairs = {}, {}, []
     for index, entry in enumerate(data["images"]):
         where = f"{path}: images[{index}]"
         if wanted is not None and required(entry, "split", str, where, bad) not in wanted:
             continue
-        image_id = required(entry, "cocoid" if "cocoid" in entry else "imgid", int, where, bad)
+        image_id = required(entry, "cocoid" if isinstance(entry, dict) and "cocoid" in entry else "imgid", int, where, bad)
         file_name = required(entry, "filename", str, where, bad)
-        sentences = entry.get("sentences")
-        if not isinstance(sentences, list):
-            bad("missing field", f"{where} field 'sentences' is missing; expected a list of {{raw, tokens}}")
+        sentences, folder = entry.get("sentences"), entry.get("filepath") or ""
+        if not isinstance(sentences, list) or not isinstance(folder, str):
+            bad("missing field", f"{where} field 'sentences' or 'filepath' is malformed; expected a list of "
+                "{raw, tokens} and a folder name")
             continue
         if image_id is None or file_name is None:
             continue
-        file = image_root / entry.get("filepath", "") / file_name
-        if not check_file(file, num_frames, where, bad):
+        file = inside_root(image_root, os.path.join(folder, file_name), where, "'filepath' + 'filename'", bad)
+        if file is None:
+            images.setdefault(image_id, None)
             continue
-        images[image_id] = file
+        add_image(images, first, image_id, file, where, num_frames, videos, bad)
         for number, sentence in enumerate(sentences):
             caption = required(sentence, "raw", str, f"{where}.sentences[{number}]", bad)
             if caption is not None:
-                pairs.append((image_id, caption))
+                pairs.append((image_id, caption, f"{where}.sentences[{number}]"))
     return images, pairs
 
 
 def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = None,
              images_path: str | Path | None = None, image_root: str | Path | None = None,
-             num_frames: int | None = None, on_bad_sample: str = "error") -> Annotations:
+             num_frames: int | None = None, on_bad_sample: str = "error", videos: bool = False) -> Annotations:
     """VQAv2 questions (+ annotations; without them, as for test-dev, targets are empty).
     VQAv2 names images by id only: paths come from the `images` list of a COCO-format JSON
-    (`images_path`, e.g. captions_<split>.json), else from COCO's naming, COCO_<data_subtype>_<id:012d>.jpg."""
-    questions_path, bad = Path(questions_path), BadSamples(on_bad_sample)
+    (`images_path`, e.g. captions_<split>.json; a Karpathy file lends all its splits' images), else
+    from COCO's naming, COCO_<data_subtype>_<id:012d>.jpg. Videos: as in read_captions."""
+    questions_path, bad, videos = Path(questions_path), BadSamples(on_bad_sample), videos or num_frames is not None
     questions_data = read_json(questions_path)
     questions = top_level(questions_data, "questions", questions_path)
     if images_path is not None:
         images_path = Path(images_path)
         image_root = Path(image_root) if image_root is not None else images_path.parent
-        images = read_images(read_json(images_path), images_path, image_root, num_frames, bad)
+        images_data = read_json(images_path)
+        images = (read_karpathy(images_data, images_path, image_root, None, num_frames, videos, bad)[0]
+                  if is_karpathy(images_data) else read_images(images_data, images_path, image_root, num_frames, videos, bad))
+        if videos and num_frames is None:
+            keep_one_frame_count(images, images_path, bad)
     else:
         image_root = Path(image_root) if image_root is not None else questions_path.parent
         coco_name = f"COCO_{questions_data.get('data_subtype', '')}_{{:012d}}.jpg"
@@ -224,7 +291,7 @@ def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = N
         question_id, image_id, question = values
         if images_path is None:
             image_file = image_root / coco_name.format(image_id)
-            if not check_file(image_file, num_frames, f"{where} (file named after field 'image_id')", bad):
+            if not check_file(image_file, num_frames, f"{where} (file named after field 'image_id')", bad, videos):
                 continue
         elif image_id not in images:
             bad("unknown image_id",
@@ -238,7 +305,7 @@ def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = N
             continue
         answer, humans = answers.get(question_id, ("", []))
         references[question_id] = humans
-        examples.append(Example(image_id, image_file, vqa_prompt(question), answer, question_id))
+        examples.append(Example(image_id, image_file, vqa_prompt(question), answer, question_id, source=where))
     return Annotations(examples, {e.image_id: e.path for e in examples}, references, bad.report(questions_path))
 
 

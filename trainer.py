@@ -336,12 +336,29 @@ VLM_DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, e
 
 
 def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig) -> dict:
-    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it."""
+    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it.
+    The summary adds what the data left out or cut (data.skip_report)."""
     tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size)
     tasks = args.tasks.split(",") if args.tasks else None
     image_size = model.vision.config.image_size
-    train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample)
-                          for split in ("train", "val"))
+    room = spec.lm.max_seq_len - spec.resampler.num_latents  # text positions left after the visual tokens
+    max_text_tokens = args.max_text_tokens or room
+    if not 2 <= max_text_tokens <= room:
+        raise ValueError(f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
+                         f"{spec.lm.max_seq_len} leaves after {spec.resampler.num_latents} visual tokens")
+    train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample,
+                                             max_text_tokens) for split in ("train", "val"))
     cache = data.FeatureCache() if args.cache_features else None
-    return train(model, partial(caption_loss, feature_cache=cache), train_set, val_set,
-                 partial(data.collate, pad_id=tokenizer.pad_id), train_config, stage, spec)
+    unreadable = set()  # images skip mode left out, as the batches list them (from any worker process)
+
+    def loss_fn(model, batch):
+        unreadable.update(batch.get("unreadable", ()))
+        return caption_loss(model, batch, feature_cache=cache)
+
+    summary = train(model, loss_fn, train_set, val_set, partial(data.collate, pad_id=tokenizer.pad_id), train_config,
+                    stage, spec)
+    everywhere = [unreadable]
+    if dist.is_initialized():
+        everywhere = [set() for _ in range(dist.get_world_size())]
+        dist.all_gather_object(everywhere, unreadable)
+    return {**summary, **data.skip_report(train_set + val_set, set().union(*everywhere))}

@@ -1,6 +1,10 @@
 """data.py: image loading, the tokenizer, the prompt shared by training and evaluation, dataset,
 collate and feature cache behave as the training and evaluation scripts expect."""
 
+import argparse
+import json
+import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +14,11 @@ import torch
 from PIL import Image
 
 import data
-from conftest import load_json, world_texts
+import flags
+import trainer
+from checkpoints import build_vlm
+from conftest import load_json, toy_spec, world_texts
+from test_readers import karpathy_file, official_coco
 
 
 # --- pixels ----------------------------------------------------------------------------------
@@ -156,3 +164,106 @@ def test_feature_cache_runs_the_encoder_once_per_image():
     assert first.shape == (4, 2, 5) and not second.requires_grad and second.device.type == "cpu"
     assert torch.equal(second[0], first[3]) and torch.equal(second[2], first[0]) and torch.equal(first[1], first[2])
     assert torch.allclose(second, encode(pixels_of([3, 4, 1])).detach())
+
+
+# --- a data folder: splits, empty tasks, real video folders, text budget, the run's counts -----
+
+def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval_in_train(tmp_path, tokenizer):
+    karpathy = karpathy_file(tmp_path, splits=("train", "restval", "val", "test", "train"))
+    for split in ("train", "val", "test"):  # as docs/real_data.md says: real files (or symlinks) under the task names
+        (tmp_path / f"captions_{split}.json").symlink_to(karpathy)
+    images = {split: set(data.read_task(tmp_path, "caption", split).images) for split in ("train", "val", "test")}
+    assert images == {"train": {0, 1, 4}, "val": {2}, "test": {3}}
+    train_texts = sorted(text for k in (0, 1, 4) for text in (f"A cat {k}.", f"Cat {k}"))
+    assert sorted(data.training_texts(tmp_path)) == train_texts  # the tokenizer's corpus: train only
+    [test_set] = data.task_datasets(tmp_path, "test", tokenizer, 16)
+    assert [e.image_id for e in test_set.examples] == [3, 3]
+
+
+def test_a_task_without_a_usable_sample_is_named(tmp_path, tokenizer):
+    path = official_coco(tmp_path)  # images 9, 25, 30 in train2014/
+    content = load_json(path)
+    content["images"] = [{**image, "file_name": f"train2014/{image['file_name']}"} for image in content["images"]]
+    (tmp_path / "captions_train.json").write_text(json.dumps(content))
+    (tmp_path / "questions_train.json").write_text(json.dumps({"questions": [
+        {"image_id": 777, "question": "Is it red?", "question_id": 1}]}))
+    (tmp_path / "annotations_train.json").write_text(json.dumps({"annotations": [
+        {"question_id": 1, "image_id": 777, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}] * 10}]}))
+    with pytest.warns(UserWarning), pytest.raises(data.DataError) as error:
+        data.task_datasets(tmp_path, "train", tokenizer, 16, on_bad_sample="skip")
+    for text in ("task 'vqa'", "split 'train'", "no usable sample", "questions_train.json", "1 x unknown image_id", "--tasks"):
+        assert text in str(error.value), str(error.value)
+    [images] = data.task_datasets(tmp_path, "train", tokenizer, 16, ["caption"])
+    assert len(images) == 6
+    content["annotations"] = []
+    (tmp_path / "captions_train.json").write_text(json.dumps(content))
+    with pytest.raises(data.DataError, match="task 'caption' of split 'train' has no usable sample"):
+        data.task_datasets(tmp_path, "train", tokenizer, 16, ["caption"])
+    with pytest.raises(data.DataError, match="no files for task.* of split 'val'; expected captions_val.json"):
+        data.task_datasets(tmp_path, "val", tokenizer, 16)
+
+
+def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folders(world, tmp_path, tokenizer):
+    (tmp_path / "videos").symlink_to(world / "videos")
+    for name in ("video_captions_val.json", "video_questions_val.json", "video_annotations_val.json"):
+        (tmp_path / name).write_text((world / name).read_text())
+    assert not (tmp_path / "dataset.json").exists() and data.folder_num_frames(tmp_path) is None
+    captions, questions = data.task_datasets(tmp_path, "val", tokenizer, 32)[0].examples, data.read_task(tmp_path, "video_vqa", "val")
+    assert len({e.image_id for e in captions}) == 3 and len(questions.examples) == len(data.read_task(world, "video_vqa", "val").examples)
+    [videos] = data.task_datasets(tmp_path, "val", tokenizer, 32, ["video_caption"])
+    assert videos[0]["pixels"].shape == (4, 3, 32, 32)  # SMALL_WORLD's 4 frames, read from the folders
+
+
+def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample_is_read(tmp_path, tokenizer):
+    image = tmp_path / "red.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    long_caption = "a red circle above a blue square " * 8
+    examples = [data.Example(1, image, "", long_caption, source="captions_train.json: annotations[0]"),
+                data.Example(1, image, "", "a red circle", source="captions_train.json: annotations[1]")]
+    with pytest.warns(UserWarning, match=r"1 of 2 texts are longer than max_text_tokens=12 .*annotations\[0\]"):
+        dataset = data.VisionTextDataset(examples, tokenizer, 16, max_text_tokens=12)
+    assert dataset.truncated == 1  # counted when the data is read
+    full = [tokenizer.bos_id] + tokenizer.encode(long_caption) + [tokenizer.eos_id]
+    cut, short = dataset[0], dataset[1]
+    assert cut["input_ids"].tolist() == full[:12] and cut["loss_mask"].tolist() == [False] + [True] * 11
+    assert short["input_ids"].tolist() == [tokenizer.bos_id] + tokenizer.encode("a red circle") + [tokenizer.eos_id]
+    question = data.Example(2, image, data.vqa_prompt("is there a red circle above a blue square " * 3), "yes", 7,
+                            source="questions_train.json: questions[3]")
+    with pytest.raises(data.DataError, match=r"questions_train.json: questions\[3\] field 'question'.*max_text_tokens=12"):
+        data.VisionTextDataset([question, *examples], tokenizer, 16, max_text_tokens=12)
+    with pytest.warns(UserWarning) as caught:
+        lenient = data.VisionTextDataset([question, *examples], tokenizer, 16, on_bad_sample="skip", max_text_tokens=12)
+    assert any("1 x prompt longer than max_text_tokens" in str(warning.message) for warning in caught)
+    assert lenient.examples == examples and lenient.skipped == Counter({"prompt longer than max_text_tokens": 1})
+
+
+def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_summary(tmp_path, tokenizer, one_thread):
+    """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's context
+    and two unreadable images neither stop training nor go unreported."""
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    for split, ids in (("train", range(1, 7)), ("val", range(7, 10))):
+        images = [{"id": i, "file_name": f"images/{i}.png"} for i in ids]
+        for i in ids:
+            Image.new("RGB", (32, 32), (40 * i, 30, 30)).save(folder / f"images/{i}.png")
+        captions = [{"image_id": i, "caption": "a red circle"} for i in ids]
+        if split == "train":
+            captions.append({"image_id": 1, "caption": "a red circle above a blue square " * 20})
+        (folder / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    for broken in (2, 3):
+        (folder / f"images/{broken}.png").write_bytes(b"not an image")
+    (folder / "tokenizer.model").write_bytes(tokenizer.model.serialized_model_proto())
+    spec = toy_spec("resampler", vocab_size=tokenizer.vocab_size)
+    parser = argparse.ArgumentParser()
+    flags.add_data_flags(parser)
+    args = parser.parse_args(["--data", str(folder), "--on-bad-sample", "skip", "--cache-features", "no"])
+    config = trainer.TrainConfig(out_dir=str(tmp_path / "run"), steps=2, batch_size=8, eval_every=2, eval_batches=1,
+                                 save_every=100, device="cpu", compile=False, bf16=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = trainer.train_vlm(build_vlm(spec), args, "stage1", spec, config)
+    assert summary["truncated_texts"] == 1 and summary["skipped_samples"] == {"unreadable image": 2}
+    assert math.isfinite(summary["train_loss"])
+    too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "61"])  # 64 positions - 4 visual tokens
+    with pytest.raises(ValueError, match="--max-text-tokens 61: expected 2 to 60"):
+        trainer.train_vlm(build_vlm(spec), too_many, "stage1", spec, config)

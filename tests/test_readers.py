@@ -1,8 +1,11 @@
 """readers.py: COCO captions (official and Karpathy), VQAv2 and their video variant read into
 Examples; bad input raises an error naming file and field, or is skipped and counted."""
 
+import functools
 import json
+import struct
 import warnings
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -205,3 +208,152 @@ def test_truncated_image_raises_in_dataset_or_is_replaced_by_the_next_sample(tmp
         warnings.simplefilter("always")
         ids = [lenient[i]["image_id"] for i in range(len(lenient))]
     assert ids == [9, 30, 30, 9, 30, 30] and len(caught) == 1 and lenient.unreadable == {broken}
+
+
+def karpathy_file(root: Path, splits=("train", "restval", "val", "test")) -> Path:
+    """A tiny dataset_coco.json (Karpathy's split file): image cocoid k has split splits[k] and two sentences."""
+    entries = []
+    for cocoid, split in enumerate(splits):
+        folder = "train2014" if split == "train" else "val2014"
+        file_name = f"COCO_{folder}_{cocoid:012d}.jpg"
+        write_image(root / folder / file_name)
+        entries.append({"filepath": folder, "filename": file_name, "imgid": cocoid + 50, "split": split, "cocoid": cocoid,
+                        "sentences": [{"tokens": ["a", "cat"], "raw": f"A cat {cocoid}.", "sentid": 2 * cocoid},
+                                      {"tokens": ["cat"], "raw": f"Cat {cocoid}", "sentid": 2 * cocoid + 1}]})
+    path = root / "dataset_coco.json"
+    path.write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    return path
+
+
+def test_vqa_takes_its_images_from_every_split_of_a_karpathy_file(tmp_path):
+    """VQAv2's splits are not Karpathy's: a Karpathy file under the captions names lends VQA all its images."""
+    karpathy = karpathy_file(tmp_path)
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps({"questions": [{"image_id": i, "question": "Is it a cat?", "question_id": 10 * i}
+                                                   for i in (0, 3)]}))
+    read = readers.read_vqa(questions, images_path=karpathy)
+    assert read.images == {0: tmp_path / "train2014" / "COCO_train2014_000000000000.jpg",
+                           3: tmp_path / "val2014" / "COCO_val2014_000000000003.jpg"}
+    assert read.examples[1].source == f"{questions}: questions[1]"
+
+
+def test_duplicate_image_ids_name_both_entries_or_are_skipped_and_counted(tmp_path):
+    path = official_coco(tmp_path)  # images 9, 25, 30
+    content = load_json(path)
+    content["images"][2]["id"] = 9  # COCO_train2014_000000000030.jpg now claims id 9: whose captions are 9's?
+    content["annotations"] = [{**a, "image_id": 9 if a["image_id"] == 30 else a["image_id"]} for a in content["annotations"]]
+    content["images"].append(dict(content["images"][1]))  # listed twice with the same file: harmless
+    path.write_text(json.dumps(content))
+    root = tmp_path / "train2014"
+    with pytest.raises(readers.DataError) as error:
+        readers.read_captions(path, image_root=root)
+    for text in ("images[2]", "images[0]", "'id' is 9", "COCO_train2014_000000000009.jpg", "COCO_train2014_000000000030.jpg"):
+        assert text in str(error.value), str(error.value)
+    with pytest.warns(UserWarning, match="2 x duplicate image id"):
+        read = readers.read_captions(path, image_root=root, on_bad_sample="skip")
+    assert read.skipped == Counter({"duplicate image id": 2}) and set(read.images) == {25}
+    assert [e.image_id for e in read.examples] == [25, 25]
+
+    karpathy = load_json(karpathy_file(tmp_path))
+    karpathy["images"][1]["cocoid"] = 0
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(karpathy))
+    with pytest.raises(readers.DataError, match=r"images\[1\] field 'id' is 0, as in .*images\[0\]"):
+        readers.read_captions(tmp_path / "dataset_coco.json", split="train")
+    with pytest.warns(UserWarning):
+        read = readers.read_captions(tmp_path / "dataset_coco.json", split="train", on_bad_sample="skip")
+    assert read.examples == [] and read.skipped == Counter({"duplicate image id": 2})
+
+
+@pytest.mark.parametrize("kind", ["absolute", "parent"])
+def test_image_paths_outside_the_data_folder_are_refused(tmp_path, kind):
+    path = official_coco(tmp_path / "data")
+    outside = tmp_path / "elsewhere" / "secret.png"
+    write_image(outside)
+    content = load_json(path)
+    content["images"][1]["file_name"] = str(outside) if kind == "absolute" else "../../elsewhere/secret.png"
+    path.write_text(json.dumps(content))
+    root = tmp_path / "data" / "train2014"
+    with pytest.raises(readers.DataError) as error:
+        readers.read_captions(path, image_root=root)
+    assert all(text in str(error.value) for text in (str(path), "images[1]", "'file_name'", "outside the data folder"))
+    with pytest.warns(UserWarning, match="1 x image path outside the data folder"):
+        read = readers.read_captions(path, image_root=root, on_bad_sample="skip")
+    assert set(read.images) == {9, 30} and len(read.examples) == 4
+
+    karpathy = load_json(karpathy_file(tmp_path / "data"))
+    karpathy["images"][0]["filepath"] = str(tmp_path / "elsewhere") if kind == "absolute" else "../elsewhere"
+    karpathy["images"][0]["filename"] = "secret.png"
+    (tmp_path / "data" / "dataset_coco.json").write_text(json.dumps(karpathy))
+    with pytest.raises(readers.DataError, match=r"images\[0\] field 'filepath' \+ 'filename'.*outside the data folder"):
+        readers.read_captions(tmp_path / "data" / "dataset_coco.json", split="train")
+
+
+def test_an_image_folder_that_is_a_symlink_is_inside_the_data_folder(tmp_path):
+    official_coco(tmp_path / "store")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train2014").symlink_to(tmp_path / "store" / "train2014")
+    content = load_json(tmp_path / "store" / "annotations" / "captions_train2014.json")
+    content["images"] = [{**image, "file_name": f"train2014/{image['file_name']}"} for image in content["images"]]
+    (tmp_path / "data" / "captions_train.json").write_text(json.dumps(content))
+    assert set(readers.read_captions(tmp_path / "data" / "captions_train.json").images) == {9, 25, 30}
+
+
+def write_png_header(path: Path, width: int, height: int) -> None:
+    """A decompression bomb as PIL meets one: a small PNG whose header declares width x height pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_data_error_naming_file_and_field(tmp_path, tokenizer):
+    path = official_coco(tmp_path)
+    read = readers.read_captions(path, image_root=tmp_path / "train2014")
+    write_png_header(read.images[25], 20_000, 20_000)  # 400M pixels: over twice PIL's MAX_IMAGE_PIXELS
+    with pytest.raises(readers.DataError) as error:
+        data.VisionTextDataset(read.examples, tokenizer, 32)[1]
+    for text in (str(read.images[25]), "'file_name'", "image_id 25", "decompression bomb", f"{path}: annotations[1]"):
+        assert text in str(error.value), str(error.value)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        sample = data.VisionTextDataset(read.examples, tokenizer, 32, on_bad_sample="skip")[1]
+    assert sample["image_id"] == 30 and sample["unreadable"] == [str(read.images[25])]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_mode_counts_every_unreadable_image_from_any_worker(tmp_path, tokenizer, workers):
+    path = official_coco(tmp_path)  # images 9, 25, 30, two captions each
+    read = readers.read_captions(path, image_root=tmp_path / "train2014")
+    truncated, bomb = read.images[9], read.images[30]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    write_png_header(bomb, 20_000, 20_000)
+    dataset = data.VisionTextDataset(read.examples, tokenizer, 32, on_bad_sample="skip")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers,
+                                         collate_fn=functools.partial(data.collate, pad_id=tokenizer.pad_id))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(loader)
+    assert all(image_id == 25 for batch in batches for image_id in batch["image_ids"])
+    listed = [path for batch in batches for path in batch.get("unreadable", [])]
+    assert sorted(set(listed)) == sorted([str(truncated), str(bomb)])
+    if workers == 0:  # one process: each image is listed and named once
+        assert len(listed) == 2 and dataset.unreadable == {truncated, bomb}
+        assert sorted(str(w.message).split(": ")[1] for w in caught) == sorted([str(truncated), str(bomb)])
+
+
+def test_video_folders_of_unknown_frame_count_take_the_count_most_folders_have(tmp_path):
+    images = []
+    for video_id, frames in ((1, 4), (2, 4), (3, 3), (4, 4)):
+        for t in range(frames):
+            write_image(tmp_path / "videos" / str(video_id) / f"frame_{t:03d}.png")
+        images.append({"id": video_id, "file_name": f"videos/{video_id}"})
+    path = tmp_path / "video_captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": [{"image_id": i, "caption": "a cat"} for i in (1, 2, 3, 4)]}))
+    with pytest.raises(readers.DataError) as error:
+        readers.read_captions(path, videos=True)
+    assert all(text in str(error.value) for text in (str(tmp_path / "videos" / "3"), "3 frames", "expected 4", str(path)))
+    with pytest.warns(UserWarning, match="1 x wrong frame count"):
+        read = readers.read_captions(path, videos=True, on_bad_sample="skip")
+    assert set(read.images) == {1, 2, 4} and data.load_pixels(read.images[1], 16).shape == (4, 3, 16, 16)
+    with pytest.raises(readers.DataError) as error:  # an image task meeting a frame folder
+        readers.read_captions(path)
+    assert "this is a folder" in str(error.value) and "num_frames" not in str(error.value)
