@@ -306,7 +306,7 @@ def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "e
         skipped = ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items())) or "none"
         raise DataError(f"{folder}: task {task!r} of split {split!r} has no usable sample in "
                         f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
-                        "fix the files, or leave the task out with --tasks")
+                        "fix the files, or leave the task out (--tasks of train_stage*.py and evaluate.py)")
     return read
 
 
