@@ -288,9 +288,11 @@ def available_tasks(folder: str | Path, split: str) -> list[str]:
             if all((Path(folder) / name.format(split=split)).exists() for name in files.values())]
 
 
-def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "error") -> Annotations:
+def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "error",
+              allow_empty: bool = False) -> Annotations:
     """One task of one split; a Karpathy file under the captions names gives that split's images.
-    A task without a usable sample is an error that names it, never a silent gap in the data."""
+    A task without a usable sample is an error that names it, never a silent gap in the data
+    (allow_empty: for a text corpus, which an empty task leaves whole)."""
     if task not in TASK_FILES:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
     files = {role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()}
@@ -302,7 +304,7 @@ def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "e
     else:
         read = read_vqa(files["questions"], files["annotations"], files["images"], num_frames=num_frames,
                         on_bad_sample=on_bad_sample, videos=videos)
-    if not read.examples:
+    if not read.examples and not allow_empty:
         skipped = ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items())) or "none"
         raise DataError(f"{folder}: task {task!r} of split {split!r} has no usable sample in "
                         f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
@@ -355,7 +357,7 @@ def training_documents(folder: str | Path, split: str = "train", texts_per_docum
     came before: what it later does with the visual tokens placed before the text."""
     by_image = defaultdict(list)
     for task in available_tasks(folder, split):
-        for e in read_task(folder, task, split).examples:
+        for e in read_task(folder, task, split, allow_empty=True).examples:
             by_image[e.image_id].append(f"{e.prompt} {e.target}".strip())
     rng, documents = random.Random(seed), []
     for image_id in sorted(by_image):
