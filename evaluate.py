@@ -13,6 +13,9 @@ checkpoint always gives the same numbers.
         --data data/shapes [--question "what color is the circle?"]
     python evaluate.py compare runs/stage2_vadapter runs/stage2_perceiver --data data/shapes --out runs/results
     python evaluate.py reliance runs/stage2_vadapter --data data/shapes
+    python evaluate.py probe runs/pretrain/vit --data data/shapes
+    python evaluate.py context runs/pretrain/large_lm --data data/shapes
+    python evaluate.py diagnostics runs/demo/results/results.json --data data/shapes --vit ... (see --help)
 """
 
 import argparse
@@ -23,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import diagnostics
 from checkpoints import ModelSpec, build_vlm, load_checkpoint, load_tokenizer
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
@@ -254,29 +258,6 @@ def plot_curves(rows: list[dict], path: Path, size=(720, 440)) -> None:
 
 
 @torch.no_grad()
-def image_reliance(checkpoint_path, data_dir, split="val", limit=128, batch_size=32, tokenizer_path=None) -> dict:
-    """Caption loss on `limit` image captions of the split with the true images, with the images
-    blanked (all zeros) and with the images shuffled across the batch: how much the model reads
-    its visual tokens. Equal losses mean the visual path carries nothing."""
-    model, _ = load_model(checkpoint_path)
-    tokenizer = load_tokenizer(tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE, model.lm.config.vocab_size)
-    dataset = data.task_datasets(data_dir, split, tokenizer, model.vision.config.image_size, ["caption"])[0]
-    step = max(1, len(dataset) // limit)  # spread over the split: one caption of many images
-    samples = [dataset[i] for i in range(0, len(dataset), step)][:limit]
-    totals = {"real": [0.0, 0], "blanked": [0.0, 0], "shuffled": [0.0, 0]}
-    generator = torch.Generator().manual_seed(0)
-    for chunk in batches(samples, batch_size):
-        batch = data.collate(chunk, tokenizer.pad_id)
-        pixels = batch["pixels"]
-        variants = {"real": pixels, "blanked": torch.zeros_like(pixels),
-                    "shuffled": pixels[torch.randperm(len(pixels), generator=generator)]}
-        for name, variant in variants.items():
-            _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=variant, reduction="sum")
-            totals[name][0] += loss_sum.item()
-            totals[name][1] += int(batch["loss_mask"].sum())
-    return {name: loss / count for name, (loss, count) in totals.items()}
-
-
 def write_comparison(rows: list[dict], out_dir) -> str:
     """results.json, table.md, val_loss.csv and val_loss.png in out_dir; returns the table."""
     out_dir = Path(out_dir)
@@ -288,6 +269,25 @@ def write_comparison(rows: list[dict], out_dir) -> str:
         f.writelines(f"{row['adapter']},{step},{loss:.6f}\n" for row in rows for step, loss in row["curve"])
     plot_curves(rows, out_dir / "val_loss.png")
     return table
+
+
+def add_diagnostics(args) -> dict:
+    """The `diagnostics` block of a `compare` results.json: every stand-in's ability, stage 1's
+    CIDEr-D beside the references' own leave-one-out ceiling, and each adapter's oracle fraction."""
+    results = json.loads(args.results.read_text())
+    probe = diagnostics.vit_probe(args.vit, args.data)
+    stage1 = evaluate_checkpoint(args.stage1, args.data, "test", ["caption"], args.limit or None)
+    block = {
+        "vit_probe": {kind: score["accuracy"] for kind, score in probe.items()},
+        "vit_probe_majority": {kind: score["majority"] for kind, score in probe.items()},
+        "lm_context": {name: diagnostics.lm_context(path, args.data) for name, path in (("large", args.large_lm), ("tiny", args.tiny_lm))},
+        "stage1": {"cider_d": stage1["metrics"]["caption"]["cider_d"]},
+        "reference_cider_d": diagnostics.reference_ceiling(args.data, "test"),
+        "oracle_fraction": {row["adapter"]: diagnostics.image_reliance(row["run"], args.data)["oracle_fraction"]
+                            for row in results["runs"]},
+    }
+    write_json(args.results, {**results, "diagnostics": block})
+    return block
 
 
 def main(argv=None) -> None:
@@ -314,7 +314,25 @@ def main(argv=None) -> None:
     compare.add_argument("--limit", type=int, help="at most N images / questions per task (0 or none: all)")
     compare.add_argument("--batch-size", type=int, default=32)
     compare.add_argument("--out", type=Path, required=True, help="folder for results.json, table.md, val_loss.csv/.png")
-    reliance = commands.add_parser("reliance", help="caption loss with true, blanked and shuffled images")
+    probe = commands.add_parser("probe", help="linear probe of a frozen ViT's features: shape, colour, count")
+    probe.add_argument("vit", metavar="VIT_RUN", help="pretrain.py vit run (or any stage-1/2 run, or hf:FOLDER)")
+    probe.add_argument("--data", required=True, help="a synthetic world (it has scene labels)")
+    probe.add_argument("--train-limit", type=int, help="fit on at most N training images")
+    context = commands.add_parser("context", help="an LM's caption loss after nothing / the same image's / another's caption")
+    context.add_argument("lm", metavar="LM_RUN", help="pretrain.py lm run, a stage-1 run (its tiny LM) or hf:FOLDER")
+    context.add_argument("--data", required=True)
+    context.add_argument("--split", default="test")
+    context.add_argument("--limit", type=int, default=300, help="images (one target caption each)")
+    context.add_argument("--tokenizer")
+    report = commands.add_parser("diagnostics", help="add every diagnostic to a `compare` results.json (make demo)")
+    report.add_argument("results", type=Path, metavar="RESULTS_JSON")
+    report.add_argument("--data", required=True)
+    report.add_argument("--vit", required=True)
+    report.add_argument("--large-lm", required=True)
+    report.add_argument("--tiny-lm", required=True)
+    report.add_argument("--stage1", required=True)
+    report.add_argument("--limit", type=int, help="at most N test images for the stage-1 CIDEr-D (0 or none: all)")
+    reliance = commands.add_parser("reliance", help="caption loss with true, blanked and shuffled images, and a text oracle")
     reliance.add_argument("runs", nargs="+", metavar="RUN_DIR")
     reliance.add_argument("--data", required=True)
     reliance.add_argument("--split", default="val")
@@ -336,8 +354,23 @@ def main(argv=None) -> None:
         return
     if args.command == "reliance":
         for run in args.runs:
-            losses = image_reliance(run, args.data, args.split, args.limit, tokenizer_path=args.tokenizer)
-            print(f"{run}: caption loss " + ", ".join(f"{name} images {loss:.4f}" for name, loss in losses.items()))
+            losses = diagnostics.image_reliance(run, args.data, args.split, args.limit, tokenizer_path=args.tokenizer)
+            print(f"{run}: caption loss with real images {losses['real']:.4f}, blanked {losses['blanked']:.4f}, "
+                  f"shuffled {losses['shuffled']:.4f}; text oracle {losses['oracle']:.4f}; "
+                  f"fraction of the blanked -> oracle gap closed: {losses['oracle_fraction']:.3f}")
+        return
+    if args.command == "probe":
+        for kind, score in diagnostics.vit_probe(args.vit, args.data, args.train_limit).items():
+            print(f"{kind:<7} linear probe accuracy {score['accuracy']:.4f}   (majority class {score['majority']:.4f})")
+        return
+    if args.command == "context":
+        losses = diagnostics.lm_context(args.lm, args.data, args.split, args.limit, args.tokenizer)
+        print(f"caption loss with nothing before it {losses['none']:.4f}, after a caption of the same image "
+              f"{losses['same_image']:.4f}, of another image {losses['other_image']:.4f}: "
+              f"the same-image text lowers it by {100 * losses['drop']:.1f}%")
+        return
+    if args.command == "diagnostics":
+        print(json.dumps(add_diagnostics(args), indent=2))
         return
     if args.command == "compare":
         rows = compare_runs(args.runs, args.data, args.split, args.baseline, args.limit, args.batch_size)

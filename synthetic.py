@@ -369,8 +369,9 @@ def generate(out: str | Path, config: WorldConfig | None = None) -> dict:
             items = [make(out, split, first_id + i, config) for i in progress]
             info = {"description": "synthetic shapes world of synthetic.py", "version": GENERATOR_VERSION}
             counts[f"{prefix}{split}"] = write_split(out, prefix, split, items, info)
+    vocabulary = {"shape": SHAPES, "colour": list(COLOURS), "size": list(SIZE_WORDS), "rows": ROWS, "columns": COLUMNS}
     summary = {"generator_version": GENERATOR_VERSION, "seed": config.seed, "options": dataclasses.asdict(config),
-               "counts": counts}
+               "counts": counts, "scene_vocabulary": vocabulary}  # scenes.py reads the labels with it
     write_json(out / "dataset.json", summary)
     return summary
 
@@ -383,12 +384,15 @@ def main() -> None:
                             help=f"{option.metadata['help']} (default {option.default})")
     parser.add_argument("--vocab-size", type=int, default=1000,
                         help="sentencepiece vocabulary asked for; a small corpus yields fewer pieces (default 1000)")
+    parser.add_argument("--tokenizer", help="copy this sentencepiece model instead of training one (default: train)")
     arguments, start = vars(parser.parse_args()), time.perf_counter()
-    out, vocab_size = Path(arguments.pop("out")), arguments.pop("vocab_size")
+    out, vocab_size, arguments_tokenizer = Path(arguments.pop("out")), arguments.pop("vocab_size"), arguments.pop("tokenizer")
     summary = generate(out, WorldConfig(**arguments))
-    tokenizer = Tokenizer.train(training_texts(out), out / TOKENIZER_FILE, vocab_size)
-    print(json.dumps(summary["counts"]))
-    print(f"tokenizer: {out / TOKENIZER_FILE} ({tokenizer.vocab_size} pieces)")
+    if arguments_tokenizer:  # the tokenizer the shipped stand-ins were pretrained with
+        shutil.copyfile(arguments_tokenizer, out / TOKENIZER_FILE)
+    tokenizer = Tokenizer(out / TOKENIZER_FILE) if arguments_tokenizer else Tokenizer.train(
+        training_texts(out), out / TOKENIZER_FILE, vocab_size)
+    print(f"{json.dumps(summary['counts'])}\ntokenizer: {out / TOKENIZER_FILE} ({tokenizer.vocab_size} pieces)")
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -2,6 +2,7 @@
 compares stage-2 runs and measures image reliance. Untrained toy models on a tiny synthetic data
 folder: what is checked is the wiring (files, keys, determinism, errors), not the scores."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import data
+import diagnostics
 import evaluate
 import metrics
 import synthetic
@@ -141,4 +143,10 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys):
     capsys.readouterr()
     evaluate.main(["reliance", *runs, "--data", str(world), "--limit", "4"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all("real images" in line and "shuffled images" in line for line in lines)
+    assert len(lines) == 2 and all("real images" in line and "shuffled" in line and "text oracle" in line for line in lines)
+    losses = diagnostics.image_reliance(runs[0], world, limit=4)
+    gap = losses["blanked"] - losses["oracle"]
+    if gap > 0:
+        assert losses["oracle_fraction"] == pytest.approx((losses["blanked"] - losses["real"]) / gap)
+    else:
+        assert math.isnan(losses["oracle_fraction"])

@@ -19,10 +19,13 @@ LIBRARY_ORDER = [
     "readers",  # COCO / Karpathy / VQAv2 readers
     "data",  # images, tokenizer, datasets, collate, feature cache
     "flags",  # command-line flags from config dataclasses
+    "scenes",  # scene labels: the stand-in ViT's pretraining targets and the linear probe
     "vit", "resampler", "palm_decoder",  # the models
     "vlm",  # the wiring of Figure 2
     "decoding",  # greedy / beam search over the KV cache
     "checkpoints",  # ModelSpec, build_vlm, save / load / resume
+    "diagnostics",  # probe, LM context, reliance with a text oracle
+    "run_folder",  # a run's checkpoints kept, metrics.jsonl, refusing to overwrite
     "trainer",  # the one training loop
 ]
 BENCHMARK_ORDER = ["benchmark_tools", "benchmark_step", "benchmark_reference", "benchmark"]
