@@ -6,10 +6,14 @@ wrote it and the `ModelSpec`, so `build_vlm` rebuilds the model from the file al
 resumed run, the optimizer, scheduler, step and RNG state. Models never import this module: the
 stage scripts, the trainer and evaluation do.
 """
+import json
 import os
+import pickle
 import random
 from dataclasses import asdict, dataclass, fields
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn as nn
 
@@ -19,17 +23,17 @@ from resampler import PerceiverResampler, ResamplerConfig
 from vit import ViT, ViTConfig
 from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # a run's newest checkpoint (run_folder.py keeps the ones before it)
 HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
 
 
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model; every checkpoint holds it as plain values (to_dict)."""
-    lm: PaLMConfig  # the decoder: the tiny LM in stage 0/1, the frozen large LM in stage 2
+    lm: PaLMConfig | None  # the decoder: the tiny LM in stage 0/1, the frozen large LM in stage 2 (None: a ViT alone)
     vision: ViTConfig | None = None  # None for a text-only LM (pretrain.py lm)
     resampler: ResamplerConfig | None = None
-    adapter: str = "none"  # "none" (text-only LM) | "resampler" (stage-0 ViT, stage 1) | "perceiver" | "vadapter"
+    adapter: str = "none"  # "none" (text-only LM) | "scene-labels" (stage-0 ViT) | "resampler" (stage 1) | "perceiver" | "vadapter"
     tiny_lm: PaLMConfig | None = None  # vadapter only
     adapter_init: str | None = None  # vadapter only: "stage1" | "lm" | "random"
     train_lm: bool = False
@@ -45,7 +49,7 @@ class ModelSpec:
         names = {f.name for f in fields(cls)}
         if unknown := sorted(set(values) - names):
             raise ValueError(f"model spec has unknown field(s) {unknown}; expected some of {sorted(names)}")
-        if values.get("lm") is None:
+        if values.get("lm") is None and values.get("adapter") != "scene-labels":
             raise ValueError("model spec has no 'lm' (the decoder's PaLMConfig fields)")
         parts = {}
         for name, value in values.items():
@@ -84,9 +88,33 @@ def build_vlm(spec: ModelSpec) -> VisionLanguageModel:
 # ---------------------------------------------------------------------------------------------
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt); the message names the file."""
+
+
+def write_synced(path: str, payload: dict):
+    """torch.save, then fsync: the bytes are on disk before the rename that publishes them."""
+    torch.save(payload, path)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def save_checkpoint(path: str, payload: dict):
-    """Write through a temp file in the same folder, then rename: a crash never leaves a torn file."""
-    data.write_atomically(path, lambda temporary: torch.save(payload, temporary))
+    """Write through a temp file in the same folder, then rename: a crash or a power cut never leaves
+    a torn file."""
+    data.write_atomically(path, lambda temporary: write_synced(temporary, payload))
+
+
+def read_checkpoint_file(path: str) -> dict:
+    """torch.load, weights only; a file it cannot read is a CheckpointError that names it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:  # what a torn or damaged zip raises
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{path} cannot be read, truncated or corrupt ({type(error).__name__}: {first_line})") from error
 
 
 def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = None) -> dict:
@@ -96,7 +124,7 @@ def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = No
         path = os.path.join(path, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_weights(path) if str(path).endswith(".safetensors") else read_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "stage" not in checkpoint or "model" not in checkpoint:
         raise ValueError(f"{path} is not a checkpoint of this project (no 'stage' / 'model' entries)")
     expected = (expected_stage,) if isinstance(expected_stage, str) else expected_stage
@@ -105,6 +133,32 @@ def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = No
     if "spec" in checkpoint:
         checkpoint["spec"] = ModelSpec.from_dict(checkpoint["spec"])
     return checkpoint
+
+
+def export_weights(run: str, path: str, dtype=torch.bfloat16) -> dict:
+    """The weights of a stage-0 run as one small safetensors file (the frozen part only: the ViT of
+    `pretrain.py vit`, or the LM of `pretrain.py lm`), with its stage and spec as metadata; what the
+    repository ships, so that `make demo` starts from stand-ins it does not have to pretrain."""
+    checkpoint = load_checkpoint(run, expected_stage=("pretrain-vit", "pretrain-lm"))
+    model = checkpoint["model"]
+    if checkpoint["stage"] == "pretrain-vit":  # the heads (scene labels or captioning) are thrown away
+        model = {f"vision.{name}": tensor for name, tensor in submodule_state(model, "vision.").items()}
+    metadata = {"stage": checkpoint["stage"], "spec": json.dumps(checkpoint["spec"].to_dict()), "step": str(checkpoint["step"])}
+    tensors = {name: tensor.to(dtype).contiguous() for name, tensor in model.items()}
+    data.write_atomically(path, lambda temporary: safetensors.torch.save_file(tensors, str(temporary), metadata=metadata))
+    return {"stage": checkpoint["stage"], "tensors": len(tensors), "bytes": os.path.getsize(path)}
+
+
+def read_weights(path: str) -> dict:
+    """An exported safetensors file -> a checkpoint dict (weights back in fp32) that load_vision and
+    load_lm read like any other."""
+    with safetensors.safe_open(path, framework="pt") as weights:
+        metadata = weights.metadata() or {}
+        if "stage" not in metadata or "spec" not in metadata:
+            raise ValueError(f"{path} has no 'stage' / 'spec' metadata; expected a file written by `python pretrain.py export`")
+        model = {name: weights.get_tensor(name).float() for name in weights.keys()}
+    return {"stage": metadata["stage"], "spec": json.loads(metadata["spec"]), "model": model,
+            "step": int(metadata.get("step", 0))}
 
 
 def check_same_spec(saved: dict, current: dict, path: str):
