@@ -9,6 +9,7 @@ for `flex`.
 
 Adding a kernel is adding one function `(q, k, v, mask) -> out` to `BACKENDS`.
 """
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -133,6 +134,12 @@ _compiled_flex_attention = {
 }
 _block_mask_cache: OrderedDict = OrderedDict()
 _BLOCK_MASK_CACHE_SIZE = 64
+# Inductor's CPU FlexAttention kernel (torch 2.13, AVX2 code) is wrong when the key length is 8 mod 16
+# (pytorch/pytorch#159247's family): off by up to 2.6 at 24 and 40 keys, NaN at 8. On CPU the keys
+# are padded with zeros to a multiple of 16 and the padding masked out, so the kernel only sees
+# lengths it gets right (tests/test_attention.py and python benchmark.py attention check odd lengths).
+FLEX_CPU_KEY_MULTIPLE = 16
+_flex_cpu_graphs: set = set()  # what torch.compile specializes on, per call on CPU (dynamic=False)
 
 
 def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
@@ -148,9 +155,43 @@ def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
     return _block_mask_cache[key]
 
 
+def pad_keys_for_cpu_flex(k, v, mask: Mask | None):
+    """-> (k, v, mask) with the key length padded to FLEX_CPU_KEY_MULTIPLE, the padding masked out."""
+    B, _, Sk, _ = k.shape
+    padding = -Sk % FLEX_CPU_KEY_MULTIPLE
+    if padding == 0:
+        return k, v, mask
+    real_keys = key_padding(torch.full((B,), Sk, device=k.device))
+    k, v = (F.pad(t, (0, 0, 0, padding)) for t in (k, v))  # (B, Hkv, Sk + padding, Dh), zeros at the end
+    return k, v, real_keys if mask is None else and_masks(mask, real_keys)
+
+
+def warn_once_past_recompile_limit(q, k, v, mask: Mask | None):
+    """torch.compile keeps at most torch._dynamo.config.recompile_limit graphs of one function and then
+    runs it uncompiled without failing: correct, but slow (every score materialized). Say so once."""
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, mask.kind if mask else None, q.requires_grad)
+    if key in _flex_cpu_graphs:
+        return
+    _flex_cpu_graphs.add(key)
+    limit = torch._dynamo.config.recompile_limit
+    if len(_flex_cpu_graphs) == limit + 1:
+        warnings.warn(f"attention backend 'flex' on CPU: this is shape / mask number {limit + 1}, past "
+                      f"torch._dynamo.config.recompile_limit={limit}, so torch.compile now runs FlexAttention "
+                      "uncompiled for every new shape (correct but slow). Raise the limit, or use backend 'sdpa'.",
+                      stacklevel=4)
+
+
 def flex_attention_backend(q, k, v, mask: Mask | None = None):
     """FlexAttention compiled by torch.compile: the mask becomes a sparse block mask, so fully
     masked blocks are skipped. No backward on CPU."""
+    if q.device.type == "cpu":
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            # Said here, before torch.compile sees the call: a compile that fails there leaves
+            # FlexAttention running uncompiled for the rest of the process.
+            raise NotImplementedError("FlexAttention has no backward on CPU (torch 2.13): call it under "
+                                      "torch.no_grad(), or use backend 'sdpa'")
+        k, v, mask = pad_keys_for_cpu_flex(k, v, mask)
+        warn_once_past_recompile_limit(q, k, v, mask)
     block_mask = None if mask is None else block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
     return _compiled_flex_attention[q.device.type](q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 

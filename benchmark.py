@@ -9,7 +9,8 @@ The kernel-work box. Adding an attention kernel is two lines in attention.py:
 then run
     python benchmark.py attention               # every backend + auto; --backends mine,sdpa --cases decoder_causal
 which checks the output and the gradients against `math` (INCORRECT and exit status 1 when a backend
-is off by more than the tolerance) before timing anything.
+is off by more than the tolerance) before timing anything, on the models' shapes and at odd key
+lengths (ODD_LENGTHS: 1, 7, 8, 24, 40, 100, 129).
 
 `python benchmark.py step` (benchmark_step.py): a full training step of the stage-1 and stage-2
 models per backend, eager and compiled. `python benchmark.py reference` (benchmark_reference.py):
@@ -112,6 +113,53 @@ def attention_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
     ]
 
 
+# Key lengths every backend is also checked at, correctness only: the presets' lengths are round
+# numbers, and kernels go wrong in their tails (inductor's CPU FlexAttention, AVX2 code, did at key
+# lengths 8 mod 16: off by up to 2.6, or NaN).
+ODD_LENGTHS = (1, 7, 8, 24, 40, 100, 129)
+ODD_LENGTHS_CASE = "odd_lengths"  # its name for --cases
+
+
+def odd_length_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
+    """At each of ODD_LENGTHS keys, batch 2: the LM's prefix-LM multi-query self-attention, and the
+    resampler's latents attending to that many keys."""
+    lm, resampler = preset.lm, preset.resampler
+    cases = []
+    for length in ODD_LENGTHS:
+        prefix = torch.tensor([min(length, resampler.num_latents), 0], device=device)  # sample 2: plain causal
+        cases += [AttentionCase(f"prefix_lm_{length}", "LM prefix-LM, MQA", 2, lm.num_heads, lm.num_kv_heads, length,
+                                length, lm.head_dim or lm.dim // lm.num_heads, attn.prefix_lm(prefix)),
+                  AttentionCase(f"cross_{length}", "resampler latents -> keys", 2, resampler.num_heads, resampler.num_heads,
+                                resampler.num_latents, length, resampler.dim // resampler.num_heads, None)]
+    return cases
+
+
+def check_odd_lengths(preset: Preset, backends: list[str], dtype, device) -> list[dict]:
+    """Every backend against `math` at ODD_LENGTHS (not timed); prints one line per backend and kind."""
+    rows = []
+    for case in odd_length_cases(preset, device):
+        q, k, v, grad_out, reference, reference_grads = case_inputs(case, dtype, device)
+        rows += [{"case": case.name, "backend": backend, **check_backend(call_backend(backend), q, k, v, case.mask, grad_out,
+                                                                          reference, reference_grads, dtype, case.backward)}
+                 for backend in backends]
+    print(f"\n{ODD_LENGTHS_CASE}: every backend at key lengths {', '.join(map(str, ODD_LENGTHS))} (checked, not timed)")
+    print(f"  {'backend':<12} {'case':<10} | {'forward':<40} | forward+backward")
+    for backend in backends:
+        for kind in ("prefix_lm", "cross"):
+            mine = [r for r in rows if r["backend"] == backend and r["case"].rsplit("_", 1)[0] == kind]
+            print(f"  {backend:<12} {kind:<10} | {odd_length_verdict(mine, 'forward'):<40} | "
+                  f"{odd_length_verdict(mine, 'forward_backward')}")
+    return rows
+
+
+def odd_length_verdict(rows: list[dict], mode: str) -> str:
+    if errors := [r[mode]["error"] for r in rows if "error" in r[mode]]:
+        return f"n/a: {errors[0].split(': ', 1)[-1].split('. ')[0]}"[:40]
+    worst = max(r[mode]["max_abs_error"] for r in rows)
+    wrong = [r["case"].rsplit("_", 1)[1] for r in rows if not r[mode]["correct"]]
+    return f"INCORRECT at {', '.join(wrong)} (max err {worst:.1e})" if wrong else f"ok (max err {worst:.1e})"
+
+
 def call_backend(backend: str) -> Callable:
     return lambda q, k, v, mask: attn.attention(q, k, v, mask, backend=backend)
 
@@ -144,22 +192,25 @@ def check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype
     return result
 
 
-def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: int, warmup: int,
-             min_repeat_ms: float) -> list[dict]:
+def case_inputs(case: AttentionCase, dtype, device):
+    """-> q, k, v, grad_out in `dtype`, and the float32 `math` output and gradients on those inputs."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)  # (B, Hq, Sq, Dh)
     k = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)  # (B, Hkv, Sk, Dh)
     v = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)
     grad_out = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)
     q, k, v, grad_out = (t.to(device=device, dtype=dtype) for t in (q, k, v, grad_out))
-    mask = case.mask  # its tensors are already on the device (attention_cases)
-
     # The reference: math in float32 on the same (already rounded) inputs.
     leaves = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
-    reference = attn.attention(*leaves, mask, backend="math")
+    reference = attn.attention(*leaves, case.mask, backend="math")
     reference_grads = torch.autograd.grad(reference, leaves, grad_out.float()) if case.backward else None
-    reference = reference.detach()
+    return q, k, v, grad_out, reference.detach(), reference_grads
 
+
+def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: int, warmup: int,
+             min_repeat_ms: float) -> list[dict]:
+    q, k, v, grad_out, reference, reference_grads = case_inputs(case, dtype, device)
+    mask = case.mask  # its tensors are already on the device (attention_cases)
     rows, timed = [], []  # timed: (row, mode, call) for every mode that ran, correct or not
     for backend in backends:
         fn = call_backend(backend)
@@ -249,11 +300,14 @@ def attention_main(args) -> int:
     warmup, min_repeat_ms = (1, 0.0) if args.quick else (3, 20.0)
     backends = backend_names(args.backends, [*attn.BACKENDS, "auto"])
     cases = attention_cases(preset, device)
-    if args.cases:
-        wanted = args.cases.split(",")
-        if unknown := sorted(set(wanted) - {c.name for c in cases}):
-            raise SystemExit(f"unknown case(s) {unknown}; choose from {[c.name for c in cases]}")
-        cases = [c for c in cases if c.name in wanted]
+    wanted = args.cases.split(",") if args.cases else [c.name for c in cases] + [ODD_LENGTHS_CASE]
+    if unknown := sorted(set(wanted) - {c.name for c in cases} - {ODD_LENGTHS_CASE}):
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {[c.name for c in cases] + [ODD_LENGTHS_CASE]}")
+    cases = [c for c in cases if c.name in wanted]
+    # Compiled backends get a graph per shape (and mode); past torch.compile's recompile_limit they
+    # would run uncompiled, and the numbers below would time something else.
+    graphs = 2 * (len(cases) + len(ODD_LENGTHS) * 2 + 1)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
 
     print(f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}")
     print(f"correctness: max abs error against math in float32 (gradients: relative to the largest reference gradient, "
@@ -266,6 +320,7 @@ def attention_main(args) -> int:
         case_rows = run_case(case, backends, dtype, device, repeats, warmup, min_repeat_ms)
         print_case(case, case_rows, device)
         rows += case_rows
+    odd_rows = check_odd_lengths(preset, backends, dtype, device) if ODD_LENGTHS_CASE in wanted else []
 
     auto = auto_report(rows)
     if auto:
@@ -277,8 +332,8 @@ def attention_main(args) -> int:
                 verdict = "ok, chose it" if line["auto_chose"] == line["fastest"] else "ok, within 10%"
             print(f"  {line['case']:<24} {line['mode']:<17} auto->{line['auto_chose']:<6} fastest {line['fastest']:<6} "
                   f"{line['ratio']:5.2f}x  {verdict}")
-    incorrect = sorted({(r["backend"], r["case"], mode) for r in rows for mode in ("forward", "forward_backward")
-                        if r[mode].get("correct") is False})
+    incorrect = sorted({(r["backend"], r["case"], mode) for r in rows + odd_rows
+                        for mode in ("forward", "forward_backward") if r[mode].get("correct") is False})
     if args.json:
         meta = {"preset": preset_name, "preset_config": asdict(preset), "dtype": str(dtype), "machine": machine(device),
                 "repeats": repeats, "tolerance": TOLERANCE[dtype],
@@ -286,7 +341,8 @@ def attention_main(args) -> int:
         shapes = {c.name: {**{f: getattr(c, f) for f in ("batch", "heads_q", "heads_kv", "q_len", "kv_len", "head_dim")},
                            "mask": c.mask.kind if c.mask else None} for c in cases}
         with open(args.json, "w") as file:
-            json.dump({"meta": meta, "cases": shapes, "results": rows, "auto": auto}, file, indent=1)
+            json.dump({"meta": meta, "cases": shapes, "results": rows, "auto": auto, ODD_LENGTHS_CASE: odd_rows}, file,
+                      indent=1)
     if incorrect:
         print("\nINCORRECT (over the tolerance against math):")
         for backend, case, mode in incorrect:
@@ -304,7 +360,7 @@ def add_attention_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats: a smoke run in seconds")
     parser.add_argument("--backends", help="comma-separated (default: every attention.BACKENDS entry, and auto)")
-    parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    parser.add_argument("--cases", help=f"comma-separated case names, {ODD_LENGTHS_CASE} for the odd-length checks (default: all)")
     parser.add_argument("--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)")
 

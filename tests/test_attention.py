@@ -1,8 +1,15 @@
 """attention.py: every backend against the math reference, masks against a dense reference."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 import attention as A
+from conftest import REPO
 
 
 def dense_reference(rule, batch, q_len, kv_len, **tensors):
@@ -100,6 +107,91 @@ def test_flex_forward_matches_math_on_cpu():
         hq, hkv, sq, sk, mask = SHAPES["prefix_lm_mqa"]
         A.attention(*make_qkv(2, hq, hkv, sq, sk, seed=1), mask, backend="flex")
     assert len(A._block_mask_cache) == before, "the block mask of a known rule and shape is reused"
+
+
+ODD_LENGTHS_CHECK = """
+import json, sys, warnings
+import torch
+import attention as A
+torch._dynamo.config.recompile_limit = 64
+errors = {}
+for length in (1, 7, 8, 24, 40, 100, 129):
+    generator = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(2, heads, length, 16, generator=generator) for heads in (4, 1, 1))
+    latents = torch.randn(2, 4, 5, 16, generator=generator)
+    for name, query, mask in (("prefix_lm", q, A.prefix_lm(torch.tensor([min(length, 4), 0]))), ("cross", latents, None)):
+        with torch.no_grad():
+            out = A.attention(query, k, v, mask, backend="flex")
+        errors[f"{name} {length}"] = (out - A.attention(query, k, v, mask, backend="math")).abs().max().item()
+print(json.dumps(errors))
+"""
+
+
+def run_python(code: str, **env) -> str:
+    """Run `code` in a fresh process at the repository root: compiled graphs and torch.compile's limits
+    stay out of this process."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="an x86 CPU with AVX2")
+@pytest.mark.parametrize("isa", ["avx2", "native"])
+def test_flex_matches_math_at_odd_key_lengths_on_cpu(isa):
+    """Inductor's CPU FlexAttention, AVX2 code, is wrong (or NaN) at key lengths 8 mod 16; flex pads the
+    keys. AVX2 code is forced with ATEN_CPU_CAPABILITY, with its own compile cache: the cache does not
+    tell the ISAs apart, and a graph compiled for one returns garbage under the other."""
+    env = {} if isa == "native" else {"ATEN_CPU_CAPABILITY": isa, "TORCHINDUCTOR_CACHE_DIR": f"{cache_dir()}_{isa}"}
+    errors = json.loads(run_python(ODD_LENGTHS_CHECK, **env).splitlines()[-1])
+    assert len(errors) == 14 and all(error < 1e-5 for error in errors.values()), errors
+
+
+def test_flex_says_once_when_torch_compile_stops_compiling_new_shapes():
+    code = """
+import warnings, torch
+import attention as A
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+from torch.nn.attention.flex_attention import flex_attention
+torch._dynamo.config.recompile_limit = 1
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for length in (16, 32, 48, 16):
+        q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
+        with torch.no_grad():
+            assert (A.attention(q, k, v, A.causal(), backend="flex") - A.attention(q, k, v, A.causal())).abs().max() < 1e-5
+ours = [str(w.message) for w in caught if "attention backend 'flex'" in str(w.message)]
+print(len(ours), len(_debug_get_cache_entry_list(flex_attention.__code__)))
+print(ours[0])
+"""
+    counts, message = run_python(code).splitlines()[-2:]
+    assert counts == "1 1", "one warning, and torch.compile did keep a single graph"
+    assert "recompile_limit=1" in message and "uncompiled" in message
+
+
+def test_flex_backward_on_cpu_is_refused_without_spoiling_the_compiled_forward():
+    """torch.compile runs a function uncompiled for good once compiling it failed, and compiling
+    FlexAttention's backward fails on CPU: flex refuses first, so later forwards still compile."""
+    code = """
+import torch
+import attention as A
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+from torch.nn.attention.flex_attention import flex_attention
+def qkv(length, grad=False):
+    return [torch.randn(1, 2, length, 16, requires_grad=grad) for _ in range(3)]
+with torch.no_grad():
+    A.attention(*qkv(16), backend="flex")
+try:
+    A.attention(*qkv(16, grad=True), backend="flex")
+except NotImplementedError as error:
+    print(error)
+with torch.no_grad():
+    A.attention(*qkv(32), backend="flex")
+print(len(_debug_get_cache_entry_list(flex_attention.__code__)))
+"""
+    message, graphs = run_python(code).splitlines()[-2:]
+    assert "no backward on CPU" in message and "backend 'sdpa'" in message
+    assert graphs == "2", "the second shape was compiled too"
 
 
 def test_auto_picks_a_backend_that_can_run_the_call():

@@ -59,3 +59,24 @@ def test_flex_without_backward_is_reported_not_fatal(tmp_path):
     assert flex["forward"]["correct"] and flex["forward"]["median_ms"] > 0
     if not torch.cuda.is_available():
         assert "backward" in flex["forward_backward"]["error"]
+
+
+def wrong_in_the_tail(q, k, v, mask=None):
+    """Deliberately wrong the way inductor's CPU FlexAttention was: right, except at key lengths 8 mod 16."""
+    out = attention.sdpa_attention(q, k, v, mask)
+    return out + 1.0 if k.shape[2] % 16 == 8 else out
+
+
+def test_a_backend_wrong_only_at_odd_key_lengths_is_flagged(monkeypatch, tmp_path, capsys):
+    """The models' shapes are round numbers: only the odd-length checks catch this one."""
+    monkeypatch.setattr(attention, "BACKENDS", {**attention.BACKENDS, "tail": wrong_in_the_tail})
+    report = tmp_path / "attention.json"
+    assert benchmark.main(["attention", "--quick", "--backends", "math,sdpa,tail", "--json", str(report)]) == 1
+    saved = json.loads(report.read_text())
+    assert all(all(verdicts(row)) for row in saved["results"]), "every timed case is right"
+    wrong = {row["case"] for row in saved["odd_lengths"] if row["backend"] == "tail" and not all(verdicts(row))}
+    assert wrong == {f"{kind}_{length}" for kind in ("prefix_lm", "cross") for length in (8, 24, 40)}
+    assert all(all(verdicts(row)) for row in saved["odd_lengths"] if row["backend"] != "tail")
+    printed = capsys.readouterr().out
+    assert "key lengths 1, 7, 8, 24, 40, 100, 129" in printed and "tail on prefix_lm_24 (forward)" in printed
+    assert "INCORRECT at 8, 24, 40" in printed
