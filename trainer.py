@@ -8,7 +8,6 @@ global batch follow the same curve. Checkpoints (checkpoints.py) hold everything
 needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
 position follows from the step.
 """
-import json
 import math
 import os
 import time
@@ -24,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
-from checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, resume_training, save_checkpoint, training_state
+from checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
+from run_folder import (METRICS_NAME, append_metrics, keep_metrics_up_to, prepare_run_folder, resume_newest_readable,
+                        save_keeping)
 from vit import num_parameters
 from vlm import VisionLanguageModel, caption_loss
 
@@ -50,6 +51,8 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None: on for CUDA only
     num_workers: int = 0
     resume: bool = False
+    overwrite: bool = False  # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
+    keep_checkpoints: int = 2  # the newest checkpoint and the ones before it, to resume from when it is broken
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,14 +183,21 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def decayed_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """The weights of the linear layers (and the ViT's patch projection, a linear layer on patches):
+    what weight decay applies to. Never norms, biases, embeddings, resampler latents, time embeddings."""
+    return {m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only; no weight decay on norms, biases and latents' scales."""
+    """AdamW over the trainable parameters only; weight decay on the linear layers' weights only."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters")
+    decayed = decayed_parameters(model)
     groups = [
-        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in trainable if p in decayed], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p not in decayed], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
@@ -249,8 +259,11 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
 
     `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint.
     Returns a summary: last train loss, validation losses, wall time."""
+    if config.keep_checkpoints < 1:
+        raise ValueError(f"--keep-checkpoints {config.keep_checkpoints}: expected 1 or more")
     rank, world_size, device = setup_distributed(config.device)
     is_main = rank == 0
+    prepare_run_folder(config.out_dir, config.resume, config.overwrite, is_main)
     torch.manual_seed(config.seed)
     model.to(device)
     use_cuda = device.type == "cuda"
@@ -258,13 +271,12 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     checkpoint_path = os.path.join(config.out_dir, CHECKPOINT_NAME)
-    metrics_path = os.path.join(config.out_dir, "metrics.jsonl")
+    metrics_path = os.path.join(config.out_dir, METRICS_NAME)
 
-    start_step = 0
-    if config.resume and os.path.exists(checkpoint_path):
-        start_step = resume_training(checkpoint_path, stage, spec, asdict(config), model, optimizer, scheduler)
-        if is_main:
-            print(f"resumed from {checkpoint_path} at step {start_step}")
+    start_step, newest_step = 0, None  # newest_step: the step checkpoint.pt holds
+    if config.resume:
+        start_step, newest_step = resume_newest_readable(config.out_dir, stage, spec, asdict(config), model, optimizer,
+                                                         scheduler, is_main)
     if is_main:
         os.makedirs(config.out_dir, exist_ok=True)
         keep_metrics_up_to(metrics_path, start_step)
@@ -281,8 +293,11 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
         train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
         if not math.isfinite(train_loss):
-            stop_on_non_finite_loss(train_loss, step, stage, checkpoint_path, metrics_path, is_main)
+            stop_on_non_finite(f"loss is {train_loss}", step, stage, checkpoint_path, metrics_path, is_main)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
+        if not math.isfinite(grad_norm):  # the loss can be finite while a gradient is not
+            stop_on_non_finite(f"gradient norm is {grad_norm} (loss {train_loss:.4f})", step, stage, checkpoint_path,
+                               metrics_path, is_main)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -297,35 +312,24 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
             append_metrics(metrics_path, record)
             progress.set_postfix(loss=f"{train_loss:.4f}", **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}))
         if done % config.save_every == 0 or done == config.steps:
+            if not all(torch.isfinite(p).all() for p in raw_model.parameters()):  # every rank holds the same weights
+                stop_on_non_finite("weights are not finite (not saved)", done, stage, checkpoint_path, metrics_path, is_main)
             if is_main:
-                save_checkpoint(checkpoint_path, training_state(stage, spec, raw_model, optimizer, scheduler, done, asdict(config)))
+                newest_step = save_keeping(config.out_dir, training_state(stage, spec, raw_model, optimizer, scheduler, done,
+                                                                          asdict(config)), config.keep_checkpoints, newest_step)
             if dist.is_initialized():
                 dist.barrier()
     summary["wall_s"] = time.time() - started
     return summary
 
 
-def stop_on_non_finite_loss(loss: float, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool):
-    """A NaN or infinite loss ends the run, logged, before the optimizer step could spoil the weights."""
+def stop_on_non_finite(what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool):
+    """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could spoil the
+    weights; non-finite weights are never saved."""
     if is_main:
-        append_metrics(metrics_path, {"step": step, "error": "non-finite loss"})
-    raise FloatingPointError(f"[{stage}] loss is {loss} at step {step}; stopping. The last good checkpoint is "
+        append_metrics(metrics_path, {"step": step, "error": what})
+    raise FloatingPointError(f"[{stage}] {what} at step {step}; stopping. The last good checkpoint is "
                              f"{checkpoint_path} (resume with --resume true after lowering --lr)")
-
-
-def append_metrics(path: str, record: dict):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def keep_metrics_up_to(path: str, step: int):
-    """On resume, drop lines logged after the checkpoint (the killed run got further than it saved)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as f:
-        f.writelines(kept)
 
 
 # ---------------------------------------------------------------------------------------------

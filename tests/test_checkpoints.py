@@ -1,6 +1,7 @@
 """checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the file
 alone, saving is atomic, resuming restores everything or names what differs, errors are clear."""
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -157,3 +158,16 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path):
     assert load_tokenizer(tmp_path / "tok.model", tokenizer.vocab_size).vocab_size == tokenizer.vocab_size
     with pytest.raises(ValueError, match=f"has {tokenizer.vocab_size} pieces but the model's LM has vocab_size 64"):
         load_tokenizer(tmp_path / "tok.model", 64)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(path, {"stage": "stage1", "spec": toy_spec().to_dict(), "model": build_vlm(toy_spec()).state_dict()})
+    content = path.read_bytes()
+    path.write_bytes({"truncated": content[: len(content) // 2], "zeroed": bytes(len(content)), "empty": b""}[damage])
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} cannot be read, truncated or corrupt") as error:
+        load_checkpoint(str(tmp_path / "run"))
+    assert type(error.value).__name__ == "CheckpointError"  # what resume falls back on
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_vision(str(path))

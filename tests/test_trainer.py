@@ -1,12 +1,17 @@
 """trainer.py: the data order over ranks and micro-steps, the learning-rate schedule, the NaN stop.
 The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import data
 import pretrain
 import trainer
-from checkpoints import ModelSpec, load_checkpoint
+from checkpoints import ModelSpec, build_vlm, load_checkpoint
+from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 
 
@@ -55,3 +60,121 @@ def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
     assert trainer.learning_rate_factor(60, config) == pytest.approx(0.55)
     assert trainer.learning_rate_factor(110, config) == pytest.approx(0.1)
     assert trainer.learning_rate_factor(500, config) == pytest.approx(0.1)
+
+
+def tiny_lm_run(tmp_path, loss_fn=None, **config):
+    """A text-only LM trained by trainer.train on a dozen texts: the loop in a second."""
+    texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
+    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
+    torch.manual_seed(0)
+    model = PaLMDecoder(PaLMConfig(vocab_size=tokenizer.vocab_size, dim=32, depth=1, num_heads=2))
+    config = trainer.TrainConfig(**{"out_dir": str(tmp_path / "run"), "steps": 4, "batch_size": 4, "save_every": 2,
+                                    "eval_every": 100, "log_every": 1, **config})
+    dataset = data.TextDataset([[text] for text in texts], tokenizer)
+    return trainer.train(model, loss_fn or pretrain.lm_loss, dataset, dataset, lambda s: data.collate(s, tokenizer.pad_id),
+                         config, "pretrain-lm", ModelSpec(lm=model.config))
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_step(tmp_path):
+    calls = []
+
+    def loss_fn(m, batch):
+        loss_sum, count = pretrain.lm_loss(m, batch)
+        calls.append(1)
+        if len(calls) == 4:  # sqrt at 0: the value is 0, its gradient 0 * inf = NaN
+            loss_sum = loss_sum + (m.token_embedding.weight[0, 0] * 0).sqrt()
+        return loss_sum, count
+
+    with pytest.raises(FloatingPointError, match=r"gradient norm is nan \(loss \d+\.\d+\) at step 3.*last good"):
+        tiny_lm_run(tmp_path, loss_fn, steps=6)
+    saved = load_checkpoint(str(tmp_path / "run"))
+    assert saved["step"] == 2
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert metrics(tmp_path / "run")[-1]["error"].startswith("gradient norm is nan")
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+    """An update that overflows (here: an optimizer step that leaves an inf in the weights at step 3)
+    after a finite loss and gradient: the run stops, the checkpoint of step 2 stays the newest."""
+    class OverflowingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            super().step(closure)
+            if self.state_dict()["state"][0]["step"] == 3:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0][0, 0] = float("inf")
+
+    monkeypatch.setattr(torch.optim, "AdamW", OverflowingAdamW)
+    with pytest.raises(FloatingPointError, match=r"weights are not finite \(not saved\) at step 3"):
+        tiny_lm_run(tmp_path, save_every=1)
+    saved = load_checkpoint(str(tmp_path / "run"))
+    assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_weight_decay_applies_to_the_weights_of_linear_layers_only():
+    """Not the resampler's latents or time embeddings, the norms, the biases or the token embedding."""
+    for adapter, resampler in (("vadapter", "adapter.resampler."), ("perceiver", "adapter.resampler."),
+                               ("resampler", "adapter.")):
+        model = build_vlm(toy_spec(adapter))
+        groups = trainer.build_optimizer(model, trainer.TrainConfig(weight_decay=0.1), torch.device("cpu")).param_groups
+        names = {id(p): name for name, p in model.named_parameters()}
+        decayed = {names[id(p)] for group in groups if group["weight_decay"] == 0.1 for p in group["params"]}
+        kept = {names[id(p)] for group in groups if group["weight_decay"] == 0.0 for p in group["params"]}
+        linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        assert decayed == linear & trainable and kept == trainable - linear, adapter
+        assert {f"{resampler}latents", f"{resampler}time_embedding", f"{resampler}final_norm.bias"} <= kept, adapter
+        assert all(name.endswith(("latents", "time_embedding", "norm.weight", "norm.bias", "token_embedding.weight"))
+                   for name in kept), kept
+    assert "lm.token_embedding.weight" in kept  # stage 1 trains the LM: its tied embedding is not decayed
+
+
+def test_a_second_run_into_the_same_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
+    tiny_lm_run(tmp_path, steps=2)
+    run = tmp_path / "run"
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint.pt, metrics.jsonl\).*--resume true.*"
+                                              r"--overwrite true"):
+        tiny_lm_run(tmp_path, steps=3)
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before, "the earlier run is untouched"
+    tiny_lm_run(tmp_path, steps=3, resume=True)
+    assert [line["step"] for line in metrics(run)] == [1, 2, 3]
+    tiny_lm_run(tmp_path, steps=1, overwrite=True)
+    assert [line["step"] for line in metrics(run)] == [1] and load_checkpoint(str(run))["step"] == 1
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+
+
+def test_a_broken_newest_checkpoint_falls_back_to_the_one_kept_before_it(tmp_path, capsys):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    tiny_lm_run(straight, steps=8)
+    tiny_lm_run(tmp_path, steps=6)  # keeps checkpoint.pt (step 6) and checkpoint-4.pt; step 2's is gone
+    run = tmp_path / "run"
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoint-4.pt", "checkpoint.pt", "metrics.jsonl"]
+    newest = run / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a truncated copy
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / f"checkpoint.pt.tmp-{dead.pid}").write_bytes(b"half a write")  # killed while writing
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # torn by a full disk
+    tiny_lm_run(tmp_path, steps=8, resume=True)
+    printed = capsys.readouterr().out
+    assert f"{newest} cannot be read, truncated or corrupt" in printed and "resumed from" in printed
+    assert f"removed {run / f'checkpoint.pt.tmp-{dead.pid}'}" in printed
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoint-6.pt", "checkpoint.pt", "checkpoint.pt.broken",
+                                                           "metrics.jsonl"]
+    resumed, expected = metrics(run), metrics(straight / "run")
+    assert [line["step"] for line in resumed] == list(range(1, 9))
+    for got, want in zip(resumed, expected):
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-6), got["step"]
+
+
+def test_keep_checkpoints_one_keeps_only_the_newest(tmp_path):
+    tiny_lm_run(tmp_path, steps=6, keep_checkpoints=1)
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    with pytest.raises(ValueError, match="--keep-checkpoints 0"):
+        tiny_lm_run(tmp_path, steps=6, keep_checkpoints=0, overwrite=True)
