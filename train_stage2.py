@@ -12,6 +12,7 @@
         --vit runs/pretrain/vit --lm runs/pretrain/large_lm --out-dir runs/stage2_perceiver
 """
 import argparse
+from dataclasses import fields
 
 import torch
 
@@ -21,6 +22,16 @@ from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
 from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel
+
+
+def check_stage1_resampler(config: ResamplerConfig, stage1: ResamplerConfig):
+    """The stage-1 resampler is carried over as it was trained: a --resampler-* flag that changes it
+    is an error (it applies to a fresh resampler, --resampler-from-stage1 false)."""
+    changed = [f"--resampler-{f.name.replace('_', '-')} {getattr(config, f.name)} (stage 1: {getattr(stage1, f.name)})"
+               for f in fields(ResamplerConfig) if getattr(config, f.name) != getattr(stage1, f.name)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: the stage-1 resampler is carried over as trained; drop the flag(s), "
+                         "or start the resampler fresh with --resampler-from-stage1 false")
 
 
 def build_adapter(args, vision, lm):
@@ -35,7 +46,9 @@ def build_adapter(args, vision, lm):
             raise ValueError("--adapter-init stage1 needs --stage1 (a train_stage1.py checkpoint)")
         stage1 = load_checkpoint(args.stage1, expected_stage="stage1")
         tiny_lm = load_lm(args.stage1)
-        config = stage1["spec"].resampler
+        config = config_from_args(args, ResamplerConfig, "resampler-", base=stage1["spec"].resampler)
+        if args.resampler_from_stage1:
+            check_stage1_resampler(config, stage1["spec"].resampler)
         resampler = PerceiverResampler(config)
         if args.resampler_from_stage1:
             resampler.load_state_dict(submodule_state(stage1["model"], "adapter."))
@@ -60,7 +73,8 @@ def main(argv=None):
     parser.add_argument("--stage1", help="train_stage1.py checkpoint (for --adapter-init stage1)")
     parser.add_argument("--tiny-lm", help="pretrain.py lm checkpoint of the tiny LM (for --adapter-init lm / random)")
     parser.add_argument("--resampler-from-stage1", type=parse_bool, default=True, metavar="BOOL",
-                        help="carry the stage-1 resampler over (default) or start it fresh")
+                        help="carry the stage-1 resampler over as trained (default; a --resampler-* flag that "
+                             "changes it is refused) or start it fresh (the --resampler-* flags apply)")
     parser.add_argument("--perceiver-depth", type=int, default=PERCEIVER_DEPTH)
     parser.add_argument("--perceiver-dim", type=int, help="latent width of the baseline (default: the ViT's)")
     parser.add_argument("--perceiver-heads", type=int, default=PERCEIVER_HEADS)

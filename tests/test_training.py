@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import pretrain
 import train_stage1
@@ -153,3 +154,44 @@ def test_two_process_torchrun_matches_one_process(chain, tmp_path):
     final_one = load_checkpoint(str(single))["model"]
     final_two = load_checkpoint(str(double))["model"]
     assert max((final_one[k] - final_two[k]).abs().max().item() for k in final_one) < 1e-4
+
+
+def test_resampler_flags_with_a_stage1_adapter_are_refused_or_honoured(chain, tmp_path):
+    """--adapter-init stage1 carries the stage-1 resampler over as trained: a --resampler-* flag that
+    changes it is an error naming it; with --resampler-from-stage1 false the fresh resampler takes it."""
+    _, runs, common, frozen, _ = chain
+    stage2 = [*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--steps", "1"]
+    with pytest.raises(ValueError, match=r"--resampler-num-latents 8 \(stage 1: 4\).*--resampler-from-stage1 false"):
+        train_stage2.main([*stage2, "--resampler-num-latents", "8", "--out-dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    train_stage2.main([*stage2, "--resampler-num-latents", "4", "--out-dir", str(tmp_path / "same")])  # stage 1's value
+    train_stage2.main([*stage2, "--resampler-from-stage1", "false", "--resampler-num-latents", "8",
+                       "--out-dir", str(tmp_path / "fresh")])
+    assert load_checkpoint(str(tmp_path / "fresh"))["spec"].resampler.num_latents == 8
+
+
+def test_bf16_and_compile_on_cpu_follow_fp32_eager_and_resume_eagerly(chain, tmp_path):
+    """The CUDA defaults, bf16 autocast and torch.compile, run on CPU too: a few steps of stage 1 and
+    stage 2 follow fp32 eager within bf16's precision, and an eager fp32 run resumes the compiled run's
+    checkpoint. Images only, one validation batch: each compiled graph costs 10-30 s here."""
+    data_dir, runs, _, frozen, resampler = chain
+    common = ["--data", str(data_dir), "--tasks", "caption", "--batch-size", "8", "--eval-every", "1000",
+              "--eval-batches", "1", "--log-every", "1", "--save-every", "3", *resampler]
+    eager, compiled = ["--bf16", "false", "--compile", "false"], ["--bf16", "true", "--compile", "true"]
+    stages = {"stage1": (train_stage1.main, ["--vit", str(runs["vit"]), "--tiny-lm", str(runs["tiny_lm"])]),
+              "stage2": (train_stage2.main, [*frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"])])}
+    for stage, (main, models) in stages.items():
+        straight, mixed = tmp_path / f"{stage}_eager", tmp_path / f"{stage}_compiled"
+        graphs = [counters["stats"]["unique_graphs"]]
+        main([*common, *models, *eager, "--steps", "5", "--out-dir", str(straight)])
+        graphs.append(counters["stats"]["unique_graphs"])
+        main([*common, *models, *compiled, "--steps", "3", "--out-dir", str(mixed)])
+        graphs.append(counters["stats"]["unique_graphs"])
+        main([*common, *models, *eager, "--steps", "5", "--out-dir", str(mixed), "--resume", "true"])
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert graphs[1] == graphs[0] and graphs[2] > graphs[1] and graphs[3] == graphs[2], "compiled only when asked"
+        expected, got = losses(straight), losses(mixed)
+        assert sorted(got) == list(range(1, 6)) and load_checkpoint(str(mixed))["step"] == 5
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], rel=2e-2), (stage, step, got[step], expected[step])
+        assert any(abs(got[step] - expected[step]) > 1e-6 for step in (1, 2, 3)), "the compiled steps ran in bf16"
