@@ -1,11 +1,13 @@
 """flags.py: one reading of yes/no values for every boolean flag, config fields as flags, presets."""
 import argparse
+import importlib
 
 import pytest
 
+import pretrain
 import train_stage1
 import train_stage2
-from flags import add_config_flags, add_data_flags, config_from_args, parse_bool
+from flags import add_config_flags, add_data_flags, config_from_args, parse_bool, parse_optional_bool
 from trainer import TrainConfig
 from vit import VIT_CONFIGS, ViTConfig
 
@@ -65,4 +67,91 @@ def test_a_bad_boolean_is_an_error_naming_the_flag(argv, flag, capsys):
 def test_the_stage_scripts_refuse_a_misspelt_boolean(main, argv, flag, capsys):
     with pytest.raises(SystemExit):
         main(["--data", "d", *argv])
+    assert f"argument {flag}: 'flase' is not a yes/no value" in capsys.readouterr().err
+
+
+class Parsed(Exception):
+    """Raised instead of parsing: the test wants the parser a script builds, not a run."""
+
+
+def script_parser(monkeypatch, main) -> argparse.ArgumentParser:
+    seen = []
+
+    def capture(self, *args, **kwargs):
+        seen.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed):
+        main()
+    return seen[0]
+
+
+def options(parser: argparse.ArgumentParser):
+    """Every option of a parser and of its subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subcommand in action.choices.values():
+                yield from options(subcommand)
+        elif action.option_strings:
+            yield action
+
+
+SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)  # take no value
+
+
+@pytest.mark.parametrize("script", ["pretrain", "train_stage1", "train_stage2", "evaluate", "benchmark", "synthetic"])
+def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch, script):
+    """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no `type=bool`
+    (any non-empty word is True) and no private reading of "true"."""
+    parser = script_parser(monkeypatch, importlib.import_module(script).main)
+    boolean = [a for a in options(parser) if not isinstance(a, SWITCHES) and
+               (isinstance(a.default, bool) or a.type is bool or str(a.metavar).startswith("BOOL"))]
+    wrong = [a.option_strings[0] for a in boolean if a.type not in (parse_bool, parse_optional_bool)]
+    assert not wrong, f"{script}.py reads these yes/no flags its own way: {wrong}"
+    names = {a.option_strings[0] for a in boolean}
+    if script in ("pretrain", "train_stage1", "train_stage2"):
+        assert {"--resume", "--overwrite", "--compile", "--bf16"} <= names, names
+    if script in ("train_stage1", "train_stage2"):
+        assert "--cache-features" in names
+
+
+def parsed_arguments(monkeypatch, main, argv) -> argparse.Namespace:
+    """What a script's parser makes of argv (the script stops right after parsing)."""
+    parse_args, seen = argparse.ArgumentParser.parse_args, []
+
+    def parse_then_stop(self, *args, **kwargs):
+        seen.append(parse_args(self, *args, **kwargs))
+        raise Parsed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        with pytest.raises(Parsed):
+            main(argv)
+    return seen[0]
+
+
+def test_yes_reaches_the_stage_scripts_as_true(monkeypatch):
+    """--cache-features yes and --resampler-from-stage1 yes are true, as every other yes/no flag."""
+    stage1 = parsed_arguments(monkeypatch, train_stage1.main, ["--data", "d", "--vit", "v", "--tiny-lm", "t",
+                                                               "--cache-features", "yes", "--compile", "yes", "--bf16", "no",
+                                                               "--resume", "ON", "--overwrite", "1"])
+    assert stage1.cache_features is True
+    config = config_from_args(stage1, TrainConfig)
+    assert (config.compile, config.bf16, config.resume, config.overwrite) == (True, False, True, True)
+    for word, expected in (("yes", True), ("No", False)):
+        stage2 = parsed_arguments(monkeypatch, train_stage2.main, ["--data", "d", "--vit", "v", "--lm", "l",
+                                                                   "--resampler-from-stage1", word])
+        assert stage2.resampler_from_stage1 is expected
+
+
+@pytest.mark.parametrize("main, argv", [
+    (pretrain.main, ["lm", "--data", "d"]),
+    (train_stage1.main, ["--data", "d", "--vit", "v", "--tiny-lm", "t"]),
+    (train_stage2.main, ["--data", "d", "--vit", "v", "--lm", "l"]),
+])
+@pytest.mark.parametrize("flag", ["--compile", "--bf16", "--resume", "--overwrite"])
+def test_a_misspelt_boolean_is_an_error_naming_the_flag_in_every_stage_script(main, argv, flag, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, flag, "flase"])
     assert f"argument {flag}: 'flase' is not a yes/no value" in capsys.readouterr().err
