@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY ?= $(VENV)/bin/python
 INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
-.PHONY: test install clean demo demo-quick ablation
+.PHONY: test install clean pretrain demo demo-quick ablation
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,40 +23,56 @@ test: install
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# --- The demo: stage 0 (data, tokenizer, pretraining), stage 1, stage 2 for both adapters, evaluation.
+# --- Stage 0: the stand-ins for the pretrained models the paper is given, made once and shipped in
+# stage0/ (bf16 safetensors + the tokenizer they read with). `make pretrain` regenerates them.
 DATA ?= data/shapes
+STAGE0 ?= stage0
+PRETRAIN_WORLD ?= data/pretrain_world
+PRETRAIN_RUNS ?= runs/pretrain
+VIT_STEPS ?= 1500
+TINY_LM_STEPS ?= 1200
+LARGE_LM_STEPS ?= 450
+
+pretrain: $(INSTALL)
+	$(PY) synthetic.py --out $(DATA)
+	$(PY) synthetic.py --out $(PRETRAIN_WORLD) --seed 1 --train-images 10000 --train-videos 2 --val-videos 2 --test-videos 2
+	$(PY) pretrain.py vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit --steps $(VIT_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
+	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/tiny_lm --lm-preset toy-tiny --steps $(TINY_LM_STEPS) --overwrite true
+	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/large_lm --lm-preset toy-large --steps $(LARGE_LM_STEPS) --overwrite true
+	for part in vit tiny_lm large_lm; do $(PY) pretrain.py export --run $(PRETRAIN_RUNS)/$$part --out $(STAGE0)/$$part.safetensors || exit 1; done
+	cp $(DATA)/tokenizer.model $(STAGE0)/tokenizer.model
+
+# --- The demo: from the shipped stand-ins, stage 1, stage 2 for both adapters, evaluation, diagnostics.
 RUNS ?= runs/demo
 DATA_FLAGS ?=
-PRETRAIN_STEPS ?= 600
 STAGE1_STEPS ?= 600
 STAGE2_STEPS ?= 600
 EVAL_EVERY ?= 50
 EVAL_LIMIT ?= 0
 TRAIN_FLAGS ?=
-FROZEN = --vit $(RUNS)/pretrain/vit --lm $(RUNS)/pretrain/large_lm
-STAGE2 = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
+FROZEN = --vit $(STAGE0)/vit.safetensors --lm $(STAGE0)/large_lm.safetensors
+STAGE2 = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) --overwrite true $(TRAIN_FLAGS)
 
 demo: $(INSTALL)
-	$(PY) synthetic.py --out $(DATA) $(DATA_FLAGS)
-	$(PY) pretrain.py vit --data $(DATA) --out-dir $(RUNS)/pretrain/vit --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
-	$(PY) pretrain.py lm --data $(DATA) --out-dir $(RUNS)/pretrain/tiny_lm --lm-preset toy-tiny --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
-	$(PY) pretrain.py lm --data $(DATA) --out-dir $(RUNS)/pretrain/large_lm --lm-preset toy-large --steps $(PRETRAIN_STEPS) $(TRAIN_FLAGS)
-	$(PY) train_stage1.py --data $(DATA) --vit $(RUNS)/pretrain/vit --tiny-lm $(RUNS)/pretrain/tiny_lm --out-dir $(RUNS)/stage1 --steps $(STAGE1_STEPS) $(TRAIN_FLAGS)
+	$(PY) synthetic.py --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
+	$(PY) train_stage1.py --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage1 --steps $(STAGE1_STEPS) --overwrite true $(TRAIN_FLAGS)
 	$(PY) train_stage2.py --adapter vadapter --stage1 $(RUNS)/stage1 --out-dir $(RUNS)/stage2_vadapter $(STAGE2)
 	$(PY) train_stage2.py --adapter perceiver --out-dir $(RUNS)/stage2_perceiver $(STAGE2)
 	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_perceiver --data $(DATA) --limit $(EVAL_LIMIT) --out $(RUNS)/results
+	$(PY) evaluate.py diagnostics $(RUNS)/results/results.json --data $(DATA) --vit $(STAGE0)/vit.safetensors \
+		--large-lm $(STAGE0)/large_lm.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --stage1 $(RUNS)/stage1 --limit $(EVAL_LIMIT)
 
 # A reduced demo for the test suite: same commands, tiny data and step counts.
 demo-quick:
-	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) PRETRAIN_STEPS=10 STAGE1_STEPS=10 STAGE2_STEPS=10 EVAL_EVERY=5 EVAL_LIMIT=8 \
+	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) STAGE1_STEPS=10 STAGE2_STEPS=10 EVAL_EVERY=5 EVAL_LIMIT=8 \
 		TRAIN_FLAGS="--batch-size 8 --eval-batches 1" \
 		DATA_FLAGS="--train-images 40 --val-images 16 --test-images 8 --train-videos 16 --val-videos 8 --test-videos 4"
 
 # The paper's other ablation rows, after `make demo`: the tiny LM language-pretrained only or
 # random, and shallower / deeper perceivers, with the same budget.
 ablation: $(INSTALL)
-	$(PY) train_stage2.py --adapter vadapter --adapter-init lm --tiny-lm $(RUNS)/pretrain/tiny_lm --out-dir $(RUNS)/stage2_vadapter_lm $(STAGE2)
-	$(PY) train_stage2.py --adapter vadapter --adapter-init random --tiny-lm $(RUNS)/pretrain/tiny_lm --out-dir $(RUNS)/stage2_vadapter_random $(STAGE2)
+	$(PY) train_stage2.py --adapter vadapter --adapter-init lm --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage2_vadapter_lm $(STAGE2)
+	$(PY) train_stage2.py --adapter vadapter --adapter-init random --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage2_vadapter_random $(STAGE2)
 	$(PY) train_stage2.py --adapter perceiver --perceiver-depth 1 --out-dir $(RUNS)/stage2_perceiver_d1 $(STAGE2)
 	$(PY) train_stage2.py --adapter perceiver --perceiver-depth 3 --out-dir $(RUNS)/stage2_perceiver_d3 $(STAGE2)
 	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_vadapter_lm $(RUNS)/stage2_vadapter_random \

@@ -81,7 +81,7 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
     """Stage-2 caption loss on one caption of each of `limit` images with the true, blanked (zeros)
     and shuffled images, the frozen LM's loss with another reference caption as plain text instead
     of visual tokens ("oracle"), and the fraction of the blanked -> oracle gap the adapter closes."""
-    checkpoint = load_checkpoint(checkpoint_path, expected_stage="stage2")
+    checkpoint = load_checkpoint(checkpoint_path, expected_stage=("stage1", "stage2"))
     model = build_vlm(checkpoint["spec"])
     model.load_state_dict(checkpoint["model"])
     model.eval()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data import TOKENIZER_FILE, Tokenizer, training_texts
 from readers import write_json, write_split
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
@@ -95,8 +95,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], fill: tupl
 
 
 def sample_objects(rng: random.Random, size: int) -> list[dict]:
-    """1-3 objects, each in its own cell of a 3x2 grid: they never overlap, and any two are
-    separated left/right or above/below by whole boxes, so relations are never ambiguous."""
+    """1-3 objects, each in its own cell of a 3x2 grid: never overlapping, relations never ambiguous."""
     cell_width, cell_height = size / 3, size / 2
     cells = rng.sample([(row, column) for row in range(2) for column in range(3)], rng.choice((1, 2, 2, 3, 3)))
     objects = []
@@ -108,8 +107,9 @@ def sample_objects(rng: random.Random, size: int) -> list[dict]:
         size_name = rng.choice(list(SIZE_WORDS))
         side = max(3, int((0.5 if size_name == "small" else 0.85) * min(cell_width, cell_height)))
         left, top = math.ceil(column * cell_width), math.ceil(row * cell_height)
-        x = rng.randint(left, int((column + 1) * cell_width) - side)
-        y = rng.randint(top, int((row + 1) * cell_height) - side)
+        x, y = rng.randint(left, int((column + 1) * cell_width) - side), rng.randint(top, int((row + 1) * cell_height) - side)
+        # On a 4-pixel lattice (half an 8-pixel patch): a shape shows a patch-based ViT few faces.
+        x, y = x - x % 4 + (4 if x - x % 4 < left else 0), y - y % 4 + (4 if y - y % 4 < top else 0)
         objects.append({"shape": shape, "colour": colour, "size": size_name,
                         "position": f"{ROWS[row]} {COLUMNS[column]}", "box": [x, y, x + side, y + side]})
     return objects

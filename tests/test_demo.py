@@ -25,7 +25,14 @@ def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
     csv = (tmp_path / "results" / "val_loss.csv").read_text().splitlines()
     assert csv[0] == "adapter,step,val_loss" and len(csv) > 2
     assert (tmp_path / "results" / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
+    diagnostics = json.loads((tmp_path / "results" / "results.json").read_text())["diagnostics"]
+    assert set(diagnostics["vit_probe"]) == {"shape", "colour", "count"}
+    assert all(0 <= accuracy <= 1 for accuracy in diagnostics["vit_probe"].values())
+    for lm in ("large", "tiny"):
+        assert {"none", "same_image", "other_image"} <= set(diagnostics["lm_context"][lm])
+    assert diagnostics["stage1"]["cider_d"] >= 0 and diagnostics["reference_cider_d"] > 0
+    assert set(diagnostics["oracle_fraction"]) == {"vadapter (stage1)", "perceiver (depth 6)"}
     reliance = subprocess.run([sys.executable, "evaluate.py", "reliance", str(tmp_path / "stage2_vadapter"),
                                "--data", str(tmp_path / "data"), "--limit", "8"], cwd=ROOT, capture_output=True, text=True)
     assert reliance.returncode == 0, reliance.stderr[-2000:]
-    assert all(f"{kind} images " in reliance.stdout for kind in ("real", "blanked", "shuffled"))
+    assert all(word in reliance.stdout for word in ("real images", "blanked", "shuffled", "text oracle", "gap closed"))
