@@ -30,6 +30,7 @@ import diagnostics
 from checkpoints import ModelSpec, build_vlm, load_checkpoint, load_tokenizer
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
+from run_folder import parse_metrics_line
 from vlm import VisionLanguageModel
 
 # =============================================================================================
@@ -184,9 +185,9 @@ def run_name(spec: ModelSpec) -> str:
 
 
 def validation_curve(run_dir) -> list[tuple[int, float]]:
-    """(step, validation loss) pairs from a run's metrics.jsonl."""
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [(record["step"], record["val_loss"]) for record in map(json.loads, lines) if "val_loss" in record]
+    """(step, validation loss) pairs from a run's metrics.jsonl; a torn line (a killed write) is skipped."""
+    records = map(parse_metrics_line, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
+    return [(record["step"], record["val_loss"]) for record in records if record and "val_loss" in record]
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float):

@@ -150,3 +150,8 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys):
         assert losses["oracle_fraction"] == pytest.approx((losses["blanked"] - losses["real"]) / gap)
     else:
         assert math.isnan(losses["oracle_fraction"])
+
+
+def test_validation_curve_skips_a_torn_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "val_loss": 2.5}\n{"step": 20, "loss": 1.0}\n{"step": 30, "val_lo')
+    assert evaluate.validation_curve(tmp_path) == [(10, 2.5)]
