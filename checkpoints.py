@@ -225,6 +225,14 @@ def submodule_state(state: dict, prefix: str) -> dict:
     return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
 
 
+def load_vlm(path, device="cpu") -> tuple[VisionLanguageModel, dict]:
+    """A stage-1 or stage-2 checkpoint -> (the model rebuilt from its spec, in eval mode; the checkpoint)."""
+    checkpoint = load_checkpoint(str(path), expected_stage=("stage1", "stage2"))
+    model = build_vlm(checkpoint["spec"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
 def load_vision(path: str) -> ViT:
     """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
     `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""

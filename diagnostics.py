@@ -19,7 +19,7 @@ import torch
 
 import data
 import scenes
-from checkpoints import build_vlm, load_checkpoint, load_lm, load_tokenizer, load_vision
+from checkpoints import load_lm, load_tokenizer, load_vision, load_vlm
 from metrics import cider_d
 
 
@@ -31,9 +31,10 @@ def vit_probe(vit_path: str, data_dir, train_limit: int | None = None, test_spli
     return scenes.probe_scores(inputs["train"], inputs[test_split], scenes.scene_vocabulary(data_dir))
 
 
-def captions_by_image(data_dir, split: str) -> dict[int, list[str]]:
+def captions_by_image(data_dir, split: str, task: str = "caption") -> dict[int, list[str]]:
+    """{image id: its reference captions}, for images with at least two."""
     by_image = defaultdict(list)
-    for example in data.read_task(data_dir, "caption", split).examples:
+    for example in data.read_task(data_dir, task, split).examples:
         by_image[example.image_id].append(example.target)
     return {image_id: texts for image_id, texts in sorted(by_image.items()) if len(texts) >= 2}
 
@@ -81,10 +82,7 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
     """Stage-2 caption loss on one caption of each of `limit` images with the true, blanked (zeros)
     and shuffled images, the frozen LM's loss with another reference caption as plain text instead
     of visual tokens ("oracle"), and the fraction of the blanked -> oracle gap the adapter closes."""
-    checkpoint = load_checkpoint(checkpoint_path, expected_stage=("stage1", "stage2"))
-    model = build_vlm(checkpoint["spec"])
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
+    model, _ = load_vlm(checkpoint_path)
     tokenizer = load_tokenizer(tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE, model.lm.config.vocab_size)
     examples = {e.image_id: e for e in data.read_task(data_dir, "caption", split).examples}
     by_image = captions_by_image(data_dir, split)
@@ -119,9 +117,7 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
 def reference_ceiling(data_dir, split: str = "test", task: str = "caption") -> float:
     """CIDEr-D of each reference caption scored against the image's other references (leave one
     out), averaged: what a perfect human-like captioner would score, the ceiling for a model."""
-    by_image = defaultdict(list)
-    for example in data.read_task(data_dir, task, split).examples:
-        by_image[example.image_id].append(example.target)
+    by_image = captions_by_image(data_dir, split, task)
     scores = []
     for k in range(min(len(texts) for texts in by_image.values())):
         candidates = {image_id: texts[k] for image_id, texts in by_image.items()}

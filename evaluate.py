@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import data
 import diagnostics
-from checkpoints import ModelSpec, build_vlm, load_checkpoint, load_tokenizer
+from checkpoints import ModelSpec, load_tokenizer, load_vlm
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
 from run_folder import parse_metrics_line
@@ -48,14 +48,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def load_model(checkpoint_path, device="cpu") -> tuple[VisionLanguageModel, dict]:
-    """A stage-1 or stage-2 checkpoint -> (the model rebuilt from its spec, in eval mode; the checkpoint)."""
-    checkpoint = load_checkpoint(str(checkpoint_path), expected_stage=("stage1", "stage2"))
-    model = build_vlm(checkpoint["spec"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
 
 
 def encode_once(model: VisionLanguageModel, paths: list, device) -> torch.Tensor:
@@ -123,7 +115,7 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split, tasks=None, limit=None
     Returns what results.json holds: metrics and sample predictions per task, the stage, step,
     spec and training config of the checkpoint, and how it was decoded."""
     device = pick_device(device)
-    model, checkpoint = load_model(checkpoint_path, device)
+    model, checkpoint = load_vlm(checkpoint_path, device)
     tokenizer_path = tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_path, model.lm.config.vocab_size)
     present = data.available_tasks(data_dir, split)
@@ -147,7 +139,7 @@ def caption_one(checkpoint_path, path, tokenizer_path, question=None, decoding: 
                 device="auto") -> str:
     """The caption of one image file or frame folder, or the answer to `question` about it."""
     device = pick_device(device)
-    model, _ = load_model(checkpoint_path, device)
+    model, _ = load_vlm(checkpoint_path, device)
     tokenizer = load_tokenizer(tokenizer_path, model.lm.config.vocab_size)
     prompt = data.vqa_prompt(question) if question else ""
     with torch.no_grad():
@@ -201,7 +193,7 @@ def compare_runs(run_dirs: list, data_dir, split="test", baseline=None, limit=No
     `baseline` or the first perceiver run."""
     rows = []
     for run_dir in run_dirs:
-        model, checkpoint = load_model(run_dir)
+        model, checkpoint = load_vlm(run_dir)
         results = evaluate_checkpoint(run_dir, data_dir, split, limit=limit or None, batch_size=batch_size)
         curve = validation_curve(run_dir)
         rows.append({"run": str(run_dir), "adapter": run_name(checkpoint["spec"]), "step": checkpoint["step"],
