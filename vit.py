@@ -81,6 +81,7 @@ def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 # B/16 and L/14: the standard ViT widths at 224 pixels (196 and 256 patches).
 VIT_CONFIGS = {
     "toy": ViTConfig(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4, mlp_dim=512),
+    "toy-small": ViTConfig(image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=256),  # `make paper`'s second size
     "B/16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "L/14": ViTConfig(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
 }
