@@ -30,6 +30,7 @@ STAGE0 ?= stage0
 PRETRAIN_WORLD ?= data/pretrain_world
 PRETRAIN_RUNS ?= runs/pretrain
 VIT_STEPS ?= 1500
+VIT_SMALL_STEPS ?= 1000
 TINY_LM_STEPS ?= 1200
 LARGE_LM_STEPS ?= 450
 
@@ -37,9 +38,10 @@ pretrain: $(INSTALL)
 	$(PY) synthetic.py --out $(DATA)
 	$(PY) synthetic.py --out $(PRETRAIN_WORLD) --seed 1 --train-images 10000 --train-videos 2 --val-videos 2 --test-videos 2
 	$(PY) pretrain.py vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit --steps $(VIT_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
+	$(PY) pretrain.py vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit_small --vit-preset toy-small --steps $(VIT_SMALL_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
 	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/tiny_lm --lm-preset toy-tiny --steps $(TINY_LM_STEPS) --overwrite true
 	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/large_lm --lm-preset toy-large --steps $(LARGE_LM_STEPS) --overwrite true
-	for part in vit tiny_lm large_lm; do $(PY) pretrain.py export --run $(PRETRAIN_RUNS)/$$part --out $(STAGE0)/$$part.safetensors || exit 1; done
+	for part in vit vit_small tiny_lm large_lm; do $(PY) pretrain.py export --run $(PRETRAIN_RUNS)/$$part --out $(STAGE0)/$$part.safetensors || exit 1; done
 	cp $(DATA)/tokenizer.model $(STAGE0)/tokenizer.model
 
 # --- The demo: from the shipped stand-ins, stage 1, stage 2 for both adapters, evaluation, diagnostics.

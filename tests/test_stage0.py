@@ -24,16 +24,19 @@ def world(tmp_path_factory):
 
 def test_the_shipped_files_are_small_and_load():
     sizes = {path.name: path.stat().st_size for path in STAGE0.iterdir()}
-    assert set(sizes) == {"vit.safetensors", "tiny_lm.safetensors", "large_lm.safetensors", "tokenizer.model"}
+    assert set(sizes) == {"vit.safetensors", "vit_small.safetensors", "tiny_lm.safetensors", "large_lm.safetensors",
+                          "tokenizer.model"}
     assert sum(sizes.values()) <= 25 * 2**20
     tokenizer = data.Tokenizer(STAGE0 / "tokenizer.model")
     for name in ("tiny_lm", "large_lm"):
         assert load_lm(str(STAGE0 / f"{name}.safetensors")).config.vocab_size == tokenizer.vocab_size
-    assert load_vision(str(STAGE0 / "vit.safetensors")).config.image_size == synthetic.WorldConfig().image_size
+    for name in ("vit", "vit_small"):
+        assert load_vision(str(STAGE0 / f"{name}.safetensors")).config.image_size == synthetic.WorldConfig().image_size
 
 
-def test_a_linear_probe_reads_shape_colour_and_count_from_the_frozen_vit(world):
-    scores = diagnostics.vit_probe(str(STAGE0 / "vit.safetensors"), world)
+@pytest.mark.parametrize("name", ["vit", "vit_small"])
+def test_a_linear_probe_reads_shape_colour_and_count_from_the_frozen_vit(world, name):
+    scores = diagnostics.vit_probe(str(STAGE0 / f"{name}.safetensors"), world)
     for kind, score in scores.items():
         assert score["accuracy"] >= 0.95, f"{kind}: probe {score['accuracy']:.3f} (majority {score['majority']:.3f})"
 
