@@ -52,14 +52,16 @@ def causal(query_offset: int = 0) -> Mask:
     return Mask(f"causal@{query_offset}", lambda b, h, q, kv: q + query_offset >= kv)
 
 
-def prefix_lm(prefix_lengths: torch.Tensor, query_offset: int = 0) -> Mask:
-    """Causal, except that the first prefix_lengths[b] keys are seen by every query of sample b
-    (bidirectional attention over the prefix, e.g. the visual tokens). prefix_lengths: (B,)."""
-    prefix_lengths = prefix_lengths.long()
+def prefix_lm(prefix_ends: torch.Tensor, query_offset: int = 0, prefix_starts: torch.Tensor | None = None) -> Mask:
+    """Causal, except that the keys prefix_starts[b] <= slot < prefix_ends[b] of sample b are seen
+    by every query from prefix_starts[b] on (bidirectional attention over the visual tokens,
+    wherever they sit in the sequence; start 0: a prefix). prefix_ends, prefix_starts: (B,)."""
+    ends = prefix_ends.long()
+    starts = torch.zeros_like(ends) if prefix_starts is None else prefix_starts.long()
     return Mask(
         f"prefix_lm@{query_offset}",
-        lambda b, h, q, kv: (q + query_offset >= kv) | (kv < prefix_lengths[b]),
-        (prefix_lengths,),
+        lambda b, h, q, kv: (q + query_offset >= kv) | ((kv < ends[b]) & (q + query_offset >= starts[b])),
+        (ends, starts),
     )
 
 

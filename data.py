@@ -122,17 +122,30 @@ class Tokenizer:
 # 2. The prompt, dataset, batches, feature cache
 # ---------------------------------------------------------------------------------------------
 
-def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """[bos] + the prompt's tokens: what the model reads before the target, the same in training
-    (VisionTextDataset) and in evaluation (decoding continues after it). `prompt` is an Example's:
-    "" for a caption, vqa_prompt(question) for a question."""
-    return [tokenizer.bos_id] + (tokenizer.encode(prompt) if prompt else [])
+# The paper's prompt, "[bos] Describe the following: <visual tokens> :" then the caption ([bos] at
+# position 0 as real Gemma / Llama expect); a question gets one of the same shape. (The synthetic
+# world's tokenizer has no capitals: there the first letter is one fixed <unk> token, harmless.)
+CAPTION_INSTRUCTION, VQA_INSTRUCTION = "Describe the following:", "Answer the following:"
+
+
+def prompt_texts(prompt: str) -> tuple[str, str]:
+    """An Example's prompt ("" for a caption, vqa_prompt(question)) -> (text before, text after the visual tokens)."""
+    return (VQA_INSTRUCTION, ": " + prompt) if prompt else (CAPTION_INSTRUCTION, ":")
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], int]:
+    """What the model reads before the target, the same in training (VisionTextDataset) and in
+    evaluation (decoding continues after it): ([bos] + before + after ids, visual_at), the visual
+    tokens going before position visual_at of those ids."""
+    before, after = prompt_texts(prompt)
+    before_ids = [tokenizer.bos_id] + tokenizer.encode(before)
+    return before_ids + tokenizer.encode(after), len(before_ids)
 
 
 class VisionTextDataset(Dataset):
-    """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), image_id[, question_id]}
-    with input_ids = [bos] + prompt + target + [eos] and loss_mask True on target + eos: the token
-    at i is predicted from position i-1.
+    """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), visual_at, image_id[,
+    question_id]} with input_ids = prompt_ids + target + [eos], the visual tokens before position
+    visual_at, and loss_mask True on target + eos: the token at i is predicted from the slot before it.
 
     max_text_tokens: the most text positions a sample may have (the LM's context minus the visual
     tokens). Longer texts are cut to it, keeping their beginning, and counted (`truncated`) here,
@@ -158,13 +171,16 @@ class VisionTextDataset(Dataset):
 
     def fit_texts(self, examples: list[Example], max_text_tokens: int, bad: BadSamples) -> list[Example]:
         """The examples whose prompt leaves room for a target token; counts the texts to cut."""
-        prompts = self.tokenizer.model.encode([e.prompt for e in examples])  # one call: sentencepiece batches
+        texts = [prompt_texts(e.prompt) for e in examples]
+        befores = self.tokenizer.model.encode([before for before, _ in texts])  # one call: sentencepiece batches
+        afters = self.tokenizer.model.encode([after for _, after in texts])
         targets = self.tokenizer.model.encode([e.target for e in examples])
         kept, first_cut = [], None
-        for example, prompt, target in zip(examples, prompts, targets):
-            prompt_length = 1 + len(prompt)  # [bos] + prompt, as prompt_ids builds it
+        for example, before, after, target in zip(examples, befores, afters, targets):
+            prompt_length = 1 + len(before) + len(after)  # [bos] + before + after, as prompt_ids builds it
             if prompt_length >= max_text_tokens:
-                bad("prompt longer than max_text_tokens", f"{example.source} field 'question': {prompt_length} prompt "
+                field = "field 'question'" if example.prompt else "the captioning prompt"
+                bad("prompt longer than max_text_tokens", f"{example.source} {field}: {prompt_length} prompt "
                     f"tokens leave no room for the answer in max_text_tokens={max_text_tokens}")
                 continue
             if prompt_length + len(target) + 1 > max_text_tokens:
@@ -199,12 +215,12 @@ class VisionTextDataset(Dataset):
         raise DataError(f"none of the {len(self.examples)} images could be read")
 
     def sample(self, example: Example, pixels: torch.Tensor) -> dict:
-        prompt = prompt_ids(self.tokenizer, example.prompt)
+        prompt, visual_at = prompt_ids(self.tokenizer, example.prompt)
         target = self.tokenizer.encode(example.target) + [self.tokenizer.eos_id]
         input_ids, loss_mask = prompt + target, [False] * len(prompt) + [True] * len(target)
         end = self.max_text_tokens  # None keeps all; fit_texts kept only prompts shorter than it
         sample = {"pixels": pixels, "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
-                  "loss_mask": torch.tensor(loss_mask[:end]), "image_id": example.image_id}
+                  "loss_mask": torch.tensor(loss_mask[:end]), "visual_at": visual_at, "image_id": example.image_id}
         if example.question_id is not None:
             sample["question_id"] = example.question_id
         return sample
@@ -212,7 +228,8 @@ class VisionTextDataset(Dataset):
 
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
-    (B,L) (False on padding), lengths (B,), image_ids (and question_ids if any) as lists."""
+    (B,L) (False on padding), lengths (B,), visual_at (B,) when the samples have it, image_ids (and
+    question_ids if any) as lists."""
     if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
         raise ValueError("collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
                          "use separate data loaders for image and video datasets")
@@ -226,6 +243,8 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
         batch["pixels"] = torch.stack([s["pixels"] for s in samples])
         batch["image_ids"] = [s["image_id"] for s in samples]
+    if "visual_at" in samples[0]:
+        batch["visual_at"] = torch.tensor([s["visual_at"] for s in samples])
     if any("question_id" in s for s in samples):  # None for captions mixed into a VQA batch
         batch["question_ids"] = [s.get("question_id") for s in samples]
     if unreadable := [path for s in samples for path in s.get("unreadable", ())]:
@@ -333,15 +352,6 @@ def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_si
                                             on_bad_sample=on_bad_sample, max_text_tokens=max_text_tokens))
             groups[-1].skipped.update(sum((read.skipped for read in reads), Counter()))
     return groups
-
-
-def skip_report(datasets: list[Dataset], unreadable: set[str]) -> dict:
-    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts too
-    long, `unreadable` images as the batches listed them) and the number of texts cut."""
-    skipped = sum((dataset.skipped for dataset in datasets), Counter())
-    if unreadable:
-        skipped["unreadable image"] = len(unreadable)
-    return {"skipped_samples": dict(sorted(skipped.items())), "truncated_texts": sum(d.truncated for d in datasets)}
 
 
 def training_texts(folder: str | Path, split: str = "train") -> list[str]:

@@ -7,6 +7,8 @@ otherwise (`Decoding`), so the same checkpoint always gives the same numbers.
 
 Prompts are token-id lists of any lengths; they are padded on the left (`left_pad`),
 so every row ends in its last real token and all rows take their next token at the same step.
+The visual tokens sit inside each prompt, before its position visual_at (the paper's
+"Describe the following: <visual tokens> :", built by data.prompt_ids).
 Both decoders return the new token ids of every row, EOS excluded, like `generate`.
 """
 
@@ -18,6 +20,11 @@ import torch.nn.functional as F
 
 from palm_decoder import PaLMDecoder
 from vlm import VisionLanguageModel
+
+
+def positions(prefix_at, device):
+    """Per-prompt visual-span positions (a list of ints, or None) -> (B,) long or None."""
+    return None if prefix_at is None else torch.as_tensor(prefix_at, dtype=torch.long, device=device)
 
 
 def left_pad(prompts, pad_id, device):
@@ -40,8 +47,10 @@ def check_decode_length(lm: PaLMDecoder, prompts, prefix, max_new_tokens):
 
 
 @torch.no_grad()
-def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0, generator=None):
-    """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D).
+def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0,
+             generator=None, prefix_at=None):
+    """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D)
+    placed before position prefix_at[b] of prompt b (a list, or None: before the prompt).
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted
     to the top_k tokens when given. Each row stops at eos_id. Returns the new token ids of
@@ -51,7 +60,7 @@ def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperatu
     check_decode_length(lm, prompts, prefix, max_new_tokens)
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, positions(prefix_at, device))
     new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if temperature == 0:
@@ -82,28 +91,32 @@ class Decoding:
 
 @torch.no_grad()
 def greedy_decode(model: VisionLanguageModel, pixels, prompts, max_new_tokens=32, eos_id=None, *,
-                  features=None, pad_id=0):
+                  features=None, pad_id=0, visual_at=None):
     """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
-    features = the frozen encoder's patch features (B, ...) -> B lists of new token ids."""
+    features = the frozen encoder's patch features (B, ...); the visual tokens go before position
+    visual_at[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
+    -> B lists of new token ids."""
     prefix = model.visual_tokens(pixels, features)
-    return generate(model.lm, prompts, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+    return generate(model.lm, prompts, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                    prefix_at=visual_at)
 
 
 @torch.no_grad()
 def beam_search(model: VisionLanguageModel, pixels, prompts, beam_size=4, length_penalty=1.0, max_new_tokens=32,
-                eos_id=None, *, features=None, pad_id=0):
+                eos_id=None, *, features=None, pad_id=0, visual_at=None):
     """Beam search conditioned on the images; inputs as `greedy_decode`, search as `beam_search_lm`."""
     prefix = model.visual_tokens(pixels, features)  # (B, P, D)
-    return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id)
+    return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id, visual_at)
 
 
 def decode(model: VisionLanguageModel, pixels, prompts, beam_size=1, length_penalty=1.0, max_new_tokens=32,
-           eos_id=None, *, features=None, pad_id=0):
+           eos_id=None, *, features=None, pad_id=0, visual_at=None):
     """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
     if beam_size == 1:
-        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, features=features, pad_id=pad_id)
+        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, features=features, pad_id=pad_id,
+                             visual_at=visual_at)
     return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id,
-                       features=features, pad_id=pad_id)
+                       features=features, pad_id=pad_id, visual_at=visual_at)
 
 
 @dataclass
@@ -122,8 +135,9 @@ class FinishedHypotheses:
 
 @torch.no_grad()
 def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, max_new_tokens=32, eos_id=None,
-                   pad_id=0):
-    """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None.
+                   pad_id=0, prefix_at=None):
+    """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None,
+    placed as in `generate`.
 
     Each sample keeps beam_size running hypotheses, one cache row each. A hypothesis y is ranked
     by sum_t log p(y_t) / |y| ** length_penalty, |y| counting its EOS: the form Hugging Face uses
@@ -142,7 +156,7 @@ def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, ma
         return [[] for _ in prompts]
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths)  # (B, V)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths, positions(prefix_at, device))  # (B, V)
     # The prefix and prompt of a sample are run once, then copied to its K beam rows.
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
     cache.reorder(rows)

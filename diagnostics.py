@@ -92,17 +92,20 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
     for start in range(0, len(image_ids), batch_size):
         chunk = image_ids[start:start + batch_size]
         samples = []
+        prompt, visual_at = data.prompt_ids(tokenizer, "")  # the captioning prompt the adapter was trained with
         for image_id in chunk:
-            ids = [tokenizer.bos_id] + tokenizer.encode(by_image[image_id][0]) + [tokenizer.eos_id]
+            target = tokenizer.encode(by_image[image_id][0]) + [tokenizer.eos_id]
             samples.append({"pixels": data.load_pixels(examples[image_id].path, model.vision.config.image_size), "image_id": image_id,
-                            "input_ids": torch.tensor(ids), "loss_mask": torch.tensor([False] + [True] * (len(ids) - 1))})
+                            "input_ids": torch.tensor(prompt + target), "visual_at": visual_at,
+                            "loss_mask": torch.tensor([False] * len(prompt) + [True] * len(target))})
         batch = data.collate(samples, tokenizer.pad_id)
         pixels = batch["pixels"]
         variants = {"real": pixels, "blanked": torch.zeros_like(pixels),
                     "shuffled": pixels[torch.randperm(len(pixels), generator=generator)]}
         for name, variant in variants.items():
             with torch.no_grad():
-                _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=variant, reduction="sum")
+                _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=variant, reduction="sum",
+                                    visual_at=batch.get("visual_at"))
             totals[name][0] += loss_sum.item()
             totals[name][1] += int(batch["loss_mask"].sum())
     losses = {name: loss / count for name, (loss, count) in totals.items()}

@@ -62,9 +62,10 @@ def encode_once(model: VisionLanguageModel, paths: list, device) -> torch.Tensor
 
 def generate_texts(model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device) -> list[str]:
     """The decoded text for each (image, text prompt) pair of a batch."""
-    new_ids = decode(model, None, [data.prompt_ids(tokenizer, prompt) for prompt in prompts], decoding.beam_size,
-                     decoding.length_penalty, decoding.max_new_tokens, tokenizer.eos_id,
-                     features=encode_once(model, paths, device), pad_id=tokenizer.pad_id)
+    ids, visual_at = zip(*[data.prompt_ids(tokenizer, prompt) for prompt in prompts])
+    new_ids = decode(model, None, list(ids), decoding.beam_size, decoding.length_penalty, decoding.max_new_tokens,
+                     tokenizer.eos_id, features=encode_once(model, paths, device), pad_id=tokenizer.pad_id,
+                     visual_at=list(visual_at))
     return [tokenizer.decode(ids) for ids in new_ids]
 
 
@@ -126,7 +127,8 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split, tasks=None, limit=None
     decoding = Decoding(beam, length_penalty, max_new_tokens)
     results = {"checkpoint": str(checkpoint_path), "stage": checkpoint["stage"], "step": checkpoint.get("step"),
                "data": str(data_dir), "split": split, "tokenizer": str(tokenizer_path),
-               "decoding": {**vars(decoding), "prompts": {"caption": "[bos]", "vqa": "[bos] " + data.vqa_prompt("{question}")}},
+               "decoding": {**vars(decoding), "prompts": {kind: "[bos] {} <visual tokens> {}".format(*data.prompt_texts(prompt))
+                                                 for kind, prompt in (("caption", ""), ("vqa", data.vqa_prompt("{question}")))}},
                "spec": checkpoint["spec"].to_dict(), "train_config": checkpoint.get("train_config"), "metrics": {}, "samples": {}}
     for task in tasks:
         evaluate_task = evaluate_captions if task in CAPTION_TASKS else evaluate_vqa

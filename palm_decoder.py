@@ -208,7 +208,8 @@ class KVCache:
     keys: list  # per layer (B, Hkv, S, Dh), rotary already applied
     values: list  # per layer (B, Hkv, S, Dh)
     pad_lengths: torch.Tensor  # (B,) padding slots at the start of each row
-    prefix_len: int  # visual-token slots right after the padding
+    prefix_len: int  # visual-token slots
+    prefix_starts: torch.Tensor  # (B,) the slot where each row's visual tokens start
 
     @property
     def length(self) -> int:
@@ -219,6 +220,7 @@ class KVCache:
         self.keys = [k.index_select(0, indices) for k in self.keys]
         self.values = [v.index_select(0, indices) for v in self.values]
         self.pad_lengths = self.pad_lengths.index_select(0, indices)
+        self.prefix_starts = self.prefix_starts.index_select(0, indices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,36 +252,44 @@ class PaLMDecoder(nn.Module):
             x = x * torch.tensor(self.config.dim**0.5, dtype=x.dtype)
         return x
 
-    def _embed(self, input_ids, prefix):
-        """[prefix][token embeddings] -> (B, P + L, D), P."""
-        parts = []
-        if prefix is not None:
-            if prefix.dim() != 3:
-                raise ValueError(f"prefix must be (B, P, D) embeddings; got shape {tuple(prefix.shape)}")
-            if prefix.shape[-1] != self.config.dim:
-                raise ValueError(f"prefix has width {prefix.shape[-1]} but the LM's dim is {self.config.dim}")
-            parts.append(prefix.to(self.token_embedding.weight.dtype))
-        if input_ids is not None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be (B, L) token ids; got shape {tuple(input_ids.shape)}")
-            if prefix is not None and prefix.shape[0] != input_ids.shape[0]:
-                raise ValueError(f"prefix has batch {prefix.shape[0]} but input_ids has batch {input_ids.shape[0]}")
-            parts.append(self._token_embeddings(input_ids))
-        if not parts:
+    def _embed(self, input_ids, prefix, prefix_at=None):
+        """ids[:, :at] + prefix + ids[:, at:] -> (x (B, P + L, D), P, at (B,)). The prefix (the visual
+        tokens) goes before text position prefix_at (an int or (B,) per row; default 0, before
+        all the text): the paper's prompt puts them inside the text."""
+        if prefix is not None and (prefix.dim() != 3 or prefix.shape[-1] != self.config.dim):
+            raise ValueError(f"prefix must be (B, P, {self.config.dim}) embeddings; got shape {tuple(prefix.shape)}")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, L) token ids; got shape {tuple(input_ids.shape)}")
+        if input_ids is None and prefix is None:
             raise ValueError("give input_ids, a prefix, or both")
-        x, prefix_len = torch.cat(parts, dim=1), 0 if prefix is None else prefix.shape[1]
-        if x.shape[1] > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {prefix_len} prefix + {x.shape[1] - prefix_len} text positions is longer "
-                f"than max_seq_len={self.config.max_seq_len}"
-            )
-        return x, prefix_len
+        if input_ids is not None and prefix is not None and prefix.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"prefix has batch {prefix.shape[0]} but input_ids has batch {input_ids.shape[0]}")
+        reference = input_ids if input_ids is not None else prefix
+        B, L = reference.shape[0], 0 if input_ids is None else input_ids.shape[1]
+        at = torch.as_tensor(0 if prefix_at is None else prefix_at, device=reference.device).long().expand(B)
+        checkable = at.device.type == "cpu" and not torch.compiler.is_compiling()  # no host sync, no graph break
+        if checkable and ((at < 0) | (at > L)).any():
+            raise ValueError(f"prefix_at={at.tolist()} must lie in 0..{L} (the number of text positions)")
+        prefix_len = 0 if prefix is None else prefix.shape[1]
+        if prefix_len + L > self.config.max_seq_len:
+            raise ValueError(f"sequence of {prefix_len} prefix + {L} text positions is longer than max_seq_len={self.config.max_seq_len}")
+        if input_ids is None:
+            return prefix.to(self.token_embedding.weight.dtype), prefix_len, at
+        text = self._token_embeddings(input_ids)  # (B, L, D)
+        if prefix is None:
+            return text, 0, at
+        if prefix_at is None:
+            return torch.cat([prefix.to(text.dtype), text], dim=1), prefix_len, at  # (B, P + L, D)
+        x = torch.cat([text, prefix.to(text.dtype)], dim=1)  # (B, L + P, D)
+        slots, start = torch.arange(L + prefix_len, device=x.device), at[:, None]
+        # where each slot reads from in [text; prefix]: text before the span, the prefix, text after it
+        source = torch.where(slots < start, slots, torch.where(slots < start + prefix_len, L + slots - start, slots - prefix_len))
+        return x.gather(1, source[..., None].expand(-1, -1, x.shape[-1])), prefix_len, at  # (B, P + L, D)
 
-    def _mask(self, batch, prefix_len, pad_lengths, device, query_offset=0):
-        """Causal (or prefix-LM over the visual tokens), minus the left padding when there is any."""
+    def _mask(self, batch, prefix_len, prefix_starts, pad_lengths, device, query_offset=0):
+        """Causal (or bidirectional over the visual tokens), minus the left padding when there is any."""
         if self.config.prefix_attention == "bidirectional" and prefix_len > 0:
-            pads = torch.zeros(batch, dtype=torch.long, device=device) if pad_lengths is None else pad_lengths
-            visible = prefix_lm(pads + prefix_len, query_offset)  # the prefix ends pad + P slots in
+            visible = prefix_lm(prefix_starts + prefix_len, query_offset, prefix_starts)
         else:
             visible = causal(query_offset)
         if pad_lengths is None:
@@ -298,62 +308,60 @@ class PaLMDecoder(nn.Module):
     def _logits(self, hidden):  # (..., D) -> (..., V)
         return F.linear(hidden, self.token_embedding.weight if self.output_head is None else self.output_head.weight)
 
-    def forward(self, input_ids=None, prefix=None, loss_mask=None, *, return_hidden=False, reduction="mean"):
-        """input_ids (B, L) long, prefix (B, P, D) visual tokens placed before the text.
+    def forward(self, input_ids=None, prefix=None, loss_mask=None, *, prefix_at=None, return_hidden=False, reduction="mean"):
+        """input_ids (B, L) long, prefix (B, P, D) visual tokens placed before text position prefix_at.
 
         Returns the final-normed hidden states (B, P + L, D) when return_hidden, else
-        (logits (B, L, V) for the text positions, loss). loss_mask (B, L): True where token
-        input_ids[b, i] is a target, predicted from the position before it (the last prefix
-        position predicts token 0). loss is None without loss_mask; reduction "mean" averages over
-        the selected tokens, "sum" adds them (the trainer divides by its global token count)."""
-        x, prefix_len = self._embed(input_ids, prefix)
-        B, S, _ = x.shape
+        (logits (B, L, V), loss): logits[:, i] predicts the text token after token i (across the
+        visual tokens when they come between). loss_mask (B, L): True where token input_ids[b, i]
+        is a target, predicted from the slot before it (a prefix slot for the token right after
+        the prefix). loss is None without loss_mask; reduction "mean" averages over the selected
+        tokens, "sum" adds them (the trainer divides by its global token count)."""
+        x, prefix_len, at = self._embed(input_ids, prefix, prefix_at)
+        B, S, D = x.shape
         positions = torch.arange(S, device=x.device).expand(B, S)
-        hidden = self._run_blocks(x, positions, self._mask(B, prefix_len, None, x.device))  # (B, P + L, D)
+        hidden = self._run_blocks(x, positions, self._mask(B, prefix_len, at, None, x.device))  # (B, P + L, D)
         if return_hidden:
             return hidden
-        text_len = S - prefix_len
-        predictions = self._logits(hidden[:, max(prefix_len - 1, 0):])  # (B, L or L + 1, V): from the last prefix slot on
-        logits = predictions[:, predictions.shape[1] - text_len:]  # (B, L, V)
+        text = torch.arange(S - prefix_len, device=x.device)  # (L,)
+        text_slots = text + prefix_len * (text >= at[:, None])  # (B, L): where each text token sits
+        # The slot that predicts each text token, then the last slot (what follows the text).
+        predicting = torch.cat([text_slots - 1, torch.full((B, 1), S - 1, device=x.device)], dim=1)  # (B, L + 1)
+        predictions = self._logits(hidden.gather(1, predicting.clamp(min=0)[..., None].expand(-1, -1, D)))  # (B, L + 1, V)
         if loss_mask is None:
-            return logits, None
+            return predictions[:, 1:], None
         if input_ids is None or loss_mask.shape != input_ids.shape:
             raise ValueError(f"loss_mask has shape {tuple(loss_mask.shape)} but input_ids has shape {None if input_ids is None else tuple(input_ids.shape)}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction={reduction!r}; choose 'mean' or 'sum'")
         loss_mask = loss_mask.bool()
-        if prefix_len == 0 and loss_mask[:, 0].any():
-            raise ValueError("loss_mask[:, 0] is True but without a prefix no position comes before token 0 to predict it")
-        predictions = predictions[:, :-1]  # position i predicts the next slot: (B, L or L - 1, V)
-        targets = input_ids[:, input_ids.shape[1] - predictions.shape[1]:]
-        selected = loss_mask[:, loss_mask.shape[1] - predictions.shape[1]:]
+        if (loss_mask & (predicting[:, :-1] < 0)).any():
+            raise ValueError("loss_mask[:, 0] is True but no slot comes before token 0 to predict it (no prefix before it)")
         # ignore_index rather than gathering the selected rows: no copy of the logits, no scatter back
-        targets = targets.masked_fill(~selected, -100)
-        loss = F.cross_entropy(predictions.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
-        return logits, loss
+        targets = input_ids.masked_fill(~loss_mask, -100)
+        loss = F.cross_entropy(predictions[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
+        return predictions[:, 1:], loss
 
     # -----------------------------------------------------------------------------------------
     # Generation: a step-level API (prefill, decode_step) that greedy, sampling and beam search share.
     # -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def prefill(self, input_ids=None, prefix=None, pad_lengths=None):
+    def prefill(self, input_ids=None, prefix=None, pad_lengths=None, prefix_at=None):
         """Run the prompts once and cache their keys and values.
 
         input_ids (B, L) left-padded prompts (the first pad_lengths[b] ids of row b are padding),
-        prefix (B, P, D) -> (logits for the next token (B, V), KVCache). The row is laid out as
-        [pads][prefix][prompt] so that the last slot is always the last real one."""
-        x, prefix_len = self._embed(input_ids, prefix)
-        B, S, D = x.shape
-        slots = torch.arange(S, device=x.device).expand(B, S)
-        pad_lengths = torch.zeros(B, dtype=torch.long, device=x.device) if pad_lengths is None else pad_lengths.to(x.device).long()
-        if prefix_len > 0:
-            # [prefix][pads][prompt] -> [pads][prefix][prompt]; pad embeddings are never attended to.
-            pads = pad_lengths[:, None]
-            source = torch.where(slots < pads, slots + prefix_len, torch.where(slots < pads + prefix_len, slots - pads, slots))
-            x = x.gather(1, source[..., None].expand(B, S, D))
-        cache = KVCache([None] * self.config.depth, [None] * self.config.depth, pad_lengths, prefix_len)
-        hidden = self._run_blocks(x, slots - pad_lengths[:, None], self._mask(B, prefix_len, pad_lengths, x.device), cache)
+        prefix (B, P, D) placed before position prefix_at[b] of row b's prompt (int or (B,),
+        counted without the padding; default 0) -> (logits for the next token (B, V), KVCache).
+        A row is laid out [pads][prompt before][prefix][prompt after]: its last slot is its last real one."""
+        B = (input_ids if input_ids is not None else prefix).shape[0]
+        device = (input_ids if input_ids is not None else prefix).device
+        pad_lengths = torch.zeros(B, dtype=torch.long, device=device) if pad_lengths is None else pad_lengths.to(device).long()
+        at = torch.as_tensor(0 if prefix_at is None else prefix_at, device=device).long().expand(B)
+        x, prefix_len, starts = self._embed(input_ids, prefix, None if prefix is None else pad_lengths + at)
+        slots = torch.arange(x.shape[1], device=device).expand(B, -1)
+        cache = KVCache([None] * self.config.depth, [None] * self.config.depth, pad_lengths, prefix_len, starts)
+        hidden = self._run_blocks(x, slots - pad_lengths[:, None], self._mask(B, prefix_len, starts, pad_lengths, device), cache)
         return self._logits(hidden[:, -1]), cache
 
     @torch.no_grad()
@@ -363,7 +371,7 @@ class PaLMDecoder(nn.Module):
             raise ValueError(f"the cache already holds {cache.length} slots; max_seq_len={self.config.max_seq_len}")
         x = self._token_embeddings(token_ids[:, None])  # (B, 1, D)
         positions = (cache.length - cache.pad_lengths)[:, None]  # (B, 1): unpadded position of the new token
-        mask = self._mask(x.shape[0], cache.prefix_len, cache.pad_lengths, x.device, query_offset=cache.length)
+        mask = self._mask(x.shape[0], cache.prefix_len, cache.prefix_starts, cache.pad_lengths, x.device, query_offset=cache.length)
         return self._logits(self._run_blocks(x, positions, mask, cache)[:, -1])
 
     @classmethod

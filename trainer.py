@@ -11,6 +11,7 @@ position follows from the step.
 import math
 import os
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
@@ -339,9 +340,18 @@ def stop_on_non_finite(what: str, step: int, stage: str, checkpoint_path: str, m
 VLM_DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=100, save_every=200)
 
 
+def skip_report(datasets: list, unreadable: set[str]) -> dict:
+    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts too
+    long, `unreadable` images as the batches listed them) and the number of texts cut."""
+    skipped = sum((dataset.skipped for dataset in datasets), Counter())
+    if unreadable:
+        skipped["unreadable image"] = len(unreadable)
+    return {"skipped_samples": dict(sorted(skipped.items())), "truncated_texts": sum(d.truncated for d in datasets)}
+
+
 def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig) -> dict:
     """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it.
-    The summary adds what the data left out or cut (data.skip_report)."""
+    The summary adds what the data left out or cut (skip_report)."""
     tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size)
     tasks = args.tasks.split(",") if args.tasks else None
     image_size = model.vision.config.image_size
@@ -365,4 +375,4 @@ def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, tra
     if dist.is_initialized():
         everywhere = [set() for _ in range(dist.get_world_size())]
         dist.all_gather_object(everywhere, unreadable)
-    return {**summary, **data.skip_report(train_set + val_set, set().union(*everywhere))}
+    return {**summary, **skip_report(train_set + val_set, set().union(*everywhere))}

@@ -7,8 +7,9 @@ Two adapters, the paper's comparison:
   large LM width. The tiny LM reads only the resampler latents; its hidden states are the visual
   tokens.
 
-`VisionLanguageModel` puts the visual tokens before the text and trains with next-token loss on
-the text the loss mask selects. The vision encoder is always frozen; the LM is frozen in stage 2
+`VisionLanguageModel` puts the visual tokens inside the text, where the prompt says (the paper's
+"Describe the following: <visual tokens> :"), and trains with next-token loss on the text the
+loss mask selects. The vision encoder is always frozen; the LM is frozen in stage 2
 (the large LM) and trained in stage 1 (the tiny LM learning to read visual features).
 """
 import torch
@@ -105,10 +106,11 @@ class VisionLanguageModel(nn.Module):
             features = self.encode_images(pixels)
         return self.adapter(features)
 
-    def forward(self, input_ids, loss_mask=None, pixels=None, features=None, reduction="mean"):
-        """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens)."""
+    def forward(self, input_ids, loss_mask=None, pixels=None, features=None, reduction="mean", visual_at=None):
+        """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens).
+        The visual tokens go before text position visual_at[b] ((B,) or int; None: before the text)."""
         prefix = self.visual_tokens(pixels, features)
-        return self.lm(input_ids, prefix=prefix, loss_mask=loss_mask, reduction=reduction)
+        return self.lm(input_ids, prefix=prefix, loss_mask=loss_mask, prefix_at=visual_at, reduction=reduction)
 
 
 def caption_loss(model, batch: dict, feature_cache=None):
@@ -121,5 +123,5 @@ def caption_loss(model, batch: dict, feature_cache=None):
         encoder = getattr(model, "module", model).encode_images  # DDP keeps the model in .module
         features = feature_cache.get_or_compute(batch["image_ids"], batch["pixels"], encoder)
     _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=None if features is not None else batch["pixels"],
-                        features=features, reduction="sum")
+                        features=features, reduction="sum", visual_at=batch.get("visual_at"))
     return loss_sum, batch["loss_mask"].sum()

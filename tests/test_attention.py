@@ -30,6 +30,11 @@ MASK_CASES = {
     "causal": (A.causal(), lambda b, q, kv: kv <= q),
     "causal_offset": (A.causal(OFFSET), lambda b, q, kv: kv <= q + OFFSET),
     "prefix_lm": (A.prefix_lm(PREFIX), lambda b, q, kv: kv <= q or kv < PREFIX[b]),
+    # the visual span inside the text (prompt, visual tokens, prompt): all-to-all inside, causal elsewhere
+    "visual_span": (A.prefix_lm(PADS + 4, prefix_starts=PADS), lambda b, q, kv: kv <= q or (
+        PADS[b] <= q < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4)),
+    "visual_span_offset": (A.prefix_lm(PADS + 4, OFFSET, PADS), lambda b, q, kv: kv <= q + OFFSET or (
+        PADS[b] <= q + OFFSET < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4)),
     "key_padding": (A.key_padding(KEYS), lambda b, q, kv: kv < KEYS[b]),
     "left_padding": (A.left_padding(PADS), lambda b, q, kv: kv >= PADS[b] or kv == q),
     "causal_and_padding": (

@@ -85,18 +85,23 @@ def test_tokenizer_needs_pad_bos_and_eos(tmp_path):
 
 def test_training_puts_the_prompt_evaluation_decodes_after_before_the_target(world, tokenizer):
     """Evaluation decodes after data.prompt_ids(tokenizer, example.prompt); training inputs start with
-    exactly those ids, loss off, so the model is asked as it was taught."""
+    exactly those ids, loss off, the visual tokens at the same place, so the model is asked as it was taught."""
     captions = data.read_captions(world / "captions_val.json").examples
     vqa = data.read_vqa(world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json").examples
     for example in (*captions[:2], *vqa[:3]):
         sample = data.VisionTextDataset([example], tokenizer, 32)[0]
-        prompt = data.prompt_ids(tokenizer, example.prompt)
-        assert sample["input_ids"][:len(prompt)].tolist() == prompt
+        prompt, visual_at = data.prompt_ids(tokenizer, example.prompt)
+        assert sample["input_ids"][:len(prompt)].tolist() == prompt and sample["visual_at"] == visual_at
         assert not sample["loss_mask"][:len(prompt)].any() and sample["loss_mask"][len(prompt):].all()
-    assert data.prompt_ids(tokenizer, "") == [tokenizer.bos_id]
+    # The paper's prompt: [bos] Describe the following: <visual tokens> : <caption>
+    before = [tokenizer.bos_id] + tokenizer.encode("Describe the following:")
+    assert data.prompt_ids(tokenizer, "") == (before + tokenizer.encode(":"), len(before))
     question = "is there a red circle?"
-    assert data.prompt_ids(tokenizer, data.vqa_prompt(question)) == [tokenizer.bos_id] + tokenizer.encode(
-        f"question: {question} answer:")
+    before = [tokenizer.bos_id] + tokenizer.encode("Answer the following:")
+    assert data.prompt_ids(tokenizer, data.vqa_prompt(question)) == (
+        before + tokenizer.encode(f": question: {question} answer:"), len(before))
+    batch = data.collate([data.VisionTextDataset([e], tokenizer, 32)[0] for e in (captions[0], vqa[0])], tokenizer.pad_id)
+    assert batch["visual_at"].tolist() == [data.prompt_ids(tokenizer, e.prompt)[1] for e in (captions[0], vqa[0])]
 
 
 def test_vqa_batches_put_the_loss_on_answer_and_eos_only(world, tokenizer):
@@ -114,14 +119,17 @@ def test_vqa_batches_put_the_loss_on_answer_and_eos_only(world, tokenizer):
         answer_length = len(tokenizer.encode(example.target)) + 1
         assert mask.tolist() == [False] * (length - answer_length) + [True] * answer_length + [False] * (len(ids) - length)
         assert tokenizer.decode(ids[mask][:-1].tolist()) == example.target
-        assert tokenizer.decode(ids[~mask][1:length - answer_length].tolist()) == example.prompt
+        prompt_end = length - answer_length
+        assert tokenizer.decode(ids[batch["visual_at"][row]:prompt_end].tolist()) == ": " + example.prompt  # after the visual tokens
     assert min(lengths) < max(lengths), "the check above must have covered padding"
 
 
 def test_caption_and_video_batches(world, tokenizer):
     images = data.VisionTextDataset(data.read_captions(world / "captions_train.json").examples, tokenizer, 48)
     sample = images[0]
-    assert sample["pixels"].shape == (3, 48, 48) and sample["loss_mask"].tolist() == [False] + [True] * (len(sample["input_ids"]) - 1)
+    prompt_length = len(data.prompt_ids(tokenizer, "")[0])
+    assert sample["pixels"].shape == (3, 48, 48)
+    assert sample["loss_mask"].tolist() == [False] * prompt_length + [True] * (len(sample["input_ids"]) - prompt_length)
     assert "question_id" not in sample
     vqa = data.read_vqa(world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json")
     question = data.VisionTextDataset(vqa.examples, tokenizer, 48)[0]
@@ -220,19 +228,21 @@ def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample
     long_caption = "a red circle above a blue square " * 8
     examples = [data.Example(1, image, "", long_caption, source="captions_train.json: annotations[0]"),
                 data.Example(1, image, "", "a red circle", source="captions_train.json: annotations[1]")]
-    with pytest.warns(UserWarning, match=r"1 of 2 texts are longer than max_text_tokens=12 .*annotations\[0\]"):
-        dataset = data.VisionTextDataset(examples, tokenizer, 16, max_text_tokens=12)
+    prompt = data.prompt_ids(tokenizer, "")[0]
+    budget = len(prompt) + 12  # the prompt and 12 text tokens
+    with pytest.warns(UserWarning, match=rf"1 of 2 texts are longer than max_text_tokens={budget} .*annotations\[0\]"):
+        dataset = data.VisionTextDataset(examples, tokenizer, 16, max_text_tokens=budget)
     assert dataset.truncated == 1  # counted when the data is read
-    full = [tokenizer.bos_id] + tokenizer.encode(long_caption) + [tokenizer.eos_id]
+    full = prompt + tokenizer.encode(long_caption) + [tokenizer.eos_id]
     cut, short = dataset[0], dataset[1]
-    assert cut["input_ids"].tolist() == full[:12] and cut["loss_mask"].tolist() == [False] + [True] * 11
-    assert short["input_ids"].tolist() == [tokenizer.bos_id] + tokenizer.encode("a red circle") + [tokenizer.eos_id]
+    assert cut["input_ids"].tolist() == full[:budget] and cut["loss_mask"].tolist() == [False] * len(prompt) + [True] * 12
+    assert short["input_ids"].tolist() == prompt + tokenizer.encode("a red circle") + [tokenizer.eos_id]
     question = data.Example(2, image, data.vqa_prompt("is there a red circle above a blue square " * 3), "yes", 7,
                             source="questions_train.json: questions[3]")
-    with pytest.raises(data.DataError, match=r"questions_train.json: questions\[3\] field 'question'.*max_text_tokens=12"):
-        data.VisionTextDataset([question, *examples], tokenizer, 16, max_text_tokens=12)
+    with pytest.raises(data.DataError, match=rf"questions_train.json: questions\[3\] field 'question'.*max_text_tokens={budget}"):
+        data.VisionTextDataset([question, *examples], tokenizer, 16, max_text_tokens=budget)
     with pytest.warns(UserWarning) as caught:
-        lenient = data.VisionTextDataset([question, *examples], tokenizer, 16, on_bad_sample="skip", max_text_tokens=12)
+        lenient = data.VisionTextDataset([question, *examples], tokenizer, 16, on_bad_sample="skip", max_text_tokens=budget)
     assert any("1 x prompt longer than max_text_tokens" in str(warning.message) for warning in caught)
     assert lenient.examples == examples and lenient.skipped == Counter({"prompt longer than max_text_tokens": 1})
 
@@ -264,6 +274,6 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
         summary = trainer.train_vlm(build_vlm(spec), args, "stage1", spec, config)
     assert summary["truncated_texts"] == 1 and summary["skipped_samples"] == {"unreadable image": 2}
     assert math.isfinite(summary["train_loss"])
-    too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "61"])  # 64 positions - 4 visual tokens
-    with pytest.raises(ValueError, match="--max-text-tokens 61: expected 2 to 60"):
+    too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])  # 128 positions - 4 visual tokens
+    with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):
         trainer.train_vlm(build_vlm(spec), too_many, "stage1", spec, config)

@@ -13,6 +13,7 @@ from conftest import toy_spec
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 2
 PROMPTS = [[BOS, 7, 8, 9], [BOS], [BOS, 5]]  # different lengths: the batch is left-padded
+VISUAL_AT = [2, 1, 1]  # the visual tokens inside each prompt (the paper's layout), row 1 after all of it
 
 
 def toy_model(vocab_size=50, seed=0):
@@ -36,13 +37,13 @@ def eos_in_the_middle(model, pixels):
     return decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12)[0][3]
 
 
-def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens):
+def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens, visual_at=None):
     """Length-penalised log-prob of each continuation, by a plain forward pass (no cache): one
     shorter than max_new_tokens ended with EOS, which is scored and counted in its length."""
     targets = [c + [eos_id] if len(c) < max_new_tokens else c for c in continuations]
     longest = max(map(len, targets))
     input_ids = torch.tensor([prompt + t + [0] * (longest - len(t)) for t in targets])  # (N, L)
-    logits, _ = model(input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]))  # (N, L, V)
+    logits, _ = model(input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]), visual_at=visual_at)  # (N, L, V)
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     scores = []
     for row, target in enumerate(targets):
@@ -92,24 +93,26 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
 
 
 @pytest.mark.parametrize("beam_size", [None, 3])  # None: greedy
-def test_batched_decoding_equals_decoding_one_by_one(beam_size):
+@pytest.mark.parametrize("visual_at", [None, VISUAL_AT])
+def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_at):
     model, pixels = toy_model(seed=2), toy_pixels(3, seed=2)
     eos = eos_in_the_middle(model, pixels)
 
-    def decode(pixels, prompts, features=None):
+    def decode(pixels, prompts, features=None, visual_at=visual_at):
         if beam_size is None:
-            return decoding.greedy_decode(model, pixels, prompts, 12, eos, features=features)
-        return decoding.beam_search(model, pixels, prompts, beam_size, 1.0, 12, eos, features=features)
+            return decoding.greedy_decode(model, pixels, prompts, 12, eos, features=features, visual_at=visual_at)
+        return decoding.beam_search(model, pixels, prompts, beam_size, 1.0, 12, eos, features=features, visual_at=visual_at)
 
     batched = decode(pixels, PROMPTS)
-    assert batched == [decode(pixels[b:b + 1], [prompt])[0] for b, prompt in enumerate(PROMPTS)]
+    assert batched == [decode(pixels[b:b + 1], [prompt], visual_at=None if visual_at is None else [visual_at[b]])[0]
+                       for b, prompt in enumerate(PROMPTS)]
     assert len({len(row) for row in batched}) > 1  # rows ended at different steps
     # Precomputed patch features decode as the pixels they came from.
     assert decode(None, PROMPTS, features=model.encode_images(pixels)) == batched
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 0.7, 2.0])
-def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty):
+@pytest.mark.parametrize("length_penalty,visual_at", [(0.0, None), (0.7, [1, 1, 2]), (2.0, [2, 0, 1])])
+def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty, visual_at):
     """Vocabulary 5, 3 new tokens: 85 possible outputs, and a beam of 80 never prunes one (16
     beams x 5 tokens at the last step). So beam search must return the brute-force best, which
     checks the scores, the length penalty, EOS and the bookkeeping at once; and it must score at
@@ -117,12 +120,13 @@ def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty
     greedy path. Exactness holds only for a beam this wide.)"""
     model, pixels, eos, steps = toy_model(vocab_size=5, seed=3), toy_pixels(3, seed=3), 3, 3
     prompts = [[BOS, 4, 0], [BOS], [BOS, 1]]
-    beam = decoding.beam_search(model, pixels, prompts, 80, length_penalty, steps, eos)
-    greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos)
+    beam = decoding.beam_search(model, pixels, prompts, 80, length_penalty, steps, eos, visual_at=visual_at)
+    greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos, visual_at=visual_at)
     tokens = [t for t in range(5) if t != eos]
     everything = [list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)]  # 85
     for b, prompt in enumerate(prompts):
-        scores = sequence_scores(model, pixels[b:b + 1], prompt, everything, eos, length_penalty, steps)
+        scores = sequence_scores(model, pixels[b:b + 1], prompt, everything, eos, length_penalty, steps,
+                                 None if visual_at is None else visual_at[b])
         best = everything[max(range(len(everything)), key=scores.__getitem__)]
         assert beam[b] == best
         greedy_score = scores[everything.index(greedy[b])]

@@ -77,8 +77,10 @@ def test_bad_config_names_the_value(overrides, named):
 
 def test_bad_inputs_raise():
     model = small_model()
-    with pytest.raises(ValueError, match="prefix has width 48 but the LM's dim is 32"):
+    with pytest.raises(ValueError, match=r"prefix must be \(B, P, 32\) embeddings; got shape \(1, 3, 48\)"):
         model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 48))
+    with pytest.raises(ValueError, match=r"prefix_at=\[3\] must lie in 0..2"):
+        model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 32), prefix_at=3)
     with pytest.raises(ValueError, match="max_seq_len=64"):
         model(torch.zeros(1, 60, dtype=torch.long), prefix=torch.randn(1, 5, 32))
     with pytest.raises(ValueError, match="loss_mask has shape"):
@@ -106,9 +108,9 @@ def test_rotary_scores_depend_only_on_relative_position():
 def test_shifted_positions_give_the_same_forward():
     """Rotary through the whole model: one sequence run at positions p and p + c agrees."""
     model, ids = small_model(), torch.tensor([[5, 9, 2, 7, 1]])
-    x, _ = model._embed(ids, None)
+    x, _, starts = model._embed(ids, None)
     positions = torch.arange(5)[None]
-    mask = model._mask(1, 0, None, x.device)
+    mask = model._mask(1, 0, starts, None, x.device)
     assert torch.allclose(model._run_blocks(x, positions, mask), model._run_blocks(x, positions + 11, mask), atol=1e-5)
 
 
@@ -183,6 +185,53 @@ def test_prefix_attention(mode):
     assert torch.allclose(hidden[:, :4], first_changed[:, :4], atol=1e-6)  # the prefix never sees the text
 
 
+# --------------------------------------------------------------------------- the visual span inside the text
+
+
+def test_a_span_inside_the_text_equals_the_hand_built_sequence():
+    """[text before][prefix][text after] built by hand and run as one plain embedding sequence:
+    the same hidden states, logits and loss, for a span inside, before and after the text."""
+    model, at_rows = small_model(), [2, 0, 5]
+    torch.manual_seed(6)
+    ids, prefix = torch.randint(0, 50, (3, 5)), torch.randn(3, 4, 32)
+    loss_mask = torch.rand(3, 5) > 0.3
+    loss_mask[:, 0] = torch.tensor([False, True, False])  # only row 1 has a slot (the prefix) before token 0
+    loss_mask[0, 2] = True  # the token right after the span: predicted from the last prefix slot
+    logits, loss = model(ids, prefix, loss_mask, prefix_at=torch.tensor(at_rows))
+    hidden = model(ids, prefix, prefix_at=torch.tensor(at_rows), return_hidden=True)
+    text, terms = model._token_embeddings(ids), []
+    for b, at in enumerate(at_rows):
+        alone = model(prefix=torch.cat([text[b, :at], prefix[b], text[b, at:]])[None], return_hidden=True)[0]  # (9, D)
+        assert torch.allclose(hidden[b], alone, atol=1e-5)
+        every_logit = model._logits(alone)  # (9, V)
+        slots = [i if i < at else i + 4 for i in range(5)] + [9]  # where each text token sits (and one past)
+        for i in range(5):
+            assert torch.allclose(logits[b, i], every_logit[slots[i + 1] - 1], atol=1e-5)  # predicts token i + 1
+            if loss_mask[b, i]:
+                terms.append(F.cross_entropy(every_logit[slots[i] - 1], ids[b, i]))
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    loss_mask[0, 0] = True
+    with pytest.raises(ValueError, match="no slot comes before token 0"):
+        model(ids, prefix, loss_mask, prefix_at=torch.tensor(at_rows))
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_bidirectional_attention_stays_inside_the_span(mode):
+    model = small_model(prefix_attention=mode)
+    torch.manual_seed(7)
+    ids, prefix = torch.randint(0, 50, (2, 5)), torch.randn(2, 4, 32)
+    hidden = model(ids, prefix, prefix_at=2, return_hidden=True)  # slots: text 0-1, prefix 2-5, text 6-8
+    changed_prefix = prefix.clone()
+    changed_prefix[:, -1] = torch.randn(2, 32)
+    changed = model(ids, changed_prefix, prefix_at=2, return_hidden=True)
+    assert torch.allclose(hidden[:, :2], changed[:, :2], atol=1e-6)  # the text before never sees the span
+    assert torch.allclose(hidden[:, 2:5], changed[:, 2:5], atol=1e-6) == (mode == "causal")
+    changed_ids = ids.clone()
+    changed_ids[:, 2] = (ids[:, 2] + 1) % 50  # the first token after the span
+    later = model(changed_ids, prefix, prefix_at=2, return_hidden=True)
+    assert torch.allclose(hidden[:, :6], later[:, :6], atol=1e-6)  # nothing before it sees it
+
+
 # --------------------------------------------------------------------------- padding, cache, generation
 
 PROMPTS = [[7, 3, 9, 1, 4], [2], [5, 5, 8]]
@@ -194,47 +243,55 @@ def left_pad(prompts, pad_id=0):
     return ids, torch.tensor([longest - len(p) for p in prompts])
 
 
+SPANS = [None, [2, 1, 3]]  # the visual tokens before the prompt, or inside it (row 2: after all of it)
+
+
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
-def test_left_padded_prefill_equals_each_sample_alone(mode, backend):
+@pytest.mark.parametrize("span", SPANS)
+def test_left_padded_prefill_equals_each_sample_alone(mode, backend, span):
     model = small_model(prefix_attention=mode, attention_backend=backend)
     prefix = torch.randn(3, 4, 32)
     ids, pads = left_pad(PROMPTS, pad_id=11)
-    logits, cache = model.prefill(ids, prefix, pads)
+    logits, cache = model.prefill(ids, prefix, pads, span)
     for b, prompt in enumerate(PROMPTS):
-        alone_logits, alone_cache = model.prefill(torch.tensor([prompt]), prefix[b : b + 1])
+        at = None if span is None else span[b]
+        alone_logits, alone_cache = model.prefill(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)
         assert torch.allclose(logits[b], alone_logits[0], atol=1e-5)
-        assert torch.allclose(logits[b], model(torch.tensor([prompt]), prefix[b : b + 1])[0][0, -1], atol=1e-5)
+        assert torch.allclose(logits[b], model(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)[0][0, -1], atol=1e-5)
         for layer in range(SMALL.depth):  # every real slot's keys and values, at every layer
             assert torch.allclose(cache.keys[layer][b, :, pads[b] :], alone_cache.keys[layer][0], atol=1e-5)
             assert torch.allclose(cache.values[layer][b, :, pads[b] :], alone_cache.values[layer][0], atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
-def test_cached_decoding_equals_recomputing(mode):
+@pytest.mark.parametrize("span", SPANS)
+def test_cached_decoding_equals_recomputing(mode, span):
     model = small_model(seed=3, prefix_attention=mode)
     prefix = torch.randn(3, 4, 32)
     ids, pads = left_pad(PROMPTS)
-    logits, cache = model.prefill(ids, prefix, pads)
+    logits, cache = model.prefill(ids, prefix, pads, span)
     for _ in range(6):
         token = logits.argmax(-1)
         ids = torch.cat([ids, token[:, None]], dim=1)
         logits = model.decode_step(token, cache)
-        recomputed, _ = model.prefill(ids, prefix, pads)  # no cache: the whole sequence again
+        recomputed, _ = model.prefill(ids, prefix, pads, span)  # no cache: the whole sequence again
         assert torch.allclose(logits, recomputed, atol=1e-4)
         assert torch.equal(logits.argmax(-1), recomputed.argmax(-1))
         for b, prompt in enumerate(PROMPTS):  # and each sample alone, unpadded, through forward
-            alone, _ = model(ids[b : b + 1, pads[b] :], prefix[b : b + 1])
+            alone, _ = model(ids[b : b + 1, pads[b] :], prefix[b : b + 1], prefix_at=None if span is None else span[b])
             assert torch.allclose(logits[b], alone[0, -1], atol=1e-4)
     assert cache.length == 4 + ids.shape[1]  # prefix + every token fed so far
 
 
-def test_batched_generate_equals_generating_alone():
+@pytest.mark.parametrize("span", SPANS)
+def test_batched_generate_equals_generating_alone(span):
     model = small_model(seed=4, prefix_attention="bidirectional")
     prefix = torch.randn(3, 4, 32)
-    batched = generate(model, PROMPTS, prefix, max_new_tokens=8)
+    batched = generate(model, PROMPTS, prefix, max_new_tokens=8, prefix_at=span)
     for b, prompt in enumerate(PROMPTS):
-        assert batched[b] == generate(model, [prompt], prefix[b : b + 1], max_new_tokens=8)[0]
+        alone = generate(model, [prompt], prefix[b : b + 1], max_new_tokens=8, prefix_at=None if span is None else [span[b]])
+        assert batched[b] == alone[0]
     assert all(len(row) == 8 for row in batched)
     only_prefix = generate(model, [[], [], []], prefix, max_new_tokens=3)  # captioning: no prompt at all
     first_tokens = model._logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
