@@ -21,7 +21,7 @@ import data
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
 from vit import ViT, ViTConfig
-from vlm import PerceiverAdapter, VAdapter, VisionLanguageModel
+from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
 
 CHECKPOINT_NAME = "checkpoint.pt"  # a run's newest checkpoint (run_folder.py keeps the ones before it)
 HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
@@ -32,12 +32,17 @@ class ModelSpec:
     """Everything needed to rebuild a model; every checkpoint holds it as plain values (to_dict)."""
     lm: PaLMConfig | None  # the decoder: the tiny LM in stage 0/1, the frozen large LM in stage 2 (None: a ViT alone)
     vision: ViTConfig | None = None  # None for a text-only LM (pretrain.py lm)
-    resampler: ResamplerConfig | None = None
-    adapter: str = "none"  # "none" (text-only LM) | "scene-labels" (stage-0 ViT) | "resampler" (stage 1) | "perceiver" | "vadapter"
+    resampler: ResamplerConfig | None = None  # None for the MLP adapter
+    adapter: str = "none"  # "none" (text-only LM) | "scene-labels" (stage-0 ViT) | "resampler" (stage 1) | "perceiver" | "vadapter" | "mlp"
     tiny_lm: PaLMConfig | None = None  # vadapter only
     adapter_init: str | None = None  # vadapter only: "stage1" | "lm" | "random"
     train_lm: bool = False
     train_vision: bool = False
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """The LM positions the visual tokens take: the resampler's latents, or one per patch (MLP)."""
+        return self.vision.grid_size**2 if self.adapter == "mlp" else self.resampler.num_latents
 
     def to_dict(self) -> dict:
         """Plain values (nested dicts, None for absent parts), for torch.save / weights_only loading."""
@@ -68,19 +73,25 @@ def config_from_dict(config_class, values: dict, where: str):
 
 def build_vlm(spec: ModelSpec) -> VisionLanguageModel:
     """The model a spec describes, freshly initialised (load a checkpoint's "model" into it)."""
+    if spec.adapter not in VLM_ADAPTERS:
+        raise ValueError(f"spec.adapter is {spec.adapter!r}; expected one of {list(VLM_ADAPTERS)}")
+    if spec.adapter != "mlp" and spec.resampler is None:
+        raise ValueError(f"spec.adapter {spec.adapter!r} needs spec.resampler (ResamplerConfig fields); it is None")
     lm = PaLMDecoder(spec.lm)
-    resampler = PerceiverResampler(spec.resampler)
-    if spec.adapter == "resampler":
-        if resampler.config.dim != lm.config.dim:
-            raise ValueError(f"resampler dim {resampler.config.dim} must equal the LM's dim {lm.config.dim}")
-        adapter = resampler
+    if spec.adapter == "mlp":
+        adapter = MLPAdapter(spec.vision.dim, lm.config.dim)
+    elif spec.adapter == "resampler":
+        if spec.resampler.dim != lm.config.dim:
+            raise ValueError(f"resampler dim {spec.resampler.dim} must equal the LM's dim {lm.config.dim}")
+        adapter = PerceiverResampler(spec.resampler)
     elif spec.adapter == "perceiver":
-        adapter = PerceiverAdapter(resampler, lm.config.dim)
-    elif spec.adapter == "vadapter":
-        adapter = VAdapter(resampler, PaLMDecoder(spec.tiny_lm), lm.config.dim)
+        adapter = PerceiverAdapter(PerceiverResampler(spec.resampler), lm.config.dim)
     else:
-        raise ValueError(f"spec.adapter is {spec.adapter!r}; expected 'resampler', 'perceiver' or 'vadapter'")
+        adapter = VAdapter(PerceiverResampler(spec.resampler), PaLMDecoder(spec.tiny_lm), lm.config.dim)
     return VisionLanguageModel(ViT(spec.vision), adapter, lm, train_lm=spec.train_lm, train_vision=spec.train_vision)
+
+
+VLM_ADAPTERS = ("resampler", "perceiver", "vadapter", "mlp")  # what build_vlm builds (stage 0 and 1: "resampler")
 
 
 # ---------------------------------------------------------------------------------------------

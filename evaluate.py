@@ -172,7 +172,11 @@ def print_metrics(results: dict) -> None:
 
 def run_name(spec: ModelSpec) -> str:
     if spec.adapter == "vadapter":
-        return f"vadapter ({spec.adapter_init or 'stage1'})"
+        front = spec.resampler
+        if front.latents_in_keys and front.feed_forward and front.depth == 1:  # the paper's fresh 1-layer perceiver
+            return f"vadapter ({spec.adapter_init or 'stage1'})"
+        kind = "pooler" if not front.latents_in_keys else f"{front.depth}-layer perceiver"
+        return f"vadapter ({spec.adapter_init or 'stage1'}, {kind})"
     if spec.adapter == "perceiver":
         return f"perceiver (depth {spec.resampler.depth})"
     return spec.adapter

@@ -1,8 +1,12 @@
 """Stage 1 of the progressive alignment: the tiny LM learns to read visual features.
 
-Frozen ViT -> 1-layer perceiver resampler -> tiny LM (from its language pretraining), trained as
-the decoder of a small vision-language model on captioning and VQA. Both the resampler and the
-tiny LM are trained; stage 2 then reuses them as the adapter (train_stage2.py).
+Frozen ViT -> cross-attention module -> tiny LM (from its language pretraining), trained as the
+decoder of a small vision-language model on captioning and VQA. Both the cross-attention module and
+the tiny LM are trained; stage 2 then reuses the tiny LM inside the adapter (train_stage2.py).
+
+    --cross-attention pooler     the paper's: CoCa's attentional pooler (one cross-attention layer,
+                                 learned queries over the features, a LayerNorm), as wide as the tiny LM
+    --cross-attention perceiver  ablation: a 1-layer perceiver resampler as wide as the tiny LM
 
     python train_stage1.py --data data/shapes --vit runs/pretrain/vit --tiny-lm runs/pretrain/tiny_lm --out-dir runs/stage1
 """
@@ -22,14 +26,17 @@ def main(argv=None):
     add_data_flags(parser)
     parser.add_argument("--vit", required=True, help="frozen vision encoder: a pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
     parser.add_argument("--tiny-lm", required=True, help="language-pretrained tiny LM: a pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
+    parser.add_argument("--cross-attention", choices=["pooler", "perceiver"], default="pooler",
+                        help="the module between the ViT and the tiny LM (the --resampler-* flags change it)")
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
     vision, tiny_lm = load_vision(args.vit), load_lm(args.tiny_lm)
+    preset = ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm
     resampler = config_from_args(args, ResamplerConfig, "resampler-",
-                                 base=ResamplerConfig.for_lm(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))
+                                 base=preset(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))
     spec = ModelSpec(vision=vision.config, resampler=resampler, lm=tiny_lm.config, adapter="resampler", train_lm=True)
     model = VisionLanguageModel(vision, PerceiverResampler(resampler), tiny_lm, train_lm=True)
     summary = train_vlm(model, args, "stage1", spec, train_config)

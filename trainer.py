@@ -355,11 +355,11 @@ def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, tra
     tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size)
     tasks = args.tasks.split(",") if args.tasks else None
     image_size = model.vision.config.image_size
-    room = spec.lm.max_seq_len - spec.resampler.num_latents  # text positions left after the visual tokens
+    room = spec.lm.max_seq_len - spec.num_visual_tokens  # text positions left after the visual tokens
     max_text_tokens = args.max_text_tokens or room
     if not 2 <= max_text_tokens <= room:
         raise ValueError(f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
-                         f"{spec.lm.max_seq_len} leaves after {spec.resampler.num_latents} visual tokens")
+                         f"{spec.lm.max_seq_len} leaves after {spec.num_visual_tokens} visual tokens")
     train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample,
                                              max_text_tokens) for split in ("train", "val"))
     cache = data.FeatureCache() if args.cache_features else None

@@ -1,11 +1,12 @@
 """The wiring of Figure 2: frozen vision encoder -> adapter -> LM decoder.
 
-Two adapters, the paper's comparison:
+The paper's adapters:
 - `PerceiverAdapter`: the baseline, an N-layer perceiver resampler and a linear map to the LM width.
-- `VAdapter` (PaLM2-VAdapter): a 1-layer perceiver resampler, then a tiny PaLM decoder that was
-  progressively aligned (stage 1: trained as the decoder of a small VLM), then a linear map to the
-  large LM width. The tiny LM reads only the resampler latents; its hidden states are the visual
-  tokens.
+- `VAdapter` (PaLM2-VAdapter): a fresh 1-layer perceiver resampler, a linear map (FC) to the tiny
+  LM's width, a tiny PaLM decoder that was progressively aligned (stage 1: trained as the decoder of
+  a small VLM), then a linear map to the large LM width. The tiny LM reads only the resampler
+  latents; its hidden states are the visual tokens.
+- `MLPAdapter` (Table 13, LLaVA-1.5 style): two linear layers with a GELU on every patch feature.
 
 `VisionLanguageModel` puts the visual tokens inside the text, where the prompt says (the paper's
 "Describe the following: <visual tokens> :"), and trains with next-token loss on the text the
@@ -14,6 +15,7 @@ loss mask selects. The vision encoder is always frozen; the LM is frozen in stag
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from palm_decoder import PaLMDecoder
 from resampler import PerceiverResampler
@@ -33,16 +35,13 @@ class PerceiverAdapter(nn.Module):
 
 
 class VAdapter(nn.Module):
-    """PaLM2-VAdapter: 1-layer resampler -> tiny LM (hidden states) -> linear to the large LM width."""
+    """PaLM2-VAdapter: resampler -> FC -> tiny LM (hidden states) -> FC to the large LM width. The two
+    FC layers match widths, so the resampler may be as wide as the ViT and the tiny LM narrower."""
 
     def __init__(self, resampler: PerceiverResampler, tiny_lm: PaLMDecoder, lm_dim: int):
         super().__init__()
-        if resampler.config.dim != tiny_lm.config.dim:
-            raise ValueError(
-                f"the resampler's latent width ({resampler.config.dim}) must equal the tiny LM's dim "
-                f"({tiny_lm.config.dim}): the latents are the tiny LM's input embeddings"
-            )
         self.resampler = resampler
+        self.input_projection = nn.Linear(resampler.config.dim, tiny_lm.config.dim, bias=False)
         self.tiny_lm = tiny_lm
         self.projection = nn.Linear(tiny_lm.config.dim, lm_dim, bias=False)
         # The tiny LM reads embeddings, never token ids, and its LM head is dropped: its token
@@ -53,9 +52,29 @@ class VAdapter(nn.Module):
             self.tiny_lm.output_head.requires_grad_(False)
 
     def forward(self, features):  # (B, N, Dv) or (B, T, N, Dv)
-        latents = self.resampler(features)  # (B, num_latents, tiny_dim)
+        latents = self.input_projection(self.resampler(features))  # (B, num_latents, tiny_dim)
         hidden = self.tiny_lm(prefix=latents, return_hidden=True)  # (B, num_latents, tiny_dim)
         return self.projection(hidden)  # (B, num_latents, lm_dim)
+
+
+class MLPAdapter(nn.Module):
+    """The paper's Table 13 baseline, LLaVA-1.5's projector: Linear -> GELU -> Linear on every patch
+    feature, one visual token per patch. A video's frames are averaged first: 8 frames of 64 patches
+    would be 512 tokens, beyond the toy LM's max_seq_len, and LLaVA-1.5 reads images only."""
+
+    def __init__(self, vision_dim: int, lm_dim: int):
+        super().__init__()
+        self.vision_dim = vision_dim
+        self.hidden = nn.Linear(vision_dim, lm_dim)
+        self.out = nn.Linear(lm_dim, lm_dim)
+
+    def forward(self, features):  # (B, N, Dv) or (B, T, N, Dv) -> (B, N, lm_dim)
+        if features.dim() not in (3, 4) or features.shape[-1] != self.vision_dim:
+            raise ValueError(f"the MLP adapter expects features (B, N, {self.vision_dim}) or (B, T, N, {self.vision_dim}); "
+                             f"got shape {tuple(features.shape)}")
+        if features.dim() == 4:
+            features = features.mean(dim=1)  # (B, N, Dv): the frame mean
+        return self.out(F.gelu(self.hidden(features)))
 
 
 class VisionLanguageModel(nn.Module):

@@ -29,14 +29,15 @@ def toy_spec(adapter: str = "resampler", *, vocab_size: int = 64, vision_dim: in
              tiny_dim: int = 48, image_size: int = 32, num_latents: int = 4, max_frames: int = 4) -> ModelSpec:
     """A model small enough to train in a test: one ViT block on 8x8 patches, a 2-block LM, and for
     "vadapter" a 1-block tiny LM. The resampler is as wide as what reads its latents (the LM, or the
-    tiny LM in the VAdapter), with 2 layers for the perceiver baseline; the LM trains in stage 1 only."""
+    tiny LM in the VAdapter), with 2 layers for the perceiver baseline, and absent for "mlp"; the LM
+    trains in stage 1 only."""
     lm = PaLMConfig(vocab_size=vocab_size, dim=lm_dim, depth=2, num_heads=4, max_seq_len=128)
     tiny_lm = PaLMConfig(vocab_size=vocab_size, dim=tiny_dim, depth=1, num_heads=4, max_seq_len=128)
     return ModelSpec(
         vision=ViTConfig(image_size=image_size, patch_size=8, dim=vision_dim, depth=1, num_heads=4, mlp_dim=2 * vision_dim),
-        resampler=ResamplerConfig(input_dim=vision_dim, dim=tiny_dim if adapter == "vadapter" else lm_dim,
-                                  depth=2 if adapter == "perceiver" else 1, num_latents=num_latents, num_heads=4,
-                                  max_frames=max_frames),
+        resampler=None if adapter == "mlp" else ResamplerConfig(
+            input_dim=vision_dim, dim=tiny_dim if adapter == "vadapter" else lm_dim, depth=2 if adapter == "perceiver" else 1,
+            num_latents=num_latents, num_heads=4, max_frames=max_frames),
         lm=lm,
         tiny_lm=tiny_lm if adapter == "vadapter" else None,
         adapter=adapter,

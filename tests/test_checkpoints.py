@@ -14,7 +14,7 @@ from conftest import toy_spec
 from palm_decoder import PaLMConfig
 
 
-@pytest.mark.parametrize("adapter", ["resampler", "perceiver", "vadapter"])
+@pytest.mark.parametrize("adapter", ["resampler", "perceiver", "vadapter", "mlp"])
 def test_a_model_is_rebuilt_from_the_file_alone(tmp_path, adapter):
     torch.manual_seed(0)
     spec = replace(toy_spec(adapter), adapter_init="lm" if adapter == "vadapter" else None)
@@ -46,17 +46,30 @@ def test_a_bad_spec_names_the_field(values, message):
         ModelSpec.from_dict(values)
 
 
-def test_mismatched_widths_raise_clear_errors():
-    spec = toy_spec("vadapter")
-    spec.resampler = replace(spec.resampler, dim=40)
-    with pytest.raises(ValueError, match="tiny LM's dim"):
-        build_vlm(spec)
+def test_mismatched_widths_and_bad_adapters_raise_clear_errors():
     spec = toy_spec("resampler")
     spec.resampler = replace(spec.resampler, dim=40)
     with pytest.raises(ValueError, match="LM's dim"):
         build_vlm(spec)
-    with pytest.raises(ValueError, match="expected 'resampler'"):
-        build_vlm(replace(toy_spec("perceiver"), adapter="mlp"))
+    with pytest.raises(ValueError, match=r"'linear'; expected one of \['resampler', 'perceiver', 'vadapter', 'mlp'\]"):
+        build_vlm(replace(toy_spec("perceiver"), adapter="linear"))
+    with pytest.raises(ValueError, match="'vadapter' needs spec.resampler"):
+        build_vlm(replace(toy_spec("vadapter"), resampler=None))
+
+
+def test_the_vadapter_front_may_be_wider_than_the_tiny_lm():
+    """The FC before the tiny LM maps the widths: no equality asked of the spec."""
+    spec = toy_spec("vadapter", tiny_dim=32)
+    spec.resampler = replace(spec.resampler, dim=40)
+    model = build_vlm(spec)
+    assert model.adapter.input_projection.weight.shape == (32, 40)
+    assert model.visual_tokens(torch.randn(1, 3, 32, 32)).shape == (1, 4, 64)
+
+
+def test_visual_tokens_of_each_adapter():
+    """What the trainer leaves the text: the resampler's latents, or one token per patch for the MLP."""
+    assert toy_spec("vadapter", num_latents=5).num_visual_tokens == 5
+    assert toy_spec("mlp", image_size=48).num_visual_tokens == 36  # 6 x 6 patches of 8 pixels
 
 
 def test_wrong_stage_missing_file_and_foreign_file_are_refused(tmp_path):

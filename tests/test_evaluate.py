@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import metrics
 import synthetic
 from checkpoints import build_vlm
 from conftest import REPO, toy_spec
+from resampler import ResamplerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +31,18 @@ def small_spec(vocab_size, adapter="resampler"):
 def test_metrics_stay_importable_from_evaluate():
     assert (evaluate.cider_d, evaluate.bleu4, evaluate.vqa_accuracy) == (metrics.cider_d, metrics.bleu4,
                                                                         metrics.vqa_accuracy)
+
+def test_run_names_tell_the_paper_rows_apart():
+    """The comparison table's row names: the VAdapter's front when not the paper's 1-layer perceiver."""
+    vadapter = toy_spec("vadapter")
+    names = [evaluate.run_name(spec) for spec in (
+        replace(vadapter, adapter_init="lm"),
+        replace(vadapter, resampler=ResamplerConfig.for_pooler(48, 48, 4)),
+        replace(vadapter, resampler=ResamplerConfig.for_perceiver(48, depth=6)),
+        toy_spec("perceiver"), toy_spec("mlp"))]
+    assert names == ["vadapter (lm)", "vadapter (stage1, pooler)", "vadapter (stage1, 6-layer perceiver)",
+                     "perceiver (depth 2)", "mlp"]
+
 
 TINY_WORLD = dict(train_images=50, val_images=20, test_images=20, train_videos=10, val_videos=5, test_videos=5)
 

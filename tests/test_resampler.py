@@ -1,7 +1,9 @@
 """resampler.py: shapes, video frames and time embeddings, attention against a hand-written
-reference, permutation invariance, gradients, errors."""
+reference, the CoCa pooler against torch's multi-head attention, the baseline without a final
+LayerNorm, permutation invariance, gradients, errors."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resampler import PerceiverResampler, ResamplerConfig
 from vit import num_parameters
@@ -146,4 +148,61 @@ def test_the_adapters_starting_configs():
     assert (in_front_of_lm.depth, in_front_of_lm.num_latents, in_front_of_lm.max_frames) == (1, 16, 2)
     baseline = ResamplerConfig.for_perceiver(128)
     assert (baseline.input_dim, baseline.dim, baseline.depth, baseline.num_heads, baseline.num_latents) == (128, 128, 6, 4, 16)
+    assert (baseline.feed_forward, baseline.latents_in_keys, baseline.final_norm) == (True, True, False)
     assert ResamplerConfig.for_perceiver(128, dim=64, depth=2).dim == 64
+    pooler = ResamplerConfig.for_pooler(128, 96, 6)
+    assert (pooler.input_dim, pooler.dim, pooler.num_heads, pooler.depth, pooler.num_latents) == (128, 96, 6, 1, 16)
+    assert (pooler.feed_forward, pooler.latents_in_keys, pooler.final_norm) == (False, False, True)
+
+
+def test_the_pooler_is_one_cross_attention_over_the_features_then_a_layernorm():
+    """CoCa's attentional pooler, recomputed with torch's own multi-head attention: LayerNorm'd
+    learned queries attend to the LayerNorm'd features only (4 heads), no feed-forward, a LayerNorm."""
+    torch.manual_seed(0)
+    pooler = PerceiverResampler(ResamplerConfig.for_pooler(24, 32, 4, num_latents=5)).eval()
+    cross = pooler.layers[0].attention
+    features = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        pooler.time_embedding.normal_()
+        keys = cross.feature_norm(pooler.input_projection(features) + pooler.time_embedding[0]).transpose(0, 1)  # (N, B, D)
+        queries = cross.latent_norm(pooler.latents)[:, None].expand(-1, 2, -1)  # (L, B, D)
+        key_weight, value_weight = cross.key_value.weight.chunk(2)
+        attended, _ = F.multi_head_attention_forward(
+            queries, keys, keys, 32, 4, None, None, None, None, False, 0.0, cross.out.weight, None, training=False,
+            need_weights=False, use_separate_proj_weight=True, q_proj_weight=cross.query.weight,
+            k_proj_weight=key_weight, v_proj_weight=value_weight)  # (L, B, D)
+        expected = pooler.final_norm(pooler.latents + attended.transpose(0, 1))
+        torch.testing.assert_close(pooler(features), expected, atol=1e-5, rtol=1e-5)
+    L, Din, D, T = 5, 24, 32, 8  # latents, input projection, time embeddings, 2 LayerNorms, q, kv, out, final LayerNorm
+    assert num_parameters(pooler) == L * D + Din * D + T * D + 2 * 2 * D + 4 * D * D + 2 * D
+
+
+def test_latents_in_keys_lets_the_latents_read_each_other():
+    """Flamingo's keys include the latents, so one latent's value reaches the others; the pooler's
+    keys are the features alone, so each query is read on its own."""
+    flamingo, pooler = make(depth=1, latents_in_keys=True), make(depth=1, latents_in_keys=False)
+    pooler.load_state_dict(flamingo.state_dict())  # the same weights
+    features = torch.randn(2, 7, 24)
+    with torch.no_grad():
+        before = {"flamingo": flamingo(features), "pooler": pooler(features)}
+        assert (before["flamingo"] - before["pooler"]).abs().max() > 1e-3
+        for resampler in (flamingo, pooler):
+            resampler.latents[1:] += torch.randn(4, 32)
+        torch.testing.assert_close(pooler(features)[:, 0], before["pooler"][:, 0], atol=1e-6, rtol=1e-6)
+        assert (flamingo(features)[:, 0] - before["flamingo"][:, 0]).abs().max() > 1e-3
+
+
+def test_the_baseline_has_no_final_layernorm():
+    """The paper's Table 1: the baseline's output is its last layer's latents, not normalised."""
+    torch.manual_seed(0)
+    baseline = PerceiverResampler(ResamplerConfig.for_perceiver(24, dim=32, depth=2, num_latents=5)).eval()
+    assert not any("final_norm" in name for name, _ in baseline.named_parameters())
+    features = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        projected = baseline.input_projection(features) + baseline.time_embedding[0]  # (B, N, D)
+        latents = baseline.latents.expand(2, -1, -1)
+        for layer in baseline.layers:
+            latents = layer(projected, latents)
+        output = baseline(features)
+        torch.testing.assert_close(output, latents, atol=0, rtol=0)
+        assert (output.std(-1) - 1).abs().max() > 0.1, "a LayerNorm would make every latent's std 1"

@@ -16,7 +16,7 @@ import pretrain
 import train_stage1
 import train_stage2
 import trainer
-from checkpoints import build_vlm, load_checkpoint
+from checkpoints import build_vlm, load_checkpoint, load_lm, load_vision, load_vlm, submodule_state
 from conftest import REPO
 FAST = ["--steps", "4", "--batch-size", "8", "--eval-every", "2", "--eval-batches", "1", "--log-every", "1"]
 
@@ -37,7 +37,7 @@ def chain(tmp_path_factory):
     small_vit = ["--vit-image-size", "32", "--vit-dim", "32", "--vit-depth", "1", "--vit-num-heads", "2", "--vit-mlp-dim", "64"]
     small_lm = ["--lm-dim", "32", "--lm-depth", "1", "--lm-num-heads", "2"]
     common = ["--data", str(data_dir), *FAST]
-    runs = {name: root / name for name in ("vit", "tiny_lm", "large_lm", "stage1", "vadapter", "perceiver")}
+    runs = {name: root / name for name in ("vit", "tiny_lm", "large_lm", "stage1", "vadapter", "perceiver", "mlp")}
     pretrain.main(["vit", *common, *small_vit, *small_lm, "--num-latents", "4", "--max-frames", "2", "--out-dir", str(runs["vit"])])
     pretrain.main(["lm", *common, *small_lm, "--out-dir", str(runs["tiny_lm"])])
     pretrain.main(["lm", *common, "--lm-dim", "48", "--lm-depth", "2", "--lm-num-heads", "4", "--out-dir", str(runs["large_lm"])])
@@ -45,26 +45,28 @@ def chain(tmp_path_factory):
     train_stage1.main([*common, *resampler, "--vit", str(runs["vit"]), "--tiny-lm", str(runs["tiny_lm"]),
                        "--out-dir", str(runs["stage1"])])
     frozen = ["--vit", str(runs["vit"]), "--lm", str(runs["large_lm"])]
-    train_stage2.main([*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]),
+    train_stage2.main([*common, *frozen, *resampler, "--adapter", "vadapter", "--stage1", str(runs["stage1"]),
                        "--out-dir", str(runs["vadapter"])])
     train_stage2.main([*common, *frozen, *resampler, "--adapter", "perceiver", "--perceiver-depth", "2",
                        "--out-dir", str(runs["perceiver"])])
+    train_stage2.main([*common, *frozen, "--adapter", "mlp", "--out-dir", str(runs["mlp"])])
     return data_dir, runs, common, frozen, resampler
 
 
 def test_each_stage_writes_a_checkpoint_the_next_one_loads(chain):
     _, runs, *_ = chain
     stages = {"vit": "pretrain-vit", "tiny_lm": "pretrain-lm", "large_lm": "pretrain-lm", "stage1": "stage1",
-              "vadapter": "stage2", "perceiver": "stage2"}
+              "vadapter": "stage2", "perceiver": "stage2", "mlp": "stage2"}
     for name, stage in stages.items():
         checkpoint = load_checkpoint(str(runs[name]), expected_stage=stage)
         assert checkpoint["step"] == 4
         assert set(checkpoint) >= {"model", "optimizer", "scheduler", "rng", "spec", "train_config"}
         assert not any(key.startswith("_orig_mod.") or key.startswith("module.") for key in checkpoint["model"])
         assert len(losses(runs[name])) == 4
-    for name in ("stage1", "vadapter", "perceiver"):  # rebuilt from the file alone
-        checkpoint = load_checkpoint(str(runs[name]))
-        build_vlm(checkpoint["spec"]).load_state_dict(checkpoint["model"])
+    for name in ("stage1", "vadapter", "perceiver", "mlp"):  # rebuilt from the file alone
+        model, checkpoint = load_vlm(runs[name])
+        assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in checkpoint["model"].items())
+    assert load_checkpoint(str(runs["stage1"]))["spec"].resampler.latents_in_keys is False, "stage 1: the pooler"
 
 
 def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(chain):
@@ -72,7 +74,7 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
     vit = load_checkpoint(str(runs["vit"]))["model"]
     large_lm = load_checkpoint(str(runs["large_lm"]))["model"]
     stage1 = load_checkpoint(str(runs["stage1"]))["model"]
-    for name in ("vadapter", "perceiver"):
+    for name in ("vadapter", "perceiver", "mlp"):
         checkpoint = load_checkpoint(str(runs[name]))
         model = checkpoint["model"]
         for key, tensor in large_lm.items():
@@ -157,17 +159,49 @@ def test_two_process_torchrun_matches_one_process(chain, tmp_path):
 
 
 def test_resampler_flags_with_a_stage1_adapter_are_refused_or_honoured(chain, tmp_path):
-    """--adapter-init stage1 carries the stage-1 resampler over as trained: a --resampler-* flag that
-    changes it is an error naming it; with --resampler-from-stage1 false the fresh resampler takes it."""
+    """--resampler-from-stage1 true carries the stage-1 pooler over as trained: a --resampler-* flag
+    that changes it is an error naming it; a fresh front (the default) takes the flag."""
     _, runs, common, frozen, _ = chain
     stage2 = [*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--steps", "1"]
     with pytest.raises(ValueError, match=r"--resampler-num-latents 8 \(stage 1: 4\).*--resampler-from-stage1 false"):
-        train_stage2.main([*stage2, "--resampler-num-latents", "8", "--out-dir", str(tmp_path / "refused")])
+        train_stage2.main([*stage2, "--resampler-from-stage1", "true", "--resampler-num-latents", "8",
+                           "--out-dir", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
-    train_stage2.main([*stage2, "--resampler-num-latents", "4", "--out-dir", str(tmp_path / "same")])  # stage 1's value
-    train_stage2.main([*stage2, "--resampler-from-stage1", "false", "--resampler-num-latents", "8",
-                       "--out-dir", str(tmp_path / "fresh")])
+    train_stage2.main([*stage2, "--resampler-from-stage1", "true", "--resampler-num-latents", "4",
+                       "--out-dir", str(tmp_path / "same")])  # stage 1's value
+    train_stage2.main([*stage2, "--resampler-num-latents", "8", "--out-dir", str(tmp_path / "fresh")])
     assert load_checkpoint(str(tmp_path / "fresh"))["spec"].resampler.num_latents == 8
+    with pytest.raises(ValueError, match="--cross-attention pooler chooses the VAdapter's fresh front"):
+        train_stage2.main([*stage2, "--adapter", "mlp", "--cross-attention", "pooler", "--out-dir", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="--resampler-num-latents: --adapter mlp has no resampler"):
+        train_stage2.main([*stage2, "--adapter", "mlp", "--resampler-num-latents", "8", "--out-dir", str(tmp_path / "x")])
+
+
+def test_stage2_front_is_fresh_unless_carried_over(chain):
+    """The paper's stage 2: a new 1-layer perceiver (or pooler) in front of the stage-1 tiny LM, its
+    weights not the stage-1 pooler's; --resampler-from-stage1 true carries the pooler over exactly."""
+    _, runs, common, frozen, resampler = chain
+    vision, lm = load_vision(str(runs["vit"])), load_lm(str(runs["large_lm"]))
+    stage1 = load_checkpoint(str(runs["stage1"]))
+    pooler = submodule_state(stage1["model"], "adapter.")
+
+    def front(*flags):
+        args = train_stage2.parse_args([*common, *frozen, "--stage1", str(runs["stage1"]), *flags])
+        adapter, config, _ = train_stage2.build_adapter(args, vision, lm)
+        return adapter, config
+
+    for cross_attention, latents_in_keys in (("perceiver", True), ("pooler", False)):
+        adapter, config = front(*resampler, "--cross-attention", cross_attention)
+        assert (config.depth, config.latents_in_keys, config.input_dim) == (1, latents_in_keys, vision.config.dim)
+        assert adapter.resampler.latents.shape == pooler["latents"].shape
+        assert not torch.equal(adapter.resampler.latents, pooler["latents"]), "a fresh front"
+    adapter, config = front("--resampler-from-stage1", "true")
+    assert config == stage1["spec"].resampler
+    assert all(torch.equal(adapter.resampler.state_dict()[key], tensor) for key, tensor in pooler.items())
+    assert torch.equal(adapter.input_projection.weight, torch.eye(32)), "the carried path starts as trained"
+    with pytest.raises(ValueError, match="--cross-attention pooler chooses"):
+        front("--resampler-from-stage1", "true", "--cross-attention", "pooler")
+    assert front("--resampler-depth", "6")[1].depth == 6  # the paper's Table 4 six-layer row
 
 
 def test_bf16_and_compile_on_cpu_follow_fp32_eager_and_resume_eagerly(chain, tmp_path):

@@ -1,10 +1,14 @@
 """vlm.py: the wiring of Figure 2. Each adapter learns to carry image information into a frozen LM."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from checkpoints import build_vlm
 from conftest import toy_spec
 from decoding import greedy_decode
+from palm_decoder import PaLMConfig, PaLMDecoder
+from resampler import PerceiverResampler, ResamplerConfig
+from vlm import MLPAdapter, VAdapter
 
 VOCAB, CAPTION_LEN = 64, 6
 
@@ -43,10 +47,10 @@ def pretrain_frozen_lm_to_copy(lm, steps=300):
     assert loss.item() < 0.1, "the LM learned to copy"
 
 
-@pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
+@pytest.mark.parametrize("adapter", ["perceiver", "vadapter", "mlp"])
 def test_adapter_learns_to_carry_the_image_and_frozen_parts_stay_put(adapter):
     torch.manual_seed(0)
-    model = build_vlm(toy_spec(adapter, num_latents=CAPTION_LEN))
+    model = build_vlm(toy_spec(adapter, num_latents=CAPTION_LEN))  # mlp: one visual token per patch (16)
     pretrain_frozen_lm_to_copy(model.lm)
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = model.trainable_parameters()
@@ -105,3 +109,39 @@ def test_generate_conditions_on_the_image():
     model = build_vlm(toy_spec("perceiver"))
     out = greedy_decode(model, torch.randn(2, 3, 32, 32), [[2], [2, 5]], max_new_tokens=3)
     assert len(out) == 2 and all(len(tokens) == 3 for tokens in out)
+
+
+def test_vadapter_maps_widths_with_a_linear_layer_on_each_side_of_the_tiny_lm():
+    """The paper's FC before and after the tiny LM: a resampler as wide as the ViT (48), a narrower
+    tiny LM (32), the large LM's width out (64); both FC layers learn."""
+    torch.manual_seed(0)
+    resampler = PerceiverResampler(ResamplerConfig.for_perceiver(48, depth=1, num_latents=4))
+    tiny_lm = PaLMDecoder(PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=4, max_seq_len=16))
+    adapter = VAdapter(resampler, tiny_lm, lm_dim=64)
+    assert adapter.input_projection.weight.shape == (32, 48) and adapter.projection.weight.shape == (64, 32)
+    features = torch.randn(2, 3, 9, 48)  # a 3-frame video
+    tokens = adapter(features)
+    assert tokens.shape == (2, 4, 64)
+    expected = adapter.projection(tiny_lm(prefix=adapter.input_projection(resampler(features)), return_hidden=True))
+    torch.testing.assert_close(tokens, expected, atol=0, rtol=0)
+    (tokens * torch.randn_like(tokens)).sum().backward()
+    for layer in (adapter.input_projection, adapter.projection):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_mlp_adapter_reads_every_patch_and_a_video_as_its_frame_mean():
+    """Table 13's baseline against a hand computation: W2 gelu(W1 x + b1) + b2 per patch; a video is
+    the image adapter on the mean of its frames; it trains exactly its two layers."""
+    torch.manual_seed(0)
+    adapter = MLPAdapter(48, 64)
+    image, video = torch.randn(2, 9, 48), torch.randn(2, 3, 9, 48)
+    expected = F.gelu(image @ adapter.hidden.weight.T + adapter.hidden.bias) @ adapter.out.weight.T + adapter.out.bias
+    torch.testing.assert_close(adapter(image), expected, atol=1e-6, rtol=1e-6)
+    assert adapter(video).shape == (2, 9, 64)
+    torch.testing.assert_close(adapter(video), adapter(video.mean(dim=1)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"\(B, N, 48\).*got shape \(2, 9, 40\)"):
+        adapter(torch.randn(2, 9, 40))
+    model = build_vlm(toy_spec("mlp"))
+    assert model.num_trainable_parameters() == 48 * 64 + 64 + 64 * 64 + 64
+    assert model.visual_tokens(torch.randn(2, 4, 3, 32, 32)).shape == (2, 16, 64)  # 4 x 4 patches of 8 pixels
+
