@@ -171,5 +171,5 @@ def test_bad_decoding_arguments_raise():
     with pytest.raises(ValueError, match="beam_size"):
         decoding.beam_search(model, pixels, PROMPTS, 0)
     with pytest.raises(ValueError, match="max_seq_len"):
-        decoding.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=100)
+        decoding.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=200)
     assert decoding.beam_search(model, pixels, PROMPTS, 2, max_new_tokens=0) == [[], [], []]
