@@ -256,10 +256,13 @@ def load_lm(path: str) -> PaLMDecoder:
     return lm
 
 
-def load_tokenizer(path, vocab_size: int) -> data.Tokenizer:
-    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read its ids."""
+def load_tokenizer(path, vocab_size: int, lm_source: str | None = None) -> data.Tokenizer:
+    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read its
+    ids; lm_source (the LM's flag value): an `hf:FOLDER` LM's error names its own tokenizer."""
     tokenizer = data.Tokenizer(path)
     if tokenizer.vocab_size != vocab_size:
+        fix = (f"--tokenizer {lm_source} (the LM's own tokenizer.model)" if str(lm_source).startswith(HUGGING_FACE_PREFIX)
+               else "the tokenizer the run was trained with (--tokenizer)")
         raise ValueError(f"{path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size {vocab_size}: "
-                         "give the tokenizer the run was trained with (--tokenizer)")
+                         f"give {fix}")
     return tokenizer

@@ -94,7 +94,8 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
         samples = []
         for image_id in chunk:
             ids = [tokenizer.bos_id] + tokenizer.encode(by_image[image_id][0]) + [tokenizer.eos_id]
-            samples.append({"pixels": data.load_pixels(examples[image_id].path, model.vision.config.image_size), "image_id": image_id,
+            pixels = data.load_pixels(examples[image_id].path, model.vision.config.image_size, **model.vision.config.pixel_options())
+            samples.append({"pixels": pixels, "image_id": image_id,
                             "input_ids": torch.tensor(ids), "loss_mask": torch.tensor([False] + [True] * (len(ids) - 1))})
         batch = data.collate(samples, tokenizer.pad_id)
         pixels = batch["pixels"]
