@@ -374,6 +374,8 @@ def main(argv=None) -> int:
                  benchmark_step.add_flags, benchmark_step.main),
         "reference": ("our PaLMDecoder against transformers' Llama of the same size",
                       benchmark_reference.add_flags, benchmark_reference.main),
+        "load": ("peak host memory of loading a random 1B Llama folder in fp32 and in bf16",
+                 benchmark_reference.add_load_flags, benchmark_reference.load_main),
     }
     for name, (help_text, add_flags, _) in benchmarks.items():
         command = subcommands.add_parser(name, help=help_text)

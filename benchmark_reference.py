@@ -3,12 +3,17 @@ LlamaForCausalLM of the same width, depth, heads, vocabulary and sequence: forwa
 parameter counts. A check that the plain-PyTorch decoder is not slower than a widely used one.
 
     python benchmark.py reference --dim 256 --depth 4 --heads 8
+    python benchmark.py load        # peak memory of loading a random 1B Llama folder, fp32 and bf16
 Needs `pip install -r requirements-bench.txt` (transformers, a benchmark-only extra). Measured
 numbers and how to read them: docs/benchmarks.md.
 """
 import json
+import math
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 
 import torch
 
@@ -98,3 +103,70 @@ def main(args) -> int:
                        "median_pair_ratio": pair_ratio}, file, indent=1)
     return 0
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a frozen LM: peak host memory (RSS) per --frozen-dtype
+# ---------------------------------------------------------------------------------------------
+
+LOAD_PROBE = """import resource, sys, torch
+from palm_decoder import PaLMDecoder
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+PaLMDecoder.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"""
+
+
+def write_random_llama(folder, dim: int, depth: int, mlp: int, vocab: int, heads: int, kv_heads: int) -> int:
+    """A Llama folder of random bf16 weights, one shard per block (so writing it never holds the whole
+    model) -> its parameter count."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    head_dim, weight_map, count = dim // heads, {}, 0
+    shapes = {"self_attn.q_proj": (dim, dim), "self_attn.k_proj": (kv_heads * head_dim, dim),
+              "self_attn.v_proj": (kv_heads * head_dim, dim), "self_attn.o_proj": (dim, dim),
+              "mlp.gate_proj": (mlp, dim), "mlp.up_proj": (mlp, dim), "mlp.down_proj": (dim, mlp)}
+    shards = [{"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,), "lm_head.weight": (vocab, dim)}]
+    shards += [{**{f"model.layers.{i}.{name}.weight": shape for name, shape in shapes.items()},
+                f"model.layers.{i}.input_layernorm.weight": (dim,),
+                f"model.layers.{i}.post_attention_layernorm.weight": (dim,)} for i in range(depth)]
+    for index, shard in enumerate(shards):
+        name = f"model-{index:05d}.safetensors"
+        save_file({key: torch.randn(shape, dtype=torch.bfloat16) * 0.02 for key, shape in shard.items()}, f"{folder}/{name}")
+        weight_map.update(dict.fromkeys(shard, name))
+        count += sum(math.prod(shape) for shape in shard.values())
+    with open(f"{folder}/model.safetensors.index.json", "w") as f:
+        json.dump({"weight_map": weight_map}, f)
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump({"model_type": "llama", "vocab_size": vocab, "hidden_size": dim, "intermediate_size": mlp,
+                   "num_hidden_layers": depth, "num_attention_heads": heads, "num_key_value_heads": kv_heads}, f)
+    return count
+
+
+def add_load_flags(parser):
+    parser.add_argument("--folder", default="/tmp/random-llama-1b", help="written here, deleted afterwards")
+    parser.add_argument("--size", choices=["1b", "tiny"], default="1b", help="1b: TinyLlama's shape (1.1B parameters)")
+
+
+def load_main(args) -> int:
+    """Peak RSS of PaLMDecoder.from_pretrained on a random bf16 Llama folder, per frozen dtype, each in
+    a fresh process (ru_maxrss: the high-water mark of this process alone)."""
+    shape = dict(dim=2048, depth=22, mlp=5632, vocab=32000, heads=32, kv_heads=4) if args.size == "1b" else \
+        dict(dim=64, depth=2, mlp=128, vocab=100, heads=4, kv_heads=1)
+    try:
+        count = write_random_llama(args.folder, **shape)
+        rows = {}
+        for dtype in ("float32", "bfloat16"):
+            probe = subprocess.run([sys.executable, "-c", LOAD_PROBE, args.folder, dtype], capture_output=True, text=True,
+                                   check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+            before, peak = (int(kb) * 1024 for kb in probe.stdout.split())
+            rows[dtype] = {"peak_rss_gb": peak / 1e9, "peak_rss_after_import_gb": (peak - before) / 1e9,
+                           "weights_gb": count * (4 if dtype == "float32" else 2) / 1e9}
+            print(f"{dtype:>9}: {count / 1e9:.2f}B parameters, weights {rows[dtype]['weights_gb']:.2f} GB, "
+                  f"peak RSS {peak / 1e9:.2f} GB ({(peak - before) / 1e9:.2f} GB above torch's import)")
+    finally:
+        shutil.rmtree(args.folder, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "parameters": count, "load": rows}, f, indent=2)
+    return 0

@@ -4,7 +4,7 @@
 ms/step, target tokens/s and LM positions/s, peak memory, model FLOP/s (MFU on CUDA). It checks
 after every row that frozen parameters get no .grad and the adapter does (Figure 2's frozen boxes).
 `--compare-frozen-paths`: the stage-2 step with the frozen ViT under autograd, under no_grad, and
-from data.FeatureCache.
+from feature_cache.FeatureCache.
 
     python benchmark.py step --preset cpu --stage both
     python benchmark.py step --compare-frozen-paths
@@ -23,6 +23,7 @@ import attention as attn
 import data
 from benchmark_tools import DTYPES, PeakMemory, Preset, backend_names, device_and_preset, machine, short_error, summary, time_calls
 from checkpoints import ModelSpec, build_vlm
+from feature_cache import FeatureCache
 from trainer import TrainConfig, build_optimizer, move_to
 from vlm import VisionLanguageModel, caption_loss
 
@@ -273,7 +274,7 @@ FROZEN_PATHS = {
 }
 
 
-def frozen_path_losses(model: VisionLanguageModel, cache: data.FeatureCache) -> dict:
+def frozen_path_losses(model: VisionLanguageModel, cache: FeatureCache) -> dict:
     def vision_under_grad(runner, batch):
         _, loss_sum = runner(batch["input_ids"], batch["loss_mask"], features=model.vision(batch["pixels"]), reduction="sum")
         return loss_sum, batch["loss_mask"].sum()
@@ -287,7 +288,7 @@ def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: st
     memory = PeakMemory(device)
     setup = setup_step(stage_spec(preset, 2, args.adapter, backend), preset, device, compiled=False)
     model, batch = setup.model, setup.batch
-    cache = data.FeatureCache()
+    cache = FeatureCache()
     cache.get_or_compute(batch["image_ids"], batch["pixels"], model.encode_images)
     losses = frozen_path_losses(model, cache)
 

@@ -244,33 +244,55 @@ def load_vlm(path, device="cpu") -> tuple[VisionLanguageModel, dict]:
     return model.to(device).eval(), checkpoint
 
 
-def load_vision(path: str) -> ViT:
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def frozen_dtype(name: str | None, device: str = "auto", bf16: bool | None = None) -> torch.dtype:
+    """--frozen-dtype: the frozen ViT's and LM's weights; None: bf16 on CUDA, fp32 on CPU. bf16 needs
+    bf16 autocast (--bf16), under which the fp32 adapter meets the bf16 frozen weights."""
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    name = name or ("bf16" if cuda else "fp32")
+    if name == "bf16" and not (cuda if bf16 is None else bf16):
+        raise ValueError("--frozen-dtype bf16 needs bf16 autocast (--bf16 true, the default on CUDA only): the trained "
+                         "adapter stays fp32 and meets the frozen bf16 weights under autocast; or --frozen-dtype fp32")
+    return FROZEN_DTYPES[name]
+
+
+def loaded(model_class, config, state: dict, dtype) -> nn.Module:
+    """A model filled from `state` without a throwaway random initialisation: built on the meta device
+    (no memory), the checkpoint's tensors assigned in place, then cast to `dtype`."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(state, assign=True)
+    return model.to(dtype)
+
+
+def load_vision(path: str, dtype=torch.float32) -> ViT:
     """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
     `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""
     if path.startswith(HUGGING_FACE_PREFIX):
-        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
+        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)
     checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
-    vision = ViT(checkpoint["spec"].vision)
-    vision.load_state_dict(submodule_state(checkpoint["model"], "vision."))
-    return vision
+    return loaded(ViT, checkpoint["spec"].vision, submodule_state(checkpoint["model"], "vision."), dtype)
 
 
-def load_lm(path: str) -> PaLMDecoder:
+def load_lm(path: str, dtype=torch.float32) -> PaLMDecoder:
     """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
     with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
     if path.startswith(HUGGING_FACE_PREFIX):
-        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):])
+        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)
     checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
-    lm = PaLMDecoder(checkpoint["spec"].lm)
     state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
-    lm.load_state_dict(state)
-    return lm
+    return loaded(PaLMDecoder, checkpoint["spec"].lm, state, dtype)
 
 
-def load_tokenizer(path, vocab_size: int) -> data.Tokenizer:
-    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read its ids."""
+def load_tokenizer(path, vocab_size: int, lm_source: str | None = None) -> data.Tokenizer:
+    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read its
+    ids; lm_source (the LM's flag value): an `hf:FOLDER` LM's error names its own tokenizer."""
     tokenizer = data.Tokenizer(path)
     if tokenizer.vocab_size != vocab_size:
+        fix = (f"--tokenizer {lm_source} (the LM's own tokenizer.model)" if str(lm_source).startswith(HUGGING_FACE_PREFIX)
+               else "the tokenizer the run was trained with (--tokenizer)")
         raise ValueError(f"{path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size {vocab_size}: "
-                         "give the tokenizer the run was trained with (--tokenizer)")
+                         f"give {fix}")
     return tokenizer

@@ -43,8 +43,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
-    """Any PIL mode -> RGB, short side resized to image_size, centre crop, normalized: (3, S, S)."""
+def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+               resize: str = "crop") -> torch.Tensor:
+    """Any PIL mode -> RGB, resized to image_size x image_size, normalized: (3, S, S). resize="crop":
+    short side to image_size (the long side truncated, as torchvision and transformers compute it),
+    centre crop (CLIP); "square": the whole image squeezed to the square (SigLIP). Bicubic both."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -52,21 +55,30 @@ def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # missing/truncated/corrupt/huge
         raise DataError(f"{path}: cannot read image ({error}); expected a complete image file") from error
     width, height = image.size
-    if min(width, height) != image_size:
-        scale = image_size / min(width, height)
-        image = image.resize((max(image_size, round(width * scale)), max(image_size, round(height * scale))),
-                             Image.Resampling.BICUBIC)
+    if resize == "square":
+        size = (image_size, image_size)
+    else:
+        short, long = sorted((width, height))
+        size = (image_size, int(image_size * long / short))[:: 1 if width <= height else -1]
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
     left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, S, S)
     return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def load_pixels(path: Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
-    """An image file -> (3, S, S); a folder of frames -> (T, 3, S, S), frames in file-name order."""
+def load_pixels(path: Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize: str = "crop",
+                max_frames: int | None = None) -> torch.Tensor:
+    """An image file -> (3, S, S); a folder of frames -> (T, 3, S, S), frames in file-name order,
+    T <= max_frames: a longer video gives max_frames frames spread evenly over it (first and last kept).
+    The keyword arguments are a ViTConfig's pixel_options()."""
     if Path(path).is_dir():
-        return torch.stack([load_image(frame, image_size, mean, std) for frame in frame_files(Path(path))])
-    return load_image(path, image_size, mean, std)
+        frames = frame_files(Path(path))
+        if max_frames is not None and len(frames) > max_frames:
+            frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+        return torch.stack([load_image(frame, image_size, mean, std, resize) for frame in frames])
+    return load_image(path, image_size, mean, std, resize)
 
 
 class Tokenizer:
@@ -155,10 +167,10 @@ class VisionTextDataset(Dataset):
     sample lists it under "unreadable", so whoever reads the batches counts each one exactly, from
     any worker process (`unreadable` holds this process's)."""
 
-    def __init__(self, examples: list[Example], tokenizer: Tokenizer, image_size: int,
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), on_bad_sample: str = "error",
-                 max_text_tokens: int | None = None):
-        self.tokenizer, self.image_size, self.mean, self.std = tokenizer, image_size, mean, std
+    def __init__(self, examples: list[Example], tokenizer: Tokenizer, image_size: int, on_bad_sample: str = "error",
+                 max_text_tokens: int | None = None, **pixel_options):
+        self.tokenizer, self.image_size = tokenizer, image_size
+        self.pixel_options = pixel_options  # load_pixels' mean, std, resize, max_frames
         bad = BadSamples(on_bad_sample)
         self.skip, self.max_text_tokens, self.truncated = bad.skip, max_text_tokens, 0
         if max_text_tokens is not None:
@@ -202,7 +214,7 @@ class VisionTextDataset(Dataset):
             if example.path in self.unreadable:
                 continue
             try:
-                pixels = load_pixels(example.path, self.image_size, self.mean, self.std)
+                pixels = load_pixels(example.path, self.image_size, **self.pixel_options)
             except DataError as error:
                 message = f"{error} (field 'file_name' of image_id {example.image_id}, {example.source})"
                 if not self.skip:
@@ -241,7 +253,7 @@ def collate(samples: list[dict], pad_id: int) -> dict:
         loss_mask[row, :lengths[row]] = sample["loss_mask"]
     batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
     if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
-        batch["pixels"] = torch.stack([s["pixels"] for s in samples])
+        batch["pixels"] = pad_frames([s["pixels"] for s in samples], batch)
         batch["image_ids"] = [s["image_id"] for s in samples]
     if "visual_at" in samples[0]:
         batch["visual_at"] = torch.tensor([s["visual_at"] for s in samples])
@@ -252,29 +264,16 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     return batch
 
 
-class FeatureCache:
-    """Frozen-encoder features per image id, on CPU, so the encoder runs once per image over all
-    epochs. Valid only while the encoder stays frozen and images are not augmented; ids must be
-    unique across the splits sharing a cache (they are in COCO and in the synthetic world)."""
-
-    def __init__(self):
-        self.features: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def get_or_compute(self, image_ids: list[int], pixels: torch.Tensor, encode_fn) -> torch.Tensor:
-        """encode_fn maps pixels (n, ...) to features (n, ...); returns features (B, ...) on pixels' device."""
-        missing = {}  # image_id -> its first row in the batch
-        for row, image_id in enumerate(image_ids):
-            if image_id not in self.features:
-                missing.setdefault(image_id, row)
-        if missing:
-            with torch.no_grad():
-                computed = encode_fn(pixels[list(missing.values())])
-            for image_id, features in zip(missing, computed):
-                self.features[image_id] = features.detach().to("cpu", copy=True)  # copy: not a view of the batch
-        return torch.stack([self.features[image_id] for image_id in image_ids]).to(pixels.device)
+def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
+    """Images -> (B,3,S,S); videos -> (B,T,3,S,S) with T the longest, shorter ones padded with zero
+    frames, and batch["num_frames"] (B,) their real frame counts (the resampler leaves padding out)."""
+    if pixels[0].dim() == 3:
+        return torch.stack(pixels)
+    batch["num_frames"] = torch.tensor([len(video) for video in pixels])
+    padded = pixels[0].new_zeros(len(pixels), int(batch["num_frames"].max()), *pixels[0].shape[1:])
+    for row, video in enumerate(pixels):
+        padded[row, :len(video)] = video
+    return padded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,14 +293,6 @@ TASK_FILES = {
 TOKENIZER_FILE = "tokenizer.model"
 
 
-def folder_num_frames(folder: str | Path) -> int | None:
-    """Frames per video from the generator's dataset.json; None without one (real video folders):
-    the readers then take the frame count most folders have."""
-    info = Path(folder) / "dataset.json"
-    options = json.loads(info.read_text()).get("options", {}) if info.exists() else {}
-    return options.get("num_frames") if isinstance(options, dict) else None
-
-
 def available_tasks(folder: str | Path, split: str) -> list[str]:
     return [task for task, files in TASK_FILES.items()
             if all((Path(folder) / name.format(split=split)).exists() for name in files.values())]
@@ -316,13 +307,11 @@ def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "e
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
     files = {role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()}
     videos = task.startswith("video")
-    num_frames = folder_num_frames(folder) if videos else None
     if "captions" in files:
-        read = read_captions(files["captions"], split=split, num_frames=num_frames, on_bad_sample=on_bad_sample,
-                             videos=videos)
+        read = read_captions(files["captions"], split=split, on_bad_sample=on_bad_sample, videos=videos)
     else:
-        read = read_vqa(files["questions"], files["annotations"], files["images"], num_frames=num_frames,
-                        on_bad_sample=on_bad_sample, videos=videos)
+        read = read_vqa(files["questions"], files["annotations"], files["images"], on_bad_sample=on_bad_sample,
+                        videos=videos)
     if not read.examples and not allow_empty:
         skipped = ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items())) or "none"
         raise DataError(f"{folder}: task {task!r} of split {split!r} has no usable sample in "
@@ -333,9 +322,10 @@ def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "e
 
 def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_size: int,
                   tasks: list[str] | None = None, on_bad_sample: str = "error",
-                  max_text_tokens: int | None = None) -> list[Dataset]:
+                  max_text_tokens: int | None = None, **pixel_options) -> list[Dataset]:
     """The datasets a stage trains on, one per modality (a batch never mixes images and videos):
     [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks.
+    pixel_options: load_pixels' mean, std, resize and max_frames (the ViT's and the resampler's).
     Each dataset's `skipped` counts the bad samples its files' readers left out."""
     present = available_tasks(folder, split)
     tasks = tasks or present
@@ -349,7 +339,8 @@ def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_si
         if modality:
             reads = [read_task(folder, task, split, on_bad_sample) for task in modality]
             groups.append(VisionTextDataset([e for read in reads for e in read.examples], tokenizer, image_size,
-                                            on_bad_sample=on_bad_sample, max_text_tokens=max_text_tokens))
+                                            on_bad_sample=on_bad_sample, max_text_tokens=max_text_tokens,
+                                            **pixel_options))
             groups[-1].skipped.update(sum((read.skipped for read in reads), Counter()))
     return groups
 

@@ -95,8 +95,8 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
         prompt, visual_at = data.prompt_ids(tokenizer, "")  # the captioning prompt the adapter was trained with
         for image_id in chunk:
             target = tokenizer.encode(by_image[image_id][0]) + [tokenizer.eos_id]
-            samples.append({"pixels": data.load_pixels(examples[image_id].path, model.vision.config.image_size), "image_id": image_id,
-                            "input_ids": torch.tensor(prompt + target), "visual_at": visual_at,
+            pixels = data.load_pixels(examples[image_id].path, model.vision.config.image_size, **model.vision.config.pixel_options())
+            samples.append({"pixels": pixels, "image_id": image_id, "input_ids": torch.tensor(prompt + target), "visual_at": visual_at,
                             "loss_mask": torch.tensor([False] * len(prompt) + [True] * len(target))})
         batch = data.collate(samples, tokenizer.pad_id)
         pixels = batch["pixels"]

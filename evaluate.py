@@ -30,6 +30,7 @@ import diagnostics
 from checkpoints import ModelSpec, load_tokenizer, load_vlm
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
+from resampler import PerceiverResampler
 from run_folder import parse_metrics_line
 from vlm import VisionLanguageModel
 
@@ -54,8 +55,13 @@ def encode_once(model: VisionLanguageModel, paths: list, device) -> torch.Tensor
     """Patch features of each row's image or frame folder, the ViT run once per distinct path
     (VQA has several questions per image): (B, N, Dv) or (B, T, N, Dv)."""
     distinct = list(dict.fromkeys(paths))
-    image_size = model.vision.config.image_size
-    pixels = torch.stack([data.load_pixels(path, image_size) for path in distinct]).to(device)
+    config = model.vision.config
+    max_frames = next(m.config.max_frames for m in model.modules() if isinstance(m, PerceiverResampler))
+    loaded = [data.load_pixels(path, config.image_size, **config.pixel_options(), max_frames=max_frames) for path in distinct]
+    if len({tuple(pixels.shape) for pixels in loaded}) > 1:
+        raise ValueError(f"a batch of videos with different frame counts ({sorted({len(p) for p in loaded})}): "
+                         "evaluate them with --batch-size 1")
+    pixels = torch.stack(loaded).to(device)
     features = model.encode_images(pixels)  # (distinct, ...)
     return features[[distinct.index(path) for path in paths]]
 

@@ -75,7 +75,11 @@ def add_data_flags(parser):
     parser.add_argument("--tasks", help=f"comma-separated, from {list(data.TASK_FILES)} (default: all in DATA)")
     parser.add_argument("--cache-features", type=parse_bool, default=True, metavar="BOOL",
                         help="run the frozen ViT once per image and keep its features (default true)")
+    parser.add_argument("--feature-cache-gb", type=float, default=8.0, metavar="GB",
+                        help="the most the feature cache holds (bf16); the least recently used go first (default 8)")
     parser.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
+    parser.add_argument("--frozen-dtype", choices=["fp32", "bf16"],
+                        help="weights of the frozen ViT and LM (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--max-text-tokens", type=int, metavar="N",
                         help="text positions per sample, [bos] prompt target [eos]; longer texts are cut to N and "
                              "counted (default: the LM's max_seq_len minus the visual tokens)")

@@ -166,12 +166,53 @@ def vit_fields_from_hugging_face(hugging_face_config: dict, source) -> tuple[dic
         raise ValueError(f"{source}/config.json: hidden_act={vision['hidden_act']!r} is not supported; "
                          f"supported: {list(HUGGING_FACE_VISION_ACTIVATIONS)}")
     clip = family == "clip"
+    preprocessing = vision_preprocessing(source, family, vision["image_size"])
     fields = dict(
         image_size=vision["image_size"], patch_size=vision["patch_size"], dim=vision["hidden_size"],
         depth=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
         channels=vision["num_channels"], norm_eps=vision["layer_norm_eps"], class_token=clip, pre_norm=clip,
-        patch_bias=not clip, mlp_activation=HUGGING_FACE_VISION_ACTIVATIONS[vision["hidden_act"]])
+        patch_bias=not clip, mlp_activation=HUGGING_FACE_VISION_ACTIVATIONS[vision["hidden_act"]], **preprocessing)
     return fields, CLIP_VISION_WEIGHTS if clip else SIGLIP_VISION_WEIGHTS, IGNORED_VISION_TENSORS
+
+
+# transformers' image processors' defaults, for a folder without preprocessor_config.json: CLIP's
+# statistics with short-side resize and centre crop, SigLIP's 0.5 with a square resize.
+HUGGING_FACE_PREPROCESSING_DEFAULTS = {
+    "clip": dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+                 do_center_crop=True),
+    "siglip": dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_center_crop=False),
+}
+BICUBIC = 3  # PIL's number, as preprocessor_config.json writes "resample"
+
+
+def vision_preprocessing(folder, family: str, image_size: int) -> dict:
+    """The folder's preprocessor_config.json -> our ViTConfig's image_mean, image_std and resize.
+    What data.load_image cannot do as the processor does (another resampling filter, a resize to
+    another size than the crop) is an error naming the field. Without the file: transformers' defaults."""
+    path = Path(folder) / "preprocessor_config.json"
+    given = json.loads(path.read_text()) if path.is_file() else {}
+    default_size = {"shortest_edge": image_size} if family == "clip" else {"height": image_size, "width": image_size}
+    processor = {**HUGGING_FACE_PREPROCESSING_DEFAULTS[family], "size": default_size, **given}
+    source = path if given else f"{family} defaults"
+    for field, expected in (("do_resize", True), ("do_rescale", True), ("do_convert_rgb", True), ("resample", BICUBIC)):
+        if processor.get(field, expected) != expected:
+            raise ValueError(f"{source}: {field}={processor[field]!r} is not supported; expected {expected!r}")
+    if abs(processor.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+        raise ValueError(f"{source}: rescale_factor={processor['rescale_factor']} is not supported; expected 1/255")
+    size, crop = processor["size"], processor.get("crop_size") or {"height": image_size, "width": image_size}
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    if processor.get("do_center_crop") and size.get("shortest_edge") == image_size == crop.get("height") == crop.get("width"):
+        resize = "crop"
+    elif not processor.get("do_center_crop") and size.get("height") == image_size == size.get("width"):
+        resize = "square"
+    else:
+        raise ValueError(f"{source}: size={size}, do_center_crop={processor.get('do_center_crop')}, crop_size={crop} is not "
+                         f"supported for image_size {image_size}; expected shortest_edge {image_size} with a centre crop "
+                         f"of {image_size} (CLIP) or height = width = {image_size} without a crop (SigLIP)")
+    normalize = processor.get("do_normalize", True)
+    return dict(image_mean=tuple(processor["image_mean"]) if normalize else (0.0, 0.0, 0.0),
+                image_std=tuple(processor["image_std"]) if normalize else (1.0, 1.0, 1.0), resize=resize)
 
 
 # ---------------------------------------------------------------------------------------------

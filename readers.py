@@ -112,8 +112,8 @@ def inside_root(image_root: Path, name: str, where: str, fields: str, bad: BadSa
 
 def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples, videos: bool = False) -> bool:
     """Cheap checks up front (existence, frame count); decoding errors surface in the dataset.
-    An image unless `videos`; a video's frame count is num_frames, or any when None (then
-    keep_one_frame_count makes them agree)."""
+    An image unless `videos`; a video's frame count is num_frames, or any when None (collate pads
+    a batch's videos to its longest, data.load_pixels samples long ones down to max_frames)."""
     if not videos:
         if path.is_file():
             return True
@@ -130,18 +130,6 @@ def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples, 
             f"expected {num_frames or 'at least 1'} frames")
         return False
     return True
-
-
-def keep_one_frame_count(images: dict, path: Path, bad: BadSamples) -> None:
-    """Videos of no given frame count (real frame folders): the count most folders listed in `path`
-    have is the count, since a batch stacks videos; a folder with another count is a bad sample."""
-    counts = {image_id: len(frame_files(folder)) for image_id, folder in images.items() if folder is not None}
-    common = Counter(counts.values()).most_common(1)[0][0] if counts else None
-    for image_id, found in counts.items():
-        if found != common:
-            bad("wrong frame count", f"{images[image_id]}: {found} frames (listed in {path} field 'file_name'); "
-                f"expected {common}, the frame count of most videos there (a batch stacks videos of one count)")
-            images[image_id] = None
 
 
 def add_image(images: dict, first: dict, image_id: int, file: Path, where: str, num_frames: int | None,
@@ -189,7 +177,7 @@ def read_captions(path: str | Path, image_root: str | Path | None = None, split:
     """COCO captions: the official captions_*.json (images + annotations; `split` unused) or
     Karpathy's dataset_coco.json (`split` train/val/test, restval counted as train; None = all).
     Image paths are image_root / file_name (root defaults to the JSON's folder), inside the root.
-    Videos (videos=True or num_frames given) are folders of num_frames frames (None: as most have)."""
+    Videos (videos=True or num_frames given) are folders of num_frames frames (None: any number)."""
     path = Path(path)
     image_root = Path(image_root) if image_root is not None else path.parent
     data, bad, videos = read_json(path), BadSamples(on_bad_sample), videos or num_frames is not None
@@ -205,8 +193,6 @@ def read_captions(path: str | Path, image_root: str | Path | None = None, split:
                 bad("unknown image_id", f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images'")
             elif image_id is not None and caption is not None:
                 pairs.append((image_id, caption, where))
-    if videos and num_frames is None:
-        keep_one_frame_count(images, path, bad)
     pairs = [(image_id, caption, where) for image_id, caption, where in pairs if images[image_id] is not None]
     images = {image_id: file for image_id, file in images.items() if file is not None}
     references = defaultdict(list)
@@ -263,8 +249,6 @@ def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = N
         images_data = read_json(images_path)
         images = (read_karpathy(images_data, images_path, image_root, None, num_frames, videos, bad)[0]
                   if is_karpathy(images_data) else read_images(images_data, images_path, image_root, num_frames, videos, bad))
-        if videos and num_frames is None:
-            keep_one_frame_count(images, images_path, bad)
     else:
         image_root = Path(image_root) if image_root is not None else questions_path.parent
         coco_name = f"COCO_{questions_data.get('data_subtype', '')}_{{:012d}}.jpg"

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import BACKENDS, attention
+from attention import BACKENDS, Mask, attention
 
 
 @dataclass
@@ -92,13 +92,13 @@ class LatentCrossAttention(nn.Module):
         self.key_value = nn.Linear(config.dim, 2 * config.dim, bias=False)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
 
-    def forward(self, features, latents):  # (B, M, D), (B, L, D) -> (B, L, D)
+    def forward(self, features, latents, mask=None):  # (B, M, D), (B, L, D) -> (B, L, D)
         B, L, D = latents.shape
         features, latents = self.feature_norm(features), self.latent_norm(latents)
         q = self.query(latents).view(B, L, self.num_heads, -1).transpose(1, 2)  # (B, H, L, Dh)
         keys_and_values = torch.cat([features, latents], dim=1) if self.latents_in_keys else features  # (B, M [+ L], D)
         k, v = self.key_value(keys_and_values).view(B, -1, 2, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M [+ L], Dh)
-        out = attention(q, k, v, backend=self.backend)  # (B, H, L, Dh)
+        out = attention(q, k, v, mask, backend=self.backend)  # (B, H, L, Dh)
         return self.out(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -119,8 +119,8 @@ class ResamplerLayer(nn.Module):
         self.attention = LatentCrossAttention(config)
         self.feed_forward = FeedForward(config) if config.feed_forward else None
 
-    def forward(self, features, latents):  # (B, M, D), (B, L, D) -> (B, L, D)
-        latents = latents + self.attention(features, latents)
+    def forward(self, features, latents, mask=None):  # (B, M, D), (B, L, D) -> (B, L, D)
+        latents = latents + self.attention(features, latents, mask)
         return latents if self.feed_forward is None else latents + self.feed_forward(latents)
 
 
@@ -144,8 +144,10 @@ class PerceiverResampler(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
 
-    def forward(self, features):
-        """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents, D)."""
+    def forward(self, features, num_frames=None):
+        """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents, D).
+        num_frames (B,): each video's real frames; the frames after them are batch padding, which
+        no latent attends to, so a video gives the same latents alone or padded in a batch."""
         if features.dim() not in (3, 4) or features.shape[-1] != self.config.input_dim:
             raise ValueError(
                 f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, {self.config.input_dim}); "
@@ -161,6 +163,11 @@ class PerceiverResampler(nn.Module):
         features = self.input_projection(features) + self.time_embedding[:frames]  # (B, T, N, D); (T, 1, D) broadcasts
         features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
         latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
+        mask = None
+        if num_frames is not None and bool((num_frames < frames).any()):
+            real_keys, padded_end = num_frames.long() * (features.shape[1] // frames), features.shape[1]
+            # Keys are [T * N frame features; L latents]: the padded frames' keys are left out.
+            mask = Mask(f"frame_padding@{padded_end}", lambda b, h, q, kv: (kv < real_keys[b]) | (kv >= padded_end), (real_keys,))
         for layer in self.layers:
-            latents = layer(features, latents)
+            latents = layer(features, latents, mask)
         return self.final_norm(latents)  # (B, L, D)

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from checkpoints import ModelSpec, load_lm, load_vision
+from checkpoints import ModelSpec, frozen_dtype, load_lm, load_vision
 from flags import add_config_flags, add_data_flags, config_from_args
 from resampler import PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
@@ -33,7 +33,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    vision, tiny_lm = load_vision(args.vit), load_lm(args.tiny_lm)
+    vision = load_vision(args.vit, frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16))
+    tiny_lm = load_lm(args.tiny_lm)  # trained here: fp32
     preset = ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm
     resampler = config_from_args(args, ResamplerConfig, "resampler-",
                                  base=preset(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))

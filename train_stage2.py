@@ -21,7 +21,7 @@ from dataclasses import fields
 import torch
 import torch.nn as nn
 
-from checkpoints import ModelSpec, load_checkpoint, load_lm, load_vision, submodule_state
+from checkpoints import ModelSpec, frozen_dtype, load_checkpoint, load_lm, load_vision, submodule_state
 from flags import add_config_flags, add_data_flags, config_from_args, parse_bool
 from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
@@ -112,7 +112,8 @@ def main(argv=None):
     args = parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    vision, lm = load_vision(args.vit), load_lm(args.lm)
+    dtype = frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16)
+    vision, lm = load_vision(args.vit, dtype), load_lm(args.lm, dtype)
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
     spec = ModelSpec(vision=vision.config, resampler=resampler, lm=lm.config, tiny_lm=tiny_lm, adapter=args.adapter,
                      adapter_init=args.adapter_init if args.adapter == "vadapter" else None)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import data
 from checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
+from feature_cache import FeatureCache
 from run_folder import (METRICS_NAME, append_metrics, keep_metrics_up_to, prepare_run_folder, resume_newest_readable,
                         save_keeping)
 from vit import num_parameters
@@ -352,7 +353,9 @@ def skip_report(datasets: list, unreadable: set[str]) -> dict:
 def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig) -> dict:
     """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it.
     The summary adds what the data left out or cut (skip_report)."""
-    tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size)
+    lm_source = getattr(args, "lm", None) or getattr(args, "tiny_lm", None)  # the decoder's: stage 2's --lm, stage 1's --tiny-lm
+    tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size,
+                               lm_source)
     tasks = args.tasks.split(",") if args.tasks else None
     image_size = model.vision.config.image_size
     room = spec.lm.max_seq_len - spec.num_visual_tokens  # text positions left after the visual tokens
@@ -360,9 +363,14 @@ def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, tra
     if not 2 <= max_text_tokens <= room:
         raise ValueError(f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
                          f"{spec.lm.max_seq_len} leaves after {spec.num_visual_tokens} visual tokens")
+    max_frames = spec.resampler.max_frames if spec.resampler is not None else None
+    pixel_options = {**model.vision.config.pixel_options(), "max_frames": max_frames}
     train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample,
-                                             max_text_tokens) for split in ("train", "val"))
-    cache = data.FeatureCache() if args.cache_features else None
+                                             max_text_tokens, **pixel_options) for split in ("train", "val"))
+    cache = None
+    if args.cache_features:
+        cache = FeatureCache(max_bytes=int(args.feature_cache_gb * 2**30))
+        print(cache.describe())
     unreadable = set()  # images skip mode left out, as the batches list them (from any worker process)
 
     def loss_fn(model, batch):

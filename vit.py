@@ -39,6 +39,12 @@ class ViTConfig:
     pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's pre_layrnorm)
     patch_bias: bool = True  # the patch embedding has a bias (CLIP's has none)
     mlp_activation: str = "gelu"  # gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (CLIP: x * sigmoid(1.702 x))
+    # The pixels the encoder was trained on: per-channel statistics (CLIP's are not 0.5) and how an
+    # image becomes image_size x image_size ("crop": short side resized, centre crop, as CLIP;
+    # "square": the whole image resized, as SigLIP). data.load_pixels applies them.
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    resize: str = "crop"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "channels", "norm_eps"):
@@ -55,6 +61,22 @@ class ViTConfig:
             raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
         if self.mlp_activation not in ACTIVATIONS:
             raise ValueError(f"mlp_activation={self.mlp_activation!r}; choose one of {list(ACTIVATIONS)}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)  # a flag gives "0.5,0.5,0.5"; a JSON spec gives a list
+            try:
+                value = tuple(float(x) for x in (value.split(",") if isinstance(value, str) else value))
+            except (TypeError, ValueError):
+                value = ()
+            if len(value) != self.channels or (name == "image_std" and min(value) <= 0):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected {self.channels} numbers (one per channel)"
+                                 + (", all positive" if name == "image_std" else ""))
+            setattr(self, name, value)
+        if self.resize not in ("crop", "square"):
+            raise ValueError(f"resize={self.resize!r}; choose 'crop' (short side, centre crop) or 'square'")
+
+    def pixel_options(self) -> dict:
+        """What data.load_pixels needs, besides image_size, to make this encoder's input."""
+        return dict(mean=self.image_mean, std=self.image_std, resize=self.resize)
 
     @property
     def grid_size(self) -> int:

@@ -156,24 +156,6 @@ def test_write_atomically_replaces_whole_files_and_a_failed_write_keeps_the_old_
     assert path.read_text() == "second" and [p.name for p in path.parent.iterdir()] == ["results.json"]
 
 
-def test_feature_cache_runs_the_encoder_once_per_image():
-    encoded = Counter()
-    weights = torch.randn(3, 5, requires_grad=True)
-
-    def encode(pixels):  # (n, 3) -> (n, 2, 5)
-        encoded.update(pixels[:, 0].long().tolist())
-        return (pixels @ weights).unsqueeze(1).repeat(1, 2, 1)
-
-    cache = data.FeatureCache()
-    pixels_of = lambda ids: torch.tensor([[float(i), 1.0, 2.0] for i in ids])
-    first = cache.get_or_compute([1, 2, 2, 3], pixels_of([1, 2, 2, 3]), encode)
-    second = cache.get_or_compute([3, 4, 1], pixels_of([3, 4, 1]), encode)
-    assert encoded == Counter({1: 1, 2: 1, 3: 1, 4: 1}) and len(cache) == 4
-    assert first.shape == (4, 2, 5) and not second.requires_grad and second.device.type == "cpu"
-    assert torch.equal(second[0], first[3]) and torch.equal(second[2], first[0]) and torch.equal(first[1], first[2])
-    assert torch.allclose(second, encode(pixels_of([3, 4, 1])).detach())
-
-
 # --- a data folder: splits, empty tasks, real video folders, text budget, the run's counts -----
 
 def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval_in_train(tmp_path, tokenizer):
@@ -215,7 +197,7 @@ def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folder
     (tmp_path / "videos").symlink_to(world / "videos")
     for name in ("video_captions_val.json", "video_questions_val.json", "video_annotations_val.json"):
         (tmp_path / name).write_text((world / name).read_text())
-    assert not (tmp_path / "dataset.json").exists() and data.folder_num_frames(tmp_path) is None
+    assert not (tmp_path / "dataset.json").exists()
     captions, questions = data.task_datasets(tmp_path, "val", tokenizer, 32)[0].examples, data.read_task(tmp_path, "video_vqa", "val")
     assert len({e.image_id for e in captions}) == 3 and len(questions.examples) == len(data.read_task(world, "video_vqa", "val").examples)
     [videos] = data.task_datasets(tmp_path, "val", tokenizer, 32, ["video_caption"])

@@ -9,6 +9,7 @@ folders themselves from our own models, the weight tables read backwards, and ne
 """
 import json
 import os
+import re
 import socket
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may be fetched
@@ -16,6 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 import pytest
 import sentencepiece
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 import data
@@ -339,3 +341,43 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
     with pytest.raises(ValueError, match="vocab_size"):  # the tiny LM's tokenizer with the large LM: refused
         train_stage2.main([*fast, *vit, "--lm", f"hf:{large}", "--tokenizer", f"hf:{tiny}", "--adapter", "vadapter",
                            "--stage1", str(tmp_path / "stage1"), "--out-dir", str(tmp_path / "mismatch")])
+    train_tokenizer(world / data.TOKENIZER_FILE, texts, 40, pad_id=0, unk_id=1, bos_id=2, eos_id=3)  # the data's own
+    assert data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size != large_vocab
+    with pytest.raises(ValueError, match=re.escape(f"give --tokenizer hf:{large} ")):  # no --tokenizer: the fix is named
+        train_stage2.main([*fast, *vit, "--lm", f"hf:{large}", "--adapter", "vadapter", "--stage1", str(tmp_path / "stage1"),
+                           "--out-dir", str(tmp_path / "no_tokenizer")])
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+@pytest.mark.parametrize("width, height", [(53, 37), (29, 70)])
+def test_pixels_match_transformers_image_processor(tmp_path, family, width, height):
+    """The folder's preprocessor_config.json (statistics, resize mode) gives the pixels transformers'
+    own processor gives: CLIP's short-side resize + centre crop, SigLIP's square resize, each with
+    its folder's mean and std (SigLIP's here not the default 0.5, so the file is what is read)."""
+    transformers = transformers_or_skip()
+    if family == "clip":
+        processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        transformers.CLIPVisionConfig(**VISION).save_pretrained(tmp_path)
+    else:
+        processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                                      image_std=[0.2, 0.3, 0.25])
+        transformers.SiglipVisionConfig(**VISION).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = ViTConfig(**vit_fields_from_hugging_face(json.loads((tmp_path / "config.json").read_text()), tmp_path)[0])
+    assert config.resize == ("crop" if family == "clip" else "square") and config.image_mean != (0.5, 0.5, 0.5)
+    image = tmp_path / "test.png"
+    Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8).numpy()).save(image)
+    ours = data.load_pixels(image, config.image_size, **config.pixel_options())
+    with Image.open(image) as opened:
+        theirs = processor(images=opened, return_tensors="pt").pixel_values[0]
+    assert ours.shape == theirs.shape == (3, 32, 32)
+    torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=0)
+
+
+def test_unsupported_preprocessing_is_an_error_naming_the_field(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"resample": 2, "size": {"shortest_edge": 32}}))
+    with pytest.raises(ValueError, match="resample=2"):
+        vit_fields_from_hugging_face({"model_type": "clip_vision_model", **VISION}, tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 40}, "do_center_crop": True}))
+    with pytest.raises(ValueError, match="shortest_edge 32"):
+        vit_fields_from_hugging_face({"model_type": "clip_vision_model", **VISION}, tmp_path)

@@ -17,7 +17,8 @@ LIBRARY_ORDER = [
     "hf_weights",  # Hugging Face folders and tensor-name tables (imports no model)
     "metrics",  # CIDEr-D, BLEU-4, VQA accuracy
     "readers",  # COCO / Karpathy / VQAv2 readers
-    "data",  # images, tokenizer, datasets, collate, feature cache
+    "data",  # images, tokenizer, datasets, collate
+    "feature_cache",  # frozen-ViT features kept in bf16, within a budget
     "flags",  # command-line flags from config dataclasses
     "scenes",  # scene labels: the stand-in ViT's pretraining targets and the linear probe
     "vit", "resampler", "palm_decoder",  # the models

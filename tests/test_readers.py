@@ -340,20 +340,20 @@ def test_skip_mode_counts_every_unreadable_image_from_any_worker(tmp_path, token
         assert sorted(str(w.message).split(": ")[1] for w in caught) == sorted([str(truncated), str(bomb)])
 
 
-def test_video_folders_of_unknown_frame_count_take_the_count_most_folders_have(tmp_path):
+def test_video_folders_of_any_frame_count_are_read_and_long_ones_sampled_to_max_frames(tmp_path):
     images = []
-    for video_id, frames in ((1, 4), (2, 4), (3, 3), (4, 4)):
+    for video_id, frames in ((1, 4), (2, 9), (3, 3), (4, 4)):
         for t in range(frames):
-            write_image(tmp_path / "videos" / str(video_id) / f"frame_{t:03d}.png")
+            write_image(tmp_path / "videos" / str(video_id) / f"frame_{t:03d}.png", colour=(10 * t, 0, 0))
         images.append({"id": video_id, "file_name": f"videos/{video_id}"})
     path = tmp_path / "video_captions.json"
     path.write_text(json.dumps({"images": images, "annotations": [{"image_id": i, "caption": "a cat"} for i in (1, 2, 3, 4)]}))
-    with pytest.raises(readers.DataError) as error:
-        readers.read_captions(path, videos=True)
-    assert all(text in str(error.value) for text in (str(tmp_path / "videos" / "3"), "3 frames", "expected 4", str(path)))
-    with pytest.warns(UserWarning, match="1 x wrong frame count"):
-        read = readers.read_captions(path, videos=True, on_bad_sample="skip")
-    assert set(read.images) == {1, 2, 4} and data.load_pixels(read.images[1], 16).shape == (4, 3, 16, 16)
+    read = readers.read_captions(path, videos=True)
+    assert set(read.images) == {1, 2, 3, 4} and data.load_pixels(read.images[3], 16).shape == (3, 3, 16, 16)
+    sampled = data.load_pixels(read.images[2], 16, max_frames=5)  # frames 0, 2, 4, 6, 8 of 9: evenly spread
+    every = data.load_pixels(read.images[2], 16)
+    assert every.shape == (9, 3, 16, 16) and torch.equal(sampled, every[[0, 2, 4, 6, 8]])
+    assert torch.equal(data.load_pixels(read.images[1], 16, max_frames=5), data.load_pixels(read.images[1], 16))
     with pytest.raises(readers.DataError) as error:  # an image task meeting a frame folder
         readers.read_captions(path)
     assert "this is a folder" in str(error.value) and "num_frames" not in str(error.value)

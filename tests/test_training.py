@@ -229,3 +229,35 @@ def test_bf16_and_compile_on_cpu_follow_fp32_eager_and_resume_eagerly(chain, tmp
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=2e-2), (stage, step, got[step], expected[step])
         assert any(abs(got[step] - expected[step]) > 1e-6 for step in (1, 2, 3)), "the compiled steps ran in bf16"
+
+
+def test_frozen_models_load_in_bf16_without_a_random_initialisation(chain, monkeypatch):
+    """load_vision / load_lm build on the meta device and assign the checkpoint's tensors: no
+    initialiser touches real memory, and the weights are the checkpoint's, cast to the asked dtype."""
+    _, runs, *_ = chain
+    devices = []
+    for name in ("normal_", "trunc_normal_"):
+        real = getattr(torch.nn.init, name)
+        def watched(*args, real=real, **kwargs):
+            devices.append((args[0] if args else kwargs["tensor"]).device.type)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(torch.nn.init, name, watched)
+    vision, lm = load_vision(str(runs["vit"]), torch.bfloat16), load_lm(str(runs["large_lm"]), torch.bfloat16)
+    assert devices and set(devices) == {"meta"}
+    saved = load_checkpoint(str(runs["large_lm"]))["model"]
+    assert all(torch.equal(tensor, saved[name].bfloat16()) for name, tensor in lm.state_dict().items())
+    assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in [*vision.parameters(), *lm.parameters()])
+
+
+def test_frozen_bf16_weights_need_autocast_and_train_the_fp32_adapter_like_fp32(chain, tmp_path):
+    _, runs, common, frozen, _ = chain
+    stage2 = [*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--steps", "3", "--tasks", "caption"]
+    with pytest.raises(ValueError, match="--frozen-dtype bf16 needs bf16 autocast"):
+        train_stage2.main([*stage2, "--frozen-dtype", "bf16", "--out-dir", str(tmp_path / "refused")])
+    train_stage2.main([*stage2, "--bf16", "true", "--out-dir", str(tmp_path / "fp32")])
+    train_stage2.main([*stage2, "--bf16", "true", "--frozen-dtype", "bf16", "--out-dir", str(tmp_path / "bf16")])
+    state = load_checkpoint(str(tmp_path / "bf16"))["model"]
+    assert all(state[k].dtype == torch.bfloat16 for k in state if k.startswith(("vision.", "lm.")))
+    assert all(state[k].dtype == torch.float32 for k in state if k.startswith("adapter."))
+    expected, got = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert sorted(got) == [1, 2, 3] and all(got[s] == pytest.approx(expected[s], rel=2e-2) for s in got)

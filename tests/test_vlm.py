@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 from checkpoints import build_vlm
 from conftest import toy_spec
 from decoding import greedy_decode
@@ -139,9 +140,30 @@ def test_mlp_adapter_reads_every_patch_and_a_video_as_its_frame_mean():
     torch.testing.assert_close(adapter(image), expected, atol=1e-6, rtol=1e-6)
     assert adapter(video).shape == (2, 9, 64)
     torch.testing.assert_close(adapter(video), adapter(video.mean(dim=1)), atol=0, rtol=0)
+    padded = torch.cat([video, torch.randn(2, 2, 9, 48)], dim=1)  # 2 padding frames (collate's), counted out
+    torch.testing.assert_close(adapter(padded, torch.tensor([3, 3])), adapter(video), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"\(B, N, 48\).*got shape \(2, 9, 40\)"):
         adapter(torch.randn(2, 9, 40))
     model = build_vlm(toy_spec("mlp"))
     assert model.num_trainable_parameters() == 48 * 64 + 64 + 64 * 64 + 64
     assert model.visual_tokens(torch.randn(2, 4, 3, 32, 32)).shape == (2, 16, 64)  # 4 x 4 patches of 8 pixels
 
+
+@pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
+def test_a_short_video_padded_in_a_batch_gives_the_visual_tokens_it_gives_alone(adapter):
+    """collate pads a 3-frame video to the batch's 5 frames and counts its real ones; the padding
+    frames (whatever the ViT makes of them) are left out, so each row equals the video alone."""
+    torch.manual_seed(0)
+    model = build_vlm(toy_spec(adapter, max_frames=5))
+    torch.nn.init.normal_(model.adapter.resampler.time_embedding, std=0.5)  # learned ones: frame t gets its own
+    videos = [torch.randn(frames, 3, 32, 32) for frames in (5, 3, 5)]
+    batch = data.collate([{"pixels": video, "input_ids": torch.tensor([2, 5]), "loss_mask": torch.tensor([False, True]),
+                           "image_id": i} for i, video in enumerate(videos)], pad_id=0)
+    assert batch["pixels"].shape == (3, 5, 3, 32, 32) and batch["num_frames"].tolist() == [5, 3, 5]
+    assert torch.equal(batch["pixels"][1, 3:], torch.zeros(2, 3, 32, 32))
+    with torch.no_grad():
+        batched = model.visual_tokens(batch["pixels"], num_frames=batch["num_frames"])
+        for row, video in enumerate(videos):
+            torch.testing.assert_close(batched[row], model.visual_tokens(video[None])[0], atol=1e-5, rtol=0)
+        unmasked = model.visual_tokens(batch["pixels"])  # the padding read as frames: another result
+    assert (unmasked[1] - batched[1]).abs().max() > 1e-3
