@@ -5,7 +5,8 @@ its model: `ViT.from_pretrained` (CLIP / SigLIP vision towers, the frozen "ViT" 
 and `PaLMDecoder.from_pretrained` (Gemma v1 / Llama-architecture decoders, the LM boxes) are thin
 entry points over this file. Each architecture has one weight table, our tensor name -> the
 folder's, and one config conversion that returns our config's fields (or an error naming the field
-we cannot honour). Only local files are read; this module imports no model.
+we cannot honour). Only local files are read; this module imports no model. At the end: our own
+older layout of the PaLM block (separate projections), converted when an old checkpoint is loaded.
 """
 import fnmatch
 import json
@@ -293,3 +294,33 @@ def lm_weight_table(tensors: dict, tie_embeddings: bool, source) -> dict:
         raise ValueError(f"{source}: config.json says tie_word_embeddings but tensor 'lm_head.weight' "
                          "differs from 'model.embed_tokens.weight'")
     return dict(GEMMA_AND_LLAMA_WEIGHTS)
+
+
+def load_lm(folder, build, dtype) -> nn.Module:
+    """PaLMDecoder.from_pretrained: a Gemma / Llama folder -> `build(our PaLMConfig fields)` filled."""
+    hugging_face_config, tensors = read_hugging_face_folder(folder)
+    fields = palm_fields_from_hugging_face(hugging_face_config, folder)
+    table = lm_weight_table(tensors, fields["tie_embeddings"], folder)
+    with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
+        model = build(fields)
+    return load_by_table(model, tensors, expand_table(table, fields["depth"]), IGNORED_LM_TENSORS, folder, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own older layout: PaLMBlock before it fused its projections
+# ---------------------------------------------------------------------------------------------
+
+# Checkpoints written before (the shipped stage0/*_lm.safetensors among them) hold a parallel
+# block's five projections apart: fused name -> (the separate names in order, the axis they join on).
+SEPARATE_PROJECTIONS = {
+    "in_projection.weight": (("attention.query.weight", "attention.key_value.weight", "mlp.gate_and_up.weight"), 0),
+    "out_projection.weight": (("attention.out.weight", "mlp.down.weight"), 1),
+}
+
+
+def fuse_separate_projections(module, state: dict, prefix: str, *_) -> None:
+    """PaLMBlock's load_state_dict pre-hook: an old checkpoint's separate projections -> the fused
+    ones, in place in the (copied) state dict that load_state_dict walks."""
+    for fused, (names, axis) in SEPARATE_PROJECTIONS.items():
+        if all(prefix + name in state for name in names):
+            state[prefix + fused] = torch.cat([state.pop(prefix + name) for name in names], dim=axis)

@@ -107,32 +107,43 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def self_attention(q, k, v, positions, mask, past, num_heads: int, rope_base: float, backend: str):
+    """Multi-query (or grouped-query) attention with rotary positions, between the projections.
+
+    q (B, S, H * Dh), k and v (B, S, Hkv * Dh), positions (B, S), past: cached (k, v) or None ->
+    the heads' outputs (B, S, H * Dh) for the output projection, all (k, v) (B, Hkv, S_past + S, Dh)."""
+    B, S, _ = q.shape
+    head_dim = q.shape[-1] // num_heads
+    q = q.view(B, S, num_heads, head_dim).transpose(1, 2)  # (B, H, S, Dh)
+    k, v = (t.view(B, S, -1, head_dim).transpose(1, 2) for t in (k, v))  # 2 x (B, Hkv, S, Dh)
+    q, k = apply_rotary(q, positions, rope_base), apply_rotary(k, positions, rope_base)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, Hkv, S_past + S, Dh)
+    out = attention(q, k, v, mask, backend)  # (B, H, S, Dh)
+    return out.transpose(1, 2).reshape(B, S, num_heads * head_dim), (k, v)
+
+
 class Attention(nn.Module):
-    """Multi-query (or grouped-query) self-attention with rotary positions and an optional KV cache."""
+    """The sequential block's attention, with its own query, key/value and output projections."""
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
-        self.head_dim = config.head_dim or config.dim // config.num_heads
-        self.rope_base, self.backend = config.rope_base, config.attention_backend
-        self.query = nn.Linear(config.dim, self.num_heads * self.head_dim, bias=False)
-        self.key_value = nn.Linear(config.dim, 2 * self.num_kv_heads * self.head_dim, bias=False)
-        self.out = nn.Linear(self.num_heads * self.head_dim, config.dim, bias=False)
+        self.num_heads, self.rope_base, self.backend = config.num_heads, config.rope_base, config.attention_backend
+        head_dim = config.head_dim or config.dim // config.num_heads
+        self.query = nn.Linear(config.dim, config.num_heads * head_dim, bias=False)
+        self.key_value = nn.Linear(config.dim, 2 * config.num_kv_heads * head_dim, bias=False)
+        self.out = nn.Linear(config.num_heads * head_dim, config.dim, bias=False)
 
     def forward(self, x, positions, mask, past=None):
         """x (B, S, D), positions (B, S), past: cached (k, v) or None -> (B, S, D), all (k, v)."""
-        B, S, _ = x.shape
-        q = self.query(x).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
-        k, v = self.key_value(x).view(B, S, 2, self.num_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, S, Dh)
-        q, k = apply_rotary(q, positions, self.rope_base), apply_rotary(k, positions, self.rope_base)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, Hkv, S_past + S, Dh)
-        out = attention(q, k, v, mask, self.backend)  # (B, H, S, Dh)
-        return self.out(out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)), (k, v)
+        k, v = self.key_value(x).chunk(2, dim=-1)  # 2 x (B, S, Hkv * Dh)
+        out, key_value = self_attention(self.query(x), k, v, positions, mask, past, self.num_heads, self.rope_base, self.backend)
+        return self.out(out), key_value
 
 
 class GatedMLP(nn.Module):
-    """down(activation(gate(x)) * up(x)): SwiGLU with silu (PaLM, Llama), GeGLU with gelu_tanh (Gemma)."""
+    """The sequential block's MLP, down(activation(gate(x)) * up(x)): SwiGLU with silu (Llama), GeGLU
+    with gelu_tanh (Gemma)."""
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
@@ -169,18 +180,27 @@ def make_norm(config: PaLMConfig) -> nn.Module:
 
 
 class PaLMBlock(nn.Module):
-    """Parallel attention and MLP on one shared norm: x + attn(norm(x)) + mlp(norm(x))."""
+    """Parallel attention and MLP on one shared norm, x + attn(norm(x)) + mlp(norm(x)), computed as
+    PaLM computes it (the reason for the parallel form): one matmul makes the queries, the shared
+    key/value head and the MLP's gate and up, and one writes attention-out and MLP-down together,
+    [heads' outputs, activation(gate) * up] @ [W_out | W_down]^T = W_out heads + W_down hidden."""
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
+        self.num_heads, self.rope_base, self.backend = config.num_heads, config.rope_base, config.attention_backend
+        head_dim, hidden = config.head_dim or config.dim // config.num_heads, config.mlp_hidden_dim or 4 * config.dim
+        kv_width = config.num_kv_heads * head_dim
+        self.widths = (config.num_heads * head_dim, kv_width, kv_width, hidden, hidden)  # q, k, v, gate, up
         self.norm = make_norm(config)
-        self.attention = Attention(config)
-        self.mlp = GatedMLP(config)
+        self.in_projection = nn.Linear(config.dim, sum(self.widths), bias=False)
+        self.out_projection = nn.Linear(self.widths[0] + hidden, config.dim, bias=False)
+        self.activation = ACTIVATIONS[config.mlp_activation]
+        self.register_load_state_dict_pre_hook(hf_weights.fuse_separate_projections)  # older checkpoints
 
     def forward(self, x, positions, mask, past=None):
-        normed = self.norm(x)
-        attention_out, key_value = self.attention(normed, positions, mask, past)
-        return x + attention_out + self.mlp(normed), key_value
+        q, k, v, gate, up = self.in_projection(self.norm(x)).split(self.widths, dim=-1)  # (B, S, each width)
+        heads, key_value = self_attention(q, k, v, positions, mask, past, self.num_heads, self.rope_base, self.backend)
+        return x + self.out_projection(torch.cat([heads, self.activation(gate) * up], dim=-1)), key_value
 
 
 class SequentialBlock(nn.Module):
@@ -241,7 +261,7 @@ class PaLMDecoder(nn.Module):
             if parameter.dim() == 2:
                 # nanoGPT/GPT-2: the projections that write into the residual stream are scaled
                 # down so the stream's variance does not grow with depth.
-                residual = name.endswith(("attention.out.weight", "mlp.down.weight"))
+                residual = name.endswith(("attention.out.weight", "mlp.down.weight", "out_projection.weight"))
                 nn.init.normal_(parameter, 0.0, 0.02 / math.sqrt(2 * config.depth) if residual else 0.02)
 
     def _token_embeddings(self, input_ids):
@@ -379,13 +399,7 @@ class PaLMDecoder(nn.Module):
         """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json +
         *.safetensors); logits equal transformers' for the same input_ids. Only local files are read.
         Its sentencepiece tokenizer: `data.Tokenizer("hf:" + folder)`."""
-        hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
-        config = PaLMConfig(**hf_weights.palm_fields_from_hugging_face(hugging_face_config, folder))
-        table = hf_weights.lm_weight_table(tensors, config.tie_embeddings, folder)
-        with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
-            model = cls(config)
-        return hf_weights.load_by_table(model, tensors, hf_weights.expand_table(table, config.depth),
-                                        hf_weights.IGNORED_LM_TENSORS, folder, dtype)
+        return hf_weights.load_lm(folder, lambda fields: cls(PaLMConfig(**fields)), dtype)
 
 
 def preset_table() -> str:

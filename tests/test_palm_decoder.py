@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from conftest import REPO
 from decoding import generate
-from palm_decoder import PALM_CONFIGS, KVCache, PaLMConfig, PaLMDecoder, apply_rotary
+from attention import causal
+from palm_decoder import PALM_CONFIGS, KVCache, PaLMBlock, PaLMConfig, PaLMDecoder, apply_rotary
 from vit import num_parameters
 
 SMALL = PaLMConfig(vocab_size=50, dim=32, depth=2, num_heads=4, max_seq_len=64)
@@ -53,11 +54,58 @@ def test_embeddings_tied_and_no_biases():
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
-def test_key_value_projection_width(kv_heads):
-    attention = small_model(num_kv_heads=kv_heads).blocks[0].attention
-    head_dim = SMALL.dim // SMALL.num_heads
+def test_projection_widths(kv_heads):
+    head_dim, hidden = SMALL.dim // SMALL.num_heads, 4 * SMALL.dim
+    parallel = small_model(num_kv_heads=kv_heads).blocks[0]  # [q; k; v; gate; up] and [W_out | W_down]
+    assert parallel.in_projection.weight.shape == ((SMALL.num_heads + 2 * kv_heads) * head_dim + 2 * hidden, SMALL.dim)
+    assert parallel.out_projection.weight.shape == (SMALL.dim, SMALL.num_heads * head_dim + hidden)
+    attention = small_model(num_kv_heads=kv_heads, block="sequential").blocks[0].attention
     assert attention.key_value.weight.shape == (2 * kv_heads * head_dim, SMALL.dim)  # one k and one v head each
     assert attention.query.weight.shape == (SMALL.num_heads * head_dim, SMALL.dim)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_fused_parallel_block_equals_the_separate_projections(kv_heads):
+    """PaLMBlock's two fused matmuls against x + attn(norm(x)) + mlp(norm(x)) written out by hand
+    from seven separate weights (loaded into the block through the old checkpoint layout): outputs,
+    the input's gradient and every weight's gradient."""
+    config = replace(SMALL, num_kv_heads=kv_heads)
+    H, Hkv, Dh, D, hidden = config.num_heads, kv_heads, config.dim // config.num_heads, config.dim, 4 * config.dim
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"query": (H * Dh, D), "key": (Hkv * Dh, D), "value": (Hkv * Dh, D), "gate": (hidden, D), "up": (hidden, D),
+              "out": (D, H * Dh), "down": (D, hidden)}
+    weights = {name: (torch.randn(shape, generator=generator) / shape[1] ** 0.5).requires_grad_() for name, shape in shapes.items()}
+    norm_weight = (1 + 0.1 * torch.randn(D, generator=generator)).requires_grad_()
+    x = torch.randn(2, 7, D, generator=generator, requires_grad=True)
+    positions = torch.arange(7).expand(2, 7)
+
+    def by_hand(x):
+        normed = F.layer_norm(x, (D,), norm_weight, eps=config.norm_eps)
+        q, k, v = (normed @ weights[name].T for name in ("query", "key", "value"))
+        q = apply_rotary(q.view(2, 7, H, Dh).transpose(1, 2), positions)  # (B, H, S, Dh)
+        k = apply_rotary(k.view(2, 7, Hkv, Dh).transpose(1, 2), positions).repeat_interleave(H // Hkv, dim=1)
+        v = v.view(2, 7, Hkv, Dh).transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
+        scores = (q @ k.transpose(-2, -1) / Dh**0.5).masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+        heads = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, H * Dh)
+        mlp = F.silu(normed @ weights["gate"].T) * (normed @ weights["up"].T)
+        return x + heads @ weights["out"].T + mlp @ weights["down"].T
+
+    block = PaLMBlock(config)
+    old_layout = {"norm.weight": norm_weight, "attention.query.weight": weights["query"],
+                  "attention.key_value.weight": torch.cat([weights["key"], weights["value"]]),
+                  "mlp.gate_and_up.weight": torch.cat([weights["gate"], weights["up"]]),
+                  "attention.out.weight": weights["out"], "mlp.down.weight": weights["down"]}
+    block.load_state_dict({name: tensor.detach() for name, tensor in old_layout.items()})
+    grad_out = torch.randn(2, 7, D, generator=generator)
+    fused, _ = block(x, positions, causal())
+    reference = by_hand(x)
+    assert (fused - reference).abs().max() < 1e-5
+    fused_grads = torch.autograd.grad(fused, [x, block.norm.weight, block.in_projection.weight, block.out_projection.weight], grad_out)
+    grads = dict(zip(["x", "norm", *weights], torch.autograd.grad(reference, [x, norm_weight, *weights.values()], grad_out)))
+    expected = [grads["x"], grads["norm"], torch.cat([grads[name] for name in ("query", "key", "value", "gate", "up")]),
+                torch.cat([grads["out"], grads["down"]], dim=1)]
+    for got, want in zip(fused_grads, expected):
+        assert (got - want).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize(
