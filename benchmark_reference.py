@@ -2,7 +2,7 @@
 LlamaForCausalLM of the same width, depth, heads, vocabulary and sequence: forward+backward time,
 parameter counts. A check that the plain-PyTorch decoder is not slower than a widely used one.
 
-    python benchmark.py reference --dim 256 --depth 4 --heads 8
+    python benchmark.py reference --dim 256 --depth 4 --heads 8   (prints ours / theirs, median of 3 runs)
     python benchmark.py load        # peak memory of loading a random 1B Llama folder, fp32 and bf16
 Needs `pip install -r requirements-bench.txt` (transformers, a benchmark-only extra). Measured
 numbers and how to read them: docs/benchmarks.md.
@@ -20,7 +20,6 @@ import torch
 from benchmark_tools import machine, summary, time_calls
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
-
 
 
 def hugging_face_decoder(config: PaLMConfig):
@@ -53,7 +52,8 @@ def add_flags(parser) -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--backend", default="auto", help="our attention backend (default auto)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="runs of --repeats; the verdict is the median run's ratio")
+    parser.add_argument("--repeats", type=int, default=10, help="alternating steps per run")
     parser.add_argument("--warmup", type=int, default=3)
 
 
@@ -75,32 +75,36 @@ def main(args) -> int:
         theirs.zero_grad(set_to_none=True)
         theirs(input_ids=input_ids, labels=input_ids).loss.backward()
 
+    print(f"reference: forward+backward, dim {args.dim} depth {args.depth} heads {args.heads} (1 kv head) vocab {args.vocab} "
+          f"seq {args.seq} batch {args.batch}, {'bf16 autocast' if device.type == 'cuda' else 'float32'}, "
+          f"{args.runs} runs of {args.repeats} alternating repeats; {machine(device)}")
+    runs = []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for _ in range(args.warmup):
             step_ours()
             step_theirs()
-        times = {"ours": [], "theirs": []}
-        for _ in range(args.repeats):  # alternate, so that machine noise falls on both alike
-            times["ours"].append(time_calls(step_ours, 1, device))
-            times["theirs"].append(time_calls(step_theirs, 1, device))
-
-    ours_stats, theirs_stats = summary(times["ours"]), summary(times["theirs"])
-    pair_ratio = statistics.median(a / b for a, b in zip(times["ours"], times["theirs"]))
-    print(f"reference: forward+backward, dim {args.dim} depth {args.depth} heads {args.heads} (1 kv head) vocab {args.vocab} "
-          f"seq {args.seq} batch {args.batch}, {'bf16 autocast' if device.type == 'cuda' else 'float32'}, "
-          f"{args.repeats} alternating repeats; {machine(device)}")
-    for name, model, stats in (("ours (PaLMDecoder, attention " + args.backend + ")", ours, ours_stats),
-                               ("transformers LlamaForCausalLM (sdpa)", theirs, theirs_stats)):
-        print(f"  {name:<44} {num_parameters(model):>12,} params  median {stats['median_ms']:8.2f} ms "
-              f"[{stats['p25_ms']:.2f}-{stats['p75_ms']:.2f}]")
-    print(f"  ours / theirs: {ours_stats['median_ms'] / theirs_stats['median_ms']:.3f} (ratio of medians), "
-          f"{pair_ratio:.3f} (median of per-repeat ratios)\n"
-          f"  same matmul shapes; Llama's block is sequential with two RMSNorms, PaLM's parallel on one LayerNorm")
+        for run in range(args.runs):
+            times = {"ours": [], "theirs": []}
+            for _ in range(args.repeats):  # alternate, so that machine noise falls on both alike
+                times["ours"].append(time_calls(step_ours, 1, device))
+                times["theirs"].append(time_calls(step_theirs, 1, device))
+            ours_stats, theirs_stats = summary(times["ours"]), summary(times["theirs"])
+            runs.append({"ours": ours_stats, "theirs": theirs_stats,
+                         "ratio_of_medians": ours_stats["median_ms"] / theirs_stats["median_ms"],
+                         "median_pair_ratio": statistics.median(a / b for a, b in zip(times["ours"], times["theirs"]))})
+            print(f"  run {run + 1}: ours median {ours_stats['median_ms']:8.2f} ms [{ours_stats['p25_ms']:.2f}-"
+                  f"{ours_stats['p75_ms']:.2f}], transformers {theirs_stats['median_ms']:8.2f} ms [{theirs_stats['p25_ms']:.2f}-"
+                  f"{theirs_stats['p75_ms']:.2f}]; ours / theirs {runs[-1]['ratio_of_medians']:.3f} (ratio of medians), "
+                  f"{runs[-1]['median_pair_ratio']:.3f} (median of per-repeat ratios)")
+    ratio = statistics.median(run["ratio_of_medians"] for run in runs)
+    print(f"  ours (PaLMDecoder, attention {args.backend}): {num_parameters(ours):,} params; transformers LlamaForCausalLM "
+          f"(sdpa): {num_parameters(theirs):,} params\n"
+          f"  ours / theirs, median of {args.runs} runs: {ratio:.3f}\n"
+          f"  same matmul shapes; Llama's block is sequential with two RMSNorms and five input and two output matmuls, "
+          f"PaLM's parallel on one LayerNorm with one input and one output matmul")
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"config": vars(args), "machine": machine(device), "ours": ours_stats,
-                       "theirs": theirs_stats, "ratio_of_medians": ours_stats["median_ms"] / theirs_stats["median_ms"],
-                       "median_pair_ratio": pair_ratio}, file, indent=1)
+            json.dump({"config": vars(args), "machine": machine(device), "runs": runs, "ratio": ratio}, file, indent=1)
     return 0
 
 
