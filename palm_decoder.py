@@ -107,54 +107,25 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
-def self_attention(q, k, v, positions, mask, past, num_heads: int, rope_base: float, backend: str):
-    """Multi-query (or grouped-query) attention with rotary positions, between the projections.
+def projection_widths(config: PaLMConfig) -> tuple[int, int, int, int, int]:
+    """Widths of a block's input projections: q (H * Dh), k and v (Hkv * Dh each), gate and up (hidden each)."""
+    head_dim, hidden = config.head_dim or config.dim // config.num_heads, config.mlp_hidden_dim or 4 * config.dim
+    return config.num_heads * head_dim, config.num_kv_heads * head_dim, config.num_kv_heads * head_dim, hidden, hidden
 
-    q (B, S, H * Dh), k and v (B, S, Hkv * Dh), positions (B, S), past: cached (k, v) or None ->
-    the heads' outputs (B, S, H * Dh) for the output projection, all (k, v) (B, Hkv, S_past + S, Dh)."""
-    B, S, _ = q.shape
-    head_dim = q.shape[-1] // num_heads
-    q = q.view(B, S, num_heads, head_dim).transpose(1, 2)  # (B, H, S, Dh)
+
+def self_attention(q, k, v, positions, mask, past, config: PaLMConfig):
+    """Multi-query (or grouped-query) attention with rotary positions, between the projections: q (B, S, H * Dh),
+    k and v (B, S, Hkv * Dh), positions (B, S), past: cached (k, v) or None -> the heads' outputs
+    (B, S, H * Dh) for the output projection, all (k, v) (B, Hkv, S_past + S, Dh)."""
+    B, S, heads_width = q.shape
+    head_dim = heads_width // config.num_heads
+    q = q.view(B, S, config.num_heads, head_dim).transpose(1, 2)  # (B, H, S, Dh)
     k, v = (t.view(B, S, -1, head_dim).transpose(1, 2) for t in (k, v))  # 2 x (B, Hkv, S, Dh)
-    q, k = apply_rotary(q, positions, rope_base), apply_rotary(k, positions, rope_base)
+    q, k = apply_rotary(q, positions, config.rope_base), apply_rotary(k, positions, config.rope_base)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, Hkv, S_past + S, Dh)
-    out = attention(q, k, v, mask, backend)  # (B, H, S, Dh)
-    return out.transpose(1, 2).reshape(B, S, num_heads * head_dim), (k, v)
-
-
-class Attention(nn.Module):
-    """The sequential block's attention, with its own query, key/value and output projections."""
-
-    def __init__(self, config: PaLMConfig):
-        super().__init__()
-        self.num_heads, self.rope_base, self.backend = config.num_heads, config.rope_base, config.attention_backend
-        head_dim = config.head_dim or config.dim // config.num_heads
-        self.query = nn.Linear(config.dim, config.num_heads * head_dim, bias=False)
-        self.key_value = nn.Linear(config.dim, 2 * config.num_kv_heads * head_dim, bias=False)
-        self.out = nn.Linear(config.num_heads * head_dim, config.dim, bias=False)
-
-    def forward(self, x, positions, mask, past=None):
-        """x (B, S, D), positions (B, S), past: cached (k, v) or None -> (B, S, D), all (k, v)."""
-        k, v = self.key_value(x).chunk(2, dim=-1)  # 2 x (B, S, Hkv * Dh)
-        out, key_value = self_attention(self.query(x), k, v, positions, mask, past, self.num_heads, self.rope_base, self.backend)
-        return self.out(out), key_value
-
-
-class GatedMLP(nn.Module):
-    """The sequential block's MLP, down(activation(gate(x)) * up(x)): SwiGLU with silu (Llama), GeGLU
-    with gelu_tanh (Gemma)."""
-
-    def __init__(self, config: PaLMConfig):
-        super().__init__()
-        hidden = config.mlp_hidden_dim or 4 * config.dim
-        self.gate_and_up = nn.Linear(config.dim, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, config.dim, bias=False)
-        self.activation = ACTIVATIONS[config.mlp_activation]
-
-    def forward(self, x):
-        gate, up = self.gate_and_up(x).chunk(2, dim=-1)  # 2 x (B, S, hidden)
-        return self.down(self.activation(gate) * up)
+    out = attention(q, k, v, mask, config.attention_backend)  # (B, H, S, Dh)
+    return out.transpose(1, 2).reshape(B, S, heads_width), (k, v)
 
 
 class RMSNorm(nn.Module):
@@ -187,36 +158,40 @@ class PaLMBlock(nn.Module):
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
-        self.num_heads, self.rope_base, self.backend = config.num_heads, config.rope_base, config.attention_backend
-        head_dim, hidden = config.head_dim or config.dim // config.num_heads, config.mlp_hidden_dim or 4 * config.dim
-        kv_width = config.num_kv_heads * head_dim
-        self.widths = (config.num_heads * head_dim, kv_width, kv_width, hidden, hidden)  # q, k, v, gate, up
+        self.config, self.widths = config, projection_widths(config)
         self.norm = make_norm(config)
-        self.in_projection = nn.Linear(config.dim, sum(self.widths), bias=False)
-        self.out_projection = nn.Linear(self.widths[0] + hidden, config.dim, bias=False)
+        self.in_projection = nn.Linear(config.dim, sum(self.widths), bias=False)  # [W_q; W_k; W_v; W_gate; W_up]
+        self.out_projection = nn.Linear(self.widths[0] + self.widths[4], config.dim, bias=False)  # [W_out | W_down]
         self.activation = ACTIVATIONS[config.mlp_activation]
         self.register_load_state_dict_pre_hook(hf_weights.fuse_separate_projections)  # older checkpoints
 
     def forward(self, x, positions, mask, past=None):
+        """x (B, S, D), positions (B, S), past: cached (k, v) or None -> (B, S, D), all (k, v)."""
         q, k, v, gate, up = self.in_projection(self.norm(x)).split(self.widths, dim=-1)  # (B, S, each width)
-        heads, key_value = self_attention(q, k, v, positions, mask, past, self.num_heads, self.rope_base, self.backend)
+        heads, key_value = self_attention(q, k, v, positions, mask, past, self.config)
         return x + self.out_projection(torch.cat([heads, self.activation(gate) * up], dim=-1)), key_value
 
 
 class SequentialBlock(nn.Module):
-    """Llama / Gemma: x + attn(norm(x)), then x + mlp(norm(x)), each step with its own norm."""
+    """Llama / Gemma: x + attn(norm(x)), then x + mlp(norm(x)), each step with its own norm and its
+    own projections: attention.query, .key_value, .out; mlp.gate_and_up, .down. GeGLU for Gemma."""
 
     def __init__(self, config: PaLMConfig):
         super().__init__()
-        self.attention_norm = make_norm(config)
-        self.attention = Attention(config)
-        self.mlp_norm = make_norm(config)
-        self.mlp = GatedMLP(config)
+        self.config, (heads_width, kv_width, _, _, hidden) = config, projection_widths(config)
+        D, linear = config.dim, lambda inputs, outputs: nn.Linear(inputs, outputs, bias=False)
+        self.attention_norm, self.mlp_norm = make_norm(config), make_norm(config)
+        self.attention = nn.ModuleDict(dict(query=linear(D, heads_width), key_value=linear(D, 2 * kv_width), out=linear(heads_width, D)))
+        self.mlp = nn.ModuleDict(dict(gate_and_up=linear(D, 2 * hidden), down=linear(hidden, D)))
+        self.activation = ACTIVATIONS[config.mlp_activation]
 
     def forward(self, x, positions, mask, past=None):
-        attention_out, key_value = self.attention(self.attention_norm(x), positions, mask, past)
-        x = x + attention_out
-        return x + self.mlp(self.mlp_norm(x)), key_value
+        normed = self.attention_norm(x)
+        k, v = self.attention.key_value(normed).chunk(2, dim=-1)  # 2 x (B, S, Hkv * Dh)
+        heads, key_value = self_attention(self.attention.query(normed), k, v, positions, mask, past, self.config)
+        x = x + self.attention.out(heads)
+        gate, up = self.mlp.gate_and_up(self.mlp_norm(x)).chunk(2, dim=-1)  # 2 x (B, S, hidden)
+        return x + self.mlp.down(self.activation(gate) * up), key_value
 
 
 @dataclass
@@ -259,8 +234,7 @@ class PaLMDecoder(nn.Module):
         self.output_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
         for name, parameter in self.named_parameters():
             if parameter.dim() == 2:
-                # nanoGPT/GPT-2: the projections that write into the residual stream are scaled
-                # down so the stream's variance does not grow with depth.
+                # nanoGPT/GPT-2: projections into the residual stream scaled down, its variance flat with depth
                 residual = name.endswith(("attention.out.weight", "mlp.down.weight", "out_projection.weight"))
                 nn.init.normal_(parameter, 0.0, 0.02 / math.sqrt(2 * config.depth) if residual else 0.02)
 
@@ -396,9 +370,8 @@ class PaLMDecoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, dtype=torch.float32) -> "PaLMDecoder":
-        """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json +
-        *.safetensors); logits equal transformers' for the same input_ids. Only local files are read.
-        Its sentencepiece tokenizer: `data.Tokenizer("hf:" + folder)`."""
+        """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json + *.safetensors), logits
+        equal to transformers'. Only local files are read. Its tokenizer: `data.Tokenizer("hf:" + folder)`."""
         return hf_weights.load_lm(folder, lambda fields: cls(PaLMConfig(**fields)), dtype)
 
 
