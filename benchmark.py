@@ -12,8 +12,9 @@ which checks the output and the gradients against `math` (INCORRECT and exit sta
 is off by more than the tolerance) before timing anything, on the models' shapes and at odd key
 lengths (ODD_LENGTHS: 1, 7, 8, 24, 40, 100, 129).
 
-`python benchmark.py step` (benchmark_step.py): a full training step of the stage-1 and stage-2
-models per backend, eager and compiled. `python benchmark.py reference` (benchmark_reference.py):
+`python benchmark.py step` (benchmark_step.py): a full training step of every stage's model per
+backend, eager and compiled. Both benchmarks read their FLOP/s against a matmul peak they measure
+first (MFU on CUDA). `python benchmark.py reference` (benchmark_reference.py):
 our PaLMDecoder against transformers' Llama of the same size. Presets and timing helpers:
 benchmark_tools.py. Numbers and their reading: docs/benchmarks.md.
 """
@@ -29,7 +30,8 @@ import torch
 import attention as attn
 import benchmark_reference
 import benchmark_step
-from benchmark_tools import DTYPES, Preset, backend_names, device_and_preset, machine, short_error, summary, time_calls
+from benchmark_tools import (DTYPES, Preset, backend_names, device_and_preset, machine, matmul_peak, short_error, summary,
+                             time_calls)
 
 # Max abs error allowed against `math` run in float32 on the same inputs. Gradients are compared
 # with the tolerance times the largest reference gradient (at least 1): their scale grows with Sq.
@@ -208,7 +210,7 @@ def case_inputs(case: AttentionCase, dtype, device):
 
 
 def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: int, warmup: int,
-             min_repeat_ms: float) -> list[dict]:
+             min_repeat_ms: float, peak: float) -> list[dict]:
     q, k, v, grad_out, reference, reference_grads = case_inputs(case, dtype, device)
     mask = case.mask  # its tensors are already on the device (attention_cases)
     rows, timed = [], []  # timed: (row, mode, call) for every mode that ran, correct or not
@@ -246,21 +248,23 @@ def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: i
     for (row, mode, _), times in zip(timed, samples):
         stats = summary(times)
         flops = case.forward_flops * (1 if mode == "forward" else FORWARD_BACKWARD_FLOPS)
-        row[mode].update(stats, gflops_per_s=flops / (stats["median_ms"] * 1e-3) / 1e9)
+        flops_per_s = flops / (stats["median_ms"] * 1e-3)
+        row[mode].update(stats, gflops_per_s=flops_per_s / 1e9, fraction_of_peak=flops_per_s / peak)
     return rows
 
 
-MODE_HEADER = f"{'max err':>9} {'median ms':>9} {'[p25-p75]':<19} {'GFLOP/s':>8} {'':<9}"
+MODE_HEADER = f"{'max err':>9} {'median ms':>9} {'[p25-p75]':<19} {'GFLOP/s':>8} {'of peak':>7} {'':<9}"
 
 
 def format_mode(result: dict) -> str:
-    """One mode's cells, MODE_HEADER's width: error, median [p25-p75] ms, GFLOP/s, verdict."""
+    """One mode's cells, MODE_HEADER's width: error, median [p25-p75] ms, GFLOP/s, fraction of peak, verdict."""
     if "max_abs_error" not in result:
         message = result["error"].split(": ", 1)[-1].split(". ")[0]  # the first sentence, without the exception type
         return f"n/a: {message}"[:len(MODE_HEADER)].ljust(len(MODE_HEADER))
     verdict = "ok" if result["correct"] else "INCORRECT"
     spread = f"[{result['p25_ms']:.3f}-{result['p75_ms']:.3f}]"
-    return f"{result['max_abs_error']:>9.1e} {result['median_ms']:>9.3f} {spread:<19} {result['gflops_per_s']:>8.1f} {verdict:<9}"
+    return (f"{result['max_abs_error']:>9.1e} {result['median_ms']:>9.3f} {spread:<19} {result['gflops_per_s']:>8.1f} "
+            f"{result['fraction_of_peak']:>7.1%} {verdict:<9}")
 
 
 def print_case(case: AttentionCase, rows: list[dict], device) -> None:
@@ -309,7 +313,9 @@ def attention_main(args) -> int:
     graphs = 2 * (len(cases) + len(ODD_LENGTHS) * 2 + 1)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
 
-    print(f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}")
+    peak, peak_how = matmul_peak(device, dtype, args.quick)
+    print(f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}\npeak: {peak / 1e9:,.1f} GFLOP/s, "
+          f"measured now ({peak_how}); of peak: GFLOP/s / that peak{' (MFU)' if device.type == 'cuda' else ''}")
     print(f"correctness: max abs error against math in float32 (gradients: relative to the largest reference gradient, "
           f"at least 1), INCORRECT above {TOLERANCE[dtype]:g}\n"
           f"timing: median [p25-p75] ms per call over {repeats} repeats, backends interleaved; forward under no_grad\n"
@@ -317,7 +323,7 @@ def attention_main(args) -> int:
           f"{FORWARD_BACKWARD_FLOPS} x forward")
     rows = []
     for case in cases:
-        case_rows = run_case(case, backends, dtype, device, repeats, warmup, min_repeat_ms)
+        case_rows = run_case(case, backends, dtype, device, repeats, warmup, min_repeat_ms, peak)
         print_case(case, case_rows, device)
         rows += case_rows
     odd_rows = check_odd_lengths(preset, backends, dtype, device) if ODD_LENGTHS_CASE in wanted else []
@@ -336,7 +342,7 @@ def attention_main(args) -> int:
                         for mode in ("forward", "forward_backward") if r[mode].get("correct") is False})
     if args.json:
         meta = {"preset": preset_name, "preset_config": asdict(preset), "dtype": str(dtype), "machine": machine(device),
-                "repeats": repeats, "tolerance": TOLERANCE[dtype],
+                "repeats": repeats, "tolerance": TOLERANCE[dtype], "peak_flops_per_s": peak,
                 "flops": f"forward 4*B*Hq*Sq*Sk*Dh ignoring masks; forward_backward {FORWARD_BACKWARD_FLOPS} x forward"}
         shapes = {c.name: {**{f: getattr(c, f) for f in ("batch", "heads_q", "heads_kv", "q_len", "kv_len", "head_dim")},
                            "mask": c.mask.kind if c.mask else None} for c in cases}
@@ -370,7 +376,7 @@ def main(argv=None) -> int:
     subcommands = parser.add_subparsers(dest="command", required=True)
     benchmarks = {
         "attention": ("every attention backend on the models' shapes: check, then time", add_attention_flags, attention_main),
-        "step": ("a full training step of the stage-1 / stage-2 models: tokens/s, memory, MFU",
+        "step": ("a full training step of each stage's model: tokens/s, memory, FLOP/s of peak",
                  benchmark_step.add_flags, benchmark_step.main),
         "reference": ("our PaLMDecoder against transformers' Llama of the same size",
                       benchmark_reference.add_flags, benchmark_reference.main),

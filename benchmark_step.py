@@ -1,134 +1,67 @@
-"""The training-step benchmark: a full step (forward, backward, clip, AdamW) of the stage-1 model
-(frozen ViT -> 1-layer resampler -> trained tiny LM) and the stage-2 model (frozen ViT -> adapter
--> frozen large LM), random weights and batches, per attention backend, eager and compiled:
-ms/step, target tokens/s and LM positions/s, peak memory, model FLOP/s (MFU on CUDA). It checks
-after every row that frozen parameters get no .grad and the adapter does (Figure 2's frozen boxes).
+"""The training-step benchmark: a full step (forward, backward, clip, AdamW) of each stage's
+model, random weights and batches, per attention backend, eager and compiled: stage 0 (the ViT
+pretrained on scene labels), stage 1 (frozen ViT -> 1-layer resampler -> trained tiny LM) and stage
+2 (frozen ViT -> VAdapter or perceiver adapter -> frozen large LM). Per row: ms/step, target
+tokens/s and LM positions/s, peak memory, and the roofline readout: model FLOP/s and its fraction of
+the matmul peak this run measures at its start (MFU on CUDA, in bf16). It checks after every row
+that frozen parameters get no .grad and trained ones do (Figure 2's frozen boxes).
 `--compare-frozen-paths`: the stage-2 step with the frozen ViT under autograd, under no_grad, and
 from feature_cache.FeatureCache.
 
-    python benchmark.py step --preset cpu --stage both
+    python benchmark.py step --preset cpu
     python benchmark.py step --compare-frozen-paths
 Measured numbers and how to read them: docs/benchmarks.md.
 """
 import json
-import re
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import attention as attn
-import data
-from benchmark_tools import DTYPES, PeakMemory, Preset, backend_names, device_and_preset, machine, short_error, summary, time_calls
-from checkpoints import ModelSpec, build_vlm
+from benchmark_tools import (DTYPES, STAGES, PeakMemory, Preset, backend_names, build_stage_model, count_step_flops,
+                             device_and_preset, machine, matmul_peak, short_error, stage_spec, summary, synthetic_batch,
+                             time_calls, to_device)
+from checkpoints import ModelSpec
 from feature_cache import FeatureCache
-from trainer import TrainConfig, build_optimizer, move_to
+from scenes import scene_loss
+from trainer import TrainConfig, build_optimizer
 from vlm import VisionLanguageModel, caption_loss
 
-# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a pattern of the CUDA device name; the
-# first match wins (H100 PCIe before H100 SXM).
-PEAK_BF16_TFLOPS = [
-    (r"H100.*PCIe", 756.0), (r"H100|H200|H800", 989.0), (r"A100|A800", 312.0), (r"L40S", 362.0),
-    (r"\bL4\b", 121.0), (r"\bA10\b", 125.0),
-]
 STAGE_WHAT = {
+    0: "stage 0: the ViT pretrained on scene labels, all of it trained",
     1: "stage 1: frozen ViT -> 1-layer resampler -> tiny LM, resampler and tiny LM trained",
     2: "stage 2: frozen ViT -> {adapter} adapter -> frozen large LM, adapter trained",
 }
-FLOPS_HELP = ("model FLOPs per step: every matmul, convolution and attention product the step runs, counted by "
-              "torch.utils.flop_counter on a meta-device copy with `math` attention (masked-out scores counted as "
-              "computed); forward of every part the data passes through, backward as autograd runs it: "
-              "none for the ViT (no_grad), weight and input gradients (~2x forward) for trained parts, input "
-              "gradients only (~1x forward) for the frozen stage-2 LM")
-
-
-def peak_bf16_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for pattern, tflops in PEAK_BF16_TFLOPS if re.search(pattern, name)), None)
-
-
-def with_backend(spec: ModelSpec, backend: str) -> ModelSpec:
-    """The same model with every attention call on `backend`."""
-    parts = ("vision", "resampler", "lm", "tiny_lm")
-    return replace(spec, **{part: replace(config, attention_backend=backend) for part in parts
-                            if (config := getattr(spec, part)) is not None})
-
-
-def stage_spec(preset: Preset, stage: int, adapter: str, backend: str) -> ModelSpec:
-    """The ModelSpec the stage scripts write, from the preset's configs, every attention call on `backend`."""
-    if stage == 1:  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
-        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler, lm=preset.tiny_lm, adapter="resampler", train_lm=True)
-    else:
-        vadapter = adapter == "vadapter"
-        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler if vadapter else preset.perceiver, lm=preset.lm,
-                         tiny_lm=preset.tiny_lm if vadapter else None, adapter=adapter)
-    return with_backend(spec, backend)
-
-
-def synthetic_batch(preset: Preset, vocab_size: int, seed: int = 0) -> dict:
-    """A batch as data.collate makes it: random pixels, captions of random length between half of
-    text_len and text_len (one at text_len, so the padded width is fixed), right-padded; the first
-    token is the prompt, the rest are targets."""
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(preset.text_len // 2, preset.text_len + 1, (preset.batch,), generator=generator)
-    lengths[0] = preset.text_len
-    size = preset.vit.image_size
-    samples = [{"pixels": torch.rand(3, size, size, generator=generator),
-                "input_ids": torch.randint(1, vocab_size, (int(length),), generator=generator),
-                "loss_mask": torch.arange(int(length)) > 0, "image_id": i} for i, length in enumerate(lengths)]
-    return data.collate(samples, pad_id=0)
-
-
-def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
-    """Model FLOPs of one training step, forward and backward per part (see FLOPS_HELP)."""
-    with torch.device("meta"):
-        model = build_vlm(with_backend(spec, "math"))
-    model.train()
-    pixels, input_ids = batch["pixels"].to("meta"), batch["input_ids"].to("meta")
-    counts = {part: {"forward": 0, "backward": 0} for part in ("vision", "adapter", "lm")}
-
-    def counted(part, direction, fn):
-        with FlopCounterMode(display=False) as counter:
-            result = fn()
-        counts[part][direction] = counter.get_total_flops()
-        return result
-
-    features = counted("vision", "forward", lambda: model.encode_images(pixels))  # no_grad: no backward
-    visual_tokens = counted("adapter", "forward", lambda: model.adapter(features))
-    logits, _ = counted("lm", "forward", lambda: model.lm(input_ids, prefix=visual_tokens))
-    # Backward one part at a time, LM first, as autograd runs it: the gradient that reaches the
-    # visual tokens is carried into the adapter's backward.
-    lm_trained = [p for p in model.lm.parameters() if p.requires_grad]
-    grads = counted("lm", "backward", lambda: torch.autograd.grad(logits.float().sum(), [visual_tokens, *lm_trained]))
-    adapter_trained = [p for p in model.adapter.parameters() if p.requires_grad]
-    counted("adapter", "backward", lambda: torch.autograd.grad(visual_tokens, adapter_trained, grads[0]))
-    counts["total"] = sum(c["forward"] + c["backward"] for c in counts.values())
-    return counts
+FLOPS_HELP = ("model FLOPs per step: every matmul, convolution and attention product the step runs (masked-out "
+              "scores counted as computed), counted by torch.utils.flop_counter on a meta-device copy: forward of "
+              "every part the data passes through; backward as autograd runs it: weight and input gradients (~2x "
+              "forward) for trained parts, input gradients only (~1x forward) for the frozen stage-2 LM that the "
+              "adapter's gradient flows through, none for the frozen ViT (no_grad: nothing trained before it)")
 
 
 class GradientCheckError(AssertionError):
     pass
 
 
-def check_gradients(model: VisionLanguageModel) -> dict:
+def check_gradients(model: torch.nn.Module) -> dict:
     """After a step: every frozen parameter (the ViT, the stage-2 LM, the VAdapter's unused
-    embedding) has no .grad, every trained one has a finite one, and the adapter's is non-zero."""
+    embedding) has no .grad, every trained one has a finite one, and the adapter's (stage 0: the
+    ViT's) is non-zero."""
     named = list(model.named_parameters())
+    vlm = isinstance(model, VisionLanguageModel)
     frozen_with_grad = [name for name, p in named if not p.requires_grad and p.grad is not None]
     trained_without_grad = [name for name, p in named if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
-    trained_lm = [name for name, p in model.lm.named_parameters() if p.requires_grad]
-    adapter_grads = [p.grad.float().norm() for p in model.adapter.parameters() if p.grad is not None]
+    trained_lm = [name for name, p in model.lm.named_parameters() if p.requires_grad] if vlm else []
+    adapter_grads = [p.grad.float().norm() for p in (model.adapter if vlm else model).parameters() if p.grad is not None]
     adapter_grad_norm = torch.stack(adapter_grads).norm().item() if adapter_grads else 0.0
     problems = []
     if frozen_with_grad:
         problems.append(f"frozen parameters with a .grad: {frozen_with_grad[:5]}{' ...' if len(frozen_with_grad) > 5 else ''}")
     if trained_without_grad:
         problems.append(f"trained parameters without a finite .grad: {trained_without_grad[:5]}")
-    if not model.train_lm and trained_lm:
+    if vlm and not model.train_lm and trained_lm:
         problems.append(f"the frozen LM has trainable parameters: {trained_lm[:5]}")
     if not adapter_grad_norm > 0:
         problems.append("no gradient reached the adapter")
@@ -136,7 +69,7 @@ def check_gradients(model: VisionLanguageModel) -> dict:
         raise GradientCheckError("; ".join(problems))
     return {"frozen_tensors": sum(not p.requires_grad for _, p in named), "frozen_with_grad": 0,
             "trained_tensors_with_grad": sum(p.requires_grad for _, p in named),
-            "lm_tensors_with_grad": sum(p.grad is not None for p in model.lm.parameters()),
+            "lm_tensors_with_grad": sum(p.grad is not None for p in model.lm.parameters()) if vlm else 0,
             "adapter_grad_norm": adapter_grad_norm}
 
 
@@ -168,14 +101,19 @@ class StepSetup:
 
 def setup_step(spec: ModelSpec, preset: Preset, device: torch.device, compiled: bool) -> StepSetup:
     torch.manual_seed(0)
-    model = build_vlm(spec).to(device)
+    model = build_stage_model(spec).to(device)
     model.train()
     optimizer = build_optimizer(model, TrainConfig(), device)
     bf16 = DTYPES[preset.dtype] == torch.bfloat16
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    batch = move_to(synthetic_batch(preset, model.lm.config.vocab_size), device)
+    batch = to_device(synthetic_batch(preset, spec), device)
     return StepSetup(model, torch.compile(model) if compiled else model, optimizer,
                      [p for p in model.parameters() if p.requires_grad], batch, autocast, device)
+
+
+def stage_loss(spec: ModelSpec) -> Callable:
+    """The loss the stage's script trains with: scene labels (stage 0), captions (the frozen ViT under no_grad, no cache)."""
+    return scene_loss if spec.adapter == "scene-labels" else (lambda model, batch: caption_loss(model, batch))
 
 
 def batch_tokens(batch: dict, num_latents: int) -> dict:
@@ -184,22 +122,21 @@ def batch_tokens(batch: dict, num_latents: int) -> dict:
     return {"target": int(batch["loss_mask"].sum()), "sequence": B * (num_latents + text_width)}
 
 
-def stage_rows(args, preset: Preset, device: torch.device, stage: int, backends: list[str], compile_modes: list[bool],
-               memory: PeakMemory) -> list[dict]:
+def stage_rows(args, preset: Preset, device: torch.device, stage: int, adapter: str, backends: list[str],
+               compile_modes: list[bool], memory: PeakMemory) -> list[dict]:
     """One stage's rows (backend x eager/compiled). Each model is built, stepped once (compiling,
     when compiled; timed apart) and warmed up alone, which is when its peak memory is taken; then
     the rows take turns step by step, so that machine noise falls on all of them alike (how much rows
     timed one after the other vary: docs/benchmarks.md)."""
-    loss_fn = lambda model, batch: caption_loss(model, batch)  # noqa: E731  the frozen ViT under no_grad, no cache
+    loss_fn = stage_loss(stage_spec(preset, stage, adapter, "math"))
     rows, setups = [], []
     for backend in backends:
         for compiled in compile_modes:
-            row = {"stage": stage, "adapter": args.adapter if stage == 2 else "resampler", "backend": backend,
-                   "compile": compiled}
+            row = {"stage": stage, "adapter": adapter, "backend": backend, "compile": compiled}
             rows.append(row)
             try:
                 memory.start()
-                setup = setup_step(stage_spec(preset, stage, args.adapter, backend), preset, device, compiled)
+                setup = setup_step(stage_spec(preset, stage, adapter, backend), preset, device, compiled)
                 row["first_step_s"] = setup.timed_step(loss_fn) / 1e3
                 for _ in range(args.warmup - 1):
                     setup.step(loss_fn)
@@ -220,28 +157,28 @@ def stage_rows(args, preset: Preset, device: torch.device, stage: int, backends:
     return rows
 
 
-def step_rows(args, preset: Preset, device: torch.device, stages: list[int], backends: list[str],
-              compile_modes: list[bool]) -> tuple[list[dict], dict]:
+def step_rows(args, preset: Preset, device: torch.device, stages: list[str], backends: list[str],
+              compile_modes: list[bool], peak: float) -> tuple[list[dict], dict]:
     memory = PeakMemory(device)
-    peak = peak_bf16_flops(device)
     rows, flops = [], {}
-    for stage in stages:
-        spec = stage_spec(preset, stage, args.adapter, "math")
-        batch = synthetic_batch(preset, spec.lm.vocab_size)
-        tokens = batch_tokens(batch, spec.resampler.num_latents)
-        flops[stage] = count_step_flops(spec, batch)
-        print(f"\n{STAGE_WHAT[stage].format(adapter=args.adapter)}\n  {tokens['target']} target tokens, "
-              f"{tokens['sequence']} LM positions per step; model GFLOP per step: "
-              + ", ".join(f"{part} {c['forward'] / 1e9:.3g} fwd + {c['backward'] / 1e9:.3g} bwd"
-                          for part, c in flops[stage].items() if part != "total")
-              + f" = {flops[stage]['total'] / 1e9:.3g}")
+    for name in stages:
+        stage, adapter = STAGES[name]
+        spec = stage_spec(preset, stage, adapter, "math")
+        batch = synthetic_batch(preset, spec)
+        flops[name] = count_step_flops(spec, batch)
+        tokens = batch_tokens(batch, spec.resampler.num_latents) if stage > 0 else {"target": 0, "sequence": 0}
+        print(f"\n{STAGE_WHAT[stage].format(adapter=adapter)}\n  " + (f"{tokens['target']} target tokens, "
+              f"{tokens['sequence']} LM positions" if stage > 0 else f"{preset.batch} images") + " per step; model GFLOP "
+              "per step: " + ", ".join(f"{part} {c['forward'] / 1e9:.3g} fwd + {c['backward'] / 1e9:.3g} bwd"
+                                       for part, c in flops[name].items() if part != "total")
+              + f" = {flops[name]['total'] / 1e9:.3g}")
         print(f"  {'backend':<8} {'mode':<8} {'ms/step [p25-p75]':<26} {'target tok/s':>12} {'LM pos/s':>10} "
-              f"{'peak MiB':>9} {'GFLOP/s':>8} {'MFU':>6} {'1st step s':>10}")
+              f"{'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>7} {'1st step s':>10}")
         # A warm AOTAutograd cache (compiled graphs kept on disk from an earlier run) hands the stage-1
         # graph back with corrupted view shapes in torch 2.13 ("invalid shape dimension -6535...";
         # pytorch/pytorch#185630): compile with that cache off; inductor's FX graph cache stays on.
         with torch._functorch.config.patch(enable_autograd_cache=False):
-            stage_results = stage_rows(args, preset, device, stage, backends, compile_modes, memory)
+            stage_results = stage_rows(args, preset, device, stage, adapter, backends, compile_modes, memory)
         for row in stage_results:
             row.update(target_tokens=tokens["target"], sequence_tokens=tokens["sequence"])
             mode = "compile" if row["compile"] else "eager"
@@ -250,15 +187,15 @@ def step_rows(args, preset: Preset, device: torch.device, stages: list[int], bac
             else:
                 seconds = row["median_ms"] / 1e3
                 row.update(target_tokens_per_s=tokens["target"] / seconds, sequence_tokens_per_s=tokens["sequence"] / seconds,
-                           model_gflops_per_s=flops[stage]["total"] / seconds / 1e9,
-                           mfu=flops[stage]["total"] / seconds / peak if peak else None)
+                           model_gflops_per_s=flops[name]["total"] / seconds / 1e9,
+                           fraction_of_peak=flops[name]["total"] / seconds / peak)
                 spread = f"{row['median_ms']:.1f} [{row['p25_ms']:.1f}-{row['p75_ms']:.1f}]"
-                mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-                print(f"  {row['backend']:<8} {mode:<8} {spread:<26} {row['target_tokens_per_s']:>12,.0f} "
-                      f"{row['sequence_tokens_per_s']:>10,.0f} {row['peak_memory_mib']:>9.1f} "
-                      f"{row['model_gflops_per_s']:>8.1f} {mfu:>6} {row['first_step_s']:>10.1f}")
+                per_s = (f"{row['target_tokens_per_s']:>12,.0f} {row['sequence_tokens_per_s']:>10,.0f}" if stage > 0
+                         else f"{'-':>12} {'-':>10}")
+                print(f"  {row['backend']:<8} {mode:<8} {spread:<26} {per_s} {row['peak_memory_mib']:>9.1f} "
+                      f"{row['model_gflops_per_s']:>8.1f} {row['fraction_of_peak']:>7.1%} {row['first_step_s']:>10.1f}")
             rows.append(row)
-    return rows, {"flops": flops, "memory": memory.what, "peak_bf16_flops": peak}
+    return rows, {"flops": flops, "memory": memory.what}
 
 
 # The stage-2 step with the frozen ViT run three (four) ways. `a` is the naive loop: the ViT's
@@ -343,8 +280,9 @@ def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: st
 def add_flags(parser) -> None:
     parser.add_argument("--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps, no compile: a smoke run in seconds")
-    parser.add_argument("--stage", choices=["1", "2", "both"], default="both")
-    parser.add_argument("--adapter", choices=["vadapter", "perceiver"], default="vadapter", help="stage 2's adapter")
+    parser.add_argument("--stage", choices=["0", "1", "2", "all"], default="all")
+    parser.add_argument("--adapter", choices=["vadapter", "perceiver", "both"], default="both",
+                        help="stage 2's adapter (--compare-frozen-paths: vadapter for both)")
     parser.add_argument("--backends", help="comma-separated (default: every attention.BACKENDS entry that has a "
                         "backward on the device); --compare-frozen-paths uses the first (default auto)")
     parser.add_argument("--compile", choices=["both", "on", "off"], help="eager, torch.compile or both "
@@ -364,17 +302,23 @@ def main(args) -> int:
     backends = backend_names(args.backends, trainable)
     compile_choice = args.compile or ("off" if args.quick else "both")
     compile_modes = {"both": [False, True], "on": [True], "off": [False]}[compile_choice]
-    stages = [1, 2] if args.stage == "both" else [int(args.stage)]
+    stages = [name for name, (stage, adapter) in STAGES.items()
+              if args.stage in ("all", str(stage)) and (stage < 2 or args.adapter in ("both", adapter))]
+    args.adapter = "vadapter" if args.adapter == "both" else args.adapter  # what --compare-frozen-paths reads
+    peak, peak_how = matmul_peak(device, DTYPES[preset.dtype], args.quick)
 
     print(f"step benchmark: preset {preset_name}, {preset.dtype}{' autocast' if preset.dtype == 'bfloat16' else ''}; "
           f"{machine(device)}")
+    print(f"peak: {peak / 1e9:,.1f} GFLOP/s, measured now ({peak_how}); 'of peak': model FLOP/s / that peak"
+          f"{' (MFU)' if device.type == 'cuda' else ''}")
     print(f"batch {preset.batch}: {preset.resampler.num_latents} visual tokens + {preset.text_len // 2}-{preset.text_len} "
-          f"text tokens (right-padded to {preset.text_len}), random pixels and ids; a step is zero_grad, caption loss "
-          f"(the frozen ViT under no_grad, no feature cache), backward, clip, AdamW\n"
+          f"text tokens (right-padded to {preset.text_len}), random pixels, ids and labels; a step is zero_grad, the "
+          f"loss (stage 0: scene labels; then captions, the frozen ViT under no_grad, no feature cache), backward, clip, "
+          f"AdamW\n"
           f"tokens/s: target tokens (the loss's: text minus the prompt token) and LM positions (visual tokens + padded "
           f"text); {FLOPS_HELP}")
     report = {"meta": {"preset": preset_name, "preset_config": asdict(preset), "machine": machine(device),
-                       "steps": args.steps, "warmup": args.warmup}}
+                       "steps": args.steps, "warmup": args.warmup, "peak_flops_per_s": peak, "peak_measured": peak_how}}
     failed = False
     if args.compare_frozen_paths:
         backend = args.backends.split(",")[0] if args.backends else "auto"
@@ -384,7 +328,7 @@ def main(args) -> int:
             print(f"GRADIENT CHECK FAILED: {error}")
             failed = True
     else:
-        rows, extra = step_rows(args, preset, device, stages, backends, compile_modes)
+        rows, extra = step_rows(args, preset, device, stages, backends, compile_modes, peak)
         report.update(rows=rows, **extra)
         print(f"\nms/step: median [p25-p75] over {args.steps} steps per row, the rows of a stage taking turns\n"
               f"peak MiB: {extra['memory']}, over the build, the first step and the warmup of that row alone: "

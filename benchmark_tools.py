@@ -1,6 +1,7 @@
 """What the three benchmarks of the kernel-work box share: the model sizes they run at (presets:
-a laptop CPU's toy models, the paper-size models on CUDA, a quick one for tests) and how they
-measure (time per call with the device synchronized, median and spread, peak memory, the machine).
+a laptop CPU's toy models, the paper-size models on CUDA, a quick one for tests), how they
+measure (time per call with the device synchronized, median and spread, peak memory, the machine,
+its matmul peak) and what a training step runs (each stage's model, a batch, its model FLOPs).
 benchmark.py (the entry point and the attention benchmark), benchmark_step.py and
 benchmark_reference.py import it; it imports no benchmark, so the imports run one way.
 """
@@ -9,15 +10,20 @@ import gc
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import attention as attn
+import data
+import scenes
+from checkpoints import ModelSpec, build_vlm
 from palm_decoder import PALM_CONFIGS, PaLMConfig
 from resampler import ResamplerConfig
-from vit import VIT_CONFIGS, ViTConfig
+from vit import VIT_CONFIGS, ViT, ViTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -171,6 +177,120 @@ class PeakMemory:
         else:
             peak = (read_proc_status_kib("VmHWM") or process_max_rss_kib()) * 1024
         return (peak - self.baseline) / 2**20
+
+# The peak's matmul side: large enough to reach the machine's rate, small enough to take a second.
+PEAK_MATMUL_SIZE = {"cpu": 2048, "cuda": 8192, "quick": 256}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool = False, repeats: int = 5) -> tuple[float, str]:
+    """This machine's matmul FLOP/s, measured now, and how: the best of `repeats` timings of an
+    (n x n) @ (n x n) product in `dtype`, 2 n^3 FLOPs. What the models' FLOP/s are a fraction of
+    (on CUDA in bf16: MFU), taken in the same run, under the same load."""
+    size = PEAK_MATMUL_SIZE["quick" if quick else device.type]
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    calls = 10 if device.type == "cuda" else 1  # one CUDA call is too short to time alone
+    time_calls(lambda: a @ b, calls, device)  # warm-up: kernel choice, clocks, first-touch pages
+    best_ms = min(time_calls(lambda: a @ b, calls, device) for _ in range(repeats))
+    return 2 * size**3 / (best_ms * 1e-3), f"best of {repeats} {size}x{size} @ {size}x{size} matmuls in {dtype}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What a training step runs: each stage's model and loss, a batch, the model FLOPs
+# ---------------------------------------------------------------------------------------------
+
+# The synthetic world's scene labels (as synthetic.py writes them; a script, which benchmarks may
+# not import): stage 0's heads read 6 shapes, 6 colours and 2 sizes per cell of a 2 x 3 grid.
+SCENE_VOCABULARY = {"shape": ["circle", "square", "triangle", "diamond", "star", "cross"],
+                    "colour": ["red", "green", "blue", "yellow", "purple", "orange"], "size": ["small", "large"],
+                    "rows": ["top", "bottom"], "columns": ["left", "middle", "right"]}
+STAGES = {  # name -> (stage, adapter)
+    "0": (0, "scene-labels"), "1": (1, "resampler"), "2-vadapter": (2, "vadapter"), "2-perceiver": (2, "perceiver")}
+
+
+def with_backend(spec: ModelSpec, backend: str) -> ModelSpec:
+    """The same model with every attention call on `backend`."""
+    parts = ("vision", "resampler", "lm", "tiny_lm")
+    return replace(spec, **{part: replace(config, attention_backend=backend) for part in parts
+                            if (config := getattr(spec, part)) is not None})
+
+
+def stage_spec(preset: Preset, stage: int, adapter: str, backend: str) -> ModelSpec:
+    """The ModelSpec the stage scripts write, from the preset's configs, every attention call on `backend`."""
+    if stage == 0:  # as pretrain.py vit: the whole ViT trained on scene labels
+        spec = ModelSpec(lm=None, vision=preset.vit, adapter="scene-labels", train_vision=True)
+    elif stage == 1:  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
+        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler, lm=preset.tiny_lm, adapter="resampler", train_lm=True)
+    else:
+        vadapter = adapter == "vadapter"
+        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler if vadapter else preset.perceiver, lm=preset.lm,
+                         tiny_lm=preset.tiny_lm if vadapter else None, adapter=adapter)
+    return with_backend(spec, backend)
+
+
+def build_stage_model(spec: ModelSpec) -> nn.Module:
+    """Stage 0: the ViT with its scene-label heads (scenes.SceneLabelModel); then Figure 2's VLM."""
+    return scenes.SceneLabelModel(ViT(spec.vision), SCENE_VOCABULARY) if spec.adapter == "scene-labels" else build_vlm(spec)
+
+
+def synthetic_batch(preset: Preset, spec: ModelSpec, seed: int = 0) -> dict:
+    """A batch as the stage's collate makes it, random pixels. Stage 0: random scene labels. Then
+    captions of random length between half of text_len and text_len (one at text_len, so the padded
+    width is fixed), right-padded; the first token is the prompt, the rest are targets."""
+    generator = torch.Generator().manual_seed(seed)
+    size, B = preset.vit.image_size, preset.batch
+    pixels = [torch.rand(3, size, size, generator=generator) for _ in range(B)]
+    if spec.adapter == "scene-labels":
+        cells = len(SCENE_VOCABULARY["rows"]) * len(SCENE_VOCABULARY["columns"])
+        classes = scenes.num_classes(SCENE_VOCABULARY)
+        return scenes.collate_scenes([{"pixels": p, "targets": {kind: torch.randint(count, () if kind == "count" else (cells,),
+                                                                                    generator=generator)
+                                                                for kind, count in classes.items()}} for p in pixels])
+    lengths = torch.randint(preset.text_len // 2, preset.text_len + 1, (B,), generator=generator)
+    lengths[0] = preset.text_len
+    samples = [{"pixels": p, "input_ids": torch.randint(1, spec.lm.vocab_size, (int(length),), generator=generator),
+                "loss_mask": torch.arange(int(length)) > 0, "image_id": i} for i, (p, length) in enumerate(zip(pixels, lengths))]
+    return data.collate(samples, pad_id=0)
+
+
+def to_device(value, device):
+    """A batch (tensors, nested dicts of tensors: stage 0's targets) on `device`."""
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    return value.to(device) if torch.is_tensor(value) else value
+
+
+def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
+    """Model FLOPs of one training step, forward and backward per part: every matmul, convolution
+    and attention product, counted by torch.utils.flop_counter on a meta-device copy (no memory,
+    no time) with `math` attention, the backward as autograd runs it, part by part."""
+    with torch.device("meta"):
+        model = build_stage_model(with_backend(spec, "math"))
+    model.train()
+    batch = to_device(batch, "meta")
+    counts = {}
+
+    def counted(part, direction, fn):
+        with FlopCounterMode(display=False) as counter:
+            result = fn()
+        counts.setdefault(part, {"forward": 0, "backward": 0})[direction] = counter.get_total_flops()
+        return result
+
+    if spec.adapter == "scene-labels":  # one part, all of it trained (the label heads are a few linear maps)
+        loss_sum, labels = counted("vision", "forward", lambda: scenes.scene_loss(model, batch))
+        counted("vision", "backward", lambda: (loss_sum / labels).backward())
+    else:
+        features = counted("vision", "forward", lambda: model.encode_images(batch["pixels"]))  # no_grad: no backward
+        visual_tokens = counted("adapter", "forward", lambda: model.adapter(features))
+        logits, _ = counted("lm", "forward", lambda: model.lm(batch["input_ids"], prefix=visual_tokens))
+        # Backward one part at a time, LM first, as autograd runs it: the gradient that reaches the
+        # visual tokens is carried into the adapter's backward.
+        lm_trained = [p for p in model.lm.parameters() if p.requires_grad]
+        grads = counted("lm", "backward", lambda: torch.autograd.grad(logits.float().sum(), [visual_tokens, *lm_trained]))
+        adapter_trained = [p for p in model.adapter.parameters() if p.requires_grad]
+        counted("adapter", "backward", lambda: torch.autograd.grad(visual_tokens, adapter_trained, grads[0]))
+    counts["total"] = sum(c["forward"] + c["backward"] for c in counts.values())
+    return counts
+
 
 # ---------------------------------------------------------------------------------------------
 # Flags shared by the attention and step benchmarks
