@@ -95,7 +95,7 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
 @pytest.mark.parametrize("beam_size", [None, 3])  # None: greedy
 @pytest.mark.parametrize("visual_at", [None, VISUAL_AT])
 def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_at):
-    model, pixels = toy_model(seed=2), toy_pixels(3, seed=2)
+    model, pixels = toy_model(seed=4), toy_pixels(3, seed=4)  # a seed whose rows end at different steps
     eos = eos_in_the_middle(model, pixels)
 
     def decode(pixels, prompts, features=None, visual_at=visual_at):
