@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY ?= $(VENV)/bin/python
 INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
-.PHONY: test install clean pretrain demo demo-quick ablation
+.PHONY: test install clean pretrain demo demo-quick ablation FORCE
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ pretrain: $(INSTALL)
 	cp $(DATA)/tokenizer.model $(STAGE0)/tokenizer.model
 
 # --- The demo: from the shipped stand-ins, stage 1, stage 2 for both adapters, evaluation, diagnostics.
+# Each stage is a file target (its `done` marker) with its inputs as prerequisites: the data, the
+# stage-0 files, the code it runs, and a file holding its flags (rewritten only when they change).
+# So `make demo` reruns only what is downstream of a change, and an interrupted stage resumes.
 RUNS ?= runs/demo
 DATA_FLAGS ?=
 STAGE1_STEPS ?= 600
@@ -53,20 +56,51 @@ EVAL_EVERY ?= 50
 EVAL_LIMIT ?= 0
 TRAIN_FLAGS ?=
 FROZEN = --vit $(STAGE0)/vit.safetensors --lm $(STAGE0)/large_lm.safetensors
-STAGE2 = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) --overwrite true $(TRAIN_FLAGS)
+MODEL_CODE = attention.py vit.py palm_decoder.py resampler.py vlm.py checkpoints.py hf_weights.py
+TRAIN_CODE = $(MODEL_CODE) data.py readers.py feature_cache.py flags.py run_folder.py trainer.py
+EVAL_CODE = $(MODEL_CODE) data.py readers.py decoding.py metrics.py diagnostics.py scenes.py evaluate.py
+STAGE1_FLAGS = --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --steps $(STAGE1_STEPS) $(TRAIN_FLAGS)
+STAGE2_FLAGS = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
+EVAL_FLAGS = --data $(DATA) --limit $(EVAL_LIMIT)
+# $(call flags_file,FLAGS): keep $@ holding FLAGS, touching it only when they change.
+flags_file = @mkdir -p $(@D); printf '%s\n' '$(1)' | cmp -s - $@ || printf '%s\n' '$(1)' > $@
+# $(start): a stage resumes the run it was interrupted in when nothing it depends on has changed
+# since that run started; otherwise it starts over.
+start = mkdir -p $(@D) && mode="--overwrite true" && if [ -f $(@D)/checkpoint.pt ] && [ -f $(@D)/started ] \
+	&& [ -z "$$(find $^ -newer $(@D)/started)" ]; then mode="--resume true"; fi && touch $(@D)/started
 
-demo: $(INSTALL)
+$(RUNS)/flags/%: FORCE
+	$(call flags_file,$($*))
+FORCE:
+
+$(DATA)/dataset.json: synthetic.py readers.py $(STAGE0)/tokenizer.model $(RUNS)/flags/DATA_FLAGS | $(INSTALL)
 	$(PY) synthetic.py --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
-	$(PY) train_stage1.py --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage1 --steps $(STAGE1_STEPS) --overwrite true $(TRAIN_FLAGS)
-	$(PY) train_stage2.py --adapter vadapter --stage1 $(RUNS)/stage1 --out-dir $(RUNS)/stage2_vadapter $(STAGE2)
-	$(PY) train_stage2.py --adapter perceiver --out-dir $(RUNS)/stage2_perceiver $(STAGE2)
-	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_perceiver --data $(DATA) --limit $(EVAL_LIMIT) --out $(RUNS)/results
-	$(PY) evaluate.py diagnostics $(RUNS)/results/results.json --data $(DATA) --vit $(STAGE0)/vit.safetensors \
-		--large-lm $(STAGE0)/large_lm.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --stage1 $(RUNS)/stage1 --limit $(EVAL_LIMIT)
+
+$(RUNS)/stage1/done: $(DATA)/dataset.json $(STAGE0)/vit.safetensors $(STAGE0)/tiny_lm.safetensors train_stage1.py $(TRAIN_CODE) $(RUNS)/flags/STAGE1_FLAGS
+	$(start) && $(PY) train_stage1.py $(STAGE1_FLAGS) --out-dir $(@D) $$mode
+	touch $@
+
+$(RUNS)/stage2_vadapter/done: $(RUNS)/stage1/done $(STAGE0)/large_lm.safetensors train_stage2.py $(TRAIN_CODE) $(RUNS)/flags/STAGE2_FLAGS
+	$(start) && $(PY) train_stage2.py --adapter vadapter --stage1 $(RUNS)/stage1 $(STAGE2_FLAGS) --out-dir $(@D) $$mode
+	touch $@
+
+$(RUNS)/stage2_perceiver/done: $(DATA)/dataset.json $(STAGE0)/vit.safetensors $(STAGE0)/large_lm.safetensors train_stage2.py $(TRAIN_CODE) $(RUNS)/flags/STAGE2_FLAGS
+	$(start) && $(PY) train_stage2.py --adapter perceiver $(STAGE2_FLAGS) --out-dir $(@D) $$mode
+	touch $@
+
+$(RUNS)/results/done: $(RUNS)/stage2_vadapter/done $(RUNS)/stage2_perceiver/done $(EVAL_CODE) $(RUNS)/flags/EVAL_FLAGS
+	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_perceiver $(EVAL_FLAGS) --out $(@D)
+	$(PY) evaluate.py diagnostics $(@D)/results.json $(EVAL_FLAGS) --vit $(STAGE0)/vit.safetensors \
+		--large-lm $(STAGE0)/large_lm.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --stage1 $(RUNS)/stage1
+	touch $@
+
+demo: $(RUNS)/results/done
+	@cat $(RUNS)/results/table.md
 
 # A reduced demo for the test suite: same commands, tiny data and step counts.
+QUICK_STAGE2_STEPS ?= 10
 demo-quick:
-	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) STAGE1_STEPS=10 STAGE2_STEPS=10 EVAL_EVERY=5 EVAL_LIMIT=8 \
+	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) STAGE1_STEPS=10 STAGE2_STEPS=$(QUICK_STAGE2_STEPS) EVAL_EVERY=5 EVAL_LIMIT=8 \
 		TRAIN_FLAGS="--batch-size 8 --eval-batches 1" \
 		DATA_FLAGS="--train-images 40 --val-images 16 --test-images 8 --train-videos 16 --val-videos 8 --test-videos 4"
 
