@@ -3,14 +3,19 @@
 Every checkpoint is a plain dict of tensors and values (`torch.save` to a temp file, then a rename;
 read back with `weights_only=True`, never unpickling arbitrary objects). It holds the stage that
 wrote it and the `ModelSpec`, so `build_vlm` rebuilds the model from the file alone, and, for a
-resumed run, the optimizer, scheduler, step and RNG state. Models never import this module: the
-stage scripts, the trainer and evaluation do.
+resumed run, the optimizer, scheduler, step and RNG state. The frozen models (the ViT; stage 2's
+large LM) are not copied into every checkpoint: "frozen" references their files by path, size and
+hash, checked when they are read back (`--self-contained true` or `evaluate.py bundle` copies them in
+instead, for sharing). Models never import this module: the stage scripts, the trainer and evaluation do.
 """
+import hashlib
 import json
 import os
 import pickle
 import random
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
 
 import safetensors
 import safetensors.torch
@@ -184,6 +189,83 @@ def check_same_spec(saved: dict, current: dict, path: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# Frozen models referenced, not copied: a file or hf: folder, its size and a content hash
+# ---------------------------------------------------------------------------------------------
+
+MEBIBYTE = 2**20
+
+
+@lru_cache(maxsize=None)
+def file_digest(path: str, size: int, modified_ns: int, ends_only: bool = False) -> str:
+    """sha256 of a file's bytes, or of its first and last MiB only (ends_only); (size, modified_ns)
+    are in the cache key, so each file is read once per process unless it is rewritten."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        if ends_only:
+            digest.update(file.read(MEBIBYTE))
+            file.seek(max(size - MEBIBYTE, 0))
+            digest.update(file.read(MEBIBYTE))
+        else:
+            for chunk in iter(lambda: file.read(16 * MEBIBYTE), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def frozen_reference(source: str) -> dict:
+    """{"source", "bytes", "sha256"} of a frozen model's --vit / --lm value: a checkpoint file (a run
+    folder: its checkpoint.pt) hashed whole, or an hf:FOLDER (gigabytes) hashed by its *.safetensors
+    files' names and sizes and each one's first and last MiB (where safetensors keeps its header of
+    tensor names, shapes and offsets): cheap, and blind only to a same-size edit in the middle."""
+    if source.startswith(HUGGING_FACE_PREFIX):
+        folder = Path(source[len(HUGGING_FACE_PREFIX):]).resolve()
+        if not (stats := {file: file.stat() for file in sorted(folder.glob("*.safetensors"))}):
+            raise FileNotFoundError(f"{source}: no *.safetensors files there")
+        lines = [f"{file.name} {stat.st_size} {file_digest(str(file), stat.st_size, stat.st_mtime_ns, True)}"
+                 for file, stat in stats.items()]
+        return {"source": HUGGING_FACE_PREFIX + str(folder), "bytes": sum(stat.st_size for stat in stats.values()),
+                "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
+    path = (Path(source, CHECKPOINT_NAME) if os.path.isdir(source) else Path(source)).resolve()
+    stat = path.stat()
+    return {"source": str(path), "bytes": stat.st_size, "sha256": file_digest(str(path), stat.st_size, stat.st_mtime_ns)}
+
+
+def describe(reference: dict) -> str:
+    return f"{reference['source']} ({reference['bytes']:,} bytes, sha256 {reference['sha256'][:16]}...)"
+
+
+def check_reference(reference: dict, checkpoint_path) -> None:
+    """A frozen model a checkpoint references must be where it was, with the same bytes."""
+    try:
+        found = frozen_reference(reference["source"])
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{checkpoint_path} references the frozen model {describe(reference)}, which is not there any more: put it "
+            "back at that path (a symlink will do); a run resumes with the file's new path as its --vit / --lm") from None
+    if (found["bytes"], found["sha256"]) != (reference["bytes"], reference["sha256"]):
+        raise ValueError(f"{checkpoint_path} was trained with the frozen model {describe(reference)}, but that file "
+                         f"now is {describe(found)}: it changed since; put back the file the run was trained with")
+
+
+def full_state(checkpoint: dict, path) -> dict:
+    """A checkpoint's model state with the frozen models it references read back in (hashes checked)."""
+    state = dict(checkpoint["model"])
+    for name, reference in checkpoint.get("frozen", {}).items():
+        check_reference(reference, path)
+        frozen_model = {"vision": load_vision, "lm": load_lm}[name](reference["source"])
+        state.update({f"{name}.{key}": tensor for key, tensor in frozen_model.state_dict().items()})
+    return state
+
+
+def bundle_checkpoint(path, out) -> dict:
+    """A self-contained copy of a stage-1/2 checkpoint (the frozen models it references copied in), for
+    sharing -> {"bytes" of the copy}."""
+    checkpoint = load_checkpoint(str(path), expected_stage=("stage1", "stage2"))
+    bundled = {**checkpoint, "model": full_state(checkpoint, path), "frozen": {}, "spec": checkpoint["spec"].to_dict()}
+    save_checkpoint(str(out), bundled)
+    return {"bytes": os.path.getsize(out)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Resume: everything a killed run needs to continue the same curve (the data position follows
 # from the step, see trainer.StepBatches)
 # ---------------------------------------------------------------------------------------------
@@ -204,22 +286,35 @@ def set_rng_state(state: dict):
 
 
 def training_state(stage: str, spec: ModelSpec, model: nn.Module, optimizer, scheduler, step: int,
-                   train_config: dict) -> dict:
+                   train_config: dict, frozen: dict | None = None) -> dict:
     """The checkpoint of a run after `step` optimizer steps; `model` unwrapped and uncompiled, so
-    its keys carry no `module.` / `_orig_mod.` prefix."""
-    return {"stage": stage, "spec": spec.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(), "train_config": train_config}
+    its keys carry no `module.` / `_orig_mod.` prefix. frozen: {"vision" / "lm": frozen_reference(...)},
+    the model's frozen parts, kept out of the file unless train_config["self_contained"]."""
+    referenced = {} if train_config.get("self_contained") else dict(frozen or {})
+    state = {key: tensor for key, tensor in model.state_dict().items() if key.split(".", 1)[0] not in referenced}
+    return {"stage": stage, "spec": spec.to_dict(), "model": state, "frozen": referenced,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
+            "train_config": train_config}
 
 
 def resume_training(path: str, stage: str, spec: ModelSpec, train_config: dict, model: nn.Module, optimizer,
-                    scheduler) -> int:
+                    scheduler, frozen: dict | None = None) -> int:
     """Load a run's checkpoint into the model, optimizer, scheduler and RNGs -> the step to continue from.
-    The model and the global batch order must be the ones the checkpoint was trained with."""
+    The model, the global batch order and the frozen models (`frozen`, as training_state) must be the
+    ones the checkpoint was trained with; a frozen model may have moved (the run's --vit / --lm say where)."""
     checkpoint = load_checkpoint(path, expected_stage=stage)
     check_same_spec(checkpoint["spec"].to_dict(), spec.to_dict(), path)
     check_same_spec({key: checkpoint["train_config"][key] for key in ("batch_size", "seed")},
                     {key: train_config[key] for key in ("batch_size", "seed")}, path)
-    model.load_state_dict(checkpoint["model"])
+    referenced = checkpoint.get("frozen", {})
+    for name, reference in referenced.items():
+        given = (frozen or {}).get(name, {})
+        if (given.get("bytes"), given.get("sha256")) != (reference["bytes"], reference["sha256"]):
+            raise ValueError(f"{path} was trained with the frozen {name} {describe(reference)}; this run gives "
+                             f"{describe(given) if given else 'none'}: give the run's own file again")
+    # The frozen parts it references are already in `model`, loaded from the files the hashes matched.
+    in_model = {key: tensor for key, tensor in model.state_dict().items() if key.split(".", 1)[0] in referenced}
+    model.load_state_dict({**in_model, **checkpoint["model"]})
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_state(checkpoint["rng"])
@@ -240,7 +335,7 @@ def load_vlm(path, device="cpu") -> tuple[VisionLanguageModel, dict]:
     """A stage-1 or stage-2 checkpoint -> (the model rebuilt from its spec, in eval mode; the checkpoint)."""
     checkpoint = load_checkpoint(str(path), expected_stage=("stage1", "stage2"))
     model = build_vlm(checkpoint["spec"])
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(full_state(checkpoint, path))
     return model.to(device).eval(), checkpoint
 
 
@@ -273,6 +368,9 @@ def load_vision(path: str, dtype=torch.float32) -> ViT:
     if path.startswith(HUGGING_FACE_PREFIX):
         return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)
     checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
+    if reference := checkpoint.get("frozen", {}).get("vision"):  # a stage-1/2 checkpoint that references its ViT
+        check_reference(reference, path)
+        return load_vision(reference["source"], dtype)
     return loaded(ViT, checkpoint["spec"].vision, submodule_state(checkpoint["model"], "vision."), dtype)
 
 
@@ -281,7 +379,11 @@ def load_lm(path: str, dtype=torch.float32) -> PaLMDecoder:
     with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
     if path.startswith(HUGGING_FACE_PREFIX):
         return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)
-    checkpoint = load_checkpoint(path, expected_stage=("pretrain-lm", "stage1"))
+    return lm_of(load_checkpoint(path, expected_stage=("pretrain-lm", "stage1")), dtype)
+
+
+def lm_of(checkpoint: dict, dtype=torch.float32) -> PaLMDecoder:
+    """The LM of a loaded pretrain-lm or stage-1 checkpoint (stage 1 trains it: never a reference)."""
     state = checkpoint["model"] if checkpoint["stage"] == "pretrain-lm" else submodule_state(checkpoint["model"], "lm.")
     return loaded(PaLMDecoder, checkpoint["spec"].lm, state, dtype)
 

@@ -91,32 +91,32 @@ class Decoding:
 
 @torch.no_grad()
 def greedy_decode(model: VisionLanguageModel, pixels, prompts, max_new_tokens=32, eos_id=None, *,
-                  features=None, pad_id=0, visual_at=None):
+                  features=None, pad_id=0, visual_at=None, num_frames=None):
     """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
-    features = the frozen encoder's patch features (B, ...); the visual tokens go before position
-    visual_at[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
+    features = the frozen encoder's patch features (B, ...); num_frames (B,): each video's real
+    frames when a batch pads them to its longest (data.pad_frames); the visual tokens go before
+    position visual_at[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
     -> B lists of new token ids."""
-    prefix = model.visual_tokens(pixels, features)
+    prefix = model.visual_tokens(pixels, features, num_frames)
     return generate(model.lm, prompts, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                     prefix_at=visual_at)
 
 
 @torch.no_grad()
 def beam_search(model: VisionLanguageModel, pixels, prompts, beam_size=4, length_penalty=1.0, max_new_tokens=32,
-                eos_id=None, *, features=None, pad_id=0, visual_at=None):
+                eos_id=None, *, features=None, pad_id=0, visual_at=None, num_frames=None):
     """Beam search conditioned on the images; inputs as `greedy_decode`, search as `beam_search_lm`."""
-    prefix = model.visual_tokens(pixels, features)  # (B, P, D)
+    prefix = model.visual_tokens(pixels, features, num_frames)  # (B, P, D)
     return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id, visual_at)
 
 
 def decode(model: VisionLanguageModel, pixels, prompts, beam_size=1, length_penalty=1.0, max_new_tokens=32,
-           eos_id=None, *, features=None, pad_id=0, visual_at=None):
+           eos_id=None, *, features=None, pad_id=0, visual_at=None, num_frames=None):
     """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
+    visual = dict(features=features, pad_id=pad_id, visual_at=visual_at, num_frames=num_frames)
     if beam_size == 1:
-        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, features=features, pad_id=pad_id,
-                             visual_at=visual_at)
-    return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id,
-                       features=features, pad_id=pad_id, visual_at=visual_at)
+        return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, **visual)
+    return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id, **visual)
 
 
 @dataclass

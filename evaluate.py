@@ -16,6 +16,7 @@ checkpoint always gives the same numbers.
     python evaluate.py probe runs/pretrain/vit --data data/shapes
     python evaluate.py context runs/pretrain/large_lm --data data/shapes
     python evaluate.py diagnostics runs/demo/results/results.json --data data/shapes --vit ... (see --help)
+    python evaluate.py bundle runs/stage2 --out stage2_shared.pt   (frozen models copied in, to share)
 """
 
 import argparse
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 import data
 import diagnostics
-from checkpoints import ModelSpec, load_tokenizer, load_vlm
+from checkpoints import ModelSpec, bundle_checkpoint, load_tokenizer, load_vlm
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
 from resampler import PerceiverResampler
@@ -51,27 +52,28 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def encode_once(model: VisionLanguageModel, paths: list, device) -> torch.Tensor:
-    """Patch features of each row's image or frame folder, the ViT run once per distinct path
-    (VQA has several questions per image): (B, N, Dv) or (B, T, N, Dv)."""
+def encode_once(model: VisionLanguageModel, paths: list, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Patch features of each row's image or frame folder, the ViT run once per distinct path (VQA has
+    several questions per image): (B, N, Dv) or (B, T, N, Dv), and each video's real frames (B,) (padded
+    to the longest, as in training: the resampler leaves the padding out), None for images."""
     distinct = list(dict.fromkeys(paths))
     config = model.vision.config
-    max_frames = next(m.config.max_frames for m in model.modules() if isinstance(m, PerceiverResampler))
-    loaded = [data.load_pixels(path, config.image_size, **config.pixel_options(), max_frames=max_frames) for path in distinct]
-    if len({tuple(pixels.shape) for pixels in loaded}) > 1:
-        raise ValueError(f"a batch of videos with different frame counts ({sorted({len(p) for p in loaded})}): "
-                         "evaluate them with --batch-size 1")
-    pixels = torch.stack(loaded).to(device)
-    features = model.encode_images(pixels)  # (distinct, ...)
-    return features[[distinct.index(path) for path in paths]]
+    max_frames = next((m.config.max_frames for m in model.modules() if isinstance(m, PerceiverResampler)), None)
+    batch = {}
+    pixels = data.pad_frames([data.load_pixels(path, config.image_size, **config.pixel_options(), max_frames=max_frames)
+                              for path in distinct], batch)
+    rows = [distinct.index(path) for path in paths]
+    features = model.encode_images(pixels.to(device))[rows]  # (B, ...)
+    return features, batch["num_frames"][rows].to(device) if "num_frames" in batch else None
 
 
 def generate_texts(model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device) -> list[str]:
     """The decoded text for each (image, text prompt) pair of a batch."""
     ids, visual_at = zip(*[data.prompt_ids(tokenizer, prompt) for prompt in prompts])
+    features, num_frames = encode_once(model, paths, device)
     new_ids = decode(model, None, list(ids), decoding.beam_size, decoding.length_penalty, decoding.max_new_tokens,
-                     tokenizer.eos_id, features=encode_once(model, paths, device), pad_id=tokenizer.pad_id,
-                     visual_at=list(visual_at))
+                     tokenizer.eos_id, features=features, pad_id=tokenizer.pad_id, visual_at=list(visual_at),
+                     num_frames=num_frames)
     return [tokenizer.decode(ids) for ids in new_ids]
 
 
@@ -135,7 +137,8 @@ def evaluate_checkpoint(checkpoint_path, data_dir, split, tasks=None, limit=None
                "data": str(data_dir), "split": split, "tokenizer": str(tokenizer_path),
                "decoding": {**vars(decoding), "prompts": {kind: "[bos] {} <visual tokens> {}".format(*data.prompt_texts(prompt))
                                                  for kind, prompt in (("caption", ""), ("vqa", data.vqa_prompt("{question}")))}},
-               "spec": checkpoint["spec"].to_dict(), "train_config": checkpoint.get("train_config"), "metrics": {}, "samples": {}}
+               "spec": checkpoint["spec"].to_dict(), "train_config": checkpoint.get("train_config"),
+               "trainable_parameters": model.num_trainable_parameters(), "metrics": {}, "samples": {}}
     for task in tasks:
         evaluate_task = evaluate_captions if task in CAPTION_TASKS else evaluate_vqa
         results["metrics"][task], results["samples"][task] = evaluate_task(
@@ -161,8 +164,7 @@ def write_json(path: Path, content: dict) -> None:
 
 def default_results_path(checkpoint_path, split: str) -> Path:
     """results_<split>.json in the run folder, next to the checkpoint it scores."""
-    run_folder = Path(checkpoint_path) if Path(checkpoint_path).is_dir() else Path(checkpoint_path).parent
-    return run_folder / f"results_{split}.json"
+    return (Path(checkpoint_path) if Path(checkpoint_path).is_dir() else Path(checkpoint_path).parent) / f"results_{split}.json"
 
 
 def print_metrics(results: dict) -> None:
@@ -205,11 +207,10 @@ def compare_runs(run_dirs: list, data_dir, split="test", baseline=None, limit=No
     `baseline` or the first perceiver run."""
     rows = []
     for run_dir in run_dirs:
-        model, checkpoint = load_vlm(run_dir)
-        results = evaluate_checkpoint(run_dir, data_dir, split, limit=limit or None, batch_size=batch_size)
+        results = evaluate_checkpoint(run_dir, data_dir, split, limit=limit or None, batch_size=batch_size)  # reads it once
         curve = validation_curve(run_dir)
-        rows.append({"run": str(run_dir), "adapter": run_name(checkpoint["spec"]), "step": checkpoint["step"],
-                     "trainable_parameters": model.num_trainable_parameters(), "curve": curve,
+        rows.append({"run": str(run_dir), "adapter": run_name(ModelSpec.from_dict(results["spec"])), "step": results["step"],
+                     "trainable_parameters": results["trainable_parameters"], "curve": curve,
                      "final_val_loss": curve[-1][1], "metrics": results["metrics"], "samples": results["samples"]})
     reference = next((row for row in rows if row["run"] == str(baseline) or (baseline is None and row["adapter"].startswith("perceiver"))), rows[0])
     for row in rows:
@@ -333,6 +334,9 @@ def main(argv=None) -> None:
     report.add_argument("--tiny-lm", required=True)
     report.add_argument("--stage1", required=True)
     report.add_argument("--limit", type=int, help="at most N test images for the stage-1 CIDEr-D (0 or none: all)")
+    bundle = commands.add_parser("bundle", help="a self-contained copy of a checkpoint: its frozen models copied in")
+    bundle.add_argument("checkpoint_path", metavar="RUN_DIR_OR_FILE")
+    bundle.add_argument("--out", type=Path, required=True, help="the file to write")
     reliance = commands.add_parser("reliance", help="caption loss with true, blanked and shuffled images, and a text oracle")
     reliance.add_argument("runs", nargs="+", metavar="RUN_DIR")
     for command, split, limit in ((context, "test", 300), (reliance, "val", 128)):
@@ -373,6 +377,9 @@ def main(argv=None) -> None:
         return
     if args.command == "diagnostics":
         print(json.dumps(add_diagnostics(args), indent=2))
+        return
+    if args.command == "bundle":
+        print(f"wrote {args.out}: {bundle_checkpoint(args.checkpoint_path, args.out)['bytes']:,} bytes")
         return
     if args.command == "compare":
         rows = compare_runs(args.runs, args.data, args.split, args.baseline, args.limit, args.batch_size)

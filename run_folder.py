@@ -67,14 +67,14 @@ def kept_checkpoints(out_dir: str) -> list[tuple[int, str]]:
 
 
 def resume_newest_readable(out_dir: str, stage: str, spec: ModelSpec, train_config: dict, model: nn.Module, optimizer,
-                           scheduler, is_main: bool) -> tuple[int, int | None]:
+                           scheduler, is_main: bool, frozen: dict | None = None) -> tuple[int, int | None]:
     """Resume from the run's newest checkpoint that can be read -> (its step, the step checkpoint.pt
     holds now or None). A file that cannot be read is named, renamed to <name>.broken and skipped."""
     newest = os.path.join(out_dir, CHECKPOINT_NAME)
     candidates = ([newest] if os.path.exists(newest) else []) + [path for _, path in kept_checkpoints(out_dir)]
     for path in candidates:
         try:
-            step = resume_training(path, stage, spec, train_config, model, optimizer, scheduler)
+            step = resume_training(path, stage, spec, train_config, model, optimizer, scheduler, frozen)
         except (CheckpointError, FileNotFoundError) as error:  # FileNotFoundError: rank 0 renamed it meanwhile
             if is_main:
                 print(f"{error}\n  -> renamed to {path}.broken; trying the checkpoint before it")

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from checkpoints import ModelSpec, frozen_dtype, load_lm, load_vision
+from checkpoints import ModelSpec, frozen_dtype, frozen_reference, load_lm, load_vision
 from flags import add_config_flags, add_data_flags, config_from_args
 from resampler import PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
@@ -40,7 +40,8 @@ def main(argv=None):
                                  base=preset(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))
     spec = ModelSpec(vision=vision.config, resampler=resampler, lm=tiny_lm.config, adapter="resampler", train_lm=True)
     model = VisionLanguageModel(vision, PerceiverResampler(resampler), tiny_lm, train_lm=True)
-    summary = train_vlm(model, args, "stage1", spec, train_config)
+    # The tiny LM trains here, so it stays in the checkpoints; the frozen ViT is a reference to args.vit.
+    summary = train_vlm(model, args, "stage1", spec, train_config, {"vision": frozen_reference(args.vit)})
     print(f"[stage1] done: {summary}")
     return summary
 

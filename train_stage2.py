@@ -21,7 +21,7 @@ from dataclasses import fields
 import torch
 import torch.nn as nn
 
-from checkpoints import ModelSpec, frozen_dtype, load_checkpoint, load_lm, load_vision, submodule_state
+from checkpoints import ModelSpec, frozen_dtype, frozen_reference, lm_of, load_checkpoint, load_lm, load_vision, submodule_state
 from flags import add_config_flags, add_data_flags, config_from_args, parse_bool
 from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
@@ -66,8 +66,8 @@ def load_tiny_lm(args) -> tuple[PaLMDecoder, dict | None]:
     if args.adapter_init == "stage1":
         if not args.stage1:
             raise ValueError("--adapter-init stage1 needs --stage1 (a train_stage1.py checkpoint)")
-        stage1 = load_checkpoint(args.stage1, expected_stage="stage1")
-        return load_lm(args.stage1), stage1
+        stage1 = load_checkpoint(args.stage1, expected_stage="stage1")  # read once: its tiny LM and its front
+        return lm_of(stage1), stage1
     if not args.tiny_lm:
         raise ValueError(f"--adapter-init {args.adapter_init} needs --tiny-lm (a pretrain.py lm checkpoint)")
     tiny_lm = load_lm(args.tiny_lm)
@@ -118,7 +118,8 @@ def main(argv=None):
     spec = ModelSpec(vision=vision.config, resampler=resampler, lm=lm.config, tiny_lm=tiny_lm, adapter=args.adapter,
                      adapter_init=args.adapter_init if args.adapter == "vadapter" else None)
     model = VisionLanguageModel(vision, adapter, lm)
-    summary = train_vlm(model, args, "stage2", spec, train_config)
+    frozen = {"vision": frozen_reference(args.vit), "lm": frozen_reference(args.lm)}
+    summary = train_vlm(model, args, "stage2", spec, train_config, frozen)
     print(f"[stage2 {args.adapter}] done: {summary}")
     return summary
 

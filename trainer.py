@@ -55,6 +55,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
     keep_checkpoints: int = 2  # the newest checkpoint and the ones before it, to resume from when it is broken
+    self_contained: bool = False  # checkpoints hold the frozen models too (to share), not a reference to their files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,11 +256,12 @@ def validation_loss(model: nn.Module, loss_fn: Callable, val_set, collate: Calla
 
 
 def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Callable, config: TrainConfig, stage: str,
-          spec: ModelSpec) -> dict:
+          spec: ModelSpec, frozen: dict | None = None) -> dict:
     """Train `model`'s trainable parameters; `loss_fn(model, batch) -> (loss_sum, num_target_tokens)`.
     train_set / val_set: a dataset or a list of groups (see StepBatches).
 
-    `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint.
+    `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint, and `frozen`
+    ({"vision" / "lm": checkpoints.frozen_reference}): the frozen models it references, not copies.
     Returns a summary: last train loss, validation losses, wall time."""
     if config.keep_checkpoints < 1:
         raise ValueError(f"--keep-checkpoints {config.keep_checkpoints}: expected 1 or more")
@@ -278,7 +280,7 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
     start_step, newest_step = 0, None  # newest_step: the step checkpoint.pt holds
     if config.resume:
         start_step, newest_step = resume_newest_readable(config.out_dir, stage, spec, asdict(config), model, optimizer,
-                                                         scheduler, is_main)
+                                                         scheduler, is_main, frozen)
     if is_main:
         os.makedirs(config.out_dir, exist_ok=True)
         keep_metrics_up_to(metrics_path, start_step)
@@ -318,7 +320,7 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
                 stop_on_non_finite("weights are not finite (not saved)", done, stage, checkpoint_path, metrics_path, is_main)
             if is_main:
                 newest_step = save_keeping(config.out_dir, training_state(stage, spec, raw_model, optimizer, scheduler, done,
-                                                                          asdict(config)), config.keep_checkpoints, newest_step)
+                                                                          asdict(config), frozen), config.keep_checkpoints, newest_step)
             if dist.is_initialized():
                 dist.barrier()
     summary["wall_s"] = time.time() - started
@@ -350,7 +352,8 @@ def skip_report(datasets: list, unreadable: set[str]) -> dict:
     return {"skipped_samples": dict(sorted(skipped.items())), "truncated_texts": sum(d.truncated for d in datasets)}
 
 
-def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig) -> dict:
+def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig,
+              frozen: dict | None = None) -> dict:
     """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it.
     The summary adds what the data left out or cut (skip_report)."""
     lm_source = getattr(args, "lm", None) or getattr(args, "tiny_lm", None)  # the decoder's: stage 2's --lm, stage 1's --tiny-lm
@@ -378,7 +381,7 @@ def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, tra
         return caption_loss(model, batch, feature_cache=cache)
 
     summary = train(model, loss_fn, train_set, val_set, partial(data.collate, pad_id=tokenizer.pad_id), train_config,
-                    stage, spec)
+                    stage, spec, frozen)
     everywhere = [unreadable]
     if dist.is_initialized():
         everywhere = [set() for _ in range(dist.get_world_size())]

@@ -1,5 +1,7 @@
 """checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the file
 alone, saving is atomic, resuming restores everything or names what differs, errors are clear."""
+import hashlib
+import os
 import random
 import re
 from dataclasses import replace
@@ -8,8 +10,8 @@ import pytest
 import torch
 
 import data
-from checkpoints import (ModelSpec, build_vlm, check_same_spec, load_checkpoint, load_lm, load_tokenizer, load_vision,
-                         resume_training, save_checkpoint, submodule_state, training_state)
+from checkpoints import (ModelSpec, build_vlm, check_same_spec, frozen_reference, load_checkpoint, load_lm, load_tokenizer,
+                         load_vision, resume_training, save_checkpoint, submodule_state, training_state)
 from conftest import toy_spec
 from palm_decoder import PaLMConfig
 
@@ -184,3 +186,36 @@ def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, damage):
     assert type(error.value).__name__ == "CheckpointError"  # what resume falls back on
     with pytest.raises(ValueError, match=re.escape(str(path))):
         load_vision(str(path))
+
+
+def test_frozen_references_hash_a_file_whole_and_an_hf_folder_by_its_ends(tmp_path):
+    """A checkpoint file: sha256 of all its bytes, read again once rewritten. An hf: folder: each
+    *.safetensors file's name, size and the sha256 of its first and last MiB (a same-size edit in
+    the middle goes unseen, as documented)."""
+    vit = tmp_path / "vit.pt"
+    vit.write_bytes(b"weights" * 1000)
+    assert frozen_reference(str(vit)) == {"source": str(vit), "bytes": 7000,
+                                          "sha256": hashlib.sha256(b"weights" * 1000).hexdigest()}
+    vit.write_bytes(b"WEIGHTS" * 1000)
+    os.utime(vit, ns=(1, 1))  # another modification time: the cached hash is not reused
+    assert frozen_reference(str(vit))["sha256"] == hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
+    folder = tmp_path / "gemma"
+    folder.mkdir()
+    shards = {"model-00001.safetensors": bytes(range(256)) * 10_000, "model-00002.safetensors": b"x" * 100}
+    for name, content in shards.items():
+        (folder / name).write_bytes(content)
+    (folder / "config.json").write_text("{}")
+    lines = [f"{name} {len(content)} {hashlib.sha256(content[:2**20] + content[max(len(content) - 2**20, 0):]).hexdigest()}"
+             for name, content in shards.items()]
+    reference = frozen_reference(f"hf:{folder}")
+    assert reference == {"source": f"hf:{folder}", "bytes": 2_560_100,
+                         "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
+    middle, end = bytearray(shards["model-00001.safetensors"]), bytearray(shards["model-00001.safetensors"])
+    middle[1_280_000] ^= 1
+    end[-1] ^= 1
+    for content, seen in ((middle, False), (end, True)):
+        (folder / "model-00001.safetensors").write_bytes(content)
+        os.utime(folder / "model-00001.safetensors", ns=(2 + seen, 2 + seen))
+        assert (frozen_reference(f"hf:{folder}")["sha256"] != reference["sha256"]) is seen
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        frozen_reference(f"hf:{tmp_path / 'nowhere'}")

@@ -4,6 +4,7 @@ folder: what is checked is the wiring (files, keys, determinism, errors), not th
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,9 @@ import diagnostics
 import evaluate
 import metrics
 import synthetic
-from checkpoints import build_vlm
+import checkpoints
+from checkpoints import build_vlm, load_vlm
+from decoding import Decoding
 from conftest import REPO, toy_spec
 from resampler import ResamplerConfig
 
@@ -130,7 +133,7 @@ def test_wrong_stage_or_missing_task_raise(run, tmp_path):
         evaluate.evaluate_checkpoint(run_dir, world, "nosuchsplit", tasks=["video_vqa"])
 
 
-def test_compare_and_reliance_commands(run, tmp_path, capsys):
+def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
     """Two stage-2 runs (VAdapter, perceiver baseline) with their validation curves: the table,
     the files next to it, and the reliance losses of both."""
     _, world = run
@@ -146,7 +149,10 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys):
                                                       for i, loss in enumerate(losses)))
         runs.append(str(folder))
     out = tmp_path / "results"
+    reads, read = [], checkpoints.read_checkpoint_file
+    monkeypatch.setattr(checkpoints, "read_checkpoint_file", lambda path: reads.append(path) or read(path))
     evaluate.main(["compare", *runs, "--data", str(world), "--split", "val", "--limit", "2", "--out", str(out)])
+    assert sorted(reads) == sorted(f"{run}/checkpoint.pt" for run in runs), "each run's checkpoint read once"
     table = (out / "table.md").read_text()
     assert "| vadapter (stage1) |" in table and "| perceiver (depth 2) |" in table
     assert "steps to perceiver (depth 2)'s final val loss" in table and "| 20 of 30 |" in table
@@ -164,6 +170,30 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys):
         assert losses["oracle_fraction"] == pytest.approx((losses["blanked"] - losses["real"]) / gap)
     else:
         assert math.isnan(losses["oracle_fraction"])
+
+
+def test_videos_of_different_lengths_decode_batched_as_one_by_one(run, tmp_path):
+    """Videos of 2, 5 and 3 frames in one batch: padded to 5, the padding left out of the resampler
+    (num_frames through decoding), so every row decodes as it does alone, greedy and beam."""
+    run_dir, world = run
+    model, _ = load_vlm(run_dir)
+    tokenizer = data.Tokenizer(world / data.TOKENIZER_FILE)
+    videos = []
+    for count, video in zip((2, 5, 3), sorted((world / "videos" / "val").iterdir())):
+        videos.append(tmp_path / f"{count}_{video.name}")
+        videos[-1].mkdir()
+        for frame in data.frame_files(video)[:count]:
+            shutil.copy(frame, videos[-1] / frame.name)
+    features, num_frames = evaluate.encode_once(model, videos, "cpu")
+    assert features.shape[1] == 5 and num_frames.tolist() == [2, 5, 3]
+    with torch.no_grad():
+        alone = torch.cat([model.visual_tokens(features=evaluate.encode_once(model, [video], "cpu")[0]) for video in videos])
+        torch.testing.assert_close(model.visual_tokens(features=features, num_frames=num_frames), alone)
+        assert not torch.allclose(model.visual_tokens(features=features), alone, atol=1e-3), "the padding would count"
+        for beam in (1, 2):
+            decoding = Decoding(beam, 1.0, 6)
+            one_by_one = [evaluate.generate_texts(model, tokenizer, [video], [""], decoding, "cpu")[0] for video in videos]
+            assert evaluate.generate_texts(model, tokenizer, videos, [""] * 3, decoding, "cpu") == one_by_one
 
 
 def test_validation_curve_skips_a_torn_last_line(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import checkpoints
+import evaluate
 import pretrain
 import train_stage1
 import train_stage2
@@ -49,7 +51,7 @@ def chain(tmp_path_factory):
                        "--out-dir", str(runs["vadapter"])])
     train_stage2.main([*common, *frozen, *resampler, "--adapter", "perceiver", "--perceiver-depth", "2",
                        "--out-dir", str(runs["perceiver"])])
-    train_stage2.main([*common, *frozen, "--adapter", "mlp", "--out-dir", str(runs["mlp"])])
+    train_stage2.main([*common, *frozen, "--adapter", "mlp", "--self-contained", "true", "--out-dir", str(runs["mlp"])])
     return data_dir, runs, common, frozen, resampler
 
 
@@ -74,15 +76,18 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
     vit = load_checkpoint(str(runs["vit"]))["model"]
     large_lm = load_checkpoint(str(runs["large_lm"]))["model"]
     stage1 = load_checkpoint(str(runs["stage1"]))["model"]
-    for name in ("vadapter", "perceiver", "mlp"):
+    for name in ("vadapter", "perceiver"):  # they reference the frozen models, by default
         checkpoint = load_checkpoint(str(runs[name]))
-        model = checkpoint["model"]
-        for key, tensor in large_lm.items():
-            assert torch.equal(model[f"lm.{key}"], tensor), f"{name}: frozen large-LM tensor lm.{key} changed"
-        for key, tensor in vit.items():
-            if key.startswith("vision."):
-                assert torch.equal(model[key], tensor), f"{name}: frozen ViT tensor {key} changed"
-        # The optimizer holds exactly the adapter's trainable parameters.
+        assert set(checkpoint["frozen"]) == {"vision", "lm"}
+        assert not any(key.startswith(("vision.", "lm.")) for key in checkpoint["model"])
+    model = load_checkpoint(str(runs["mlp"]))["model"]  # --self-contained true: they are inside
+    for key, tensor in large_lm.items():
+        assert torch.equal(model[f"lm.{key}"], tensor), f"frozen large-LM tensor lm.{key} changed"
+    for key, tensor in vit.items():
+        if key.startswith("vision."):
+            assert torch.equal(model[key], tensor), f"frozen ViT tensor {key} changed"
+    for name in ("vadapter", "perceiver", "mlp"):  # the optimizer holds exactly the adapter's trainable parameters
+        checkpoint = load_checkpoint(str(runs[name]))
         rebuilt = build_vlm(checkpoint["spec"])
         trainable = [p for n, p in rebuilt.named_parameters() if p.requires_grad]
         assert all(n.startswith("adapter.") for n, p in rebuilt.named_parameters() if p.requires_grad)
@@ -94,6 +99,60 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
     changed = [k for k, t in stage1.items() if k.startswith("lm.") and not torch.equal(vadapter[f"adapter.tiny_{k}"], t)]
     assert changed, "stage 2 trains the progressively aligned tiny LM it started from"
     assert torch.equal(vadapter["adapter.tiny_lm.token_embedding.weight"], stage1["lm.token_embedding.weight"])
+
+
+def test_checkpoints_reference_the_frozen_models_and_give_the_numbers_of_a_self_contained_one(chain, tmp_path,
+                                                                                             monkeypatch):
+    """Stage-2 checkpoints reference the frozen ViT and large LM (path, size, sha256), smaller by their
+    size; resuming and evaluating one give the numbers a self-contained one gives, and `evaluate.py
+    bundle` writes that self-contained file. A moved or changed frozen file is an error naming both
+    files. Stage 2 reads its stage-1 checkpoint once."""
+    data_dir, runs, common, frozen, resampler = chain
+    reads, read = [], checkpoints.read_checkpoint_file
+    monkeypatch.setattr(checkpoints, "read_checkpoint_file", lambda path: reads.append(Path(path)) or read(path))
+    stage2 = [*common, *frozen, *resampler, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--tasks", "caption"]
+    referencing, contained, bundled = tmp_path / "referencing", tmp_path / "contained", tmp_path / "bundled.pt"
+    train_stage2.main([*stage2, "--steps", "2", "--out-dir", str(referencing)])
+    assert reads.count(runs["stage1"] / "checkpoint.pt") == 1
+    train_stage2.main([*stage2, "--steps", "2", "--self-contained", "true", "--out-dir", str(contained)])
+    evaluate.main(["bundle", str(referencing), "--out", str(bundled)])
+    whole, shared = load_checkpoint(str(contained)), load_checkpoint(str(bundled))
+    assert whole["frozen"] == shared["frozen"] == {} and whole["model"].keys() == shared["model"].keys()
+    assert all(torch.equal(shared["model"][key], tensor) for key, tensor in whole["model"].items())
+    frozen_bytes = sum(t.numel() * t.element_size() for k, t in whole["model"].items() if k.startswith(("vision.", "lm.")))
+    sizes = [os.path.getsize(path) for path in (referencing / "checkpoint.pt", contained / "checkpoint.pt", bundled)]
+    print(f"stage-2 checkpoint bytes: referencing {sizes[0]:,}, self-contained {sizes[1]:,}, bundled {sizes[2]:,}; "
+          f"frozen tensors {frozen_bytes:,}")
+    assert sizes[1] == pytest.approx(sizes[0] + frozen_bytes, rel=0.02) and sizes[2] == pytest.approx(sizes[1], rel=0.01)
+    scores = [evaluate.evaluate_checkpoint(path, data_dir, "val", ["caption"], limit=4, max_new_tokens=4)
+              for path in (referencing, contained, bundled)]
+    assert scores[0]["metrics"] == scores[1]["metrics"] == scores[2]["metrics"]
+    assert scores[0]["samples"] == scores[1]["samples"] == scores[2]["samples"]
+    moved_lm = tmp_path / "moved" / "large_lm.pt"  # a frozen file moved: the resumed run gives its new path
+    moved_lm.parent.mkdir()
+    os.replace(runs["large_lm"] / "checkpoint.pt", moved_lm)
+    try:
+        with pytest.raises(FileNotFoundError, match=f"{referencing}.*references the frozen model "
+                                                    f"{runs['large_lm']}/checkpoint.pt .*not there any more"):
+            load_vlm(referencing)
+        train_stage2.main([*stage2, "--lm", str(moved_lm), "--steps", "4", "--resume", "true", "--out-dir", str(referencing)])
+    finally:
+        os.replace(moved_lm, runs["large_lm"] / "checkpoint.pt")
+    train_stage2.main([*stage2, "--steps", "4", "--resume", "true", "--out-dir", str(contained)])
+    assert losses(referencing) == losses(contained) and len(losses(contained)) == 4
+    assert load_checkpoint(str(referencing))["frozen"]["lm"]["source"] == str(moved_lm), "where it was at the last save"
+    other_lm = load_checkpoint(str(runs["large_lm"]))
+    other_lm["model"][next(iter(other_lm["model"]))] += 1  # same shapes, other weights
+    torch.save({**other_lm, "spec": other_lm["spec"].to_dict()}, tmp_path / "other_lm.pt")
+    with pytest.raises(ValueError, match=f"{contained}.*bytes.*this run gives {tmp_path}/other_lm.pt"):
+        train_stage2.main([*stage2, "--lm", str(tmp_path / "other_lm.pt"), "--steps", "5", "--resume", "true",
+                           "--out-dir", str(contained)])
+    changed = load_checkpoint(str(referencing))
+    changed["frozen"]["lm"] = {**changed["frozen"]["lm"], "source": str(tmp_path / "other_lm.pt")}
+    torch.save({**changed, "spec": changed["spec"].to_dict()}, tmp_path / "changed.pt")
+    with pytest.raises(ValueError, match=f"changed.pt was trained with the frozen model {tmp_path}/other_lm.pt .* but that "
+                                         "file now is .*: it changed since"):
+        load_vlm(tmp_path / "changed.pt")
 
 
 def test_wrong_stage_and_mismatched_config_fail_with_a_message(chain):
@@ -251,7 +310,8 @@ def test_frozen_models_load_in_bf16_without_a_random_initialisation(chain, monke
 
 def test_frozen_bf16_weights_need_autocast_and_train_the_fp32_adapter_like_fp32(chain, tmp_path):
     _, runs, common, frozen, _ = chain
-    stage2 = [*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--steps", "3", "--tasks", "caption"]
+    stage2 = [*common, *frozen, "--adapter", "vadapter", "--stage1", str(runs["stage1"]), "--steps", "3", "--tasks", "caption",
+              "--self-contained", "true"]
     with pytest.raises(ValueError, match="--frozen-dtype bf16 needs bf16 autocast"):
         train_stage2.main([*stage2, "--frozen-dtype", "bf16", "--out-dir", str(tmp_path / "refused")])
     train_stage2.main([*stage2, "--bf16", "true", "--out-dir", str(tmp_path / "fp32")])
