@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY ?= $(VENV)/bin/python
 INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
-.PHONY: test install clean pretrain demo demo-quick ablation FORCE
+.PHONY: test install clean pretrain demo demo-quick paper FORCE
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -104,12 +104,21 @@ demo-quick:
 		TRAIN_FLAGS="--batch-size 8 --eval-batches 1" \
 		DATA_FLAGS="--train-images 40 --val-images 16 --test-images 8 --train-videos 16 --val-videos 8 --test-videos 4"
 
-# The paper's other ablation rows, after `make demo`: the tiny LM language-pretrained only or
-# random, and shallower / deeper perceivers, with the same budget.
-ablation: $(INSTALL)
-	$(PY) train_stage2.py --adapter vadapter --adapter-init lm --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage2_vadapter_lm $(STAGE2)
-	$(PY) train_stage2.py --adapter vadapter --adapter-init random --tiny-lm $(STAGE0)/tiny_lm.safetensors --out-dir $(RUNS)/stage2_vadapter_random $(STAGE2)
-	$(PY) train_stage2.py --adapter perceiver --perceiver-depth 1 --out-dir $(RUNS)/stage2_perceiver_d1 $(STAGE2)
-	$(PY) train_stage2.py --adapter perceiver --perceiver-depth 3 --out-dir $(RUNS)/stage2_perceiver_d3 $(STAGE2)
-	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_vadapter_lm $(RUNS)/stage2_vadapter_random \
-		$(RUNS)/stage2_perceiver $(RUNS)/stage2_perceiver_d1 $(RUNS)/stage2_perceiver_d3 --data $(DATA) --limit $(EVAL_LIMIT) --out $(RUNS)/ablation
+# --- make paper: the paper's Tables 2, 3, 4, 13 and "stronger" at toy scale, each row with the seeds
+# PAPER_SEEDS (python paper.py run --help). Resumable: a run whose evaluation exists is skipped, an
+# unfinished one resumes. Writes $(PAPER_OUT)/results.md and results.json. Needs $(STAGE0)/vit_small.safetensors.
+PAPER_RUNS ?= runs/paper
+PAPER_OUT ?= docs
+PAPER_SEEDS ?= 1,2,3
+PAPER_STAGE1_STEPS ?= 300
+PAPER_STAGE2_STEPS ?= 200
+PAPER_EVAL_EVERY ?= 25
+PAPER_EVAL_LIMIT ?= 100
+PAPER_RELIANCE_LIMIT ?= 128
+PAPER_JOBS ?= 2
+
+paper: $(INSTALL)
+	$(PY) synthetic.py --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
+	$(PY) paper.py run --data $(DATA) --stage0 $(STAGE0) --runs $(PAPER_RUNS) --out $(PAPER_OUT) --seeds $(PAPER_SEEDS) \
+		--stage1-steps $(PAPER_STAGE1_STEPS) --stage2-steps $(PAPER_STAGE2_STEPS) --eval-every $(PAPER_EVAL_EVERY) \
+		--eval-limit $(PAPER_EVAL_LIMIT) --reliance-limit $(PAPER_RELIANCE_LIMIT) --jobs $(PAPER_JOBS) --train-flags="$(TRAIN_FLAGS)"

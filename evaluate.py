@@ -32,7 +32,7 @@ from checkpoints import ModelSpec, bundle_checkpoint, load_tokenizer, load_vlm
 from decoding import Decoding, decode
 from metrics import bleu4, cider_d, vqa_accuracy
 from resampler import PerceiverResampler
-from run_folder import parse_metrics_line
+from run_folder import parse_metrics_line, steps_to_reach
 from vlm import VisionLanguageModel
 
 # =============================================================================================
@@ -194,11 +194,6 @@ def validation_curve(run_dir) -> list[tuple[int, float]]:
     """(step, validation loss) pairs from a run's metrics.jsonl; a torn line (a killed write) is skipped."""
     records = map(parse_metrics_line, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
     return [(record["step"], record["val_loss"]) for record in records if record and "val_loss" in record]
-
-
-def steps_to_reach(curve: list[tuple[int, float]], target: float):
-    """The first step whose validation loss is at or below target (None if never)."""
-    return next((step for step, loss in curve if loss <= target), None)
 
 
 def compare_runs(run_dirs: list, data_dir, split="test", baseline=None, limit=None, batch_size=32) -> list[dict]:

@@ -122,6 +122,11 @@ def parse_metrics_line(line: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def steps_to_reach(curve: list[tuple[int, float]], target: float):
+    """The first step of a (step, validation loss) curve whose loss is at or below target (None if never)."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
 def append_metrics(path: str, record: dict):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -30,7 +30,7 @@ LIBRARY_ORDER = [
     "trainer",  # the one training loop
 ]
 BENCHMARK_ORDER = ["benchmark_tools", "benchmark_step", "benchmark_reference", "benchmark"]
-SCRIPTS = ["synthetic", "pretrain", "train_stage1", "train_stage2", "evaluate", *BENCHMARK_ORDER]
+SCRIPTS = ["synthetic", "pretrain", "train_stage1", "train_stage2", "evaluate", "paper", *BENCHMARK_ORDER]
 
 ROOT_FILES = sorted(path.stem for path in REPO.glob("*.py"))
 
