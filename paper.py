@@ -40,6 +40,7 @@ STAGE2_RUNS = {
     "vadapter_lm": ("toy", ["--adapter", "vadapter", "--adapter-init", "lm", "--tiny-lm", "{tiny_lm}"]),
     "vadapter_pooler": ("toy", VADAPTER + ["--cross-attention", "pooler"]),
     "vadapter_depth6": ("toy", VADAPTER + ["--resampler-depth", "6"]),
+    "vadapter_carried": ("toy", VADAPTER + ["--resampler-from-stage1", "true"]),  # not the paper's: the stage-1 pooler kept
     "mlp": ("toy", ["--adapter", "mlp"]),
     "vadapter_small": ("toy-small", VADAPTER),
     "perceiver_small": ("toy-small", PERCEIVER),
@@ -52,7 +53,8 @@ TABLES = {  # table -> (title, [(row name, run)])
     "Table 3": ("the tiny LM's initialization", [("random", "vadapter_random"), ("language-pretrained", "vadapter_lm"),
                                                  ("progressively aligned (stage 1)", "vadapter")]),
     "Table 4": ("the stage-2 cross-attention in front of the tiny LM", [("attentional pooler", "vadapter_pooler"),
-                ("1-layer perceiver", "vadapter"), ("6-layer perceiver", "vadapter_depth6")]),
+                ("1-layer perceiver", "vadapter"), ("6-layer perceiver", "vadapter_depth6"),
+                ("stage-1 pooler carried over", "vadapter_carried")]),
     "Table 13": ("an MLP adapter (LLaVA-1.5 style) as a third baseline",
                  [("MLP", "mlp"), ("PaLM2-VAdapter", "vadapter"), ("perceiver resampler (6 layers)", "perceiver")]),
     "stronger": ("both adapters on two ViT sizes; a gain row is toy minus toy-small, seed by seed",
