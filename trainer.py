@@ -49,7 +49,7 @@ class TrainConfig:
     save_every: int = 200
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool | None = None  # None: on for CUDA only (on CPU it costs tens of seconds, gains nothing measurable)
+    compile: bool | None = None  # None: where it pays for itself within the run (compile_pays)
     bf16: bool | None = None  # bf16 autocast; None: on for CUDA only
     num_workers: int = 0
     resume: bool = False
@@ -205,6 +205,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
+# On CPU torch.compile saved 6-16% of a ~200 ms toy step and cost 11-30 s of compilation (docs/benchmarks.md):
+# ~20 ms x steps > 30 s from about 1,500 steps. On CUDA the runs are long and the gain is larger.
+CPU_COMPILE_MIN_STEPS = 2000
+
+
+def compile_pays(steps: int, use_cuda: bool) -> bool:
+    """The default for --compile: on CUDA, or on CPU for runs long enough to earn the compilation back."""
+    return use_cuda or steps >= CPU_COMPILE_MIN_STEPS
+
+
 def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -> nn.Module:
     """DDP over several processes, then torch.compile; checkpoints keep the unwrapped model."""
     if process.world_size > 1:
@@ -287,7 +297,7 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
         print(f"[{stage}] trainable parameters: {num_parameters(model, trainable_only=True):,} of {num_parameters(model):,}")
 
     raw_model = model  # what checkpoints hold: unwrapped, uncompiled
-    model = wrap_for_training(model, process, use_cuda if config.compile is None else config.compile)
+    model = wrap_for_training(model, process, compile_pays(config.steps, use_cuda) if config.compile is None else config.compile)
     summary = {"stage": stage, "val_loss": {}, "train_loss": None}
     model.train()
     micro_batches = iter(step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed))

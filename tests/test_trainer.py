@@ -178,3 +178,12 @@ def test_keep_checkpoints_one_keeps_only_the_newest(tmp_path):
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
     with pytest.raises(ValueError, match="--keep-checkpoints 0"):
         tiny_lm_run(tmp_path, steps=6, keep_checkpoints=0, overwrite=True)
+
+
+def test_compile_is_on_by_default_where_it_pays_for_itself():
+    """The rule: always on CUDA; on CPU only from CPU_COMPILE_MIN_STEPS, where ~20 ms saved per step
+    outweighs ~30 s of compilation; the demo's 600-step runs stay eager."""
+    assert trainer.compile_pays(10, use_cuda=True)
+    assert not trainer.compile_pays(600, use_cuda=False)
+    assert trainer.compile_pays(trainer.CPU_COMPILE_MIN_STEPS, use_cuda=False)
+    assert trainer.CPU_COMPILE_MIN_STEPS * 0.020 > 30  # the steps it takes to save the compile time
