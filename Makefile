@@ -50,10 +50,10 @@ pretrain: $(INSTALL)
 # So `make demo` reruns only what is downstream of a change, and an interrupted stage resumes.
 RUNS ?= runs/demo
 DATA_FLAGS ?=
-STAGE1_STEPS ?= 600
-STAGE2_STEPS ?= 600
+STAGE1_STEPS ?= 400
+STAGE2_STEPS ?= 400
 EVAL_EVERY ?= 50
-EVAL_LIMIT ?= 0
+EVAL_LIMIT ?= 300
 TRAIN_FLAGS ?=
 FROZEN = --vit $(STAGE0)/vit.safetensors --lm $(STAGE0)/large_lm.safetensors
 ifdef OMP_NUM_THREADS
