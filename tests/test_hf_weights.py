@@ -330,7 +330,8 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
     vit = ["--vit", f"hf:{tmp_path / 'siglip'}"]
     train_stage1.main([*fast, *vit, "--tiny-lm", f"hf:{tiny}", "--tokenizer", f"hf:{tiny}", "--out-dir", str(tmp_path / "stage1")])
     train_stage2.main([*fast, *vit, "--lm", f"hf:{large}", "--tokenizer", f"hf:{large}", "--adapter", "vadapter",
-                       "--stage1", str(tmp_path / "stage1"), "--out-dir", str(tmp_path / "stage2")])
+                       "--stage1", str(tmp_path / "stage1"), "--out-dir", str(tmp_path / "stage2"),
+                       "--self-contained", "true"])  # rebuilt from the file alone below
     checkpoint = load_checkpoint(str(tmp_path / "stage2"), expected_stage="stage2")
     assert checkpoint["spec"].lm.vocab_size == large_vocab and checkpoint["spec"].tiny_lm.vocab_size == tiny_vocab
     model = build_vlm(checkpoint["spec"])  # rebuilt from the file alone
