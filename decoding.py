@@ -22,11 +22,6 @@ from palm_decoder import PaLMDecoder
 from vlm import VisionLanguageModel
 
 
-def positions(prefix_at, device):
-    """Per-prompt visual-span positions (a list of ints, or None) -> (B,) long or None."""
-    return None if prefix_at is None else torch.as_tensor(prefix_at, dtype=torch.long, device=device)
-
-
 def left_pad(prompts, pad_id, device):
     """B token-id lists -> (input_ids (B, L) padded on the left, pad_lengths (B,))."""
     lengths = [len(prompt) for prompt in prompts]
@@ -60,7 +55,7 @@ def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperatu
     check_decode_length(lm, prompts, prefix, max_new_tokens)
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, positions(prefix_at, device))
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, prefix_at)
     new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if temperature == 0:
@@ -156,7 +151,7 @@ def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, ma
         return [[] for _ in prompts]
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths, positions(prefix_at, device))  # (B, V)
+    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths, prefix_at)  # (B, V)
     # The prefix and prompt of a sample are run once, then copied to its K beam rows.
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
     cache.reorder(rows)

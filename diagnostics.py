@@ -13,6 +13,7 @@ the other. Each is measured here with a small command (evaluate.py probe / conte
 """
 import random
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -87,18 +88,13 @@ def image_reliance(checkpoint_path, data_dir, split: str = "val", limit: int = 1
     examples = {e.image_id: e for e in data.read_task(data_dir, "caption", split).examples}
     by_image = captions_by_image(data_dir, split)
     image_ids = list(by_image)[:: max(1, len(by_image) // limit)][:limit]  # spread over the split
+    # Each image's first reference caption, laid out as in training (the paper's prompt, loss on caption + EOS).
+    dataset = data.VisionTextDataset([replace(examples[i], prompt="", target=by_image[i][0]) for i in image_ids], tokenizer,
+                                     model.vision.config.image_size, **model.vision.config.pixel_options())
     totals = {"real": [0.0, 0], "blanked": [0.0, 0], "shuffled": [0.0, 0]}
     generator = torch.Generator().manual_seed(0)
     for start in range(0, len(image_ids), batch_size):
-        chunk = image_ids[start:start + batch_size]
-        samples = []
-        prompt, visual_at = data.prompt_ids(tokenizer, "")  # the captioning prompt the adapter was trained with
-        for image_id in chunk:
-            target = tokenizer.encode(by_image[image_id][0]) + [tokenizer.eos_id]
-            pixels = data.load_pixels(examples[image_id].path, model.vision.config.image_size, **model.vision.config.pixel_options())
-            samples.append({"pixels": pixels, "image_id": image_id, "input_ids": torch.tensor(prompt + target), "visual_at": visual_at,
-                            "loss_mask": torch.tensor([False] * len(prompt) + [True] * len(target))})
-        batch = data.collate(samples, tokenizer.pad_id)
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(image_ids)))], tokenizer.pad_id)
         pixels = batch["pixels"]
         variants = {"real": pixels, "blanked": torch.zeros_like(pixels),
                     "shuffled": pixels[torch.randperm(len(pixels), generator=generator)]}

@@ -345,7 +345,7 @@ class PaLMDecoder(nn.Module):
         """Run the prompts once and cache their keys and values.
 
         input_ids (B, L) left-padded prompts (the first pad_lengths[b] ids of row b are padding),
-        prefix (B, P, D) placed before position prefix_at[b] of row b's prompt (int or (B,),
+        prefix (B, P, D) placed before position prefix_at[b] of row b's prompt (int, list or (B,),
         counted without the padding; default 0) -> (logits for the next token (B, V), KVCache).
         A row is laid out [pads][prompt before][prefix][prompt after]: its last slot is its last real one."""
         B = (input_ids if input_ids is not None else prefix).shape[0]
