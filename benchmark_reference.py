@@ -17,7 +17,9 @@ import sys
 
 import torch
 
-from benchmark_tools import machine, summary, time_calls
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmark_tools import machine, matmul_peak, summary, time_calls
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
 
@@ -55,6 +57,8 @@ def add_flags(parser) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of --repeats; the verdict is the median run's ratio")
     parser.add_argument("--repeats", type=int, default=10, help="alternating steps per run")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models (like for like); the warmup steps absorb the compile time")
 
 
 def main(args) -> int:
@@ -63,20 +67,28 @@ def main(args) -> int:
     config = PaLMConfig(vocab_size=args.vocab, dim=args.dim, depth=args.depth, num_heads=args.heads, num_kv_heads=1,
                         max_seq_len=args.seq, attention_backend=args.backend)
     ours, theirs = PaLMDecoder(config).to(device), hugging_face_decoder(config).to(device)
+    run_ours, run_theirs = (torch.compile(ours), torch.compile(theirs)) if args.compile else (ours, theirs)
     input_ids = torch.randint(config.vocab_size, (args.batch, args.seq), device=device)  # (B, S)
     loss_mask = torch.ones_like(input_ids, dtype=torch.bool)
     loss_mask[:, 0] = False  # both predict tokens 1..S-1 from the positions before them
 
     def step_ours():
         ours.zero_grad(set_to_none=True)
-        ours(input_ids, loss_mask=loss_mask)[1].backward()
+        run_ours(input_ids, loss_mask=loss_mask)[1].backward()
 
     def step_theirs():
         theirs.zero_grad(set_to_none=True)
-        theirs(input_ids=input_ids, labels=input_ids).loss.backward()
+        run_theirs(input_ids=input_ids, labels=input_ids).loss.backward()
 
+    with FlopCounterMode(display=False) as counter:
+        step_ours()
+    # The linear layers' FLOPs (mm, addmm): the same in both models. The attention products are left
+    # out (the CPU flash kernel is not in torch's FLOP counter), so the floor below is a true lower bound.
+    flops = sum(count for op, count in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
+    peak, peak_how = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     print(f"reference: forward+backward, dim {args.dim} depth {args.depth} heads {args.heads} (1 kv head) vocab {args.vocab} "
           f"seq {args.seq} batch {args.batch}, {'bf16 autocast' if device.type == 'cuda' else 'float32'}, "
+          f"{'both compiled' if args.compile else 'both eager'}, "
           f"{args.runs} runs of {args.repeats} alternating repeats; {machine(device)}")
     runs = []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -97,14 +109,21 @@ def main(args) -> int:
                   f"{theirs_stats['p75_ms']:.2f}]; ours / theirs {runs[-1]['ratio_of_medians']:.3f} (ratio of medians), "
                   f"{runs[-1]['median_pair_ratio']:.3f} (median of per-repeat ratios)")
     ratio = statistics.median(run["ratio_of_medians"] for run in runs)
+    median_run = sorted(runs, key=lambda run: run["ratio_of_medians"])[len(runs) // 2]
+    ours_ms, theirs_ms, floor_ms = median_run["ours"]["median_ms"], median_run["theirs"]["median_ms"], flops / peak * 1e3
     print(f"  ours (PaLMDecoder, attention {args.backend}): {num_parameters(ours):,} params; transformers LlamaForCausalLM "
           f"(sdpa): {num_parameters(theirs):,} params\n"
           f"  ours / theirs, median of {args.runs} runs: {ratio:.3f}\n"
+          f"  roofline: {flops / 1e9:.2f} GFLOP per step in the linear layers (the same in both; attention not counted); peak {peak / 1e9:,.1f} "
+          f"GFLOP/s ({peak_how}); ours {flops / ours_ms / 1e6:,.1f} GFLOP/s ({flops / ours_ms / peak * 1e3:.1%} of peak), "
+          f"transformers {flops / theirs_ms / 1e6:,.1f} ({flops / theirs_ms / peak * 1e3:.1%}); those FLOPs at peak with "
+          f"nothing else take {floor_ms:.2f} ms: no fusion gets ours / theirs below {floor_ms / theirs_ms:.3f}\n"
           f"  same matmul shapes; Llama's block is sequential with two RMSNorms and five input and two output matmuls, "
           f"PaLM's parallel on one LayerNorm with one input and one output matmul")
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"config": vars(args), "machine": machine(device), "runs": runs, "ratio": ratio}, file, indent=1)
+            json.dump({"config": vars(args), "machine": machine(device), "runs": runs, "ratio": ratio, "flops_per_step": flops,
+                       "peak_flops_per_s": peak, "ratio_floor": floor_ms / theirs_ms}, file, indent=1)
     return 0
 
 
