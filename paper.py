@@ -40,6 +40,7 @@ STAGE2_RUNS = {
     "vadapter_lm": ("toy", ["--adapter", "vadapter", "--adapter-init", "lm", "--tiny-lm", "{tiny_lm}"]),
     "vadapter_pooler": ("toy", VADAPTER + ["--cross-attention", "pooler"]),
     "vadapter_depth6": ("toy", VADAPTER + ["--resampler-depth", "6"]),
+    "vadapter_no_final_norm": ("toy", VADAPTER + ["--resampler-final-norm", "false"]),  # not the paper's: the baseline's ending
     "vadapter_carried": ("toy", VADAPTER + ["--resampler-from-stage1", "true"]),  # not the paper's: the stage-1 pooler kept
     "mlp": ("toy", ["--adapter", "mlp"]),
     "vadapter_small": ("toy-small", VADAPTER),
@@ -54,6 +55,7 @@ TABLES = {  # table -> (title, [(row name, run)])
                                                  ("progressively aligned (stage 1)", "vadapter")]),
     "Table 4": ("the stage-2 cross-attention in front of the tiny LM", [("attentional pooler", "vadapter_pooler"),
                 ("1-layer perceiver", "vadapter"), ("6-layer perceiver", "vadapter_depth6"),
+                ("1-layer perceiver without the final LayerNorm", "vadapter_no_final_norm"),
                 ("stage-1 pooler carried over", "vadapter_carried")]),
     "Table 13": ("an MLP adapter (LLaVA-1.5 style) as a third baseline",
                  [("MLP", "mlp"), ("PaLM2-VAdapter", "vadapter"), ("perceiver resampler (6 layers)", "perceiver")]),

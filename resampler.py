@@ -10,8 +10,10 @@ into one set, so a video yields the same number of latents as an image.
 The paper's three cross-attention modules are presets of this one design:
 - `for_pooler`: stage 1's CoCa-style attentional pooler, one cross-attention layer over the features
   only, no feed-forward, then a LayerNorm;
-- `for_perceiver`: the baseline (6 layers) and the VAdapter's stage-2 front (`depth=1`), without the
-  final LayerNorm (the paper's Table 1: with it, 36.2 instead of 46.8 CIDEr);
+- `for_perceiver`: the baseline (6 layers), without the final LayerNorm (the paper's Table 1: with
+  it, 36.2 instead of 46.8 CIDEr);
+- `for_vadapter_front`: the VAdapter's fresh stage-2 front, 1 layer of the same, with the final
+  LayerNorm (the aligned tiny LM read LayerNormed latents in stage 1);
 - `for_lm`: a 1-layer resampler as wide as the LM that reads it (stage 0, the stage-1 ablation).
 """
 from dataclasses import dataclass
@@ -68,6 +70,13 @@ class ResamplerConfig:
         LM), no final LayerNorm; with depth=1 the VAdapter's stage-2 front."""
         return cls(**{"input_dim": vision_dim, "dim": vision_dim, "depth": PERCEIVER_DEPTH, "num_latents": NUM_LATENTS,
                       "num_heads": PERCEIVER_HEADS, "final_norm": False, **changes})
+
+    @classmethod
+    def for_vadapter_front(cls, vision_dim: int, **changes) -> "ResamplerConfig":
+        """The paper's stage-2 front, a new 1-layer perceiver, ending in a LayerNorm unlike the baseline: the
+        tiny LM behind it was aligned in stage 1 to the pooler's LayerNormed latents (make paper's Table 4
+        measures the front without it)."""
+        return cls.for_perceiver(vision_dim, **{"depth": 1, "final_norm": True, **changes})
 
 
 NUM_LATENTS = 16  # visual tokens an adapter hands the LM, at toy scale

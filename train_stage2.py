@@ -103,7 +103,7 @@ def build_adapter(args, vision, lm):
         nn.init.eye_(adapter.input_projection.weight)
         return adapter, config, tiny_lm.config
     front = (ResamplerConfig.for_pooler(vit_dim, vit_dim, PERCEIVER_HEADS) if args.cross_attention == "pooler"
-             else ResamplerConfig.for_perceiver(vit_dim, depth=1))
+             else ResamplerConfig.for_vadapter_front(vit_dim))
     config = config_from_args(args, ResamplerConfig, "resampler-", base=front)
     return VAdapter(PerceiverResampler(config), tiny_lm, lm.config.dim), config, tiny_lm.config
 

@@ -150,6 +150,9 @@ def test_the_adapters_starting_configs():
     assert (baseline.input_dim, baseline.dim, baseline.depth, baseline.num_heads, baseline.num_latents) == (128, 128, 6, 4, 16)
     assert (baseline.feed_forward, baseline.latents_in_keys, baseline.final_norm) == (True, True, False)
     assert ResamplerConfig.for_perceiver(128, dim=64, depth=2).dim == 64
+    front = ResamplerConfig.for_vadapter_front(128)
+    assert (front.dim, front.depth, front.num_heads, front.feed_forward, front.latents_in_keys, front.final_norm) == (
+        128, 1, 4, True, True, True)  # the baseline's layer, once, then a LayerNorm
     pooler = ResamplerConfig.for_pooler(128, 96, 6)
     assert (pooler.input_dim, pooler.dim, pooler.num_heads, pooler.depth, pooler.num_latents) == (128, 96, 6, 1, 16)
     assert (pooler.feed_forward, pooler.latents_in_keys, pooler.final_norm) == (False, False, True)

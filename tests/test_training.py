@@ -251,7 +251,8 @@ def test_stage2_front_is_fresh_unless_carried_over(chain):
 
     for cross_attention, latents_in_keys in (("perceiver", True), ("pooler", False)):
         adapter, config = front(*resampler, "--cross-attention", cross_attention)
-        assert (config.depth, config.latents_in_keys, config.input_dim) == (1, latents_in_keys, vision.config.dim)
+        assert (config.depth, config.latents_in_keys, config.final_norm, config.input_dim) == (
+            1, latents_in_keys, True, vision.config.dim)
         assert adapter.resampler.latents.shape == pooler["latents"].shape
         assert not torch.equal(adapter.resampler.latents, pooler["latents"]), "a fresh front"
     adapter, config = front("--resampler-from-stage1", "true")
