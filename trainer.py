@@ -8,6 +8,7 @@ global batch follow the same curve. Checkpoints (checkpoints.py) hold everything
 needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
 position follows from the step.
 """
+import atexit
 import math
 import os
 import time
@@ -68,8 +69,8 @@ def setup_distributed(device_choice: str = "auto"):
     use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # gloo threads may abort a bare exit
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
