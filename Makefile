@@ -35,13 +35,13 @@ TINY_LM_STEPS ?= 1200
 LARGE_LM_STEPS ?= 450
 
 pretrain: $(INSTALL)
-	$(PY) synthetic.py --out $(DATA)
-	$(PY) synthetic.py --out $(PRETRAIN_WORLD) --seed 1 --train-images 10000 --train-videos 2 --val-videos 2 --test-videos 2
-	$(PY) pretrain.py vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit --steps $(VIT_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
-	$(PY) pretrain.py vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit_small --vit-preset toy-small --steps $(VIT_SMALL_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
-	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/tiny_lm --lm-preset toy-tiny --steps $(TINY_LM_STEPS) --overwrite true
-	$(PY) pretrain.py lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/large_lm --lm-preset toy-large --steps $(LARGE_LM_STEPS) --overwrite true
-	for part in vit vit_small tiny_lm large_lm; do $(PY) pretrain.py export --run $(PRETRAIN_RUNS)/$$part --out $(STAGE0)/$$part.safetensors || exit 1; done
+	$(PY) -m stage0.synthetic --out $(DATA)
+	$(PY) -m stage0.synthetic --out $(PRETRAIN_WORLD) --seed 1 --train-images 10000 --train-videos 2 --val-videos 2 --test-videos 2
+	$(PY) -m stage0.pretrain vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit --steps $(VIT_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
+	$(PY) -m stage0.pretrain vit --data $(PRETRAIN_WORLD) --out-dir $(PRETRAIN_RUNS)/vit_small --vit-preset toy-small --steps $(VIT_SMALL_STEPS) --batch-size 64 --lr 2e-3 --warmup-steps 100 --eval-every 250 --overwrite true
+	$(PY) -m stage0.pretrain lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/tiny_lm --lm-preset toy-tiny --steps $(TINY_LM_STEPS) --overwrite true
+	$(PY) -m stage0.pretrain lm --data $(DATA) --out-dir $(PRETRAIN_RUNS)/large_lm --lm-preset toy-large --steps $(LARGE_LM_STEPS) --overwrite true
+	for part in vit vit_small tiny_lm large_lm; do $(PY) -m stage0.pretrain export --run $(PRETRAIN_RUNS)/$$part --out $(STAGE0)/$$part.safetensors || exit 1; done
 	cp $(DATA)/tokenizer.model $(STAGE0)/tokenizer.model
 
 # --- The demo: from the shipped stand-ins, stage 1, stage 2 for both adapters, evaluation, diagnostics.
@@ -59,9 +59,11 @@ FROZEN = --vit $(STAGE0)/vit.safetensors --lm $(STAGE0)/large_lm.safetensors
 ifdef OMP_NUM_THREADS
 export OMP_NUM_THREADS
 endif
-MODEL_CODE = attention.py vit.py palm_decoder.py resampler.py vlm.py checkpoints.py hf_weights.py
-TRAIN_CODE = $(MODEL_CODE) data.py readers.py feature_cache.py flags.py run_folder.py trainer.py
-EVAL_CODE = $(MODEL_CODE) data.py readers.py decoding.py metrics.py diagnostics.py scenes.py evaluate.py
+MODEL_CODE = attention.py vit.py palm_decoder.py resampler.py vlm.py support/checkpoints.py support/hf_weights.py
+TRAIN_CODE = $(MODEL_CODE) data.py support/readers.py support/feature_cache.py support/flags.py \
+	support/run_folder.py trainer.py
+EVAL_CODE = $(MODEL_CODE) data.py support/readers.py evaluation/decoding.py evaluation/metrics.py \
+	evaluation/diagnostics.py stage0/scenes.py evaluate.py
 STAGE1_FLAGS = --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --steps $(STAGE1_STEPS) $(TRAIN_FLAGS)
 STAGE2_FLAGS = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
 EVAL_FLAGS = --data $(DATA) --limit $(EVAL_LIMIT)
@@ -76,8 +78,8 @@ $(RUNS)/flags/%: FORCE
 	$(call flags_file,$($*))
 FORCE:
 
-$(DATA)/dataset.json: synthetic.py readers.py $(STAGE0)/tokenizer.model $(RUNS)/flags/DATA_FLAGS | $(INSTALL)
-	$(PY) synthetic.py --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
+$(DATA)/dataset.json: stage0/synthetic.py support/readers.py $(STAGE0)/tokenizer.model $(RUNS)/flags/DATA_FLAGS | $(INSTALL)
+	$(PY) -m stage0.synthetic --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
 
 $(RUNS)/stage1/done: $(DATA)/dataset.json $(STAGE0)/vit.safetensors $(STAGE0)/tiny_lm.safetensors train_stage1.py $(TRAIN_CODE) $(RUNS)/flags/STAGE1_FLAGS
 	$(start) && $(PY) train_stage1.py $(STAGE1_FLAGS) --out-dir $(@D) $$mode
@@ -112,7 +114,7 @@ demo-quick:
 		DATA_FLAGS="--train-images 40 --val-images 16 --test-images 8 --train-videos 16 --val-videos 8 --test-videos 4"
 
 # --- make paper: the paper's Tables 2, 3, 4, 13 and "stronger" at toy scale, each row with the seeds
-# PAPER_SEEDS (python paper.py run --help). Resumable: a run whose evaluation exists is skipped, an
+# PAPER_SEEDS (python -m paper.tables run --help). Resumable: a run whose evaluation exists is skipped, an
 # unfinished one resumes. Writes $(PAPER_OUT)/results.md and results.json. Needs $(STAGE0)/vit_small.safetensors.
 PAPER_RUNS ?= runs/paper
 PAPER_OUT ?= docs
@@ -125,7 +127,7 @@ PAPER_RELIANCE_LIMIT ?= 128
 PAPER_JOBS ?= 2
 
 paper: $(INSTALL)
-	$(PY) synthetic.py --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
-	$(PY) paper.py run --data $(DATA) --stage0 $(STAGE0) --runs $(PAPER_RUNS) --out $(PAPER_OUT) --seeds $(PAPER_SEEDS) \
+	$(PY) -m stage0.synthetic --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
+	$(PY) -m paper.tables run --data $(DATA) --stage0 $(STAGE0) --runs $(PAPER_RUNS) --out $(PAPER_OUT) --seeds $(PAPER_SEEDS) \
 		--stage1-steps $(PAPER_STAGE1_STEPS) --stage2-steps $(PAPER_STAGE2_STEPS) --eval-every $(PAPER_EVAL_EVERY) \
 		--eval-limit $(PAPER_EVAL_LIMIT) --reliance-limit $(PAPER_RELIANCE_LIMIT) --jobs $(PAPER_JOBS) --train-flags="$(TRAIN_FLAGS)"

@@ -139,7 +139,7 @@ _BLOCK_MASK_CACHE_SIZE = 64
 # Inductor's CPU FlexAttention kernel (torch 2.13, AVX2 code) is wrong when the key length is 8 mod 16
 # (pytorch/pytorch#159247's family): off by up to 2.6 at 24 and 40 keys, NaN at 8. On CPU the keys
 # are padded with zeros to a multiple of 16 and the padding masked out, so the kernel only sees
-# lengths it gets right (tests/test_attention.py and python benchmark.py attention check odd lengths).
+# lengths it gets right (tests/test_attention.py and python -m bench attention check odd lengths).
 FLEX_CPU_KEY_MULTIPLE = 16
 _flex_cpu_graphs: set = set()  # what torch.compile specializes on, per call on CPU (dynamic=False)
 
@@ -209,7 +209,7 @@ def choose_backend(q, k, v) -> str:
     """`auto`: FlexAttention on CUDA for full sequences; SDPA for one-token decoding steps (a new
     key length every step would mean a new compiled graph and block mask every step) and on CPU,
     where FlexAttention has no backward and, forward only, is slower than SDPA at our sizes
-    (see `python benchmark.py attention`)."""
+    (see `python -m bench attention`)."""
     head_dim = q.shape[-1]
     flex_can_run = q.is_cuda and head_dim >= 16 and head_dim & (head_dim - 1) == 0
     if flex_can_run and q.shape[2] > 16:

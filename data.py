@@ -6,8 +6,8 @@ only; videos are folders of frames that go through the same ViT. This file holds
 2. `prompt_ids`, the one place training and evaluation build what the model reads before the
    target; the dataset, `collate`, and a frozen-feature cache;
 3. a data folder: which files hold each task, the datasets a stage trains on, the text corpus.
-The file readers (COCO captions, Karpathy, VQAv2) are in readers.py; the synthetic world that
-writes a data folder offline is synthetic.py (`python synthetic.py --out data/shapes`).
+The file readers (COCO captions, Karpathy, VQAv2) are in support/readers.py; the synthetic world that
+writes a data folder offline is stage0/synthetic.py (`python -m stage0.synthetic --out data/shapes`).
 """
 
 import io
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from readers import (Annotations, BadSamples, DataError, Example, frame_files, read_captions, read_vqa, write_atomically,
+from support.readers import (Annotations, BadSamples, DataError, Example, frame_files, read_captions, read_vqa, write_atomically,
                      vqa_prompt)  # vqa_prompt: the text whose ids prompt_ids builds, for evaluation too
 
 
@@ -280,7 +280,7 @@ def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
 # 3. A data folder: which files hold each task, the tokenizer, the datasets a stage trains on
 # ---------------------------------------------------------------------------------------------
 
-# Files of each task in a data folder ({split} is filled in), as `python synthetic.py` writes them. Real
+# Files of each task in a data folder ({split} is filled in), as `python -m stage0.synthetic` writes them. Real
 # COCO / VQAv2 files are used by giving them these names (or symlinks) in one folder.
 TASK_FILES = {
     "caption": {"captions": "captions_{split}.json"},

@@ -1,7 +1,7 @@
 """Evaluation: the box after Figure 2's model, which turns a checkpoint into the paper's numbers.
 
 The paper reports captioning as CIDEr (COCO, MSRVTT, ...) and question answering as VQA accuracy
-(VQAv2, MSRVTT-QA, ...): the metrics are in `metrics.py`, the decoders in `decoding.py`. This file
+(VQAv2, MSRVTT-QA, ...): the metrics are in `evaluation/metrics.py`, the decoders in `evaluation/decoding.py`. This file
 is the command that evaluates a stage-1 or stage-2 checkpoint on a data folder, compares stage-2
 runs (the paper's table at our scale, with validation-loss curves), measures how much a model reads
 its images, and captions one image. Evaluation decodes greedily unless told otherwise, with fixed
@@ -27,12 +27,12 @@ import torch
 from tqdm import tqdm
 
 import data
-import diagnostics
-from checkpoints import ModelSpec, bundle_checkpoint, load_tokenizer, load_vlm
-from decoding import Decoding, decode
-from metrics import bleu4, cider_d, vqa_accuracy
+from evaluation import diagnostics
+from support.checkpoints import ModelSpec, bundle_checkpoint, load_tokenizer, load_vlm
+from evaluation.decoding import Decoding, decode
+from evaluation.metrics import bleu4, cider_d, vqa_accuracy
 from resampler import PerceiverResampler
-from run_folder import parse_metrics_line, steps_to_reach
+from support.run_folder import parse_metrics_line, steps_to_reach
 from vlm import VisionLanguageModel
 
 # =============================================================================================
@@ -296,7 +296,7 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     checkpoint = commands.add_parser("checkpoint", help="score a stage-1/2 checkpoint on every task of a split")
     checkpoint.add_argument("checkpoint_path", metavar="RUN_DIR_OR_FILE")
-    checkpoint.add_argument("--data", required=True, help="data folder (python synthetic.py --out DIR, or real files)")
+    checkpoint.add_argument("--data", required=True, help="data folder (python -m stage0.synthetic --out DIR, or real files)")
     checkpoint.add_argument("--split", default="val")
     checkpoint.add_argument("--tasks", help=f"comma-separated, from {list(data.TASK_FILES)} (default: all in DATA)")
     checkpoint.add_argument("--limit", type=int, help="at most N images (captions) / questions (VQA) per task")
@@ -316,11 +316,11 @@ def main(argv=None) -> None:
     compare.add_argument("--batch-size", type=int, default=32)
     compare.add_argument("--out", type=Path, required=True, help="folder for results.json, table.md, val_loss.csv/.png")
     probe = commands.add_parser("probe", help="linear probe of a frozen ViT's features: shape, colour, count")
-    probe.add_argument("vit", metavar="VIT_RUN", help="pretrain.py vit run (or any stage-1/2 run, or hf:FOLDER)")
+    probe.add_argument("vit", metavar="VIT_RUN", help="stage0/pretrain.py vit run (or any stage-1/2 run, or hf:FOLDER)")
     probe.add_argument("--data", required=True, help="a synthetic world (it has scene labels)")
     probe.add_argument("--train-limit", type=int, help="fit on at most N training images")
     context = commands.add_parser("context", help="an LM's caption loss after nothing / the same image's / another's caption")
-    context.add_argument("lm", metavar="LM_RUN", help="pretrain.py lm run, a stage-1 run (its tiny LM) or hf:FOLDER")
+    context.add_argument("lm", metavar="LM_RUN", help="stage0/pretrain.py lm run, a stage-1 run (its tiny LM) or hf:FOLDER")
     report = commands.add_parser("diagnostics", help="add every diagnostic to a `compare` results.json (make demo)")
     report.add_argument("results", type=Path, metavar="RESULTS_JSON")
     report.add_argument("--data", required=True)

@@ -10,7 +10,7 @@ Batched prefill pads on the left ([pads][prefix][prompt]); rotary positions coun
 `PaLMDecoder.from_pretrained(folder)` loads a local Hugging Face Gemma (v1) or Llama-architecture
 folder into this same class; the config fields after `prefix_attention` say where those decoders
 differ from PaLM (sequential block, RMSNorm, GeGLU, embedding scale, untied output head), PaLM's
-choice the default; folder reading and weight tables live in hf_weights.py.
+choice the default; folder reading and weight tables live in support/hf_weights.py.
 """
 import argparse
 import math
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_weights
+from support import hf_weights
 from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
 from vit import ACTIVATIONS, num_parameters
 

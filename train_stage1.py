@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from checkpoints import ModelSpec, frozen_dtype, frozen_reference, load_lm, load_vision
-from flags import add_config_flags, add_data_flags, config_from_args
+from support.checkpoints import ModelSpec, frozen_dtype, frozen_reference, load_lm, load_vision
+from support.flags import add_config_flags, add_data_flags, config_from_args
 from resampler import PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
 from vlm import VisionLanguageModel
@@ -24,8 +24,8 @@ from vlm import VisionLanguageModel
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(parser)
-    parser.add_argument("--vit", required=True, help="frozen vision encoder: a pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
-    parser.add_argument("--tiny-lm", required=True, help="language-pretrained tiny LM: a pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
+    parser.add_argument("--vit", required=True, help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
+    parser.add_argument("--tiny-lm", required=True, help="language-pretrained tiny LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
     parser.add_argument("--cross-attention", choices=["pooler", "perceiver"], default="pooler",
                         help="the module between the ViT and the tiny LM (the --resampler-* flags change it)")
     add_config_flags(parser, ResamplerConfig, "resampler-")

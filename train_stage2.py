@@ -21,8 +21,8 @@ from dataclasses import fields
 import torch
 import torch.nn as nn
 
-from checkpoints import ModelSpec, frozen_dtype, frozen_reference, lm_of, load_checkpoint, load_lm, load_vision, submodule_state
-from flags import add_config_flags, add_data_flags, config_from_args, parse_bool
+from support.checkpoints import ModelSpec, frozen_dtype, frozen_reference, lm_of, load_checkpoint, load_lm, load_vision, submodule_state
+from support.flags import add_config_flags, add_data_flags, config_from_args, parse_bool
 from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
@@ -32,12 +32,12 @@ from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_flags(parser)
-    parser.add_argument("--vit", required=True, help="frozen vision encoder: a pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
-    parser.add_argument("--lm", required=True, help="frozen large LM: a pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
+    parser.add_argument("--vit", required=True, help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
+    parser.add_argument("--lm", required=True, help="frozen large LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
     parser.add_argument("--adapter", choices=["vadapter", "perceiver", "mlp"], default="vadapter")
     parser.add_argument("--adapter-init", choices=["stage1", "lm", "random"], default="stage1")
     parser.add_argument("--stage1", help="train_stage1.py checkpoint (for --adapter-init stage1)")
-    parser.add_argument("--tiny-lm", help="pretrain.py lm checkpoint of the tiny LM (for --adapter-init lm / random)")
+    parser.add_argument("--tiny-lm", help="stage0/pretrain.py lm checkpoint of the tiny LM (for --adapter-init lm / random)")
     parser.add_argument("--cross-attention", choices=["perceiver", "pooler"],
                         help="vadapter: the fresh module in front of the tiny LM (default perceiver, 1 layer)")
     parser.add_argument("--resampler-from-stage1", type=parse_bool, default=False, metavar="BOOL",
@@ -69,7 +69,7 @@ def load_tiny_lm(args) -> tuple[PaLMDecoder, dict | None]:
         stage1 = load_checkpoint(args.stage1, expected_stage="stage1")  # read once: its tiny LM and its front
         return lm_of(stage1), stage1
     if not args.tiny_lm:
-        raise ValueError(f"--adapter-init {args.adapter_init} needs --tiny-lm (a pretrain.py lm checkpoint)")
+        raise ValueError(f"--adapter-init {args.adapter_init} needs --tiny-lm (a stage0/pretrain.py lm checkpoint)")
     tiny_lm = load_lm(args.tiny_lm)
     return (PaLMDecoder(tiny_lm.config) if args.adapter_init == "random" else tiny_lm), None
 

@@ -4,7 +4,7 @@ It trains whatever parameters of the model require gradients (the stage scripts 
 frozen), on one CPU, one GPU or several processes under `torchrun` (DDP; gloo on CPU, NCCL on
 CUDA). Next-token losses are summed over text tokens and divided by the number of text tokens in
 the whole global batch (all micro-steps, all ranks), so one process and N processes with the same
-global batch follow the same curve. Checkpoints (checkpoints.py) hold everything a resumed run
+global batch follow the same curve. Checkpoints (support/checkpoints.py) hold everything a resumed run
 needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
 position follows from the step.
 """
@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
-from checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
-from feature_cache import FeatureCache
-from run_folder import (METRICS_NAME, append_metrics, keep_metrics_up_to, prepare_run_folder, resume_newest_readable,
+from support.checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
+from support.feature_cache import FeatureCache
+from support.run_folder import (METRICS_NAME, append_metrics, keep_metrics_up_to, prepare_run_folder, resume_newest_readable,
                         save_keeping)
 from vit import num_parameters
 from vlm import VisionLanguageModel, caption_loss

@@ -12,7 +12,7 @@ a higher resolution does (Dosovitskiy et al. 2021, section 3.2).
 
 `ViT.from_pretrained(folder)` loads the vision tower of a local Hugging Face CLIP or SigLIP folder
 (config.json + *.safetensors) into this same class; the config fields after `norm_eps` say where
-those encoders differ from the plain ViT. The folder reading and the weight tables are in hf_weights.py.
+those encoders differ from the plain ViT. The folder reading and the weight tables are in support/hf_weights.py.
 """
 from dataclasses import dataclass
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_weights
+from support import hf_weights
 from attention import BACKENDS, attention
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import data
-import synthetic
-from checkpoints import ModelSpec
+from stage0 import synthetic
+from support.checkpoints import ModelSpec
 from palm_decoder import PaLMConfig
 from resampler import ResamplerConfig
 from vit import ViTConfig

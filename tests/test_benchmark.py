@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import attention
-import benchmark
-import benchmark_tools
+from bench import kernels as benchmark
+from bench.__main__ import main as bench_main
+from bench import tools as benchmark_tools
 
 
 def no_scale_attention(q, k, v, mask=None):
@@ -38,7 +39,7 @@ def test_cases_follow_the_model_presets():
 def test_wrong_backend_is_flagged_incorrect(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(attention, "BACKENDS", {**attention.BACKENDS, "no_scale": no_scale_attention})
     report = tmp_path / "attention.json"
-    status = benchmark.main(["attention", "--quick", "--backends", "math,sdpa,auto,no_scale", "--json", str(report)])
+    status = bench_main(["attention", "--quick", "--backends", "math,sdpa,auto,no_scale", "--json", str(report)])
     assert status == 1
     results = json.loads(report.read_text())["results"]
     assert {row["case"] for row in results} == {case.name for case in benchmark.attention_cases(benchmark_tools.PRESETS["quick"])}
@@ -54,7 +55,7 @@ def test_wrong_backend_is_flagged_incorrect(monkeypatch, tmp_path, capsys):
 def test_flex_without_backward_is_reported_not_fatal(tmp_path):
     """One compiled case: flex's forward is checked; on CPU its backward is n/a."""
     report = tmp_path / "attention.json"
-    assert benchmark.main(["attention", "--quick", "--backends", "math,flex", "--cases", "vit_self", "--json", str(report)]) == 0
+    assert bench_main(["attention", "--quick", "--backends", "math,flex", "--cases", "vit_self", "--json", str(report)]) == 0
     flex = next(row for row in json.loads(report.read_text())["results"] if row["backend"] == "flex")
     assert flex["forward"]["correct"] and flex["forward"]["median_ms"] > 0
     if not torch.cuda.is_available():
@@ -71,7 +72,7 @@ def test_a_backend_wrong_only_at_odd_key_lengths_is_flagged(monkeypatch, tmp_pat
     """The models' shapes are round numbers: only the odd-length checks catch this one."""
     monkeypatch.setattr(attention, "BACKENDS", {**attention.BACKENDS, "tail": wrong_in_the_tail})
     report = tmp_path / "attention.json"
-    assert benchmark.main(["attention", "--quick", "--backends", "math,sdpa,tail", "--json", str(report)]) == 1
+    assert bench_main(["attention", "--quick", "--backends", "math,sdpa,tail", "--json", str(report)]) == 1
     saved = json.loads(report.read_text())
     assert all(all(verdicts(row)) for row in saved["results"]), "every timed case is right"
     wrong = {row["case"] for row in saved["odd_lengths"] if row["backend"] == "tail" and not all(verdicts(row))}

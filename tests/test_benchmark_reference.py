@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-import benchmark
-import benchmark_reference
+from bench import kernels as benchmark
+from bench.__main__ import main as bench_main
+from bench import reference as benchmark_reference
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
 
@@ -14,7 +15,7 @@ from vit import num_parameters
 def test_reference_against_transformers(tmp_path):
     pytest.importorskip("transformers")
     report = tmp_path / "reference.json"
-    status = benchmark.main(["reference", "--dim", "32", "--depth", "2", "--heads", "4", "--vocab", "64", "--seq", "16",
+    status = bench_main(["reference", "--dim", "32", "--depth", "2", "--heads", "4", "--vocab", "64", "--seq", "16",
                              "--batch", "2", "--runs", "3", "--repeats", "2", "--warmup", "1", "--json", str(report)])
     assert status == 0
     result = json.loads(report.read_text())
@@ -36,4 +37,4 @@ def test_reference_against_transformers(tmp_path):
 def test_reference_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(SystemExit, match="pip install"):
-        benchmark.main(["reference", "--dim", "32", "--depth", "1", "--heads", "4", "--vocab", "64", "--seq", "16"])
+        bench_main(["reference", "--dim", "32", "--depth", "1", "--heads", "4", "--vocab", "64", "--seq", "16"])

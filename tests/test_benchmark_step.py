@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import benchmark
-import benchmark_tools
-import benchmark_step
+from bench import kernels as benchmark
+from bench.__main__ import main as bench_main
+from bench import tools as benchmark_tools
+from bench import step as benchmark_step
 from vlm import caption_loss
 
 
 def test_step_quick_reports_tokens_per_second_memory_and_peak_for_every_stage(tmp_path, capsys, one_thread):
     report = tmp_path / "step.json"
-    assert benchmark.main(["step", "--quick", "--backends", "sdpa", "--json", str(report)]) == 0
+    assert bench_main(["step", "--quick", "--backends", "sdpa", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     rows = result["rows"]
     assert [(row["stage"], row["adapter"], row["backend"], row["compile"]) for row in rows] == [
@@ -38,7 +39,7 @@ def test_step_quick_reports_tokens_per_second_memory_and_peak_for_every_stage(tm
 
 def test_frozen_paths_comparison_reports_three_times(tmp_path, capsys, one_thread):
     report = tmp_path / "frozen.json"
-    assert benchmark.main(["step", "--quick", "--compare-frozen-paths", "--json", str(report)]) == 0
+    assert bench_main(["step", "--quick", "--compare-frozen-paths", "--json", str(report)]) == 0
     result = json.loads(report.read_text())["frozen_paths"]
     paths = result["paths"]
     assert {"a", "b", "c"} <= set(paths)

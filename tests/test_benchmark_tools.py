@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-import benchmark_tools
+from bench import tools as benchmark_tools
 from resampler import ResamplerConfig
 
 

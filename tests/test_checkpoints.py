@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import data
-from checkpoints import (ModelSpec, build_vlm, check_same_spec, frozen_reference, load_checkpoint, load_lm, load_tokenizer,
+from support.checkpoints import (ModelSpec, build_vlm, check_same_spec, frozen_reference, load_checkpoint, load_lm, load_tokenizer,
                          load_vision, resume_training, save_checkpoint, submodule_state, training_state)
 from conftest import toy_spec
 from palm_decoder import PaLMConfig

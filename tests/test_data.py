@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import data
-import flags
+from support import flags
 import trainer
-from checkpoints import build_vlm
+from support.checkpoints import build_vlm
 from conftest import load_json, toy_spec, world_texts
 from test_readers import karpathy_file, official_coco
 

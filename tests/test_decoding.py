@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-import decoding
-from checkpoints import build_vlm
+from evaluation import decoding
+from support.checkpoints import build_vlm
 from conftest import toy_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import data
-import diagnostics
-import pretrain
-import synthetic
-from checkpoints import ModelSpec, load_lm, save_checkpoint
+from evaluation import diagnostics
+from stage0 import pretrain
+from stage0 import synthetic
+from support.checkpoints import ModelSpec, load_lm, save_checkpoint
 from conftest import REPO, SMALL_WORLD
-from metrics import cider_d
+from evaluation.metrics import cider_d
 from palm_decoder import PaLMConfig, PaLMDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")

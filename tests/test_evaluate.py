@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import data
-import diagnostics
+from evaluation import diagnostics
 import evaluate
-import metrics
-import synthetic
-import checkpoints
-from checkpoints import build_vlm, load_vlm
-from decoding import Decoding
+from evaluation import metrics
+from stage0 import synthetic
+from support import checkpoints
+from support.checkpoints import build_vlm, load_vlm
+from evaluation.decoding import Decoding
 from conftest import REPO, toy_spec
 from resampler import ResamplerConfig
 

@@ -4,7 +4,7 @@ from collections import Counter
 
 import torch
 
-from feature_cache import FeatureCache
+from support.feature_cache import FeatureCache
 
 
 def counting_encoder(encoded: Counter):

@@ -4,10 +4,10 @@ import importlib
 
 import pytest
 
-import pretrain
+from stage0 import pretrain
 import train_stage1
 import train_stage2
-from flags import add_config_flags, add_data_flags, config_from_args, parse_bool, parse_optional_bool
+from support.flags import add_config_flags, add_data_flags, config_from_args, parse_bool, parse_optional_bool
 from trainer import TrainConfig
 from vit import VIT_CONFIGS, ViTConfig
 
@@ -100,7 +100,7 @@ def options(parser: argparse.ArgumentParser):
 SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)  # take no value
 
 
-@pytest.mark.parametrize("script", ["pretrain", "train_stage1", "train_stage2", "evaluate", "benchmark", "synthetic"])
+@pytest.mark.parametrize("script", ["stage0.pretrain", "train_stage1", "train_stage2", "evaluate", "bench.__main__", "stage0.synthetic"])
 def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch, script):
     """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no `type=bool`
     (any non-empty word is True) and no private reading of "true"."""
@@ -110,7 +110,7 @@ def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch
     wrong = [a.option_strings[0] for a in boolean if a.type not in (parse_bool, parse_optional_bool)]
     assert not wrong, f"{script}.py reads these yes/no flags its own way: {wrong}"
     names = {a.option_strings[0] for a in boolean}
-    if script in ("pretrain", "train_stage1", "train_stage2"):
+    if script in ("stage0.pretrain", "train_stage1", "train_stage2"):
         assert {"--resume", "--overwrite", "--compile", "--bf16"} <= names, names
     if script in ("train_stage1", "train_stage2"):
         assert "--cache-features" in names

@@ -21,12 +21,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import data
-import synthetic
+from stage0 import synthetic
 import train_stage1
 import train_stage2
-from checkpoints import build_vlm, load_checkpoint, load_lm, load_vision
-from decoding import generate
-from hf_weights import (GEMMA_AND_LLAMA_WEIGHTS, SIGLIP_VISION_WEIGHTS, expand_table, palm_fields_from_hugging_face,
+from support.checkpoints import build_vlm, load_checkpoint, load_lm, load_vision
+from evaluation.decoding import generate
+from support.hf_weights import (GEMMA_AND_LLAMA_WEIGHTS, SIGLIP_VISION_WEIGHTS, expand_table, palm_fields_from_hugging_face,
                         vit_fields_from_hugging_face)
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig

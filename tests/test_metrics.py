@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from metrics import bleu4, caption_tokenize, cider_d, vqa_accuracy
+from evaluation.metrics import bleu4, caption_tokenize, cider_d, vqa_accuracy
 
 approx = pytest.approx
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO
-from decoding import generate
+from evaluation.decoding import generate
 from attention import causal
 from palm_decoder import PALM_CONFIGS, KVCache, PaLMBlock, PaLMConfig, PaLMDecoder, apply_rotary
 from vit import num_parameters

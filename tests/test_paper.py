@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import paper
+from paper import tables as paper
 
 
 def test_summarize_is_the_mean_and_sample_standard_deviation_of_the_numbers_given():
@@ -71,7 +71,8 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
     for job in first + second:
         for argv in job.commands:
             with pytest.raises(Parsed) as parsed:
-                importlib.import_module(argv[0].removesuffix(".py")).main(argv[1:])
+                script = argv[1] if argv[0] == "-m" else argv[0].removesuffix(".py")
+                importlib.import_module(script).main(argv[2 if argv[0] == "-m" else 1:])
             namespace = vars(parsed.value.args[0])
             if argv[0].startswith("train_stage"):
                 assert namespace["out_dir"] == str(job.folder) and namespace["seed"] == int(job.folder.parent.name[4:])
@@ -96,7 +97,7 @@ def fake_outputs(argv: list[str], log: Path, threads: int):
                "final_val_loss": final, "metrics": {"caption": {"cider_d": cider}, "vqa": {"vqa_accuracy": 0.5}}}
         Path(value("--out")).mkdir(parents=True, exist_ok=True)
         (Path(value("--out")) / "results.json").write_text(json.dumps({"runs": [row]}))
-    elif argv[:2] == ["paper.py", "reliance"]:
+    elif argv[:3] == ["-m", "paper.tables", "reliance"]:
         Path(value("--out")).write_text(json.dumps({"oracle_fraction": 0.9}))
     elif argv[:2] == ["evaluate.py", "diagnostics"]:
         results = json.loads(Path(argv[2]).read_text())
@@ -132,5 +133,5 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     (tmp_path / "runs" / "seed2" / "mlp" / "eval" / "reliance.json").unlink()  # an interrupted run
     fake_outputs.calls = []
     paper.main(argv)
-    assert [call[0] for call in fake_outputs.calls] == ["train_stage2.py", "evaluate.py", "paper.py"]
+    assert [call[0] if call[0] != "-m" else call[1] for call in fake_outputs.calls] == ["train_stage2.py", "evaluate.py", "paper.tables"]
     assert "--resume" in fake_outputs.calls[0] and str(tmp_path / "runs" / "seed2" / "mlp") in fake_outputs.calls[0]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import data
-import readers
+from support import readers
 from conftest import load_json
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from run_folder import earlier_run_files, keep_metrics_up_to, kept_checkpoints, prepare_run_folder, save_keeping
+from support.run_folder import earlier_run_files, keep_metrics_up_to, kept_checkpoints, prepare_run_folder, save_keeping
 
 
 def test_torn_metrics_lines_are_dropped_on_resume(tmp_path, capsys):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import scenes
-import synthetic
+from stage0 import scenes
+from stage0 import synthetic
 
 VOCABULARY = {"shape": ["circle", "square"], "colour": ["red", "blue"], "size": ["small", "large"],
               "rows": ["top", "bottom"], "columns": ["left", "middle", "right"]}

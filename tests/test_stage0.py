@@ -4,9 +4,9 @@ before them. Measured on a freshly written world (seed 0: its test split is the 
 import pytest
 
 import data
-import diagnostics
-import synthetic
-from checkpoints import load_lm, load_vision
+from evaluation import diagnostics
+from stage0 import synthetic
+from support.checkpoints import load_lm, load_vision
 from conftest import REPO
 
 STAGE0 = REPO / "stage0"

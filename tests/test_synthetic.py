@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic
+from stage0 import synthetic
 from conftest import REPO, SMALL_WORLD, load_json
 
 SIZE_ADJECTIVES = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large"}
@@ -63,10 +63,10 @@ def test_splits_are_disjoint_and_dataset_json_counts_them(world):
 
 
 def test_command_line(tmp_path):
-    shown = subprocess.run([sys.executable, "synthetic.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-m", "stage0.synthetic", "--help"], cwd=REPO, capture_output=True, text=True)
     assert shown.returncode == 0 and "--train-images" in shown.stdout and "--num-frames" in shown.stdout
     flags = "--train-images 3 --val-images 1 --test-images 1 --train-videos 1 --val-videos 1 --test-videos 1 --num-frames 2 --image-size 32 --seed 9"
-    run = subprocess.run([sys.executable, "synthetic.py", "--out", str(tmp_path), *flags.split()], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "stage0.synthetic", "--out", str(tmp_path), *flags.split()], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     options = load_json(tmp_path / "dataset.json")["options"]
     assert options["image_size"] == 32 and options["seed"] == 9

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import data
-import pretrain
+from stage0 import pretrain
 import trainer
-from checkpoints import ModelSpec, build_vlm, load_checkpoint
+from support.checkpoints import ModelSpec, build_vlm, load_checkpoint
 from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import checkpoints
+from support import checkpoints
 import evaluate
-import pretrain
+from stage0 import pretrain
 import train_stage1
 import train_stage2
 import trainer
-from checkpoints import build_vlm, load_checkpoint, load_lm, load_vision, load_vlm, submodule_state
+from support.checkpoints import build_vlm, load_checkpoint, load_lm, load_vision, load_vlm, submodule_state
 from conftest import REPO
 FAST = ["--steps", "4", "--batch-size", "8", "--eval-every", "2", "--eval-batches", "1", "--log-every", "1"]
 
@@ -33,7 +33,7 @@ def chain(tmp_path_factory):
     """A tiny data folder and every stage run once, each loading the previous stage's checkpoint."""
     root = tmp_path_factory.mktemp("chain")
     data_dir = root / "data"
-    subprocess.run([sys.executable, "synthetic.py", "--out", str(data_dir), "--train-images", "48", "--val-images", "16",
+    subprocess.run([sys.executable, "-m", "stage0.synthetic", "--out", str(data_dir), "--train-images", "48", "--val-images", "16",
                     "--test-images", "8", "--train-videos", "16", "--val-videos", "8", "--test-videos", "4",
                     "--image-size", "32", "--num-frames", "2"], cwd=REPO, check=True, capture_output=True)
     small_vit = ["--vit-image-size", "32", "--vit-dim", "32", "--vit-depth", "1", "--vit-num-heads", "2", "--vit-mlp-dim", "64"]

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 import data
-from checkpoints import build_vlm
+from support.checkpoints import build_vlm
 from conftest import toy_spec
-from decoding import greedy_decode
+from evaluation.decoding import greedy_decode
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
 from vlm import MLPAdapter, VAdapter

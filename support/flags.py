@@ -70,7 +70,7 @@ def config_from_args(args, config_class, prefix: str = "", presets: dict | None 
 
 def add_data_flags(parser):
     """The data flags both stage scripts take."""
-    parser.add_argument("--data", required=True, help="data folder (python synthetic.py --out DIR)")
+    parser.add_argument("--data", required=True, help="data folder (python -m stage0.synthetic --out DIR)")
     parser.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
     parser.add_argument("--tasks", help=f"comma-separated, from {list(data.TASK_FILES)} (default: all in DATA)")
     parser.add_argument("--cache-features", type=parse_bool, default=True, metavar="BOOL",

@@ -9,8 +9,8 @@ docs/results.md and docs/results.json: each cell the mean ± sample standard dev
 seeds, each paper claim marked holds / does not hold / within seed noise. Rows reuse runs: the
 VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger".
 
-    python paper.py run --data data/shapes --stage0 stage0 --runs runs/paper --seeds 1,2,3 --out docs
-    python paper.py reliance runs/paper/seed1/vadapter --data data/shapes --out reliance.json
+    python -m paper.tables run --data data/shapes --stage0 stage0 --runs runs/paper --seeds 1,2,3 --out docs
+    python -m paper.tables reliance runs/paper/seed1/vadapter --data data/shapes --out reliance.json
 """
 import argparse
 import json
@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import diagnostics
-from readers import write_atomically, write_json
-from run_folder import steps_to_reach
+from evaluation import diagnostics
+from support.readers import write_atomically, write_json
+from support.run_folder import steps_to_reach
 
 VITS = {"toy": "vit.safetensors", "toy-small": "vit_small.safetensors"}  # frozen ViT sizes, files in --stage0
 VADAPTER = ["--adapter", "vadapter", "--stage1", "{stage1}"]  # {stage1}: the seed's stage-1 run on the same ViT
@@ -139,7 +139,7 @@ def plan(args) -> tuple[list[Job], list[Job]]:
                  "--lm", str(stage0 / "large_lm.safetensors"), "--out-dir", str(folder), "--steps", str(args.stage2_steps),
                  *common, *train_flags],
                 ["evaluate.py", "compare", str(folder), "--data", args.data, *limit, "--out", str(folder / "eval")],
-                ["paper.py", "reliance", str(folder), "--data", args.data, "--limit", str(args.reliance_limit),
+                ["paper/tables.py", "reliance", str(folder), "--data", args.data, "--limit", str(args.reliance_limit),
                  "--out", str(folder / "eval" / "reliance.json")]], folder / "eval" / "reliance.json"))
     return first, second
 
@@ -342,7 +342,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="every run of every table, then docs/results.md and .json")
-    run.add_argument("--data", required=True, help="data folder (python synthetic.py --out DIR --tokenizer ...)")
+    run.add_argument("--data", required=True, help="data folder (python -m stage0.synthetic --out DIR --tokenizer ...)")
     run.add_argument("--stage0", default="stage0", help=f"folder of the frozen stand-ins: {', '.join(VITS.values())}, "
                                                         "tiny_lm.safetensors, large_lm.safetensors")
     run.add_argument("--runs", default="runs/paper", help="folder for every run (seed<N>/<run>)")

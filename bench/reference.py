@@ -2,8 +2,8 @@
 LlamaForCausalLM of the same width, depth, heads, vocabulary and sequence: forward+backward time,
 parameter counts. A check that the plain-PyTorch decoder is not slower than a widely used one.
 
-    python benchmark.py reference --dim 256 --depth 4 --heads 8   (prints ours / theirs, median of 3 runs)
-    python benchmark.py load        # peak memory of loading a random 1B Llama folder, fp32 and bf16
+    python -m bench reference --dim 256 --depth 4 --heads 8   (prints ours / theirs, median of 3 runs)
+    python -m bench load        # peak memory of loading a random 1B Llama folder, fp32 and bf16
 Needs `pip install -r requirements-bench.txt` (transformers, a benchmark-only extra). Measured
 numbers and how to read them: docs/benchmarks.md.
 """
@@ -19,7 +19,7 @@ import torch
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark_tools import machine, matmul_peak, summary, time_calls
+from bench.tools import machine, matmul_peak, summary, time_calls
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
 
@@ -33,7 +33,7 @@ def hugging_face_decoder(config: PaLMConfig):
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
-        raise SystemExit("`benchmark.py reference` needs transformers (a benchmark-only extra): "
+        raise SystemExit("`python -m bench reference` needs transformers (a benchmark-only extra): "
                          "pip install -r requirements-bench.txt") from None
     hf_config = LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.dim, intermediate_size=config.mlp_hidden_dim or 4 * config.dim,

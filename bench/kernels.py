@@ -1,4 +1,4 @@
-"""The benchmark entry point for kernel work, and the attention benchmark: every backend in
+"""The attention benchmark of the kernel-work box: every backend in
 attention.BACKENDS, plus `auto`, on the attention calls the three models make (ViT self-attention,
 resampler latents over [patches; latents], the PaLM decoder's multi-query causal / prefix-LM
 attention and its KV-cache step), with shapes derived from the model presets.
@@ -7,30 +7,27 @@ The kernel-work box. Adding an attention kernel is two lines in attention.py:
     def my_attention(q, k, v, mask=None): ...   # q (B, Hq, Sq, Dh), k/v (B, Hkv, Sk, Dh) -> (B, Hq, Sq, Dh)
     BACKENDS["mine"] = my_attention             # mask: attention.Mask (.mask_mod, .dense(...))
 then run
-    python benchmark.py attention               # every backend + auto; --backends mine,sdpa --cases decoder_causal
+    python -m bench attention               # every backend + auto; --backends mine,sdpa --cases decoder_causal
 which checks the output and the gradients against `math` (INCORRECT and exit status 1 when a backend
 is off by more than the tolerance) before timing anything, on the models' shapes and at odd key
 lengths (ODD_LENGTHS: 1, 7, 8, 24, 40, 100, 129).
 
-`python benchmark.py step` (benchmark_step.py): a full training step of every stage's model per
+`python -m bench step` (bench/step.py): a full training step of every stage's model per
 backend, eager and compiled. Both benchmarks read their FLOP/s against a matmul peak they measure
-first (MFU on CUDA). `python benchmark.py reference` (benchmark_reference.py):
+first (MFU on CUDA). `python -m bench reference` (bench/reference.py):
 our PaLMDecoder against transformers' Llama of the same size. Presets and timing helpers:
-benchmark_tools.py. Numbers and their reading: docs/benchmarks.md.
+bench/tools.py. Numbers and their reading: docs/benchmarks.md.
 """
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
 import attention as attn
-import benchmark_reference
-import benchmark_step
-from benchmark_tools import (DTYPES, Preset, backend_names, device_and_preset, machine, matmul_peak, short_error, summary,
+from bench.tools import (DTYPES, Preset, backend_names, device_and_preset, machine, matmul_peak, short_error, summary,
                              time_calls)
 
 # Max abs error allowed against `math` run in float32 on the same inputs. Gradients are compared
@@ -358,7 +355,7 @@ def attention_main(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: one entry point for the three benchmarks
+# Command line (python -m bench attention; the entry point is bench/__main__.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -369,32 +366,3 @@ def add_attention_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", help=f"comma-separated case names, {ODD_LENGTHS_CASE} for the odd-length checks (default: all)")
     parser.add_argument("--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    subcommands = parser.add_subparsers(dest="command", required=True)
-    benchmarks = {
-        "attention": ("every attention backend on the models' shapes: check, then time", add_attention_flags, attention_main),
-        "step": ("a full training step of each stage's model: tokens/s, memory, FLOP/s of peak",
-                 benchmark_step.add_flags, benchmark_step.main),
-        "reference": ("our PaLMDecoder against transformers' Llama of the same size",
-                      benchmark_reference.add_flags, benchmark_reference.main),
-        "load": ("peak host memory of loading a random 1B Llama folder in fp32 and in bf16",
-                 benchmark_reference.add_load_flags, benchmark_reference.load_main),
-    }
-    for name, (help_text, add_flags, _) in benchmarks.items():
-        command = subcommands.add_parser(name, help=help_text)
-        add_flags(command)
-        command.add_argument("--device", help="default: cuda when available")
-        command.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 is steadier when "
-                             "other processes keep the cores busy")
-        command.add_argument("--json", help="also write every number to this JSON file")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return benchmarks[args.command][2](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,20 +23,20 @@ EMPTY = "empty"
 
 def scene_vocabulary(folder: str | Path) -> dict:
     """{"shape": [...], "colour": [...], "size": [...], "rows": [...], "columns": [...]} from the
-    world's dataset.json (written by synthetic.py); real data has no scene labels."""
+    world's dataset.json (written by stage0/synthetic.py); real data has no scene labels."""
     path = Path(folder) / "dataset.json"
     try:
         vocabulary = json.loads(path.read_text())["scene_vocabulary"]
     except (OSError, KeyError, json.JSONDecodeError) as error:
         raise DataError(f"{path}: no 'scene_vocabulary' ({error!r}); scene labels exist only for a world "
-                        "written by `python synthetic.py --out DIR`") from error
+                        "written by `python -m stage0.synthetic --out DIR`") from error
     return vocabulary
 
 
 def read_scenes(folder: str | Path, split: str) -> list[dict]:
     path = Path(folder) / f"scenes_{split}.json"
     if not path.is_file():
-        raise DataError(f"{path}: missing; expected the scenes of split {split!r} (python synthetic.py --out DIR)")
+        raise DataError(f"{path}: missing; expected the scenes of split {split!r} (python -m stage0.synthetic --out DIR)")
     return json.loads(path.read_text())["scenes"]
 
 

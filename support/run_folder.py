@@ -12,7 +12,7 @@ import re
 
 import torch.nn as nn
 
-from checkpoints import CHECKPOINT_NAME, CheckpointError, ModelSpec, resume_training, write_synced
+from support.checkpoints import CHECKPOINT_NAME, CheckpointError, ModelSpec, resume_training, write_synced
 
 METRICS_NAME = "metrics.jsonl"
 KEPT_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pt")

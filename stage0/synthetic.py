@@ -3,7 +3,7 @@ arXiv 2402.10896): images of 1-3 coloured shapes and videos of one shape that mo
 colour, each with 5 captions (as in COCO) and questions with 10 human answers (as in VQAv2),
 written in the COCO-captions and VQAv2 formats so that one reader serves synthetic and real data;
 the stored scenes let every caption and answer be checked. Making the dataset is its own small
-program (nanoGPT's data/<name>/prepare.py): `python synthetic.py --out data/shapes`.
+program (nanoGPT's data/<name>/prepare.py): `python -m stage0.synthetic --out data/shapes`.
 """
 
 import argparse
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from data import TOKENIZER_FILE, Tokenizer, training_texts
-from readers import write_json, write_split
+from support.readers import write_json, write_split
 
 GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
@@ -367,11 +367,11 @@ def generate(out: str | Path, config: WorldConfig | None = None) -> dict:
             first_id = (3 * block + split_index) * ID_BLOCK + 1
             progress = tqdm(range(count), desc=f"{kind} {split}", leave=False)
             items = [make(out, split, first_id + i, config) for i in progress]
-            info = {"description": "synthetic shapes world of synthetic.py", "version": GENERATOR_VERSION}
+            info = {"description": "synthetic shapes world of stage0/synthetic.py", "version": GENERATOR_VERSION}
             counts[f"{prefix}{split}"] = write_split(out, prefix, split, items, info)
     vocabulary = {"shape": SHAPES, "colour": list(COLOURS), "size": list(SIZE_WORDS), "rows": ROWS, "columns": COLUMNS}
     summary = {"generator_version": GENERATOR_VERSION, "seed": config.seed, "options": dataclasses.asdict(config),
-               "counts": counts, "scene_vocabulary": vocabulary}  # scenes.py reads the labels with it
+               "counts": counts, "scene_vocabulary": vocabulary}  # stage0/scenes.py reads the labels with it
     write_json(out / "dataset.json", summary)
     return summary
 

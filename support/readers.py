@@ -312,7 +312,7 @@ def write_json(path: Path, content: dict) -> None:
 
 def write_split(out: Path, prefix: str, split: str, items: list[dict], info: dict) -> dict:
     """The writers' side of the formats above: COCO captions, VQAv2 questions + annotations and the
-    scenes of one split of generated items (synthetic.py); returns counts."""
+    scenes of one split of generated items (stage0/synthetic.py); returns counts."""
     images = [{"id": i["id"], "file_name": i["file_name"], "width": i["size"], "height": i["size"]} for i in items]
     captions = [{"id": i["id"] * 10 + k, "image_id": i["id"], "caption": c}
                 for i in items for k, c in enumerate(i["captions"])]

@@ -2,8 +2,8 @@
 a laptop CPU's toy models, the paper-size models on CUDA, a quick one for tests), how they
 measure (time per call with the device synchronized, median and spread, peak memory, the machine,
 its matmul peak) and what a training step runs (each stage's model, a batch, its model FLOPs).
-benchmark.py (the entry point and the attention benchmark), benchmark_step.py and
-benchmark_reference.py import it; it imports no benchmark, so the imports run one way.
+bench/kernels.py (the entry point and the attention benchmark), bench/step.py and
+bench/reference.py import it; it imports no benchmark, so the imports run one way.
 """
 import ctypes
 import gc
@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import attention as attn
 import data
-import scenes
-from checkpoints import ModelSpec, build_vlm
+from stage0 import scenes
+from support.checkpoints import ModelSpec, build_vlm
 from palm_decoder import PALM_CONFIGS, PaLMConfig
 from resampler import ResamplerConfig
 from vit import VIT_CONFIGS, ViT, ViTConfig
@@ -198,7 +198,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool = False, r
 # What a training step runs: each stage's model and loss, a batch, the model FLOPs
 # ---------------------------------------------------------------------------------------------
 
-# The synthetic world's scene labels (as synthetic.py writes them; a script, which benchmarks may
+# The synthetic world's scene labels (as stage0/synthetic.py writes them; a script, which benchmarks may
 # not import): stage 0's heads read 6 shapes, 6 colours and 2 sizes per cell of a 2 x 3 grid.
 SCENE_VOCABULARY = {"shape": ["circle", "square", "triangle", "diamond", "star", "cross"],
                     "colour": ["red", "green", "blue", "yellow", "purple", "orange"], "size": ["small", "large"],
@@ -216,7 +216,7 @@ def with_backend(spec: ModelSpec, backend: str) -> ModelSpec:
 
 def stage_spec(preset: Preset, stage: int, adapter: str, backend: str) -> ModelSpec:
     """The ModelSpec the stage scripts write, from the preset's configs, every attention call on `backend`."""
-    if stage == 0:  # as pretrain.py vit: the whole ViT trained on scene labels
+    if stage == 0:  # as stage0/pretrain.py vit: the whole ViT trained on scene labels
         spec = ModelSpec(lm=None, vision=preset.vit, adapter="scene-labels", train_vision=True)
     elif stage == 1:  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
         spec = ModelSpec(vision=preset.vit, resampler=preset.resampler, lm=preset.tiny_lm, adapter="resampler", train_lm=True)

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 import data
-import scenes
-from checkpoints import load_lm, load_tokenizer, load_vision, load_vlm
-from metrics import cider_d
+from stage0 import scenes
+from support.checkpoints import load_lm, load_tokenizer, load_vision, load_vlm
+from evaluation.metrics import cider_d
 
 
 def vit_probe(vit_path: str, data_dir, train_limit: int | None = None, test_split: str = "test") -> dict:

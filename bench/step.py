@@ -8,8 +8,8 @@ that frozen parameters get no .grad and trained ones do (Figure 2's frozen boxes
 `--compare-frozen-paths`: the stage-2 step with the frozen ViT under autograd, under no_grad, and
 from feature_cache.FeatureCache.
 
-    python benchmark.py step --preset cpu
-    python benchmark.py step --compare-frozen-paths
+    python -m bench step --preset cpu
+    python -m bench step --compare-frozen-paths
 Measured numbers and how to read them: docs/benchmarks.md.
 """
 import json
@@ -20,12 +20,12 @@ from typing import Callable
 import torch
 
 import attention as attn
-from benchmark_tools import (DTYPES, STAGES, PeakMemory, Preset, backend_names, build_stage_model, count_step_flops,
+from bench.tools import (DTYPES, STAGES, PeakMemory, Preset, backend_names, build_stage_model, count_step_flops,
                              device_and_preset, machine, matmul_peak, short_error, stage_spec, summary, synthetic_batch,
                              time_calls, to_device)
-from checkpoints import ModelSpec
-from feature_cache import FeatureCache
-from scenes import scene_loss
+from support.checkpoints import ModelSpec
+from support.feature_cache import FeatureCache
+from stage0.scenes import scene_loss
 from trainer import TrainConfig, build_optimizer
 from vlm import VisionLanguageModel, caption_loss
 

@@ -28,7 +28,7 @@ from resampler import PerceiverResampler, ResamplerConfig
 from vit import ViT, ViTConfig
 from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
 
-CHECKPOINT_NAME = "checkpoint.pt"  # a run's newest checkpoint (run_folder.py keeps the ones before it)
+CHECKPOINT_NAME = "checkpoint.pt"  # a run's newest checkpoint (support/run_folder.py keeps the ones before it)
 HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder instead of our checkpoint
 
 
@@ -36,7 +36,7 @@ HUGGING_FACE_PREFIX = "hf:"  # `--vit hf:FOLDER`: a local Hugging Face folder in
 class ModelSpec:
     """Everything needed to rebuild a model; every checkpoint holds it as plain values (to_dict)."""
     lm: PaLMConfig | None  # the decoder: the tiny LM in stage 0/1, the frozen large LM in stage 2 (None: a ViT alone)
-    vision: ViTConfig | None = None  # None for a text-only LM (pretrain.py lm)
+    vision: ViTConfig | None = None  # None for a text-only LM (stage0/pretrain.py lm)
     resampler: ResamplerConfig | None = None  # None for the MLP adapter
     adapter: str = "none"  # "none" (text-only LM) | "scene-labels" (stage-0 ViT) | "resampler" (stage 1) | "perceiver" | "vadapter" | "mlp"
     tiny_lm: PaLMConfig | None = None  # vadapter only
@@ -153,7 +153,7 @@ def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = No
 
 def export_weights(run: str, path: str, dtype=torch.bfloat16) -> dict:
     """The weights of a stage-0 run as one small safetensors file (the frozen part only: the ViT of
-    `pretrain.py vit`, or the LM of `pretrain.py lm`), with its stage and spec as metadata; what the
+    `stage0/pretrain.py vit`, or the LM of `stage0/pretrain.py lm`), with its stage and spec as metadata; what the
     repository ships, so that `make demo` starts from stand-ins it does not have to pretrain."""
     checkpoint = load_checkpoint(run, expected_stage=("pretrain-vit", "pretrain-lm"))
     model = checkpoint["model"]
@@ -171,7 +171,7 @@ def read_weights(path: str) -> dict:
     with safetensors.safe_open(path, framework="pt") as weights:
         metadata = weights.metadata() or {}
         if "stage" not in metadata or "spec" not in metadata:
-            raise ValueError(f"{path} has no 'stage' / 'spec' metadata; expected a file written by `python pretrain.py export`")
+            raise ValueError(f"{path} has no 'stage' / 'spec' metadata; expected a file written by `python -m stage0.pretrain export`")
         model = {name: weights.get_tensor(name).float() for name in weights.keys()}
     return {"stage": metadata["stage"], "spec": json.loads(metadata["spec"]), "model": model,
             "step": int(metadata.get("step", 0))}
@@ -363,7 +363,7 @@ def loaded(model_class, config, state: dict, dtype) -> nn.Module:
 
 
 def load_vision(path: str, dtype=torch.float32) -> ViT:
-    """The ViT of a stage-0 checkpoint (pretrain.py vit) or of any stage-1/2 checkpoint, or with
+    """The ViT of a stage-0 checkpoint (stage0/pretrain.py vit) or of any stage-1/2 checkpoint, or with
     `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder (ViT.from_pretrained)."""
     if path.startswith(HUGGING_FACE_PREFIX):
         return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)
@@ -375,7 +375,7 @@ def load_vision(path: str, dtype=torch.float32) -> ViT:
 
 
 def load_lm(path: str, dtype=torch.float32) -> PaLMDecoder:
-    """A language model: from pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
+    """A language model: from stage0/pretrain.py lm, or the tiny LM a stage-1 run trained as its decoder, or
     with `hf:FOLDER` a local Hugging Face Gemma / Llama folder (PaLMDecoder.from_pretrained)."""
     if path.startswith(HUGGING_FACE_PREFIX):
         return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX):], dtype=dtype)

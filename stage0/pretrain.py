@@ -3,12 +3,12 @@
 The paper starts from a CoCa-pretrained ViT, a large PaLM2 LM and a tiny PaLM2 LM. Offline we make
 stand-ins of each (with real pretrained weights a user skips this step):
 
-    python pretrain.py vit --data data/shapes --out-dir runs/pretrain/vit
-    python pretrain.py lm  --data data/shapes --out-dir runs/pretrain/tiny_lm  --lm-preset toy-tiny
-    python pretrain.py lm  --data data/shapes --out-dir runs/pretrain/large_lm --lm-preset toy-large
-    python pretrain.py export --run runs/pretrain/vit --out stage0/vit.safetensors   (what `make pretrain` ships)
+    python -m stage0.pretrain vit --data data/shapes --out-dir runs/pretrain/vit
+    python -m stage0.pretrain lm  --data data/shapes --out-dir runs/pretrain/tiny_lm  --lm-preset toy-tiny
+    python -m stage0.pretrain lm  --data data/shapes --out-dir runs/pretrain/large_lm --lm-preset toy-large
+    python -m stage0.pretrain export --run runs/pretrain/vit --out stage0/vit.safetensors   (what `make pretrain` ships)
 
-- The ViT learns from the scene labels by default (`--objective labels`, scenes.py): a linear
+- The ViT learns from the scene labels by default (`--objective labels`, stage0/scenes.py): a linear
   head per cell of the world's grid says its shape, colour and size, another the object count,
   as JFT classification stands behind the paper's ViTs. `--objective caption` trains it by
   captioning instead (CoCa's captioning loss without the contrastive half), for data that has
@@ -24,9 +24,9 @@ from functools import partial
 import torch
 
 import data
-import scenes
-from checkpoints import ModelSpec, build_vlm, export_weights
-from flags import add_config_flags, config_from_args
+from stage0 import scenes
+from support.checkpoints import ModelSpec, build_vlm, export_weights
+from support.flags import add_config_flags, config_from_args
 from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
 from resampler import NUM_LATENTS, ResamplerConfig
 from trainer import TrainConfig, train
@@ -75,8 +75,8 @@ def pretrain_lm(args, tokenizer, train_config):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["vit", "lm", "export"], help="export: a run's frozen weights -> --out FILE")
-    parser.add_argument("--data", help="data folder (python synthetic.py --out DIR)")
-    parser.add_argument("--run", help="export: the pretrain.py run folder to export")
+    parser.add_argument("--data", help="data folder (python -m stage0.synthetic --out DIR)")
+    parser.add_argument("--run", help="export: the stage0/pretrain.py run folder to export")
     parser.add_argument("--out", help="export: the .safetensors file to write (bf16)")
     parser.add_argument("--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})")
     parser.add_argument("--num-latents", type=int, default=NUM_LATENTS, help="vit: visual tokens the throwaway decoder reads")
