@@ -9,6 +9,7 @@ for `flex`.
 
 Adding a kernel is adding one function `(q, k, v, mask) -> out` to `BACKENDS`.
 """
+
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ def causal(query_offset: int = 0) -> Mask:
     return Mask(f"causal@{query_offset}", lambda b, h, q, kv: q + query_offset >= kv)
 
 
-def prefix_lm(prefix_ends: torch.Tensor, query_offset: int = 0, prefix_starts: torch.Tensor | None = None) -> Mask:
+def prefix_lm(
+    prefix_ends: torch.Tensor, query_offset: int = 0, prefix_starts: torch.Tensor | None = None
+) -> Mask:
     """Causal, except that the keys prefix_starts[b] <= slot < prefix_ends[b] of sample b are seen
     by every query from prefix_starts[b] on (bidirectional attention over the visual tokens,
     wherever they sit in the sequence; start 0: a prefix). prefix_ends, prefix_starts: (B,)."""
@@ -60,7 +63,9 @@ def prefix_lm(prefix_ends: torch.Tensor, query_offset: int = 0, prefix_starts: t
     starts = torch.zeros_like(ends) if prefix_starts is None else prefix_starts.long()
     return Mask(
         f"prefix_lm@{query_offset}",
-        lambda b, h, q, kv: (q + query_offset >= kv) | ((kv < ends[b]) & (q + query_offset >= starts[b])),
+        lambda b, h, q, kv: (
+            (q + query_offset >= kv) | ((kv < ends[b]) & (q + query_offset >= starts[b]))
+        ),
         (ends, starts),
     )
 
@@ -136,7 +141,8 @@ _compiled_flex_attention = {
 }
 _block_mask_cache: OrderedDict = OrderedDict()
 _BLOCK_MASK_CACHE_SIZE = 64
-# Inductor's CPU FlexAttention kernel (torch 2.13, AVX2 code) is wrong when the key length is 8 mod 16
+# Inductor's CPU FlexAttention kernel (torch 2.13, AVX2 code) is wrong when the key length is 8 mod
+# 16
 # (pytorch/pytorch#159247's family): off by up to 2.6 at 24 and 40 keys, NaN at 8. On CPU the keys
 # are padded with zeros to a multiple of 16 and the padding masked out, so the kernel only sees
 # lengths it gets right (tests/test_attention.py and python -m bench attention check odd lengths).
@@ -147,10 +153,19 @@ _flex_cpu_graphs: set = set()  # what torch.compile specializes on, per call on 
 def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
     """FlexAttention's block mask for this rule and shape, built once and reused: rebuilding it
     every step can cost more than the attention itself."""
-    key = (mask.kind, tuple(tuple(t.tolist()) for t in mask.tensors), batch, q_len, kv_len, str(device))
+    key = (
+        mask.kind,
+        tuple(tuple(t.tolist()) for t in mask.tensors),
+        batch,
+        q_len,
+        kv_len,
+        str(device),
+    )
     if key not in _block_mask_cache:
         B = batch if mask.per_sample else None
-        _block_mask_cache[key] = create_block_mask(mask.mask_mod, B, None, q_len, kv_len, device=device)
+        _block_mask_cache[key] = create_block_mask(
+            mask.mask_mod, B, None, q_len, kv_len, device=device
+        )
         if len(_block_mask_cache) > _BLOCK_MASK_CACHE_SIZE:
             _block_mask_cache.popitem(last=False)
     _block_mask_cache.move_to_end(key)
@@ -158,29 +173,47 @@ def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
 
 
 def pad_keys_for_cpu_flex(k, v, mask: Mask | None):
-    """-> (k, v, mask) with the key length padded to FLEX_CPU_KEY_MULTIPLE, the padding masked out."""
+    """-> (k, v, mask) with the key length padded to FLEX_CPU_KEY_MULTIPLE, the padding masked
+    out."""
     B, _, Sk, _ = k.shape
     padding = -Sk % FLEX_CPU_KEY_MULTIPLE
     if padding == 0:
         return k, v, mask
     real_keys = key_padding(torch.full((B,), Sk, device=k.device))
-    k, v = (F.pad(t, (0, 0, 0, padding)) for t in (k, v))  # (B, Hkv, Sk + padding, Dh), zeros at the end
+    k, v = (
+        F.pad(t, (0, 0, 0, padding)) for t in (k, v)
+    )  # (B, Hkv, Sk + padding, Dh), zeros at the end
     return k, v, real_keys if mask is None else and_masks(mask, real_keys)
 
 
 def warn_once_past_recompile_limit(q, k, v, mask: Mask | None):
-    """torch.compile keeps at most torch._dynamo.config.recompile_limit graphs of one function and then
-    runs it uncompiled without failing: correct, but slow (every score materialized). Say so once."""
-    key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, mask.kind if mask else None, q.requires_grad)
+    """torch.compile keeps at most torch._dynamo.config.recompile_limit graphs of one function and
+    then
+    runs it uncompiled without failing: correct, but slow (every score materialized). Say so
+    once."""
+    key = (
+        q.shape,
+        q.stride(),
+        k.shape,
+        k.stride(),
+        v.stride(),
+        q.dtype,
+        mask.kind if mask else None,
+        q.requires_grad,
+    )
     if key in _flex_cpu_graphs:
         return
     _flex_cpu_graphs.add(key)
     limit = torch._dynamo.config.recompile_limit
     if len(_flex_cpu_graphs) == limit + 1:
-        warnings.warn(f"attention backend 'flex' on CPU: this is shape / mask number {limit + 1}, past "
-                      f"torch._dynamo.config.recompile_limit={limit}, so torch.compile now runs FlexAttention "
-                      "uncompiled for every new shape (correct but slow). Raise the limit, or use backend 'sdpa'.",
-                      stacklevel=4)
+        warnings.warn(
+            f"attention backend 'flex' on CPU: this is shape / mask number {limit + 1}, past "
+            f"torch._dynamo.config.recompile_limit={limit}, so torch.compile now runs "
+            "FlexAttention "
+            "uncompiled for every new shape (correct but slow). Raise the limit, or use backend "
+            "'sdpa'.",
+            stacklevel=4,
+        )
 
 
 def flex_attention_backend(q, k, v, mask: Mask | None = None):
@@ -190,12 +223,18 @@ def flex_attention_backend(q, k, v, mask: Mask | None = None):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             # Said here, before torch.compile sees the call: a compile that fails there leaves
             # FlexAttention running uncompiled for the rest of the process.
-            raise NotImplementedError("FlexAttention has no backward on CPU (torch 2.13): call it under "
-                                      "torch.no_grad(), or use backend 'sdpa'")
+            raise NotImplementedError(
+                "FlexAttention has no backward on CPU (torch 2.13): call it under "
+                "torch.no_grad(), or use backend 'sdpa'"
+            )
         k, v, mask = pad_keys_for_cpu_flex(k, v, mask)
         warn_once_past_recompile_limit(q, k, v, mask)
-    block_mask = None if mask is None else block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
-    return _compiled_flex_attention[q.device.type](q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    block_mask = (
+        None if mask is None else block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
+    )
+    return _compiled_flex_attention[q.device.type](
+        q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 BACKENDS: dict[str, Callable] = {
@@ -220,15 +259,27 @@ def choose_backend(q, k, v) -> str:
 def attention(q, k, v, mask: Mask | None = None, backend: str = "auto"):
     """q (B, Hq, Sq, Dh), k and v (B, Hkv, Sk, Dh) with Hq a multiple of Hkv -> (B, Hq, Sq, Dh)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects 4-D q, k, v (B, H, S, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"attention expects 4-D q, k, v (B, H, S, Dh); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape; got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"k and v must have the same shape; got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch (dim 0) and head size (dim 3)")
+        raise ValueError(
+            f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch (dim 0) and head size "
+            "(dim 3)"
+        )
     if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"query heads Hq={q.shape[1]} must be a multiple of key/value heads Hkv={k.shape[1]}")
+        raise ValueError(
+            f"query heads Hq={q.shape[1]} must be a multiple of key/value heads Hkv={k.shape[1]}"
+        )
     if backend == "auto":
         backend = choose_backend(q, k, v)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {['auto', *BACKENDS]}")
+        raise ValueError(
+            f"unknown attention backend {backend!r}; choose one of {['auto', *BACKENDS]}"
+        )
     return BACKENDS[backend](q, k, v, mask)

@@ -6,12 +6,12 @@ only; videos are folders of frames that go through the same ViT. This file holds
 2. `prompt_ids`, the one place training and evaluation build what the model reads before the
    target; the dataset, `collate`, and a frozen-feature cache;
 3. a data folder: which files hold each task, the datasets a stage trains on, the text corpus.
-The file readers (COCO captions, Karpathy, VQAv2) are in support/readers.py; the synthetic world that
-writes a data folder offline is stage0/synthetic.py (`python -m stage0.synthetic --out data/shapes`).
+The file readers (COCO captions, Karpathy, VQAv2) are in support/readers.py; the synthetic world
+that writes a data folder offline is stage0/synthetic.py (`python -m stage0.synthetic --out
+data/shapes`).
 """
 
 import io
-import json
 import random
 import warnings
 from collections import Counter, defaultdict
@@ -23,17 +23,26 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from support.readers import (Annotations, BadSamples, DataError, Example, frame_files, read_captions, read_vqa, write_atomically,
-                     vqa_prompt)  # vqa_prompt: the text whose ids prompt_ids builds, for evaluation too
-
+from support.readers import (
+    Annotations,
+    BadSamples,
+    DataError,
+    Example,
+    frame_files,
+    read_captions,
+    read_vqa,
+    write_atomically,
+)  # vqa_prompt: the text whose ids prompt_ids builds, for evaluation too
 
 # ---------------------------------------------------------------------------------------------
 # 1. Pixels and tokens
 # ---------------------------------------------------------------------------------------------
 
+
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I"):
-        # 16-bit grey (PNG 16-bit opens as I or I;16): scale to 8 bits, plain conversion clips to white.
+        # 16-bit grey (PNG 16-bit opens as I or I;16): scale to 8 bits, plain conversion clips to
+        # white.
         grey = np.asarray(image).astype(np.float64) / 257
         image = Image.fromarray(grey.clip(0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -43,17 +52,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-               resize: str = "crop") -> torch.Tensor:
-    """Any PIL mode -> RGB, resized to image_size x image_size, normalized: (3, S, S). resize="crop":
-    short side to image_size (the long side truncated, as torchvision and transformers compute it),
+def load_image(
+    path: str | Path,
+    image_size: int,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    resize: str = "crop",
+) -> torch.Tensor:
+    """Any PIL mode -> RGB, resized to image_size x image_size, normalized: (3, S, S).
+    resize="crop": short side to image_size (the long side truncated, as torchvision and
+    transformers compute it),
     centre crop (CLIP); "square": the whole image squeezed to the square (SigLIP). Bicubic both."""
     try:
         with Image.open(path) as image:
             image.load()
             image = to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # missing/truncated/corrupt/huge
-        raise DataError(f"{path}: cannot read image ({error}); expected a complete image file") from error
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as error:  # missing/truncated/corrupt/huge
+        raise DataError(
+            f"{path}: cannot read image ({error}); expected a complete image file"
+        ) from error
     width, height = image.size
     if resize == "square":
         size = (image_size, image_size)
@@ -64,19 +86,30 @@ def load_image(path: str | Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5
         image = image.resize(size, Image.Resampling.BICUBIC)
     left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
     image = image.crop((left, top, left + image_size, top + image_size))
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, S, S)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(
+        2, 0, 1
+    )  # (3, S, S)
     return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def load_pixels(path: Path, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize: str = "crop",
-                max_frames: int | None = None) -> torch.Tensor:
+def load_pixels(
+    path: Path,
+    image_size: int,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    resize: str = "crop",
+    max_frames: int | None = None,
+) -> torch.Tensor:
     """An image file -> (3, S, S); a folder of frames -> (T, 3, S, S), frames in file-name order,
-    T <= max_frames: a longer video gives max_frames frames spread evenly over it (first and last kept).
+    T <= max_frames: a longer video gives max_frames frames spread evenly over it (first and last
+    kept).
     The keyword arguments are a ViTConfig's pixel_options()."""
     if Path(path).is_dir():
         frames = frame_files(Path(path))
         if max_frames is not None and len(frames) > max_frames:
-            frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+            frames = [
+                frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+            ]
         return torch.stack([load_image(frame, image_size, mean, std, resize) for frame in frames])
     return load_image(path, image_size, mean, std, resize)
 
@@ -93,29 +126,48 @@ class Tokenizer:
     def __init__(self, model_path: str | Path):
         hugging_face = str(model_path).startswith("hf:")
         if hugging_face:
-            folder = Path(str(model_path)[len("hf:"):])
+            folder = Path(str(model_path)[len("hf:") :])
             model_path = folder / "tokenizer.model"
             if not model_path.is_file():
-                raise FileNotFoundError(f"{folder} has no tokenizer.model (a sentencepiece file); data.Tokenizer reads "
-                                        "only sentencepiece (a tokenizer.json-only model such as Llama 3 is not supported)")
+                raise FileNotFoundError(
+                    f"{folder} has no tokenizer.model (a sentencepiece file); data.Tokenizer reads "
+                    "only sentencepiece (a tokenizer.json-only model such as Llama 3 is not "
+                    "supported)"
+                )
         self.model = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
-            self.model.pad_id(), self.model.unk_id(), self.model.bos_id(), self.model.eos_id())
+            self.model.pad_id(),
+            self.model.unk_id(),
+            self.model.bos_id(),
+            self.model.eos_id(),
+        )
         if hugging_face and self.pad_id < 0:
             self.pad_id = self.eos_id
         if min(self.pad_id, self.bos_id, self.eos_id) < 0:
-            raise DataError(f"{model_path}: pad_id, bos_id, eos_id are {self.pad_id}, {self.bos_id}, {self.eos_id}; "
-                            "expected all three defined (>= 0), as in models made by Tokenizer.train")
+            raise DataError(
+                f"{model_path}: pad_id, bos_id, eos_id are {self.pad_id}, {self.bos_id}, "
+                f"{self.eos_id}; "
+                "expected all three defined (>= 0), as in models made by Tokenizer.train"
+            )
 
     @classmethod
     def train(cls, texts, model_path: str | Path, vocab_size: int) -> "Tokenizer":
         """Trains on `texts` (an iterable of strings); the same texts give the same model file."""
         model = io.BytesIO()
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type="unigram",
             hard_vocab_limit=False,  # a small repetitive corpus may support fewer pieces than asked
-            character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            num_threads=1, minloglevel=2)  # one thread: the same input always gives the same model
+            character_coverage=1.0,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            num_threads=1,
+            minloglevel=2,
+        )  # one thread: the same input always gives the same model
         write_atomically(model_path, lambda temporary: temporary.write_bytes(model.getvalue()))
         return cls(model_path)
 
@@ -127,7 +179,9 @@ class Tokenizer:
         return self.model.encode(text)
 
     def decode(self, ids) -> str:
-        return self.model.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.bos_id, self.eos_id)])
+        return self.model.decode(
+            [int(i) for i in ids if int(i) not in (self.pad_id, self.bos_id, self.eos_id)]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +195,8 @@ CAPTION_INSTRUCTION, VQA_INSTRUCTION = "Describe the following:", "Answer the fo
 
 
 def prompt_texts(prompt: str) -> tuple[str, str]:
-    """An Example's prompt ("" for a caption, vqa_prompt(question)) -> (text before, text after the visual tokens)."""
+    """An Example's prompt ("" for a caption, vqa_prompt(question)) -> (text before, text after the
+    visual tokens)."""
     return (VQA_INSTRUCTION, ": " + prompt) if prompt else (CAPTION_INSTRUCTION, ":")
 
 
@@ -157,7 +212,8 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], int]:
 class VisionTextDataset(Dataset):
     """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), visual_at, image_id[,
     question_id]} with input_ids = prompt_ids + target + [eos], the visual tokens before position
-    visual_at, and loss_mask True on target + eos: the token at i is predicted from the slot before it.
+    visual_at, and loss_mask True on target + eos: the token at i is predicted from the slot before
+    it.
 
     max_text_tokens: the most text positions a sample may have (the LM's context minus the visual
     tokens). Longer texts are cut to it, keeping their beginning, and counted (`truncated`) here,
@@ -167,41 +223,63 @@ class VisionTextDataset(Dataset):
     sample lists it under "unreadable", so whoever reads the batches counts each one exactly, from
     any worker process (`unreadable` holds this process's)."""
 
-    def __init__(self, examples: list[Example], tokenizer: Tokenizer, image_size: int, on_bad_sample: str = "error",
-                 max_text_tokens: int | None = None, **pixel_options):
+    def __init__(
+        self,
+        examples: list[Example],
+        tokenizer: Tokenizer,
+        image_size: int,
+        on_bad_sample: str = "error",
+        max_text_tokens: int | None = None,
+        **pixel_options,
+    ):
         self.tokenizer, self.image_size = tokenizer, image_size
         self.pixel_options = pixel_options  # load_pixels' mean, std, resize, max_frames
         bad = BadSamples(on_bad_sample)
         self.skip, self.max_text_tokens, self.truncated = bad.skip, max_text_tokens, 0
         if max_text_tokens is not None:
             examples = self.fit_texts(examples, max_text_tokens, bad)
-        self.skipped = bad.report("VisionTextDataset")  # bad samples left out, per reason (task_datasets adds the readers')
+        self.skipped = bad.report(
+            "VisionTextDataset"
+        )  # bad samples left out, per reason (task_datasets adds the readers')
         if not examples:
             raise DataError("no examples: the annotation files gave no usable sample")
         self.examples = examples
         self.unreadable: set[Path] = set()
 
-    def fit_texts(self, examples: list[Example], max_text_tokens: int, bad: BadSamples) -> list[Example]:
+    def fit_texts(
+        self, examples: list[Example], max_text_tokens: int, bad: BadSamples
+    ) -> list[Example]:
         """The examples whose prompt leaves room for a target token; counts the texts to cut."""
         texts = [prompt_texts(e.prompt) for e in examples]
-        befores = self.tokenizer.model.encode([before for before, _ in texts])  # one call: sentencepiece batches
+        befores = self.tokenizer.model.encode(
+            [before for before, _ in texts]
+        )  # one call: sentencepiece batches
         afters = self.tokenizer.model.encode([after for _, after in texts])
         targets = self.tokenizer.model.encode([e.target for e in examples])
         kept, first_cut = [], None
         for example, before, after, target in zip(examples, befores, afters, targets):
-            prompt_length = 1 + len(before) + len(after)  # [bos] + before + after, as prompt_ids builds it
+            prompt_length = (
+                1 + len(before) + len(after)
+            )  # [bos] + before + after, as prompt_ids builds it
             if prompt_length >= max_text_tokens:
                 field = "field 'question'" if example.prompt else "the captioning prompt"
-                bad("prompt longer than max_text_tokens", f"{example.source} {field}: {prompt_length} prompt "
-                    f"tokens leave no room for the answer in max_text_tokens={max_text_tokens}")
+                bad(
+                    "prompt longer than max_text_tokens",
+                    f"{example.source} {field}: {prompt_length} prompt "
+                    f"tokens leave no room for the answer in max_text_tokens={max_text_tokens}",
+                )
                 continue
             if prompt_length + len(target) + 1 > max_text_tokens:
                 self.truncated += 1
                 first_cut = first_cut or example.source
             kept.append(example)
         if self.truncated:
-            warnings.warn(f"{self.truncated} of {len(examples)} texts are longer than max_text_tokens={max_text_tokens}"
-                          f" and are cut to it, keeping their beginning (the first: {first_cut})", stacklevel=3)
+            warnings.warn(
+                f"{self.truncated} of {len(examples)} texts are longer than "
+                f"max_text_tokens={max_text_tokens}"
+                f" and are cut to it, keeping their beginning (the first: {first_cut})",
+                stacklevel=3,
+            )
         return kept
 
     def __len__(self) -> int:
@@ -216,7 +294,9 @@ class VisionTextDataset(Dataset):
             try:
                 pixels = load_pixels(example.path, self.image_size, **self.pixel_options)
             except DataError as error:
-                message = f"{error} (field 'file_name' of image_id {example.image_id}, {example.source})"
+                message = (
+                    f"{error} (field 'file_name' of image_id {example.image_id}, {example.source})"
+                )
                 if not self.skip:
                     raise DataError(message) from error
                 warnings.warn(f"skipping unreadable image: {message}")
@@ -231,8 +311,13 @@ class VisionTextDataset(Dataset):
         target = self.tokenizer.encode(example.target) + [self.tokenizer.eos_id]
         input_ids, loss_mask = prompt + target, [False] * len(prompt) + [True] * len(target)
         end = self.max_text_tokens  # None keeps all; fit_texts kept only prompts shorter than it
-        sample = {"pixels": pixels, "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
-                  "loss_mask": torch.tensor(loss_mask[:end]), "visual_at": visual_at, "image_id": example.image_id}
+        sample = {
+            "pixels": pixels,
+            "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
+            "loss_mask": torch.tensor(loss_mask[:end]),
+            "visual_at": visual_at,
+            "image_id": example.image_id,
+        }
         if example.question_id is not None:
             sample["question_id"] = example.question_id
         return sample
@@ -243,14 +328,16 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     (B,L) (False on padding), lengths (B,), visual_at (B,) when the samples have it, image_ids (and
     question_ids if any) as lists."""
     if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
-        raise ValueError("collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
-                         "use separate data loaders for image and video datasets")
+        raise ValueError(
+            "collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
+            "use separate data loaders for image and video datasets"
+        )
     lengths = torch.tensor([len(s["input_ids"]) for s in samples])
     input_ids = torch.full((len(samples), int(lengths.max())), pad_id, dtype=torch.long)  # (B, L)
     loss_mask = torch.zeros(input_ids.shape, dtype=torch.bool)  # (B, L)
     for row, sample in enumerate(samples):
-        input_ids[row, :lengths[row]] = sample["input_ids"]
-        loss_mask[row, :lengths[row]] = sample["loss_mask"]
+        input_ids[row, : lengths[row]] = sample["input_ids"]
+        loss_mask[row, : lengths[row]] = sample["loss_mask"]
     batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
     if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
         batch["pixels"] = pad_frames([s["pixels"] for s in samples], batch)
@@ -266,13 +353,14 @@ def collate(samples: list[dict], pad_id: int) -> dict:
 
 def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
     """Images -> (B,3,S,S); videos -> (B,T,3,S,S) with T the longest, shorter ones padded with zero
-    frames, and batch["num_frames"] (B,) their real frame counts (the resampler leaves padding out)."""
+    frames, and batch["num_frames"] (B,) their real frame counts (the resampler leaves padding
+    out)."""
     if pixels[0].dim() == 3:
         return torch.stack(pixels)
     batch["num_frames"] = torch.tensor([len(video) for video in pixels])
     padded = pixels[0].new_zeros(len(pixels), int(batch["num_frames"].max()), *pixels[0].shape[1:])
     for row, video in enumerate(pixels):
-        padded[row, :len(video)] = video
+        padded[row, : len(video)] = video
     return padded
 
 
@@ -280,49 +368,85 @@ def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
 # 3. A data folder: which files hold each task, the tokenizer, the datasets a stage trains on
 # ---------------------------------------------------------------------------------------------
 
-# Files of each task in a data folder ({split} is filled in), as `python -m stage0.synthetic` writes them. Real
+# Files of each task in a data folder ({split} is filled in), as `python -m stage0.synthetic` writes
+# them. Real
 # COCO / VQAv2 files are used by giving them these names (or symlinks) in one folder.
 TASK_FILES = {
     "caption": {"captions": "captions_{split}.json"},
-    "vqa": {"questions": "questions_{split}.json", "annotations": "annotations_{split}.json",
-            "images": "captions_{split}.json"},
+    "vqa": {
+        "questions": "questions_{split}.json",
+        "annotations": "annotations_{split}.json",
+        "images": "captions_{split}.json",
+    },
     "video_caption": {"captions": "video_captions_{split}.json"},
-    "video_vqa": {"questions": "video_questions_{split}.json", "annotations": "video_annotations_{split}.json",
-                  "images": "video_captions_{split}.json"},
+    "video_vqa": {
+        "questions": "video_questions_{split}.json",
+        "annotations": "video_annotations_{split}.json",
+        "images": "video_captions_{split}.json",
+    },
 }
 TOKENIZER_FILE = "tokenizer.model"
 
 
 def available_tasks(folder: str | Path, split: str) -> list[str]:
-    return [task for task, files in TASK_FILES.items()
-            if all((Path(folder) / name.format(split=split)).exists() for name in files.values())]
+    return [
+        task
+        for task, files in TASK_FILES.items()
+        if all((Path(folder) / name.format(split=split)).exists() for name in files.values())
+    ]
 
 
-def read_task(folder: str | Path, task: str, split: str, on_bad_sample: str = "error",
-              allow_empty: bool = False) -> Annotations:
+def read_task(
+    folder: str | Path,
+    task: str,
+    split: str,
+    on_bad_sample: str = "error",
+    allow_empty: bool = False,
+) -> Annotations:
     """One task of one split; a Karpathy file under the captions names gives that split's images.
     A task without a usable sample is an error that names it, never a silent gap in the data
     (allow_empty: for a text corpus, which an empty task leaves whole)."""
     if task not in TASK_FILES:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
-    files = {role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()}
+    files = {
+        role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()
+    }
     videos = task.startswith("video")
     if "captions" in files:
-        read = read_captions(files["captions"], split=split, on_bad_sample=on_bad_sample, videos=videos)
+        read = read_captions(
+            files["captions"], split=split, on_bad_sample=on_bad_sample, videos=videos
+        )
     else:
-        read = read_vqa(files["questions"], files["annotations"], files["images"], on_bad_sample=on_bad_sample,
-                        videos=videos)
+        read = read_vqa(
+            files["questions"],
+            files["annotations"],
+            files["images"],
+            on_bad_sample=on_bad_sample,
+            videos=videos,
+        )
     if not read.examples and not allow_empty:
-        skipped = ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items())) or "none"
-        raise DataError(f"{folder}: task {task!r} of split {split!r} has no usable sample in "
-                        f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
-                        "fix the files, or leave the task out (--tasks of train_stage*.py and evaluate.py)")
+        skipped = (
+            ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items()))
+            or "none"
+        )
+        raise DataError(
+            f"{folder}: task {task!r} of split {split!r} has no usable sample in "
+            f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
+            "fix the files, or leave the task out (--tasks of train_stage*.py and evaluate.py)"
+        )
     return read
 
 
-def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_size: int,
-                  tasks: list[str] | None = None, on_bad_sample: str = "error",
-                  max_text_tokens: int | None = None, **pixel_options) -> list[Dataset]:
+def task_datasets(
+    folder: str | Path,
+    split: str,
+    tokenizer: Tokenizer,
+    image_size: int,
+    tasks: list[str] | None = None,
+    on_bad_sample: str = "error",
+    max_text_tokens: int | None = None,
+    **pixel_options,
+) -> list[Dataset]:
     """The datasets a stage trains on, one per modality (a batch never mixes images and videos):
     [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks.
     pixel_options: load_pixels' mean, std, resize and max_frames (the ViT's and the resampler's).
@@ -331,27 +455,44 @@ def task_datasets(folder: str | Path, split: str, tokenizer: Tokenizer, image_si
     tasks = tasks or present
     missing = [task for task in tasks if task not in present]
     if missing or not tasks:
-        raise DataError(f"{folder}: no files for task(s) {missing or 'any'} of split {split!r}; expected "
-                        + ", ".join(name.format(split=split) for task in missing or TASK_FILES
-                                    for name in TASK_FILES[task].values()))
+        raise DataError(
+            f"{folder}: no files for task(s) {missing or 'any'} of split {split!r}; expected "
+            + ", ".join(
+                name.format(split=split)
+                for task in missing or TASK_FILES
+                for name in TASK_FILES[task].values()
+            )
+        )
     groups = []
-    for modality in ([t for t in tasks if not t.startswith("video")], [t for t in tasks if t.startswith("video")]):
+    for modality in (
+        [t for t in tasks if not t.startswith("video")],
+        [t for t in tasks if t.startswith("video")],
+    ):
         if modality:
             reads = [read_task(folder, task, split, on_bad_sample) for task in modality]
-            groups.append(VisionTextDataset([e for read in reads for e in read.examples], tokenizer, image_size,
-                                            on_bad_sample=on_bad_sample, max_text_tokens=max_text_tokens,
-                                            **pixel_options))
+            groups.append(
+                VisionTextDataset(
+                    [e for read in reads for e in read.examples],
+                    tokenizer,
+                    image_size,
+                    on_bad_sample=on_bad_sample,
+                    max_text_tokens=max_text_tokens,
+                    **pixel_options,
+                )
+            )
             groups[-1].skipped.update(sum((read.skipped for read in reads), Counter()))
     return groups
 
 
 def training_texts(folder: str | Path, split: str = "train") -> list[str]:
-    """Every caption and every "question: ... answer: ..." line of a split: the tokenizer's corpus."""
+    """Every caption and every "question: ... answer: ..." line of a split: the tokenizer's
+    corpus."""
     return [text for document in training_documents(folder, split, 1) for text in document]
 
 
-def training_documents(folder: str | Path, split: str = "train", texts_per_document: int = 2,
-                       seed: int = 0) -> list[list[str]]:
+def training_documents(
+    folder: str | Path, split: str = "train", texts_per_document: int = 2, seed: int = 0
+) -> list[list[str]]:
     """The LMs' text-only pretraining data: the captions and "question: ... answer: ..." lines of
     one image, shuffled and grouped `texts_per_document` at a time. Like sentences of one web
     page, a text is easier to predict after reading its neighbours, so the LM learns to use what
@@ -364,7 +505,9 @@ def training_documents(folder: str | Path, split: str = "train", texts_per_docum
     for image_id in sorted(by_image):
         texts = by_image[image_id]
         rng.shuffle(texts)
-        documents += [texts[i:i + texts_per_document] for i in range(0, len(texts), texts_per_document)]
+        documents += [
+            texts[i : i + texts_per_document] for i in range(0, len(texts), texts_per_document)
+        ]
     return documents
 
 

@@ -16,6 +16,7 @@ The paper's three cross-attention modules are presets of this one design:
   LayerNorm (the aligned tiny LM read LayerNormed latents in stage 1);
 - `for_lm`: a 1-layer resampler as wide as the LM that reads it (stage 0, the stage-1 ablation).
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -36,45 +37,100 @@ class ResamplerConfig:
     max_frames: int = 8  # time embeddings for video frames
     norm_eps: float = 1e-5
     attention_backend: str = "auto"
-    feed_forward: bool = True  # a feed-forward block after each cross-attention (the CoCa pooler has none)
-    latents_in_keys: bool = True  # keys/values = [features; latents] (Flamingo); False: the features only (CoCa)
-    final_norm: bool = True  # a LayerNorm on the output latents (the pooler's; the paper's baseline has none)
+    feed_forward: bool = (
+        True  # a feed-forward block after each cross-attention (the CoCa pooler has none)
+    )
+    latents_in_keys: bool = (
+        True  # keys/values = [features; latents] (Flamingo); False: the features only (CoCa)
+    )
+    final_norm: bool = (
+        True  # a LayerNorm on the output latents (the pooler's; the paper's baseline has none)
+    )
 
     def __post_init__(self):
-        for name in ("input_dim", "dim", "depth", "num_latents", "num_heads", "mlp_ratio", "max_frames", "norm_eps"):
+        for name in (
+            "input_dim",
+            "dim",
+            "depth",
+            "num_latents",
+            "num_heads",
+            "mlp_ratio",
+            "max_frames",
+            "norm_eps",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.dim % self.num_heads != 0:
-            raise ValueError(f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim // num_heads channels")
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim "
+                "// num_heads channels"
+            )
         if self.attention_backend not in ("auto", *BACKENDS):
-            raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
+            )
 
-    # The adapters' starting points, one place for every script and benchmark (flags change any field).
+    # The adapters' starting points, one place for every script and benchmark (flags change any
+    # field).
     @classmethod
-    def for_lm(cls, vision_dim: int, lm_dim: int, lm_num_heads: int, **changes) -> "ResamplerConfig":
+    def for_lm(
+        cls, vision_dim: int, lm_dim: int, lm_num_heads: int, **changes
+    ) -> "ResamplerConfig":
         """A 1-layer resampler whose latents an LM reads as input embeddings (stage 0's throwaway
-        decoder, `train_stage1.py --cross-attention perceiver`): as wide as the LM, with as many heads."""
-        return cls(**{"input_dim": vision_dim, "dim": lm_dim, "depth": 1, "num_latents": NUM_LATENTS,
-                      "num_heads": lm_num_heads, **changes})
+        decoder, `train_stage1.py --cross-attention perceiver`): as wide as the LM, with as many
+        heads."""
+        return cls(
+            **{
+                "input_dim": vision_dim,
+                "dim": lm_dim,
+                "depth": 1,
+                "num_latents": NUM_LATENTS,
+                "num_heads": lm_num_heads,
+                **changes,
+            }
+        )
 
     @classmethod
     def for_pooler(cls, vision_dim: int, dim: int, num_heads: int, **changes) -> "ResamplerConfig":
         """CoCa's attentional pooler (stage 1 of the paper): learned queries attend once to the
-        features alone, then a LayerNorm; `dim` wide (the input projection maps the ViT width to it)."""
-        return cls(**{"input_dim": vision_dim, "dim": dim, "depth": 1, "num_latents": NUM_LATENTS, "num_heads": num_heads,
-                      "feed_forward": False, "latents_in_keys": False, "final_norm": True, **changes})
+        features alone, then a LayerNorm; `dim` wide (the input projection maps the ViT width to
+        it)."""
+        return cls(
+            **{
+                "input_dim": vision_dim,
+                "dim": dim,
+                "depth": 1,
+                "num_latents": NUM_LATENTS,
+                "num_heads": num_heads,
+                "feed_forward": False,
+                "latents_in_keys": False,
+                "final_norm": True,
+                **changes,
+            }
+        )
 
     @classmethod
     def for_perceiver(cls, vision_dim: int, **changes) -> "ResamplerConfig":
-        """The paper's baseline adapter: a deep resampler as wide as the ViT (then a linear map to the
+        """The paper's baseline adapter: a deep resampler as wide as the ViT (then a linear map to
+        the
         LM), no final LayerNorm; with depth=1 the VAdapter's stage-2 front."""
-        return cls(**{"input_dim": vision_dim, "dim": vision_dim, "depth": PERCEIVER_DEPTH, "num_latents": NUM_LATENTS,
-                      "num_heads": PERCEIVER_HEADS, "final_norm": False, **changes})
+        return cls(
+            **{
+                "input_dim": vision_dim,
+                "dim": vision_dim,
+                "depth": PERCEIVER_DEPTH,
+                "num_latents": NUM_LATENTS,
+                "num_heads": PERCEIVER_HEADS,
+                "final_norm": False,
+                **changes,
+            }
+        )
 
     @classmethod
     def for_vadapter_front(cls, vision_dim: int, **changes) -> "ResamplerConfig":
-        """The paper's stage-2 front, a new 1-layer perceiver, ending in a LayerNorm unlike the baseline: the
-        tiny LM behind it was aligned in stage 1 to the pooler's LayerNormed latents (make paper's Table 4
+        """The paper's stage-2 front, a new 1-layer perceiver, ending in a LayerNorm unlike the
+        baseline: the tiny LM behind it was aligned in stage 1 to the pooler's LayerNormed latents
+        (make paper's Table 4
         measures the front without it)."""
         return cls.for_perceiver(vision_dim, **{"depth": 1, "final_norm": True, **changes})
 
@@ -90,11 +146,16 @@ PERCEIVER_DEPTH, PERCEIVER_HEADS = 6, 4  # the baseline's layers and heads
 
 class LatentCrossAttention(nn.Module):
     """Latents attend to [features; latents]: Flamingo lets the latents also see each other, so
-    they can divide the features among themselves. The CoCa pooler's queries see the features only."""
+    they can divide the features among themselves. The CoCa pooler's queries see the features
+    only."""
 
     def __init__(self, config: ResamplerConfig):
         super().__init__()
-        self.num_heads, self.backend, self.latents_in_keys = config.num_heads, config.attention_backend, config.latents_in_keys
+        self.num_heads, self.backend, self.latents_in_keys = (
+            config.num_heads,
+            config.attention_backend,
+            config.latents_in_keys,
+        )
         self.feature_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.latent_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         self.query = nn.Linear(config.dim, config.dim, bias=False)
@@ -105,8 +166,14 @@ class LatentCrossAttention(nn.Module):
         B, L, D = latents.shape
         features, latents = self.feature_norm(features), self.latent_norm(latents)
         q = self.query(latents).view(B, L, self.num_heads, -1).transpose(1, 2)  # (B, H, L, Dh)
-        keys_and_values = torch.cat([features, latents], dim=1) if self.latents_in_keys else features  # (B, M [+ L], D)
-        k, v = self.key_value(keys_and_values).view(B, -1, 2, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M [+ L], Dh)
+        keys_and_values = (
+            torch.cat([features, latents], dim=1) if self.latents_in_keys else features
+        )  # (B, M [+ L], D)
+        k, v = (
+            self.key_value(keys_and_values)
+            .view(B, -1, 2, self.num_heads, D // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )  # 2 x (B, H, M [+ L], Dh)
         out = attention(q, k, v, mask, backend=self.backend)  # (B, H, L, Dh)
         return self.out(out.transpose(1, 2).reshape(B, L, D))
 
@@ -142,41 +209,66 @@ class PerceiverResampler(nn.Module):
     def __init__(self, config: ResamplerConfig):
         super().__init__()
         self.config = config
-        self.latents = nn.Parameter(torch.empty(config.num_latents, config.dim).normal_(0.0, 0.02))  # (L, D)
-        self.input_projection = nn.Linear(config.input_dim, config.dim, bias=False) if config.input_dim != config.dim else nn.Identity()
+        self.latents = nn.Parameter(
+            torch.empty(config.num_latents, config.dim).normal_(0.0, 0.02)
+        )  # (L, D)
+        self.input_projection = (
+            nn.Linear(config.input_dim, config.dim, bias=False)
+            if config.input_dim != config.dim
+            else nn.Identity()
+        )
         # Zero at the start, so that a one-frame video is read exactly as the image it is, and
         # frame order is learned only as far as the video data asks for it.
-        self.time_embedding = nn.Parameter(torch.zeros(config.max_frames, 1, config.dim))  # (T_max, 1, D)
+        self.time_embedding = nn.Parameter(
+            torch.zeros(config.max_frames, 1, config.dim)
+        )  # (T_max, 1, D)
         self.layers = nn.ModuleList(ResamplerLayer(config) for _ in range(config.depth))
-        self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.final_norm else nn.Identity()
+        self.final_norm = (
+            nn.LayerNorm(config.dim, eps=config.norm_eps) if config.final_norm else nn.Identity()
+        )
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
 
     def forward(self, features, num_frames=None):
-        """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents, D).
-        num_frames (B,): each video's real frames; the frames after them are batch padding, which
+        """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents,
+        D). num_frames (B,): each video's real frames; the frames after them are batch padding,
+        which
         no latent attends to, so a video gives the same latents alone or padded in a batch."""
         if features.dim() not in (3, 4) or features.shape[-1] != self.config.input_dim:
             raise ValueError(
-                f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, {self.config.input_dim}); "
+                f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, "
+                f"{self.config.input_dim}); "
                 f"got shape {tuple(features.shape)}"
             )
         if features.dim() == 3:
-            # An image is a one-frame video (as in Flamingo): both paths share time_embedding[0], and
+            # An image is a one-frame video (as in Flamingo): both paths share time_embedding[0],
+            # and
             # every parameter takes part in every batch, as DDP requires.
             features = features[:, None]  # (B, 1, N, Din)
         frames = features.shape[1]
         if frames > self.config.max_frames:
-            raise ValueError(f"video has {frames} frames but the resampler has time embeddings for max_frames={self.config.max_frames}")
-        features = self.input_projection(features) + self.time_embedding[:frames]  # (B, T, N, D); (T, 1, D) broadcasts
+            raise ValueError(
+                f"video has {frames} frames but the resampler has time embeddings for "
+                f"max_frames={self.config.max_frames}"
+            )
+        features = (
+            self.input_projection(features) + self.time_embedding[:frames]
+        )  # (B, T, N, D); (T, 1, D) broadcasts
         features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
         latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
         mask = None
         if num_frames is not None and bool((num_frames < frames).any()):
-            real_keys, padded_end = num_frames.long() * (features.shape[1] // frames), features.shape[1]
+            real_keys, padded_end = (
+                num_frames.long() * (features.shape[1] // frames),
+                features.shape[1],
+            )
             # Keys are [T * N frame features; L latents]: the padded frames' keys are left out.
-            mask = Mask(f"frame_padding@{padded_end}", lambda b, h, q, kv: (kv < real_keys[b]) | (kv >= padded_end), (real_keys,))
+            mask = Mask(
+                f"frame_padding@{padded_end}",
+                lambda b, h, q, kv: (kv < real_keys[b]) | (kv >= padded_end),
+                (real_keys,),
+            )
         for layer in self.layers:
             latents = layer(features, latents, mask)
         return self.final_norm(latents)  # (B, L, D)

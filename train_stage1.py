@@ -5,43 +5,79 @@ decoder of a small vision-language model on captioning and VQA. Both the cross-a
 the tiny LM are trained; stage 2 then reuses the tiny LM inside the adapter (train_stage2.py).
 
     --cross-attention pooler     the paper's: CoCa's attentional pooler (one cross-attention layer,
-                                 learned queries over the features, a LayerNorm), as wide as the tiny LM
+                                 learned queries over the features, a LayerNorm), as wide as the
+                                 tiny LM
     --cross-attention perceiver  ablation: a 1-layer perceiver resampler as wide as the tiny LM
 
-    python train_stage1.py --data data/shapes --vit runs/pretrain/vit --tiny-lm runs/pretrain/tiny_lm --out-dir runs/stage1
+    python train_stage1.py --data data/shapes --vit runs/pretrain/vit --tiny-lm
+    runs/pretrain/tiny_lm --out-dir runs/stage1
 """
+
 import argparse
 
 import torch
 
+from resampler import PerceiverResampler, ResamplerConfig
 from support.checkpoints import ModelSpec, frozen_dtype, frozen_reference, load_lm, load_vision
 from support.flags import add_config_flags, add_data_flags, config_from_args
-from resampler import PerceiverResampler, ResamplerConfig
 from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
 from vlm import VisionLanguageModel
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_flags(parser)
-    parser.add_argument("--vit", required=True, help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / SigLIP)")
-    parser.add_argument("--tiny-lm", required=True, help="language-pretrained tiny LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)")
-    parser.add_argument("--cross-attention", choices=["pooler", "perceiver"], default="pooler",
-                        help="the module between the ViT and the tiny LM (the --resampler-* flags change it)")
+    parser.add_argument(
+        "--vit",
+        required=True,
+        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / "
+        "SigLIP)",
+    )
+    parser.add_argument(
+        "--tiny-lm",
+        required=True,
+        help="language-pretrained tiny LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER "
+        "(Gemma / Llama)",
+    )
+    parser.add_argument(
+        "--cross-attention",
+        choices=["pooler", "perceiver"],
+        default="pooler",
+        help="the module between the ViT and the tiny LM (the --resampler-* flags change it)",
+    )
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    vision = load_vision(args.vit, frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16))
+    vision = load_vision(
+        args.vit, frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16)
+    )
     tiny_lm = load_lm(args.tiny_lm)  # trained here: fp32
-    preset = ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm
-    resampler = config_from_args(args, ResamplerConfig, "resampler-",
-                                 base=preset(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads))
-    spec = ModelSpec(vision=vision.config, resampler=resampler, lm=tiny_lm.config, adapter="resampler", train_lm=True)
+    preset = (
+        ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm
+    )
+    resampler = config_from_args(
+        args,
+        ResamplerConfig,
+        "resampler-",
+        base=preset(vision.config.dim, tiny_lm.config.dim, tiny_lm.config.num_heads),
+    )
+    spec = ModelSpec(
+        vision=vision.config,
+        resampler=resampler,
+        lm=tiny_lm.config,
+        adapter="resampler",
+        train_lm=True,
+    )
     model = VisionLanguageModel(vision, PerceiverResampler(resampler), tiny_lm, train_lm=True)
-    # The tiny LM trains here, so it stays in the checkpoints; the frozen ViT is a reference to args.vit.
-    summary = train_vlm(model, args, "stage1", spec, train_config, {"vision": frozen_reference(args.vit)})
+    # The tiny LM trains here, so it stays in the checkpoints; the frozen ViT is a reference to
+    # args.vit.
+    summary = train_vlm(
+        model, args, "stage1", spec, train_config, {"vision": frozen_reference(args.vit)}
+    )
     print(f"[stage1] done: {summary}")
     return summary
 

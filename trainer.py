@@ -4,10 +4,11 @@ It trains whatever parameters of the model require gradients (the stage scripts 
 frozen), on one CPU, one GPU or several processes under `torchrun` (DDP; gloo on CPU, NCCL on
 CUDA). Next-token losses are summed over text tokens and divided by the number of text tokens in
 the whole global batch (all micro-steps, all ranks), so one process and N processes with the same
-global batch follow the same curve. Checkpoints (support/checkpoints.py) hold everything a resumed run
-needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
+global batch follow the same curve. Checkpoints (support/checkpoints.py) hold everything a resumed
+run needs to continue the same curve: model, optimizer, scheduler, step and RNG state; the data
 position follows from the step.
 """
+
 import atexit
 import math
 import os
@@ -27,8 +28,14 @@ from tqdm import tqdm
 import data
 from support.checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
 from support.feature_cache import FeatureCache
-from support.run_folder import (METRICS_NAME, append_metrics, keep_metrics_up_to, prepare_run_folder, resume_newest_readable,
-                        save_keeping)
+from support.run_folder import (
+    METRICS_NAME,
+    append_metrics,
+    keep_metrics_up_to,
+    prepare_run_folder,
+    resume_newest_readable,
+    save_keeping,
+)
 from vit import num_parameters
 from vlm import VisionLanguageModel, caption_loss
 
@@ -54,9 +61,15 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None: on for CUDA only
     num_workers: int = 0
     resume: bool = False
-    overwrite: bool = False  # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
-    keep_checkpoints: int = 2  # the newest checkpoint and the ones before it, to resume from when it is broken
-    self_contained: bool = False  # checkpoints hold the frozen models too (to share), not a reference to their files
+    overwrite: bool = (
+        False  # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
+    )
+    keep_checkpoints: int = (
+        2  # the newest checkpoint and the ones before it, to resume from when it is broken
+    )
+    self_contained: bool = (
+        False  # checkpoints hold the frozen models too (to share), not a reference to their files
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +82,9 @@ def setup_distributed(device_choice: str = "auto"):
     use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # gloo threads may abort a bare exit
+        atexit.register(
+            lambda: dist.is_initialized() and dist.destroy_process_group()
+        )  # gloo threads may abort a bare exit
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -87,13 +102,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Process:
     """Where this process trains and how: its rank among world_size, its device, bf16 or not."""
+
     rank: int
     world_size: int
     device: torch.device
     bf16: bool
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,19 +145,30 @@ def as_dataset(groups) -> tuple[torch.utils.data.Dataset, list[int]]:
 
 
 class StepBatches:
-    """Micro-batch index lists for this rank, steps [start_step, end_step): a DataLoader batch_sampler."""
+    """Micro-batch index lists for this rank, steps [start_step, end_step): a DataLoader
+    batch_sampler."""
 
-    def __init__(self, group_sizes, batch_size, grad_accum, rank, world_size, seed, start_step, end_step):
+    def __init__(
+        self, group_sizes, batch_size, grad_accum, rank, world_size, seed, start_step, end_step
+    ):
         per_rank, remainder = divmod(batch_size, world_size * grad_accum)
         if remainder or per_rank == 0:
             raise ValueError(
-                f"batch_size={batch_size} must be a positive multiple of world_size * grad_accum = {world_size} * {grad_accum}"
+                f"batch_size={batch_size} must be a positive multiple of world_size * grad_accum "
+                f"= {world_size} * {grad_accum}"
             )
-        self.group_sizes, self.batch_size, self.grad_accum, self.per_rank = group_sizes, batch_size, grad_accum, per_rank
+        self.group_sizes, self.batch_size, self.grad_accum, self.per_rank = (
+            group_sizes,
+            batch_size,
+            grad_accum,
+            per_rank,
+        )
         self.rank, self.seed, self.start_step, self.end_step = rank, seed, start_step, end_step
         weights = torch.tensor(group_sizes, dtype=torch.float)
         generator = torch.Generator().manual_seed(seed)
-        self.group_of_step = torch.multinomial(weights, max(end_step, 1), replacement=True, generator=generator).tolist()
+        self.group_of_step = torch.multinomial(
+            weights, max(end_step, 1), replacement=True, generator=generator
+        ).tolist()
         self.offsets = [sum(group_sizes[:g]) for g in range(len(group_sizes))]
         seen = [0] * len(group_sizes)
         self.batches_before = []  # per step: how many earlier steps drew from the same group
@@ -154,24 +183,53 @@ class StepBatches:
         for step in range(self.start_step, self.end_step):
             group = self.group_of_step[step]
             position = self.batches_before[step] * self.batch_size
-            indices = stream_indices(position, self.batch_size, self.group_sizes[group], self.seed + group)
-            mine = indices[self.rank * self.per_rank * self.grad_accum :][: self.per_rank * self.grad_accum]
+            indices = stream_indices(
+                position, self.batch_size, self.group_sizes[group], self.seed + group
+            )
+            mine = indices[self.rank * self.per_rank * self.grad_accum :][
+                : self.per_rank * self.grad_accum
+            ]
             for micro in range(self.grad_accum):
-                yield [self.offsets[group] + i for i in mine[micro * self.per_rank : (micro + 1) * self.per_rank]]
+                yield [
+                    self.offsets[group] + i
+                    for i in mine[micro * self.per_rank : (micro + 1) * self.per_rank]
+                ]
 
 
-def step_loader(groups, collate: Callable, config: TrainConfig, process: Process, start_step: int, end_step: int,
-                seed: int) -> torch.utils.data.DataLoader:
+def step_loader(
+    groups,
+    collate: Callable,
+    config: TrainConfig,
+    process: Process,
+    start_step: int,
+    end_step: int,
+    seed: int,
+) -> torch.utils.data.DataLoader:
     """This rank's micro-batches of steps [start_step, end_step), grad_accum of them per step."""
     dataset, group_sizes = as_dataset(groups)
-    sampler = StepBatches(group_sizes, config.batch_size, config.grad_accum, process.rank, process.world_size, seed,
-                          start_step, end_step)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                       num_workers=config.num_workers, pin_memory=process.device.type == "cuda")
+    sampler = StepBatches(
+        group_sizes,
+        config.batch_size,
+        config.grad_accum,
+        process.rank,
+        process.world_size,
+        seed,
+        start_step,
+        end_step,
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.num_workers,
+        pin_memory=process.device.type == "cuda",
+    )
 
 
 def move_to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,12 +242,15 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(progress, 1.0))
+    )
 
 
 def decayed_parameters(model: nn.Module) -> set[nn.Parameter]:
     """The weights of the linear layers (and the ViT's patch projection, a linear layer on patches):
-    what weight decay applies to. Never norms, biases, embeddings, resampler latents, time embeddings."""
+    what weight decay applies to. Never norms, biases, embeddings, resampler latents, time
+    embeddings."""
     return {m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
@@ -206,34 +267,44 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-# On CPU torch.compile saved 6-16% of a ~200 ms toy step and cost 11-30 s of compilation (docs/benchmarks.md):
+# On CPU torch.compile saved 6-16% of a ~200 ms toy step and cost 11-30 s of compilation
+# (docs/benchmarks.md):
 # ~20 ms x steps > 30 s from about 1,500 steps. On CUDA the runs are long and the gain is larger.
 CPU_COMPILE_MIN_STEPS = 2000
 
 
 def compile_pays(steps: int, use_cuda: bool) -> bool:
-    """The default for --compile: on CUDA, or on CPU for runs long enough to earn the compilation back."""
+    """The default for --compile: on CUDA, or on CPU for runs long enough to earn the compilation
+    back."""
     return use_cuda or steps >= CPU_COMPILE_MIN_STEPS
 
 
 def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -> nn.Module:
     """DDP over several processes, then torch.compile; checkpoints keep the unwrapped model."""
     if process.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[process.device.index] if process.device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            model, device_ids=[process.device.index] if process.device.type == "cuda" else None
+        )
     if compile_model:
         # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
-        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a crash.
+        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a
+        # crash.
         torch._functorch.config.enable_autograd_cache = False
         model = torch.compile(model)
     return model
 
 
-def forward_backward(model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process) -> tuple[float, torch.Tensor]:
-    """Accumulate the gradients of one global batch -> (its mean token loss, its number of text tokens)."""
+def forward_backward(
+    model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process
+) -> tuple[float, torch.Tensor]:
+    """Accumulate the gradients of one global batch -> (its mean token loss, its number of text
+    tokens)."""
     # Normalize by the text tokens of the whole global batch, so that shards holding different
     # numbers of tokens still add up to the single-process gradient.
     local_tokens = sum(batch["loss_mask"].sum() for batch in batches)
-    global_tokens = all_reduce_sum(torch.as_tensor(local_tokens, device=process.device, dtype=torch.float))
+    global_tokens = all_reduce_sum(
+        torch.as_tensor(local_tokens, device=process.device, dtype=torch.float)
+    )
     step_loss = torch.zeros((), device=process.device)
     for micro, batch in enumerate(batches):
         last = micro == len(batches) - 1
@@ -247,15 +318,26 @@ def forward_backward(model: nn.Module, loss_fn: Callable, batches: list[dict], p
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, loss_fn: Callable, val_set, collate: Callable, config: TrainConfig,
-                    process: Process) -> float:
-    """Mean token loss over the same eval_batches global batches of the validation set every time."""
+def validation_loss(
+    model: nn.Module,
+    loss_fn: Callable,
+    val_set,
+    collate: Callable,
+    config: TrainConfig,
+    process: Process,
+) -> float:
+    """Mean token loss over the same eval_batches global batches of the validation set every
+    time."""
     model.eval()
     total = torch.zeros(2, device=process.device)  # (loss sum, tokens)
-    for batch in step_loader(val_set, collate, config, process, 0, config.eval_batches, seed=config.seed + 1):
+    for batch in step_loader(
+        val_set, collate, config, process, 0, config.eval_batches, seed=config.seed + 1
+    ):
         with process.autocast():
             loss_sum, count = loss_fn(model, move_to(batch, process.device))
-        total += torch.stack([loss_sum.float(), torch.as_tensor(count, device=process.device, dtype=torch.float)])
+        total += torch.stack(
+            [loss_sum.float(), torch.as_tensor(count, device=process.device, dtype=torch.float)]
+        )
     model.train()
     total = all_reduce_sum(total)
     return (total[0] / total[1]).item()
@@ -266,10 +348,19 @@ def validation_loss(model: nn.Module, loss_fn: Callable, val_set, collate: Calla
 # ---------------------------------------------------------------------------------------------
 
 
-def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Callable, config: TrainConfig, stage: str,
-          spec: ModelSpec, frozen: dict | None = None) -> dict:
-    """Train `model`'s trainable parameters; `loss_fn(model, batch) -> (loss_sum, num_target_tokens)`.
-    train_set / val_set: a dataset or a list of groups (see StepBatches).
+def train(
+    model: nn.Module,
+    loss_fn: Callable,
+    train_set,
+    val_set,
+    collate: Callable,
+    config: TrainConfig,
+    stage: str,
+    spec: ModelSpec,
+    frozen: dict | None = None,
+) -> dict:
+    """Train `model`'s trainable parameters; `loss_fn(model, batch) -> (loss_sum,
+    num_target_tokens)`. train_set / val_set: a dataset or a list of groups (see StepBatches).
 
     `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint, and `frozen`
     ({"vision" / "lm": checkpoints.frozen_reference}): the frozen models it references, not copies.
@@ -282,117 +373,226 @@ def train(model: nn.Module, loss_fn: Callable, train_set, val_set, collate: Call
     torch.manual_seed(config.seed)
     model.to(device)
     use_cuda = device.type == "cuda"
-    process = Process(rank, world_size, device, bf16=use_cuda if config.bf16 is None else config.bf16)
+    process = Process(
+        rank, world_size, device, bf16=use_cuda if config.bf16 is None else config.bf16
+    )
     optimizer = build_optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, config)
+    )
     checkpoint_path = os.path.join(config.out_dir, CHECKPOINT_NAME)
     metrics_path = os.path.join(config.out_dir, METRICS_NAME)
 
     start_step, newest_step = 0, None  # newest_step: the step checkpoint.pt holds
     if config.resume:
-        start_step, newest_step = resume_newest_readable(config.out_dir, stage, spec, asdict(config), model, optimizer,
-                                                         scheduler, is_main, frozen)
+        start_step, newest_step = resume_newest_readable(
+            config.out_dir,
+            stage,
+            spec,
+            asdict(config),
+            model,
+            optimizer,
+            scheduler,
+            is_main,
+            frozen,
+        )
     if is_main:
         os.makedirs(config.out_dir, exist_ok=True)
         keep_metrics_up_to(metrics_path, start_step)
-        print(f"[{stage}] trainable parameters: {num_parameters(model, trainable_only=True):,} of {num_parameters(model):,}")
+        print(
+            f"[{stage}] trainable parameters: {num_parameters(model, trainable_only=True):,} of "
+            f"{num_parameters(model):,}"
+        )
 
     raw_model = model  # what checkpoints hold: unwrapped, uncompiled
-    model = wrap_for_training(model, process, compile_pays(config.steps, use_cuda) if config.compile is None else config.compile)
+    model = wrap_for_training(
+        model,
+        process,
+        compile_pays(config.steps, use_cuda) if config.compile is None else config.compile,
+    )
     summary = {"stage": stage, "val_loss": {}, "train_loss": None}
     model.train()
-    micro_batches = iter(step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed))
-    progress = tqdm(range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True)
+    micro_batches = iter(
+        step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed)
+    )
+    progress = tqdm(
+        range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True
+    )
     started = time.time()
     for step in progress:
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
         train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
         if not math.isfinite(train_loss):
-            stop_on_non_finite(f"loss is {train_loss}", step, stage, checkpoint_path, metrics_path, is_main)
+            stop_on_non_finite(
+                f"loss is {train_loss}", step, stage, checkpoint_path, metrics_path, is_main
+            )
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
         if not math.isfinite(grad_norm):  # the loss can be finite while a gradient is not
-            stop_on_non_finite(f"gradient norm is {grad_norm} (loss {train_loss:.4f})", step, stage, checkpoint_path,
-                               metrics_path, is_main)
+            stop_on_non_finite(
+                f"gradient norm is {grad_norm} (loss {train_loss:.4f})",
+                step,
+                stage,
+                checkpoint_path,
+                metrics_path,
+                is_main,
+            )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
         done = step + 1
         summary["train_loss"] = train_loss
-        record = {"step": done, "loss": train_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                  "tokens": int(global_tokens.item()), "elapsed_s": round(time.time() - started, 3)}
+        record = {
+            "step": done,
+            "loss": train_loss,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens": int(global_tokens.item()),
+            "elapsed_s": round(time.time() - started, 3),
+        }
         if done % config.eval_every == 0 or done == config.steps:
-            record["val_loss"] = summary["val_loss"][done] = validation_loss(model, loss_fn, val_set, collate, config, process)
-        if is_main and (done % config.log_every == 0 or "val_loss" in record or done == start_step + 1):
+            record["val_loss"] = summary["val_loss"][done] = validation_loss(
+                model, loss_fn, val_set, collate, config, process
+            )
+        if is_main and (
+            done % config.log_every == 0 or "val_loss" in record or done == start_step + 1
+        ):
             append_metrics(metrics_path, record)
-            progress.set_postfix(loss=f"{train_loss:.4f}", **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}))
+            progress.set_postfix(
+                loss=f"{train_loss:.4f}",
+                **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}),
+            )
         if done % config.save_every == 0 or done == config.steps:
-            if not all(torch.isfinite(p).all() for p in raw_model.parameters()):  # every rank holds the same weights
-                stop_on_non_finite("weights are not finite (not saved)", done, stage, checkpoint_path, metrics_path, is_main)
+            if not all(
+                torch.isfinite(p).all() for p in raw_model.parameters()
+            ):  # every rank holds the same weights
+                stop_on_non_finite(
+                    "weights are not finite (not saved)",
+                    done,
+                    stage,
+                    checkpoint_path,
+                    metrics_path,
+                    is_main,
+                )
             if is_main:
-                newest_step = save_keeping(config.out_dir, training_state(stage, spec, raw_model, optimizer, scheduler, done,
-                                                                          asdict(config), frozen), config.keep_checkpoints, newest_step)
+                newest_step = save_keeping(
+                    config.out_dir,
+                    training_state(
+                        stage, spec, raw_model, optimizer, scheduler, done, asdict(config), frozen
+                    ),
+                    config.keep_checkpoints,
+                    newest_step,
+                )
             if dist.is_initialized():
                 dist.barrier()
     summary["wall_s"] = time.time() - started
     return summary
 
 
-def stop_on_non_finite(what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool):
-    """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could spoil the
+def stop_on_non_finite(
+    what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool
+):
+    """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could
+    spoil the
     weights; non-finite weights are never saved."""
     if is_main:
         append_metrics(metrics_path, {"step": step, "error": what})
-    raise FloatingPointError(f"[{stage}] {what} at step {step}; stopping. The last good checkpoint is "
-                             f"{checkpoint_path} (resume with --resume true after lowering --lr)")
+    raise FloatingPointError(
+        f"[{stage}] {what} at step {step}; stopping. The last good checkpoint is "
+        f"{checkpoint_path} (resume with --resume true after lowering --lr)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Stages 1 and 2: a vision-language model on a data folder's tasks
 # ---------------------------------------------------------------------------------------------
 
-VLM_DEFAULTS = TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=100, save_every=200)
+VLM_DEFAULTS = TrainConfig(
+    steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=100, save_every=200
+)
 
 
 def skip_report(datasets: list, unreadable: set[str]) -> dict:
-    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts too
+    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts
+    too
     long, `unreadable` images as the batches listed them) and the number of texts cut."""
     skipped = sum((dataset.skipped for dataset in datasets), Counter())
     if unreadable:
         skipped["unreadable image"] = len(unreadable)
-    return {"skipped_samples": dict(sorted(skipped.items())), "truncated_texts": sum(d.truncated for d in datasets)}
+    return {
+        "skipped_samples": dict(sorted(skipped.items())),
+        "truncated_texts": sum(d.truncated for d in datasets),
+    }
 
 
-def train_vlm(model: VisionLanguageModel, args, stage: str, spec: ModelSpec, train_config: TrainConfig,
-              frozen: dict | None = None) -> dict:
-    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use it.
+def train_vlm(
+    model: VisionLanguageModel,
+    args,
+    stage: str,
+    spec: ModelSpec,
+    train_config: TrainConfig,
+    frozen: dict | None = None,
+) -> dict:
+    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use
+    it.
     The summary adds what the data left out or cut (skip_report)."""
-    lm_source = getattr(args, "lm", None) or getattr(args, "tiny_lm", None)  # the decoder's: stage 2's --lm, stage 1's --tiny-lm
-    tokenizer = load_tokenizer(args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}", model.lm.config.vocab_size,
-                               lm_source)
+    lm_source = getattr(args, "lm", None) or getattr(
+        args, "tiny_lm", None
+    )  # the decoder's: stage 2's --lm, stage 1's --tiny-lm
+    tokenizer = load_tokenizer(
+        args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}",
+        model.lm.config.vocab_size,
+        lm_source,
+    )
     tasks = args.tasks.split(",") if args.tasks else None
     image_size = model.vision.config.image_size
-    room = spec.lm.max_seq_len - spec.num_visual_tokens  # text positions left after the visual tokens
+    room = (
+        spec.lm.max_seq_len - spec.num_visual_tokens
+    )  # text positions left after the visual tokens
     max_text_tokens = args.max_text_tokens or room
     if not 2 <= max_text_tokens <= room:
-        raise ValueError(f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
-                         f"{spec.lm.max_seq_len} leaves after {spec.num_visual_tokens} visual tokens")
+        raise ValueError(
+            f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
+            f"{spec.lm.max_seq_len} leaves after {spec.num_visual_tokens} visual tokens"
+        )
     max_frames = spec.resampler.max_frames if spec.resampler is not None else None
     pixel_options = {**model.vision.config.pixel_options(), "max_frames": max_frames}
-    train_set, val_set = (data.task_datasets(args.data, split, tokenizer, image_size, tasks, args.on_bad_sample,
-                                             max_text_tokens, **pixel_options) for split in ("train", "val"))
+    train_set, val_set = (
+        data.task_datasets(
+            args.data,
+            split,
+            tokenizer,
+            image_size,
+            tasks,
+            args.on_bad_sample,
+            max_text_tokens,
+            **pixel_options,
+        )
+        for split in ("train", "val")
+    )
     cache = None
     if args.cache_features:
         cache = FeatureCache(max_bytes=int(args.feature_cache_gb * 2**30))
         print(cache.describe())
-    unreadable = set()  # images skip mode left out, as the batches list them (from any worker process)
+    unreadable = (
+        set()
+    )  # images skip mode left out, as the batches list them (from any worker process)
 
     def loss_fn(model, batch):
         unreadable.update(batch.get("unreadable", ()))
         return caption_loss(model, batch, feature_cache=cache)
 
-    summary = train(model, loss_fn, train_set, val_set, partial(data.collate, pad_id=tokenizer.pad_id), train_config,
-                    stage, spec, frozen)
+    summary = train(
+        model,
+        loss_fn,
+        train_set,
+        val_set,
+        partial(data.collate, pad_id=tokenizer.pad_id),
+        train_config,
+        stage,
+        spec,
+        frozen,
+    )
     everywhere = [unreadable]
     if dist.is_initialized():
         everywhere = [set() for _ in range(dist.get_world_size())]

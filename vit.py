@@ -12,16 +12,18 @@ a higher resolution does (Dosovitskiy et al. 2021, section 3.2).
 
 `ViT.from_pretrained(folder)` loads the vision tower of a local Hugging Face CLIP or SigLIP folder
 (config.json + *.safetensors) into this same class; the config fields after `norm_eps` say where
-those encoders differ from the plain ViT. The folder reading and the weight tables are in support/hf_weights.py.
+those encoders differ from the plain ViT. The folder reading and the weight tables are in
+support/hf_weights.py.
 """
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from support import hf_weights
 from attention import BACKENDS, attention
+from support import hf_weights
 
 
 @dataclass
@@ -35,10 +37,14 @@ class ViTConfig:
     channels: int = 3
     norm_eps: float = 1e-6
     attention_backend: str = "auto"
-    class_token: bool = False  # prepend a learned class token (CLIP); the output drops it: patch tokens only
+    class_token: bool = (
+        False  # prepend a learned class token (CLIP); the output drops it: patch tokens only
+    )
     pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's pre_layrnorm)
     patch_bias: bool = True  # the patch embedding has a bias (CLIP's has none)
-    mlp_activation: str = "gelu"  # gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (CLIP: x * sigmoid(1.702 x))
+    mlp_activation: str = (
+        "gelu"  # gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (CLIP: x * sigmoid(1.702 x))
+    )
     # The pixels the encoder was trained on: per-channel statistics (CLIP's are not 0.5) and how an
     # image becomes image_size x image_size ("crop": short side resized, centre crop, as CLIP;
     # "square": the whole image resized, as SigLIP). data.load_pixels applies them.
@@ -47,7 +53,16 @@ class ViTConfig:
     resize: str = "crop"
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "channels", "norm_eps"):
+        for name in (
+            "image_size",
+            "patch_size",
+            "dim",
+            "depth",
+            "num_heads",
+            "mlp_dim",
+            "channels",
+            "norm_eps",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.image_size % self.patch_size != 0:
@@ -56,23 +71,36 @@ class ViTConfig:
                 "the image must tile into whole patches"
             )
         if self.dim % self.num_heads != 0:
-            raise ValueError(f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim // num_heads channels")
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim "
+                "// num_heads channels"
+            )
         if self.attention_backend not in ("auto", *BACKENDS):
-            raise ValueError(f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}")
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
+            )
         if self.mlp_activation not in ACTIVATIONS:
-            raise ValueError(f"mlp_activation={self.mlp_activation!r}; choose one of {list(ACTIVATIONS)}")
+            raise ValueError(
+                f"mlp_activation={self.mlp_activation!r}; choose one of {list(ACTIVATIONS)}"
+            )
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)  # a flag gives "0.5,0.5,0.5"; a JSON spec gives a list
             try:
-                value = tuple(float(x) for x in (value.split(",") if isinstance(value, str) else value))
+                value = tuple(
+                    float(x) for x in (value.split(",") if isinstance(value, str) else value)
+                )
             except (TypeError, ValueError):
                 value = ()
             if len(value) != self.channels or (name == "image_std" and min(value) <= 0):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected {self.channels} numbers (one per channel)"
-                                 + (", all positive" if name == "image_std" else ""))
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: expected {self.channels} numbers (one per "
+                    "channel)" + (", all positive" if name == "image_std" else "")
+                )
             setattr(self, name, value)
         if self.resize not in ("crop", "square"):
-            raise ValueError(f"resize={self.resize!r}; choose 'crop' (short side, centre crop) or 'square'")
+            raise ValueError(
+                f"resize={self.resize!r}; choose 'crop' (short side, centre crop) or 'square'"
+            )
 
     def pixel_options(self) -> dict:
         """What data.load_pixels needs, besides image_size, to make this encoder's input."""
@@ -103,9 +131,13 @@ def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 # B/16 and L/14: the standard ViT widths at 224 pixels (196 and 256 patches).
 VIT_CONFIGS = {
     "toy": ViTConfig(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4, mlp_dim=512),
-    "toy-small": ViTConfig(image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=256),  # `make paper`'s second size
+    "toy-small": ViTConfig(
+        image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=256
+    ),  # `make paper`'s second size
     "B/16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "L/14": ViTConfig(image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "L/14": ViTConfig(
+        image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096
+    ),
 }
 
 
@@ -114,13 +146,22 @@ VIT_CONFIGS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def resize_position_embedding(position_embedding: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """(1, h * w, D) learned on an h x w patch grid -> (1, h' * w', D) for an h' x w' grid, bicubic."""
+def resize_position_embedding(
+    position_embedding: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """(1, h * w, D) learned on an h x w patch grid -> (1, h' * w', D) for an h' x w' grid,
+    bicubic."""
     D = position_embedding.shape[-1]
     table = position_embedding.reshape(1, *grid, D).permute(0, 3, 1, 2)  # (1, D, h, w)
     # Interpolate in float32: bicubic is not implemented for every low-precision dtype.
-    table = F.interpolate(table.float(), size=new_grid, mode="bicubic", align_corners=False)  # (1, D, h', w')
-    return table.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D).to(position_embedding.dtype)
+    table = F.interpolate(
+        table.float(), size=new_grid, mode="bicubic", align_corners=False
+    )  # (1, D, h', w')
+    return (
+        table.permute(0, 2, 3, 1)
+        .reshape(1, new_grid[0] * new_grid[1], D)
+        .to(position_embedding.dtype)
+    )
 
 
 class SelfAttention(nn.Module):
@@ -132,7 +173,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
-        q, k, v = self.query_key_value(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, Dh)
+        q, k, v = (
+            self.query_key_value(x)
+            .view(B, N, 3, self.num_heads, D // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )  # 3 x (B, H, N, Dh)
         out = attention(q, k, v, backend=self.backend)  # (B, H, N, Dh)
         return self.out(out.transpose(1, 2).reshape(B, N, D))
 
@@ -173,15 +218,24 @@ class ViT(nn.Module):
         super().__init__()
         self.config = config
         # A convolution with stride = kernel = patch size is "cut into patches, flatten, linear".
-        self.patch_embedding = nn.Conv2d(config.channels, config.dim, config.patch_size, stride=config.patch_size,
-                                         bias=config.patch_bias)
+        self.patch_embedding = nn.Conv2d(
+            config.channels,
+            config.dim,
+            config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_bias,
+        )
         num_class_tokens = int(config.class_token)
         if config.class_token:
             self.class_token = nn.Parameter(torch.zeros(config.dim))  # (D,)
             nn.init.trunc_normal_(self.class_token, std=0.02)
         # (1, [1 +] N, D): the class token's position, when there is one, comes first.
-        self.position_embedding = nn.Parameter(torch.zeros(1, num_class_tokens + config.grid_size**2, config.dim))
-        self.pre_norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else nn.Identity()
+        self.position_embedding = nn.Parameter(
+            torch.zeros(1, num_class_tokens + config.grid_size**2, config.dim)
+        )
+        self.pre_norm = (
+            nn.LayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else nn.Identity()
+        )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(config.dim, eps=config.norm_eps)
         nn.init.trunc_normal_(self.position_embedding, std=0.02)
@@ -191,13 +245,15 @@ class ViT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, pixels):
-        """Images (B, C, H, W) -> patch features (B, N, D); videos (B, T, C, H, W) -> (B, T, N, D)."""
+        """Images (B, C, H, W) -> patch features (B, N, D); videos (B, T, C, H, W) -> (B, T, N,
+        D)."""
         if pixels.dim() == 5:
             B, T = pixels.shape[:2]
             return self(pixels.flatten(0, 1)).unflatten(0, (B, T))  # frames are independent images
         if pixels.dim() != 4 or pixels.shape[1] != self.config.channels:
             raise ValueError(
-                f"ViT expects images (B, {self.config.channels}, H, W) or videos (B, T, {self.config.channels}, H, W); "
+                f"ViT expects images (B, {self.config.channels}, H, W) or videos (B, T, "
+                f"{self.config.channels}, H, W); "
                 f"got shape {tuple(pixels.shape)}"
             )
         height, width = pixels.shape[-2:]
@@ -213,43 +269,65 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.final_norm(x)  # (B, [1 +] N, D)
-        return x[:, 1:] if self.config.class_token else x  # (B, N, D): the adapter reads patch tokens only
+        return (
+            x[:, 1:] if self.config.class_token else x
+        )  # (B, N, D): the adapter reads patch tokens only
 
     def position_embedding_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1, [1 +] h * w, D) for an h x w patch grid; the class token's position is never resized."""
+        """(1, [1 +] h * w, D) for an h x w patch grid; the class token's position is never
+        resized."""
         native_grid = (self.config.grid_size, self.config.grid_size)
         if grid == native_grid:
             return self.position_embedding
         num_class_tokens = int(self.config.class_token)
-        class_position, patch_positions = self.position_embedding.split([num_class_tokens, native_grid[0] * native_grid[1]], dim=1)
-        return torch.cat([class_position, resize_position_embedding(patch_positions, native_grid, grid)], dim=1)
+        class_position, patch_positions = self.position_embedding.split(
+            [num_class_tokens, native_grid[0] * native_grid[1]], dim=1
+        )
+        return torch.cat(
+            [class_position, resize_position_embedding(patch_positions, native_grid, grid)], dim=1
+        )
 
     @classmethod
     def from_pretrained(cls, folder, dtype=torch.float32) -> "ViT":
-        """The vision tower of a local Hugging Face CLIP or SigLIP folder (config.json + *.safetensors):
-        CLIPVisionModel, CLIPVisionModelWithProjection or CLIPModel; SiglipVisionModel or SiglipModel.
+        """The vision tower of a local Hugging Face CLIP or SigLIP folder (config.json +
+        *.safetensors): CLIPVisionModel, CLIPVisionModelWithProjection or CLIPModel;
+        SiglipVisionModel or SiglipModel.
 
         Only local files are read (a hub name is not a folder here). The output, the patch tokens
         after the final norm, equals transformers' `post_layernorm(last_hidden_state)[:, 1:]` for
-        CLIP (the class token dropped; CLIP itself applies post_layernorm to the class token only) and
-        `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not loaded)."""
+        CLIP (the class token dropped; CLIP itself applies post_layernorm to the class token only)
+        and
+        `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not
+        loaded)."""
         hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
-        fields, table, ignored = hf_weights.vit_fields_from_hugging_face(hugging_face_config, folder)
+        fields, table, ignored = hf_weights.vit_fields_from_hugging_face(
+            hugging_face_config, folder
+        )
         config = ViTConfig(**fields)
         tensors = {name.removeprefix("vision_model."): tensor for name, tensor in tensors.items()}
-        with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
+        with torch.device(
+            "meta"
+        ):  # no memory and no initialisation: every tensor comes from the folder
             model = cls(config)
-        return hf_weights.load_by_table(model, tensors, hf_weights.expand_table(table, config.depth), ignored, folder, dtype)
+        return hf_weights.load_by_table(
+            model, tensors, hf_weights.expand_table(table, config.depth), ignored, folder, dtype
+        )
 
 
 def preset_table() -> str:
     """Every preset's shape and parameter count (built on the meta device: no memory, no init)."""
-    lines = [f"{'preset':<6} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} {'mlp':>5} {'patches':>7} {'params':>12}"]
+    lines = [
+        f"{'preset':<6} {'image':>5} {'patch':>5} {'dim':>5} {'depth':>5} {'heads':>5} {'mlp':>5} "
+        f"{'patches':>7} {'params':>12}"
+    ]
     for name, config in VIT_CONFIGS.items():
         with torch.device("meta"):
             count = num_parameters(ViT(config))
-        lines.append(f"{name:<6} {config.image_size:>5} {config.patch_size:>5} {config.dim:>5} {config.depth:>5} "
-                     f"{config.num_heads:>5} {config.mlp_dim:>5} {config.grid_size ** 2:>7} {count:>12,}")
+        lines.append(
+            f"{name:<6} {config.image_size:>5} {config.patch_size:>5} {config.dim:>5} "
+            f"{config.depth:>5} "
+            f"{config.num_heads:>5} {config.mlp_dim:>5} {config.grid_size**2:>7} {count:>12,}"
+        )
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ The paper's adapters:
 loss mask selects. The vision encoder is always frozen; the LM is frozen in stage 2
 (the large LM) and trained in stage 1 (the tiny LM learning to read visual features).
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,19 +24,23 @@ from vit import num_parameters
 
 
 class PerceiverAdapter(nn.Module):
-    """Baseline adapter: resampler latents (B, num_latents, dim) -> linear -> (B, num_latents, lm_dim)."""
+    """Baseline adapter: resampler latents (B, num_latents, dim) -> linear -> (B, num_latents,
+    lm_dim)."""
 
     def __init__(self, resampler: PerceiverResampler, lm_dim: int):
         super().__init__()
         self.resampler = resampler
         self.projection = nn.Linear(resampler.config.dim, lm_dim, bias=False)
 
-    def forward(self, features, num_frames=None):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
+    def forward(
+        self, features, num_frames=None
+    ):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
         return self.projection(self.resampler(features, num_frames))  # (B, num_latents, lm_dim)
 
 
 class VAdapter(nn.Module):
-    """PaLM2-VAdapter: resampler -> FC -> tiny LM (hidden states) -> FC to the large LM width. The two
+    """PaLM2-VAdapter: resampler -> FC -> tiny LM (hidden states) -> FC to the large LM width. The
+    two
     FC layers match widths, so the resampler may be as wide as the ViT and the tiny LM narrower."""
 
     def __init__(self, resampler: PerceiverResampler, tiny_lm: PaLMDecoder, lm_dim: int):
@@ -51,8 +56,12 @@ class VAdapter(nn.Module):
         if self.tiny_lm.output_head is not None:
             self.tiny_lm.output_head.requires_grad_(False)
 
-    def forward(self, features, num_frames=None):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
-        latents = self.input_projection(self.resampler(features, num_frames))  # (B, num_latents, tiny_dim)
+    def forward(
+        self, features, num_frames=None
+    ):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
+        latents = self.input_projection(
+            self.resampler(features, num_frames)
+        )  # (B, num_latents, tiny_dim)
         hidden = self.tiny_lm(prefix=latents, return_hidden=True)  # (B, num_latents, tiny_dim)
         return self.projection(hidden)  # (B, num_latents, lm_dim)
 
@@ -70,13 +79,23 @@ class MLPAdapter(nn.Module):
 
     def forward(self, features, num_frames=None):  # (B, N, Dv) or (B, T, N, Dv) -> (B, N, lm_dim)
         if features.dim() not in (3, 4) or features.shape[-1] != self.vision_dim:
-            raise ValueError(f"the MLP adapter expects features (B, N, {self.vision_dim}) or (B, T, N, {self.vision_dim}); "
-                             f"got shape {tuple(features.shape)}")
+            raise ValueError(
+                f"the MLP adapter expects features (B, N, {self.vision_dim}) or (B, T, N, "
+                f"{self.vision_dim}); "
+                f"got shape {tuple(features.shape)}"
+            )
         if features.dim() == 4 and num_frames is None:
             features = features.mean(dim=1)  # (B, N, Dv): the frame mean
-        elif features.dim() == 4:  # the mean over each video's real frames (collate pads to the longest)
-            real = torch.arange(features.shape[1], device=features.device) < num_frames.to(features.device)[:, None]  # (B, T)
-            features = (features * real[..., None, None]).sum(dim=1) / num_frames.to(features.device)[:, None, None]
+        elif (
+            features.dim() == 4
+        ):  # the mean over each video's real frames (collate pads to the longest)
+            real = (
+                torch.arange(features.shape[1], device=features.device)
+                < num_frames.to(features.device)[:, None]
+            )  # (B, T)
+            features = (features * real[..., None, None]).sum(dim=1) / num_frames.to(
+                features.device
+            )[:, None, None]
         return self.out(F.gelu(self.hidden(features)))
 
 
@@ -85,8 +104,14 @@ class VisionLanguageModel(nn.Module):
 
     train_vision is for stage 0 only: pretraining the ViT by captioning, CoCa's captioning loss."""
 
-    def __init__(self, vision: nn.Module, adapter: nn.Module, lm: PaLMDecoder, train_lm: bool = False,
-                 train_vision: bool = False):
+    def __init__(
+        self,
+        vision: nn.Module,
+        adapter: nn.Module,
+        lm: PaLMDecoder,
+        train_lm: bool = False,
+        train_vision: bool = False,
+    ):
         super().__init__()
         self.vision, self.adapter, self.lm = vision, adapter, lm
         self.train_lm, self.train_vision = train_lm, train_vision
@@ -122,30 +147,53 @@ class VisionLanguageModel(nn.Module):
 
     def visual_tokens(self, pixels=None, features=None, num_frames=None):
         """Visual tokens (B, num_latents, lm_dim) from pixels or from cached patch features;
-        num_frames (B,): the real frames of each video of a batch padded to its longest (collate)."""
+        num_frames (B,): the real frames of each video of a batch padded to its longest
+        (collate)."""
         if features is None:
             if pixels is None:
                 raise ValueError("visual_tokens needs pixels or precomputed features")
             features = self.encode_images(pixels)
         return self.adapter(features) if num_frames is None else self.adapter(features, num_frames)
 
-    def forward(self, input_ids, loss_mask=None, pixels=None, features=None, reduction="mean", visual_at=None,
-                num_frames=None):
+    def forward(
+        self,
+        input_ids,
+        loss_mask=None,
+        pixels=None,
+        features=None,
+        reduction="mean",
+        visual_at=None,
+        num_frames=None,
+    ):
         """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens).
-        The visual tokens go before text position visual_at[b] ((B,) or int; None: before the text)."""
+        The visual tokens go before text position visual_at[b] ((B,) or int; None: before the
+        text)."""
         prefix = self.visual_tokens(pixels, features, num_frames)
-        return self.lm(input_ids, prefix=prefix, loss_mask=loss_mask, prefix_at=visual_at, reduction=reduction)
+        return self.lm(
+            input_ids, prefix=prefix, loss_mask=loss_mask, prefix_at=visual_at, reduction=reduction
+        )
 
 
 def caption_loss(model, batch: dict, feature_cache=None):
-    """The trainer's loss for every stage with images: (sum of token losses, number of target tokens).
+    """The trainer's loss for every stage with images: (sum of token losses, number of target
+    tokens).
 
-    With a feature cache (feature_cache.FeatureCache) the frozen encoder runs once per image over the run.
+    With a feature cache (feature_cache.FeatureCache) the frozen encoder runs once per image over
+    the run.
     `model` may be wrapped (DDP, torch.compile): the forward goes through the wrapper."""
     features = None
     if feature_cache is not None:
         encoder = getattr(model, "module", model).encode_images  # DDP keeps the model in .module
-        features = feature_cache.get_or_compute(batch["image_ids"], batch["pixels"], encoder, batch.get("num_frames"))
-    _, loss_sum = model(batch["input_ids"], batch["loss_mask"], pixels=None if features is not None else batch["pixels"],
-                        features=features, reduction="sum", visual_at=batch.get("visual_at"), num_frames=batch.get("num_frames"))
+        features = feature_cache.get_or_compute(
+            batch["image_ids"], batch["pixels"], encoder, batch.get("num_frames")
+        )
+    _, loss_sum = model(
+        batch["input_ids"],
+        batch["loss_mask"],
+        pixels=None if features is not None else batch["pixels"],
+        features=features,
+        reduction="sum",
+        visual_at=batch.get("visual_at"),
+        num_frames=batch.get("num_frames"),
+    )
     return loss_sum, batch["loss_mask"].sum()

@@ -13,24 +13,44 @@ import torch
 
 from bench import kernels, reference, step
 
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subcommands = parser.add_subparsers(dest="command", required=True)
     benchmarks = {
-        "attention": ("every attention backend on the models' shapes: check, then time", kernels.add_attention_flags, kernels.attention_main),
-        "step": ("a full training step of each stage's model: tokens/s, memory, FLOP/s of peak",
-                 step.add_flags, step.main),
-        "reference": ("our PaLMDecoder against transformers' Llama of the same size",
-                      reference.add_flags, reference.main),
-        "load": ("peak host memory of loading a random 1B Llama folder in fp32 and in bf16",
-                 reference.add_load_flags, reference.load_main),
+        "attention": (
+            "every attention backend on the models' shapes: check, then time",
+            kernels.add_attention_flags,
+            kernels.attention_main,
+        ),
+        "step": (
+            "a full training step of each stage's model: tokens/s, memory, FLOP/s of peak",
+            step.add_flags,
+            step.main,
+        ),
+        "reference": (
+            "our PaLMDecoder against transformers' Llama of the same size",
+            reference.add_flags,
+            reference.main,
+        ),
+        "load": (
+            "peak host memory of loading a random 1B Llama folder in fp32 and in bf16",
+            reference.add_load_flags,
+            reference.load_main,
+        ),
     }
     for name, (help_text, add_flags, _) in benchmarks.items():
         command = subcommands.add_parser(name, help=help_text)
         add_flags(command)
         command.add_argument("--device", help="default: cuda when available")
-        command.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 is steadier when "
-                             "other processes keep the cores busy")
+        command.add_argument(
+            "--threads",
+            type=int,
+            help="CPU threads (torch.set_num_threads); 1 is steadier when "
+            "other processes keep the cores busy",
+        )
         command.add_argument("--json", help="also write every number to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:

@@ -4,10 +4,12 @@ resampler latents over [patches; latents], the PaLM decoder's multi-query causal
 attention and its KV-cache step), with shapes derived from the model presets.
 
 The kernel-work box. Adding an attention kernel is two lines in attention.py:
-    def my_attention(q, k, v, mask=None): ...   # q (B, Hq, Sq, Dh), k/v (B, Hkv, Sk, Dh) -> (B, Hq, Sq, Dh)
-    BACKENDS["mine"] = my_attention             # mask: attention.Mask (.mask_mod, .dense(...))
+    def my_attention(q, k, v, mask=None): ...   # q (B, Hq, Sq, Dh), k/v (B, Hkv, Sk, Dh) -> (B, Hq,
+    Sq, Dh) BACKENDS["mine"] = my_attention             # mask: attention.Mask (.mask_mod,
+    .dense(...))
 then run
-    python -m bench attention               # every backend + auto; --backends mine,sdpa --cases decoder_causal
+    python -m bench attention               # every backend + auto; --backends mine,sdpa --cases
+    decoder_causal
 which checks the output and the gradients against `math` (INCORRECT and exit status 1 when a backend
 is off by more than the tolerance) before timing anything, on the models' shapes and at odd key
 lengths (ODD_LENGTHS: 1, 7, 8, 24, 40, 100, 129).
@@ -18,6 +20,7 @@ first (MFU on CUDA). `python -m bench reference` (bench/reference.py):
 our PaLMDecoder against transformers' Llama of the same size. Presets and timing helpers:
 bench/tools.py. Numbers and their reading: docs/benchmarks.md.
 """
+
 import argparse
 import json
 import math
@@ -27,8 +30,17 @@ from typing import Callable
 import torch
 
 import attention as attn
-from bench.tools import (DTYPES, Preset, backend_names, device_and_preset, machine, matmul_peak, short_error, summary,
-                             time_calls)
+from bench.tools import (
+    DTYPES,
+    Preset,
+    backend_names,
+    device_and_preset,
+    machine,
+    matmul_peak,
+    short_error,
+    summary,
+    time_calls,
+)
 
 # Max abs error allowed against `math` run in float32 on the same inputs. Gradients are compared
 # with the tolerance times the largest reference gradient (at least 1): their scale grows with Sq.
@@ -50,7 +62,8 @@ def calls_per_repeat(fn: Callable, device: torch.device, min_repeat_ms: float) -
 
 @dataclass
 class AttentionCase:
-    """One attention call as a model makes it: q (B, Hq, Sq, Dh), k and v (B, Hkv, Sk, Dh), a mask."""
+    """One attention call as a model makes it: q (B, Hq, Sq, Dh), k and v (B, Hkv, Sk, Dh), a
+    mask."""
 
     name: str
     what: str
@@ -73,7 +86,10 @@ class AttentionCase:
         return self.mask.dense(self.batch, self.q_len, self.kv_len, device).float().mean().item()
 
     def shape(self) -> str:
-        return f"B={self.batch} Hq={self.heads_q} Hkv={self.heads_kv} Sq={self.q_len} Sk={self.kv_len} Dh={self.head_dim}"
+        return (
+            f"B={self.batch} Hq={self.heads_q} Hkv={self.heads_kv} Sq={self.q_len} "
+            f"Sk={self.kv_len} Dh={self.head_dim}"
+        )
 
 
 def attention_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
@@ -83,32 +99,99 @@ def attention_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
     resampler_head_dim = resampler.dim // resampler.num_heads
     lm_head_dim = lm.head_dim or lm.dim // lm.num_heads
     sequence = latents + preset.text_len  # [visual tokens; text]
-    long_batch = max(1, B * sequence // lm.max_seq_len)  # as many tokens as the batch of short sequences
+    long_batch = max(
+        1, B * sequence // lm.max_seq_len
+    )  # as many tokens as the batch of short sequences
     visual_prefix = torch.full((B,), latents, device=device)
     return [
         # ViT: patches attend to patches. (B, H, N, Dh) x (B, H, N, Dh)
-        AttentionCase("vit_self", "ViT self-attention over the patches", B, vit.num_heads, vit.num_heads, patches, patches,
-                      vit.dim // vit.num_heads, None),
+        AttentionCase(
+            "vit_self",
+            "ViT self-attention over the patches",
+            B,
+            vit.num_heads,
+            vit.num_heads,
+            patches,
+            patches,
+            vit.dim // vit.num_heads,
+            None,
+        ),
         # Resampler: latents attend to [features; latents]. (B, H, L, Dh) x (B, H, N + L, Dh)
-        AttentionCase("resampler_image", "resampler latents -> [patches; latents]", B, resampler.num_heads, resampler.num_heads,
-                      latents, patches + latents, resampler_head_dim, None),
+        AttentionCase(
+            "resampler_image",
+            "resampler latents -> [patches; latents]",
+            B,
+            resampler.num_heads,
+            resampler.num_heads,
+            latents,
+            patches + latents,
+            resampler_head_dim,
+            None,
+        ),
         # Video: every frame's patches in one set. (B, H, L, Dh) x (B, H, T * N + L, Dh)
-        AttentionCase("resampler_video", f"resampler latents -> [{preset.frames} frames of patches; latents]", B,
-                      resampler.num_heads, resampler.num_heads, latents, preset.frames * patches + latents,
-                      resampler_head_dim, None),
+        AttentionCase(
+            "resampler_video",
+            f"resampler latents -> [{preset.frames} frames of patches; latents]",
+            B,
+            resampler.num_heads,
+            resampler.num_heads,
+            latents,
+            preset.frames * patches + latents,
+            resampler_head_dim,
+            None,
+        ),
         # LM over [visual; text], multi-query: (B, H, P + L, Dh) x (B, Hkv, P + L, Dh)
-        AttentionCase("decoder_causal", "LM causal over [visual tokens; text], MQA", B, lm.num_heads, lm.num_kv_heads,
-                      sequence, sequence, lm_head_dim, attn.causal()),
-        AttentionCase("decoder_prefix_lm", "LM prefix-LM: visual tokens bidirectional, text causal", B, lm.num_heads,
-                      lm.num_kv_heads, sequence, sequence, lm_head_dim, attn.prefix_lm(visual_prefix)),
+        AttentionCase(
+            "decoder_causal",
+            "LM causal over [visual tokens; text], MQA",
+            B,
+            lm.num_heads,
+            lm.num_kv_heads,
+            sequence,
+            sequence,
+            lm_head_dim,
+            attn.causal(),
+        ),
+        AttentionCase(
+            "decoder_prefix_lm",
+            "LM prefix-LM: visual tokens bidirectional, text causal",
+            B,
+            lm.num_heads,
+            lm.num_kv_heads,
+            sequence,
+            sequence,
+            lm_head_dim,
+            attn.prefix_lm(visual_prefix),
+        ),
         # The longest sequence the LM takes, same tokens per batch. (B', H, max_seq_len, Dh)
-        AttentionCase("decoder_prefix_lm_long", f"LM prefix-LM at max_seq_len={lm.max_seq_len}", long_batch, lm.num_heads,
-                      lm.num_kv_heads, lm.max_seq_len, lm.max_seq_len, lm_head_dim, attn.prefix_lm(visual_prefix[:long_batch])),
-        # One new token against the cache, masked as PaLMDecoder.decode_step does. (B, H, 1, Dh) x (B, Hkv, S, Dh)
-        AttentionCase("decode_step", "LM KV-cache decoding step", B, lm.num_heads, lm.num_kv_heads, 1, sequence, lm_head_dim,
-                      attn.and_masks(attn.left_padding(torch.zeros(B, dtype=torch.long, device=device), sequence - 1),
-                                     attn.causal(sequence - 1)),
-                      backward=False),
+        AttentionCase(
+            "decoder_prefix_lm_long",
+            f"LM prefix-LM at max_seq_len={lm.max_seq_len}",
+            long_batch,
+            lm.num_heads,
+            lm.num_kv_heads,
+            lm.max_seq_len,
+            lm.max_seq_len,
+            lm_head_dim,
+            attn.prefix_lm(visual_prefix[:long_batch]),
+        ),
+        # One new token against the cache, masked as PaLMDecoder.decode_step does. (B, H, 1, Dh) x
+        # (B, Hkv, S, Dh)
+        AttentionCase(
+            "decode_step",
+            "LM KV-cache decoding step",
+            B,
+            lm.num_heads,
+            lm.num_kv_heads,
+            1,
+            sequence,
+            lm_head_dim,
+            attn.and_masks(
+                attn.left_padding(torch.zeros(B, dtype=torch.long, device=device), sequence - 1),
+                attn.causal(sequence - 1),
+            ),
+            backward=False,
+        ),
     ]
 
 
@@ -125,29 +208,75 @@ def odd_length_cases(preset: Preset, device="cpu") -> list[AttentionCase]:
     lm, resampler = preset.lm, preset.resampler
     cases = []
     for length in ODD_LENGTHS:
-        prefix = torch.tensor([min(length, resampler.num_latents), 0], device=device)  # sample 2: plain causal
-        cases += [AttentionCase(f"prefix_lm_{length}", "LM prefix-LM, MQA", 2, lm.num_heads, lm.num_kv_heads, length,
-                                length, lm.head_dim or lm.dim // lm.num_heads, attn.prefix_lm(prefix)),
-                  AttentionCase(f"cross_{length}", "resampler latents -> keys", 2, resampler.num_heads, resampler.num_heads,
-                                resampler.num_latents, length, resampler.dim // resampler.num_heads, None)]
+        prefix = torch.tensor(
+            [min(length, resampler.num_latents), 0], device=device
+        )  # sample 2: plain causal
+        cases += [
+            AttentionCase(
+                f"prefix_lm_{length}",
+                "LM prefix-LM, MQA",
+                2,
+                lm.num_heads,
+                lm.num_kv_heads,
+                length,
+                length,
+                lm.head_dim or lm.dim // lm.num_heads,
+                attn.prefix_lm(prefix),
+            ),
+            AttentionCase(
+                f"cross_{length}",
+                "resampler latents -> keys",
+                2,
+                resampler.num_heads,
+                resampler.num_heads,
+                resampler.num_latents,
+                length,
+                resampler.dim // resampler.num_heads,
+                None,
+            ),
+        ]
     return cases
 
 
 def check_odd_lengths(preset: Preset, backends: list[str], dtype, device) -> list[dict]:
-    """Every backend against `math` at ODD_LENGTHS (not timed); prints one line per backend and kind."""
+    """Every backend against `math` at ODD_LENGTHS (not timed); prints one line per backend and
+    kind."""
     rows = []
     for case in odd_length_cases(preset, device):
         q, k, v, grad_out, reference, reference_grads = case_inputs(case, dtype, device)
-        rows += [{"case": case.name, "backend": backend, **check_backend(call_backend(backend), q, k, v, case.mask, grad_out,
-                                                                          reference, reference_grads, dtype, case.backward)}
-                 for backend in backends]
-    print(f"\n{ODD_LENGTHS_CASE}: every backend at key lengths {', '.join(map(str, ODD_LENGTHS))} (checked, not timed)")
+        rows += [
+            {
+                "case": case.name,
+                "backend": backend,
+                **check_backend(
+                    call_backend(backend),
+                    q,
+                    k,
+                    v,
+                    case.mask,
+                    grad_out,
+                    reference,
+                    reference_grads,
+                    dtype,
+                    case.backward,
+                ),
+            }
+            for backend in backends
+        ]
+    print(
+        f"\n{ODD_LENGTHS_CASE}: every backend at key lengths {', '.join(map(str, ODD_LENGTHS))} "
+        "(checked, not timed)"
+    )
     print(f"  {'backend':<12} {'case':<10} | {'forward':<40} | forward+backward")
     for backend in backends:
         for kind in ("prefix_lm", "cross"):
-            mine = [r for r in rows if r["backend"] == backend and r["case"].rsplit("_", 1)[0] == kind]
-            print(f"  {backend:<12} {kind:<10} | {odd_length_verdict(mine, 'forward'):<40} | "
-                  f"{odd_length_verdict(mine, 'forward_backward')}")
+            mine = [
+                r for r in rows if r["backend"] == backend and r["case"].rsplit("_", 1)[0] == kind
+            ]
+            print(
+                f"  {backend:<12} {kind:<10} | {odd_length_verdict(mine, 'forward'):<40} | "
+                f"{odd_length_verdict(mine, 'forward_backward')}"
+            )
     return rows
 
 
@@ -156,7 +285,11 @@ def odd_length_verdict(rows: list[dict], mode: str) -> str:
         return f"n/a: {errors[0].split(': ', 1)[-1].split('. ')[0]}"[:40]
     worst = max(r[mode]["max_abs_error"] for r in rows)
     wrong = [r["case"].rsplit("_", 1)[1] for r in rows if not r[mode]["correct"]]
-    return f"INCORRECT at {', '.join(wrong)} (max err {worst:.1e})" if wrong else f"ok (max err {worst:.1e})"
+    return (
+        f"INCORRECT at {', '.join(wrong)} (max err {worst:.1e})"
+        if wrong
+        else f"ok (max err {worst:.1e})"
+    )
 
 
 def call_backend(backend: str) -> Callable:
@@ -183,8 +316,13 @@ def check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype
     try:
         leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
         grads = torch.autograd.grad(fn(*leaves, mask), leaves, grad_out)
-        scaled = [max_abs_error(g, g_ref) / max(1.0, g_ref.abs().max().item()) for g, g_ref in zip(grads, reference_grads)]
-        result["forward_backward"]["max_abs_error"] = max(max_abs_error(g, g_ref) for g, g_ref in zip(grads, reference_grads))
+        scaled = [
+            max_abs_error(g, g_ref) / max(1.0, g_ref.abs().max().item())
+            for g, g_ref in zip(grads, reference_grads)
+        ]
+        result["forward_backward"]["max_abs_error"] = max(
+            max_abs_error(g, g_ref) for g, g_ref in zip(grads, reference_grads)
+        )
         result["forward_backward"]["correct"] = max(scaled) <= tolerance
     except Exception as error:  # e.g. FlexAttention has no backward on CPU
         result["forward_backward"]["error"] = short_error(error)
@@ -192,28 +330,45 @@ def check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype
 
 
 def case_inputs(case: AttentionCase, dtype, device):
-    """-> q, k, v, grad_out in `dtype`, and the float32 `math` output and gradients on those inputs."""
+    """-> q, k, v, grad_out in `dtype`, and the float32 `math` output and gradients on those
+    inputs."""
     generator = torch.Generator().manual_seed(0)
-    q = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)  # (B, Hq, Sq, Dh)
-    k = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)  # (B, Hkv, Sk, Dh)
+    q = torch.randn(
+        case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator
+    )  # (B, Hq, Sq, Dh)
+    k = torch.randn(
+        case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator
+    )  # (B, Hkv, Sk, Dh)
     v = torch.randn(case.batch, case.heads_kv, case.kv_len, case.head_dim, generator=generator)
     grad_out = torch.randn(case.batch, case.heads_q, case.q_len, case.head_dim, generator=generator)
     q, k, v, grad_out = (t.to(device=device, dtype=dtype) for t in (q, k, v, grad_out))
     # The reference: math in float32 on the same (already rounded) inputs.
     leaves = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
     reference = attn.attention(*leaves, case.mask, backend="math")
-    reference_grads = torch.autograd.grad(reference, leaves, grad_out.float()) if case.backward else None
+    reference_grads = (
+        torch.autograd.grad(reference, leaves, grad_out.float()) if case.backward else None
+    )
     return q, k, v, grad_out, reference.detach(), reference_grads
 
 
-def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: int, warmup: int,
-             min_repeat_ms: float, peak: float) -> list[dict]:
+def run_case(
+    case: AttentionCase,
+    backends: list[str],
+    dtype,
+    device,
+    repeats: int,
+    warmup: int,
+    min_repeat_ms: float,
+    peak: float,
+) -> list[dict]:
     q, k, v, grad_out, reference, reference_grads = case_inputs(case, dtype, device)
     mask = case.mask  # its tensors are already on the device (attention_cases)
     rows, timed = [], []  # timed: (row, mode, call) for every mode that ran, correct or not
     for backend in backends:
         fn = call_backend(backend)
-        errors = check_backend(fn, q, k, v, mask, grad_out, reference, reference_grads, dtype, case.backward)
+        errors = check_backend(
+            fn, q, k, v, mask, grad_out, reference, reference_grads, dtype, case.backward
+        )
         row = {"case": case.name, "backend": backend, **errors}
         if backend == "auto":
             row["auto_chose"] = attn.choose_backend(q, k, v)
@@ -250,28 +405,43 @@ def run_case(case: AttentionCase, backends: list[str], dtype, device, repeats: i
     return rows
 
 
-MODE_HEADER = f"{'max err':>9} {'median ms':>9} {'[p25-p75]':<19} {'GFLOP/s':>8} {'of peak':>7} {'':<9}"
+MODE_HEADER = (
+    f"{'max err':>9} {'median ms':>9} {'[p25-p75]':<19} {'GFLOP/s':>8} {'of peak':>7} {'':<9}"
+)
 
 
 def format_mode(result: dict) -> str:
-    """One mode's cells, MODE_HEADER's width: error, median [p25-p75] ms, GFLOP/s, fraction of peak, verdict."""
+    """One mode's cells, MODE_HEADER's width: error, median [p25-p75] ms, GFLOP/s, fraction of peak,
+    verdict."""
     if "max_abs_error" not in result:
-        message = result["error"].split(": ", 1)[-1].split(". ")[0]  # the first sentence, without the exception type
-        return f"n/a: {message}"[:len(MODE_HEADER)].ljust(len(MODE_HEADER))
+        message = (
+            result["error"].split(": ", 1)[-1].split(". ")[0]
+        )  # the first sentence, without the exception type
+        return f"n/a: {message}"[: len(MODE_HEADER)].ljust(len(MODE_HEADER))
     verdict = "ok" if result["correct"] else "INCORRECT"
     spread = f"[{result['p25_ms']:.3f}-{result['p75_ms']:.3f}]"
-    return (f"{result['max_abs_error']:>9.1e} {result['median_ms']:>9.3f} {spread:<19} {result['gflops_per_s']:>8.1f} "
-            f"{result['fraction_of_peak']:>7.1%} {verdict:<9}")
+    return (
+        f"{result['max_abs_error']:>9.1e} {result['median_ms']:>9.3f} {spread:<19} "
+        f"{result['gflops_per_s']:>8.1f} "
+        f"{result['fraction_of_peak']:>7.1%} {verdict:<9}"
+    )
 
 
 def print_case(case: AttentionCase, rows: list[dict], device) -> None:
-    print(f"\n{case.name}: {case.what}\n  {case.shape()}  mask: {case.mask.kind if case.mask else 'none'} "
-          f"({case.visible_fraction(device):.0%} of scores visible)")
+    print(
+        f"\n{case.name}: {case.what}\n  {case.shape()}  mask: "
+        f"{case.mask.kind if case.mask else 'none'} "
+        f"({case.visible_fraction(device):.0%} of scores visible)"
+    )
     print(f"  {'':<12} | {'forward':<{len(MODE_HEADER)}} | forward+backward")
     print(f"  {'backend':<12} | {MODE_HEADER} | {MODE_HEADER}")
     for row in rows:
         name = f"auto->{row['auto_chose']}" if row["backend"] == "auto" else row["backend"]
-        print(f"  {name:<12} | {format_mode(row['forward'])} | {format_mode(row['forward_backward'])}".rstrip())
+        forward, forward_backward = (
+            format_mode(row["forward"]),
+            format_mode(row["forward_backward"]),
+        )
+        print(f"  {name:<12} | {forward} | {forward_backward}".rstrip())
 
 
 def auto_report(rows: list[dict]) -> list[dict]:
@@ -284,13 +454,25 @@ def auto_report(rows: list[dict]) -> list[dict]:
         case_rows = [r for r in rows if r["case"] == case]
         auto = next((r for r in case_rows if r["backend"] == "auto"), None)
         for mode in ("forward", "forward_backward"):
-            candidates = [r for r in case_rows if r["backend"] != "auto" and r[mode].get("correct") and "median_ms" in r[mode]]
+            candidates = [
+                r
+                for r in case_rows
+                if r["backend"] != "auto" and r[mode].get("correct") and "median_ms" in r[mode]
+            ]
             if auto is None or not candidates or "median_ms" not in auto[mode]:
                 continue
             fastest = min(candidates, key=lambda r: r[mode]["median_ms"])
             ratio = auto[mode]["median_ms"] / fastest[mode]["median_ms"]
-            report.append({"case": case, "mode": mode, "auto_chose": auto["auto_chose"], "fastest": fastest["backend"],
-                           "ratio": ratio, "ok": ratio <= 1.10 or auto["auto_chose"] == fastest["backend"]})
+            report.append(
+                {
+                    "case": case,
+                    "mode": mode,
+                    "auto_chose": auto["auto_chose"],
+                    "fastest": fastest["backend"],
+                    "ratio": ratio,
+                    "ok": ratio <= 1.10 or auto["auto_chose"] == fastest["backend"],
+                }
+            )
     return report
 
 
@@ -303,7 +485,9 @@ def attention_main(args) -> int:
     cases = attention_cases(preset, device)
     wanted = args.cases.split(",") if args.cases else [c.name for c in cases] + [ODD_LENGTHS_CASE]
     if unknown := sorted(set(wanted) - {c.name for c in cases} - {ODD_LENGTHS_CASE}):
-        raise SystemExit(f"unknown case(s) {unknown}; choose from {[c.name for c in cases] + [ODD_LENGTHS_CASE]}")
+        raise SystemExit(
+            f"unknown case(s) {unknown}; choose from {[c.name for c in cases] + [ODD_LENGTHS_CASE]}"
+        )
     cases = [c for c in cases if c.name in wanted]
     # Compiled backends get a graph per shape (and mode); past torch.compile's recompile_limit they
     # would run uncompiled, and the numbers below would time something else.
@@ -311,19 +495,30 @@ def attention_main(args) -> int:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs)
 
     peak, peak_how = matmul_peak(device, dtype, args.quick)
-    print(f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}\npeak: {peak / 1e9:,.1f} GFLOP/s, "
-          f"measured now ({peak_how}); of peak: GFLOP/s / that peak{' (MFU)' if device.type == 'cuda' else ''}")
-    print(f"correctness: max abs error against math in float32 (gradients: relative to the largest reference gradient, "
-          f"at least 1), INCORRECT above {TOLERANCE[dtype]:g}\n"
-          f"timing: median [p25-p75] ms per call over {repeats} repeats, backends interleaved; forward under no_grad\n"
-          f"GFLOP/s: forward 4*B*Hq*Sq*Sk*Dh, masked-out scores counted as computed; forward+backward "
-          f"{FORWARD_BACKWARD_FLOPS} x forward")
+    print(
+        f"attention benchmark: preset {preset_name}, {dtype}; {machine(device)}\npeak: "
+        f"{peak / 1e9:,.1f} GFLOP/s, "
+        f"measured now ({peak_how}); of peak: GFLOP/s / that "
+        f"peak{' (MFU)' if device.type == 'cuda' else ''}"
+    )
+    print(
+        "correctness: max abs error against math in float32 (gradients: relative to the largest "
+        "reference gradient, "
+        f"at least 1), INCORRECT above {TOLERANCE[dtype]:g}\n"
+        f"timing: median [p25-p75] ms per call over {repeats} repeats, backends interleaved; "
+        "forward under no_grad\n"
+        "GFLOP/s: forward 4*B*Hq*Sq*Sk*Dh, masked-out scores counted as computed; "
+        "forward+backward "
+        f"{FORWARD_BACKWARD_FLOPS} x forward"
+    )
     rows = []
     for case in cases:
         case_rows = run_case(case, backends, dtype, device, repeats, warmup, min_repeat_ms, peak)
         print_case(case, case_rows, device)
         rows += case_rows
-    odd_rows = check_odd_lengths(preset, backends, dtype, device) if ODD_LENGTHS_CASE in wanted else []
+    odd_rows = (
+        check_odd_lengths(preset, backends, dtype, device) if ODD_LENGTHS_CASE in wanted else []
+    )
 
     auto = auto_report(rows)
     if auto:
@@ -332,20 +527,56 @@ def attention_main(args) -> int:
             if not line["ok"]:
                 verdict = "AUTO MORE THAN 10% SLOWER"
             else:
-                verdict = "ok, chose it" if line["auto_chose"] == line["fastest"] else "ok, within 10%"
-            print(f"  {line['case']:<24} {line['mode']:<17} auto->{line['auto_chose']:<6} fastest {line['fastest']:<6} "
-                  f"{line['ratio']:5.2f}x  {verdict}")
-    incorrect = sorted({(r["backend"], r["case"], mode) for r in rows + odd_rows
-                        for mode in ("forward", "forward_backward") if r[mode].get("correct") is False})
+                verdict = (
+                    "ok, chose it" if line["auto_chose"] == line["fastest"] else "ok, within 10%"
+                )
+            print(
+                f"  {line['case']:<24} {line['mode']:<17} auto->{line['auto_chose']:<6} fastest "
+                f"{line['fastest']:<6} "
+                f"{line['ratio']:5.2f}x  {verdict}"
+            )
+    incorrect = sorted(
+        {
+            (r["backend"], r["case"], mode)
+            for r in rows + odd_rows
+            for mode in ("forward", "forward_backward")
+            if r[mode].get("correct") is False
+        }
+    )
     if args.json:
-        meta = {"preset": preset_name, "preset_config": asdict(preset), "dtype": str(dtype), "machine": machine(device),
-                "repeats": repeats, "tolerance": TOLERANCE[dtype], "peak_flops_per_s": peak,
-                "flops": f"forward 4*B*Hq*Sq*Sk*Dh ignoring masks; forward_backward {FORWARD_BACKWARD_FLOPS} x forward"}
-        shapes = {c.name: {**{f: getattr(c, f) for f in ("batch", "heads_q", "heads_kv", "q_len", "kv_len", "head_dim")},
-                           "mask": c.mask.kind if c.mask else None} for c in cases}
+        meta = {
+            "preset": preset_name,
+            "preset_config": asdict(preset),
+            "dtype": str(dtype),
+            "machine": machine(device),
+            "repeats": repeats,
+            "tolerance": TOLERANCE[dtype],
+            "peak_flops_per_s": peak,
+            "flops": "forward 4*B*Hq*Sq*Sk*Dh ignoring masks; forward_backward "
+            f"{FORWARD_BACKWARD_FLOPS} x forward",
+        }
+        shapes = {
+            c.name: {
+                **{
+                    f: getattr(c, f)
+                    for f in ("batch", "heads_q", "heads_kv", "q_len", "kv_len", "head_dim")
+                },
+                "mask": c.mask.kind if c.mask else None,
+            }
+            for c in cases
+        }
         with open(args.json, "w") as file:
-            json.dump({"meta": meta, "cases": shapes, "results": rows, "auto": auto, ODD_LENGTHS_CASE: odd_rows}, file,
-                      indent=1)
+            json.dump(
+                {
+                    "meta": meta,
+                    "cases": shapes,
+                    "results": rows,
+                    "auto": auto,
+                    ODD_LENGTHS_CASE: odd_rows,
+                },
+                file,
+                indent=1,
+            )
     if incorrect:
         print("\nINCORRECT (over the tolerance against math):")
         for backend, case, mode in incorrect:
@@ -360,9 +591,23 @@ def attention_main(args) -> int:
 
 
 def add_attention_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats: a smoke run in seconds")
-    parser.add_argument("--backends", help="comma-separated (default: every attention.BACKENDS entry, and auto)")
-    parser.add_argument("--cases", help=f"comma-separated case names, {ODD_LENGTHS_CASE} for the odd-length checks (default: all)")
-    parser.add_argument("--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)")
+    parser.add_argument(
+        "--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes, 2 repeats: a smoke run in seconds"
+    )
+    parser.add_argument(
+        "--backends", help="comma-separated (default: every attention.BACKENDS entry, and auto)"
+    )
+    parser.add_argument(
+        "--cases",
+        help=f"comma-separated case names, {ODD_LENGTHS_CASE} for the odd-length checks (default: "
+        "all)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)"
+    )

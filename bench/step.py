@@ -12,6 +12,7 @@ from feature_cache.FeatureCache.
     python -m bench step --compare-frozen-paths
 Measured numbers and how to read them: docs/benchmarks.md.
 """
+
 import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -20,12 +21,27 @@ from typing import Callable
 import torch
 
 import attention as attn
-from bench.tools import (DTYPES, STAGES, PeakMemory, Preset, backend_names, build_stage_model, count_step_flops,
-                             device_and_preset, machine, matmul_peak, short_error, stage_spec, summary, synthetic_batch,
-                             time_calls, to_device)
+from bench.tools import (
+    DTYPES,
+    STAGES,
+    PeakMemory,
+    Preset,
+    backend_names,
+    build_stage_model,
+    count_step_flops,
+    device_and_preset,
+    machine,
+    matmul_peak,
+    short_error,
+    stage_spec,
+    summary,
+    synthetic_batch,
+    time_calls,
+    to_device,
+)
+from stage0.scenes import scene_loss
 from support.checkpoints import ModelSpec
 from support.feature_cache import FeatureCache
-from stage0.scenes import scene_loss
 from trainer import TrainConfig, build_optimizer
 from vlm import VisionLanguageModel, caption_loss
 
@@ -34,11 +50,17 @@ STAGE_WHAT = {
     1: "stage 1: frozen ViT -> 1-layer resampler -> tiny LM, resampler and tiny LM trained",
     2: "stage 2: frozen ViT -> {adapter} adapter -> frozen large LM, adapter trained",
 }
-FLOPS_HELP = ("model FLOPs per step: every matmul, convolution and attention product the step runs (masked-out "
-              "scores counted as computed), counted by torch.utils.flop_counter on a meta-device copy: forward of "
-              "every part the data passes through; backward as autograd runs it: weight and input gradients (~2x "
-              "forward) for trained parts, input gradients only (~1x forward) for the frozen stage-2 LM that the "
-              "adapter's gradient flows through, none for the frozen ViT (no_grad: nothing trained before it)")
+FLOPS_HELP = (
+    "model FLOPs per step: every matmul, convolution and attention product the step runs "
+    "(masked-out "
+    "scores counted as computed), counted by torch.utils.flop_counter on a meta-device copy: "
+    "forward of "
+    "every part the data passes through; backward as autograd runs it: weight and input gradients "
+    "(~2x "
+    "forward) for trained parts, input gradients only (~1x forward) for the frozen stage-2 LM "
+    "that the "
+    "adapter's gradient flows through, none for the frozen ViT (no_grad: nothing trained before it)"
+)
 
 
 class GradientCheckError(AssertionError):
@@ -52,13 +74,24 @@ def check_gradients(model: torch.nn.Module) -> dict:
     named = list(model.named_parameters())
     vlm = isinstance(model, VisionLanguageModel)
     frozen_with_grad = [name for name, p in named if not p.requires_grad and p.grad is not None]
-    trained_without_grad = [name for name, p in named if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
+    trained_without_grad = [
+        name
+        for name, p in named
+        if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())
+    ]
     trained_lm = [name for name, p in model.lm.named_parameters() if p.requires_grad] if vlm else []
-    adapter_grads = [p.grad.float().norm() for p in (model.adapter if vlm else model).parameters() if p.grad is not None]
+    adapter_grads = [
+        p.grad.float().norm()
+        for p in (model.adapter if vlm else model).parameters()
+        if p.grad is not None
+    ]
     adapter_grad_norm = torch.stack(adapter_grads).norm().item() if adapter_grads else 0.0
     problems = []
     if frozen_with_grad:
-        problems.append(f"frozen parameters with a .grad: {frozen_with_grad[:5]}{' ...' if len(frozen_with_grad) > 5 else ''}")
+        problems.append(
+            "frozen parameters with a .grad: "
+            f"{frozen_with_grad[:5]}{' ...' if len(frozen_with_grad) > 5 else ''}"
+        )
     if trained_without_grad:
         problems.append(f"trained parameters without a finite .grad: {trained_without_grad[:5]}")
     if vlm and not model.train_lm and trained_lm:
@@ -67,15 +100,21 @@ def check_gradients(model: torch.nn.Module) -> dict:
         problems.append("no gradient reached the adapter")
     if problems:
         raise GradientCheckError("; ".join(problems))
-    return {"frozen_tensors": sum(not p.requires_grad for _, p in named), "frozen_with_grad": 0,
-            "trained_tensors_with_grad": sum(p.requires_grad for _, p in named),
-            "lm_tensors_with_grad": sum(p.grad is not None for p in model.lm.parameters()) if vlm else 0,
-            "adapter_grad_norm": adapter_grad_norm}
+    return {
+        "frozen_tensors": sum(not p.requires_grad for _, p in named),
+        "frozen_with_grad": 0,
+        "trained_tensors_with_grad": sum(p.requires_grad for _, p in named),
+        "lm_tensors_with_grad": sum(p.grad is not None for p in model.lm.parameters())
+        if vlm
+        else 0,
+        "adapter_grad_norm": adapter_grad_norm,
+    }
 
 
 @dataclass
 class StepSetup:
-    """One model ready to train: the module steps run through (compiled or not), its optimizer, a batch."""
+    """One model ready to train: the module steps run through (compiled or not), its optimizer, a
+    batch."""
 
     model: VisionLanguageModel
     runner: torch.nn.Module
@@ -86,8 +125,11 @@ class StepSetup:
     device: torch.device
 
     def step(self, loss_fn: Callable) -> None:
-        """What trainer.train does per optimizer step (one micro-step): zero, loss, backward, clip, AdamW."""
-        self.model.zero_grad(set_to_none=True)  # the whole model: the naive path leaves grads on the ViT
+        """What trainer.train does per optimizer step (one micro-step): zero, loss, backward, clip,
+        AdamW."""
+        self.model.zero_grad(
+            set_to_none=True
+        )  # the whole model: the naive path leaves grads on the ViT
         with self.autocast():
             loss_sum, target_tokens = loss_fn(self.runner, self.batch)
             (loss_sum / target_tokens).backward()
@@ -107,26 +149,48 @@ def setup_step(spec: ModelSpec, preset: Preset, device: torch.device, compiled: 
     bf16 = DTYPES[preset.dtype] == torch.bfloat16
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     batch = to_device(synthetic_batch(preset, spec), device)
-    return StepSetup(model, torch.compile(model) if compiled else model, optimizer,
-                     [p for p in model.parameters() if p.requires_grad], batch, autocast, device)
+    return StepSetup(
+        model,
+        torch.compile(model) if compiled else model,
+        optimizer,
+        [p for p in model.parameters() if p.requires_grad],
+        batch,
+        autocast,
+        device,
+    )
 
 
 def stage_loss(spec: ModelSpec) -> Callable:
-    """The loss the stage's script trains with: scene labels (stage 0), captions (the frozen ViT under no_grad, no cache)."""
-    return scene_loss if spec.adapter == "scene-labels" else (lambda model, batch: caption_loss(model, batch))
+    """The loss the stage's script trains with: scene labels (stage 0), captions (the frozen ViT
+    under no_grad, no cache)."""
+    return (
+        scene_loss
+        if spec.adapter == "scene-labels"
+        else (lambda model, batch: caption_loss(model, batch))
+    )
 
 
 def batch_tokens(batch: dict, num_latents: int) -> dict:
-    """Target tokens (the loss's) and LM positions ([visual tokens; text], padding included) per step."""
+    """Target tokens (the loss's) and LM positions ([visual tokens; text], padding included) per
+    step."""
     B, text_width = batch["input_ids"].shape
     return {"target": int(batch["loss_mask"].sum()), "sequence": B * (num_latents + text_width)}
 
 
-def stage_rows(args, preset: Preset, device: torch.device, stage: int, adapter: str, backends: list[str],
-               compile_modes: list[bool], memory: PeakMemory) -> list[dict]:
+def stage_rows(
+    args,
+    preset: Preset,
+    device: torch.device,
+    stage: int,
+    adapter: str,
+    backends: list[str],
+    compile_modes: list[bool],
+    memory: PeakMemory,
+) -> list[dict]:
     """One stage's rows (backend x eager/compiled). Each model is built, stepped once (compiling,
     when compiled; timed apart) and warmed up alone, which is when its peak memory is taken; then
-    the rows take turns step by step, so that machine noise falls on all of them alike (how much rows
+    the rows take turns step by step, so that machine noise falls on all of them alike (how much
+    rows
     timed one after the other vary: docs/benchmarks.md)."""
     loss_fn = stage_loss(stage_spec(preset, stage, adapter, "math"))
     rows, setups = [], []
@@ -136,7 +200,9 @@ def stage_rows(args, preset: Preset, device: torch.device, stage: int, adapter: 
             rows.append(row)
             try:
                 memory.start()
-                setup = setup_step(stage_spec(preset, stage, adapter, backend), preset, device, compiled)
+                setup = setup_step(
+                    stage_spec(preset, stage, adapter, backend), preset, device, compiled
+                )
                 row["first_step_s"] = setup.timed_step(loss_fn) / 1e3
                 for _ in range(args.warmup - 1):
                     setup.step(loss_fn)
@@ -145,7 +211,9 @@ def stage_rows(args, preset: Preset, device: torch.device, stage: int, adapter: 
                 setups.append((row, setup, []))
             except GradientCheckError as error:
                 row["error"] = f"GRADIENT CHECK FAILED: {error}"
-            except Exception as error:  # a backend that cannot train this model is reported, not fatal
+            except (
+                Exception
+            ) as error:  # a backend that cannot train this model is reported, not fatal
                 row["error"] = short_error(error)
     for _ in range(args.steps):
         for _, setup, times in setups:
@@ -153,12 +221,20 @@ def stage_rows(args, preset: Preset, device: torch.device, stage: int, adapter: 
     for row, setup, times in setups:
         row.update(summary(times), gradients=check_gradients(setup.model))
     del setups
-    torch._dynamo.reset()  # the next stage's models would otherwise count against the recompile limit
+    # the next stage's models would otherwise count against the recompile limit
+    torch._dynamo.reset()
     return rows
 
 
-def step_rows(args, preset: Preset, device: torch.device, stages: list[str], backends: list[str],
-              compile_modes: list[bool], peak: float) -> tuple[list[dict], dict]:
+def step_rows(
+    args,
+    preset: Preset,
+    device: torch.device,
+    stages: list[str],
+    backends: list[str],
+    compile_modes: list[bool],
+    peak: float,
+) -> tuple[list[dict], dict]:
     memory = PeakMemory(device)
     rows, flops = [], {}
     for name in stages:
@@ -166,19 +242,40 @@ def step_rows(args, preset: Preset, device: torch.device, stages: list[str], bac
         spec = stage_spec(preset, stage, adapter, "math")
         batch = synthetic_batch(preset, spec)
         flops[name] = count_step_flops(spec, batch)
-        tokens = batch_tokens(batch, spec.resampler.num_latents) if stage > 0 else {"target": 0, "sequence": 0}
-        print(f"\n{STAGE_WHAT[stage].format(adapter=adapter)}\n  " + (f"{tokens['target']} target tokens, "
-              f"{tokens['sequence']} LM positions" if stage > 0 else f"{preset.batch} images") + " per step; model GFLOP "
-              "per step: " + ", ".join(f"{part} {c['forward'] / 1e9:.3g} fwd + {c['backward'] / 1e9:.3g} bwd"
-                                       for part, c in flops[name].items() if part != "total")
-              + f" = {flops[name]['total'] / 1e9:.3g}")
-        print(f"  {'backend':<8} {'mode':<8} {'ms/step [p25-p75]':<26} {'target tok/s':>12} {'LM pos/s':>10} "
-              f"{'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>7} {'1st step s':>10}")
-        # A warm AOTAutograd cache (compiled graphs kept on disk from an earlier run) hands the stage-1
+        tokens = (
+            batch_tokens(batch, spec.resampler.num_latents)
+            if stage > 0
+            else {"target": 0, "sequence": 0}
+        )
+        print(
+            f"\n{STAGE_WHAT[stage].format(adapter=adapter)}\n  "
+            + (
+                f"{tokens['target']} target tokens, {tokens['sequence']} LM positions"
+                if stage > 0
+                else f"{preset.batch} images"
+            )
+            + " per step; model GFLOP "
+            "per step: "
+            + ", ".join(
+                f"{part} {c['forward'] / 1e9:.3g} fwd + {c['backward'] / 1e9:.3g} bwd"
+                for part, c in flops[name].items()
+                if part != "total"
+            )
+            + f" = {flops[name]['total'] / 1e9:.3g}"
+        )
+        print(
+            f"  {'backend':<8} {'mode':<8} {'ms/step [p25-p75]':<26} {'target tok/s':>12} "
+            f"{'LM pos/s':>10} "
+            f"{'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>7} {'1st step s':>10}"
+        )
+        # A warm AOTAutograd cache (compiled graphs kept on disk from an earlier run) hands the
+        # stage-1
         # graph back with corrupted view shapes in torch 2.13 ("invalid shape dimension -6535...";
         # pytorch/pytorch#185630): compile with that cache off; inductor's FX graph cache stays on.
         with torch._functorch.config.patch(enable_autograd_cache=False):
-            stage_results = stage_rows(args, preset, device, stage, adapter, backends, compile_modes, memory)
+            stage_results = stage_rows(
+                args, preset, device, stage, adapter, backends, compile_modes, memory
+            )
         for row in stage_results:
             row.update(target_tokens=tokens["target"], sequence_tokens=tokens["sequence"])
             mode = "compile" if row["compile"] else "eager"
@@ -186,14 +283,24 @@ def step_rows(args, preset: Preset, device: torch.device, stages: list[str], bac
                 print(f"  {row['backend']:<8} {mode:<8} n/a: {row['error']}")
             else:
                 seconds = row["median_ms"] / 1e3
-                row.update(target_tokens_per_s=tokens["target"] / seconds, sequence_tokens_per_s=tokens["sequence"] / seconds,
-                           model_gflops_per_s=flops[name]["total"] / seconds / 1e9,
-                           fraction_of_peak=flops[name]["total"] / seconds / peak)
+                row.update(
+                    target_tokens_per_s=tokens["target"] / seconds,
+                    sequence_tokens_per_s=tokens["sequence"] / seconds,
+                    model_gflops_per_s=flops[name]["total"] / seconds / 1e9,
+                    fraction_of_peak=flops[name]["total"] / seconds / peak,
+                )
                 spread = f"{row['median_ms']:.1f} [{row['p25_ms']:.1f}-{row['p75_ms']:.1f}]"
-                per_s = (f"{row['target_tokens_per_s']:>12,.0f} {row['sequence_tokens_per_s']:>10,.0f}" if stage > 0
-                         else f"{'-':>12} {'-':>10}")
-                print(f"  {row['backend']:<8} {mode:<8} {spread:<26} {per_s} {row['peak_memory_mib']:>9.1f} "
-                      f"{row['model_gflops_per_s']:>8.1f} {row['fraction_of_peak']:>7.1%} {row['first_step_s']:>10.1f}")
+                per_s = (
+                    f"{row['target_tokens_per_s']:>12,.0f} {row['sequence_tokens_per_s']:>10,.0f}"
+                    if stage > 0
+                    else f"{'-':>12} {'-':>10}"
+                )
+                print(
+                    f"  {row['backend']:<8} {mode:<8} {spread:<26} {per_s} "
+                    f"{row['peak_memory_mib']:>9.1f} "
+                    f"{row['model_gflops_per_s']:>8.1f} {row['fraction_of_peak']:>7.1%} "
+                    f"{row['first_step_s']:>10.1f}"
+                )
             rows.append(row)
     return rows, {"flops": flops, "memory": memory.what}
 
@@ -205,7 +312,8 @@ def step_rows(args, preset: Preset, device: torch.device, stages: list[str], bac
 # nothing and it costs what `b` costs.
 FROZEN_PATHS = {
     "a": "naive: ViT under autograd, its weights left requires_grad=True (not in the optimizer)",
-    "a_frozen": "ViT called under grad mode, weights requires_grad=False (no graph: nothing requires grad)",
+    "a_frozen": "ViT called under grad mode, weights requires_grad=False (no graph: nothing "
+    "requires grad)",
     "b": "encode_images: the frozen ViT under no_grad, every step",
     "c": "FeatureCache hits: every image id already cached (steady state after the first epoch)",
 }
@@ -213,15 +321,25 @@ FROZEN_PATHS = {
 
 def frozen_path_losses(model: VisionLanguageModel, cache: FeatureCache) -> dict:
     def vision_under_grad(runner, batch):
-        _, loss_sum = runner(batch["input_ids"], batch["loss_mask"], features=model.vision(batch["pixels"]), reduction="sum")
+        _, loss_sum = runner(
+            batch["input_ids"],
+            batch["loss_mask"],
+            features=model.vision(batch["pixels"]),
+            reduction="sum",
+        )
         return loss_sum, batch["loss_mask"].sum()
 
-    return {"a": vision_under_grad, "a_frozen": vision_under_grad, "b": lambda runner, batch: caption_loss(runner, batch),
-            "c": lambda runner, batch: caption_loss(runner, batch, cache)}
+    return {
+        "a": vision_under_grad,
+        "a_frozen": vision_under_grad,
+        "b": lambda runner, batch: caption_loss(runner, batch),
+        "c": lambda runner, batch: caption_loss(runner, batch, cache),
+    }
 
 
 def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: str) -> dict:
-    """Stage-2 step times per path, interleaved step by step so that machine noise falls on all alike."""
+    """Stage-2 step times per path, interleaved step by step so that machine noise falls on all
+    alike."""
     memory = PeakMemory(device)
     setup = setup_step(stage_spec(preset, 2, args.adapter, backend), preset, device, compiled=False)
     model, batch = setup.model, setup.batch
@@ -232,7 +350,8 @@ def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: st
     results = {path: {"what": what} for path, what in FROZEN_PATHS.items()}
 
     def run(path: str) -> float:
-        """One step on `path` -> ms; afterwards the ViT is frozen again and the gradients are checked."""
+        """One step on `path` -> ms; afterwards the ViT is frozen again and the gradients are
+        checked."""
         model.vision.requires_grad_(path == "a")
         milliseconds = setup.timed_step(losses[path])
         results[path]["vision_grads"] = any(p.grad is not None for p in model.vision.parameters())
@@ -248,77 +367,161 @@ def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: st
     for _ in range(args.steps):
         for path in FROZEN_PATHS:
             times[path].append(run(path))
-    for path in FROZEN_PATHS:  # one step each, alone, for its memory on top of model, optimizer and cache
+    for (
+        path
+    ) in FROZEN_PATHS:  # one step each, alone, for its memory on top of model, optimizer and cache
         memory.start()
         run(path)
         results[path]["step_memory_mib"] = memory.peak_mib()
         results[path].update(summary(times[path]))
-    gradients = check_gradients(model)  # after the last step (c): frozen LM without .grad, adapter with
+    gradients = check_gradients(
+        model
+    )  # after the last step (c): frozen LM without .grad, adapter with
     tokens = batch_tokens(batch, model.adapter.resampler.config.num_latents)
     for path in FROZEN_PATHS:
         results[path]["target_tokens_per_s"] = tokens["target"] / (results[path]["median_ms"] / 1e3)
-    ratios = {f"{path}/c": results[path]["median_ms"] / results["c"]["median_ms"] for path in ("a", "a_frozen", "b")}
+    ratios = {
+        f"{path}/c": results[path]["median_ms"] / results["c"]["median_ms"]
+        for path in ("a", "a_frozen", "b")
+    }
 
-    print(f"\nfrozen paths: {STAGE_WHAT[2].format(adapter=args.adapter)}; attention {backend}, eager\n"
-          f"  median [p25-p75] ms per step over {args.steps} interleaved repeats; step memory: {memory.what}, "
-          f"during one step with model, optimizer state and cache already in place")
-    print(f"  {'path':<10} {'ms/step [p25-p75]':<24} {'target tok/s':>12} {'/ (c)':>6} {'step MiB':>9} {'ViT .grad':>9}  what")
+    print(
+        f"\nfrozen paths: {STAGE_WHAT[2].format(adapter=args.adapter)}; attention {backend}, "
+        "eager\n"
+        f"  median [p25-p75] ms per step over {args.steps} interleaved repeats; step memory: "
+        f"{memory.what}, "
+        f"during one step with model, optimizer state and cache already in place"
+    )
+    print(
+        f"  {'path':<10} {'ms/step [p25-p75]':<24} {'target tok/s':>12} {'/ (c)':>6} "
+        f"{'step MiB':>9} {'ViT .grad':>9}  what"
+    )
     for path in FROZEN_PATHS:
         r = results[path]
         spread = f"{r['median_ms']:.1f} [{r['p25_ms']:.1f}-{r['p75_ms']:.1f}]"
-        print(f"  {'(' + path + ')':<10} {spread:<24} {r['target_tokens_per_s']:>12,.0f} "
-              f"{r['median_ms'] / results['c']['median_ms']:>6.2f} {r['step_memory_mib']:>9.1f} "
-              f"{'yes' if r['vision_grads'] else 'no':>9}  {r['what']}")
-    print("  ratios: " + ", ".join(f"({k.replace('/', ')/(')}) = {v:.2f}" for k, v in ratios.items()))
-    print(f"  gradients after the step: {gradients['frozen_tensors']} frozen tensors, none with a .grad "
-          f"(the LM's {sum(1 for _ in model.lm.parameters())} included); {gradients['trained_tensors_with_grad']} "
-          f"trained adapter tensors with a .grad (norm {gradients['adapter_grad_norm']:.3g} after clipping): ok")
-    return {"backend": backend, "paths": results, "ratios": ratios, "gradients": gradients, "tokens": tokens,
-            "memory": memory.what}
+        print(
+            f"  {'(' + path + ')':<10} {spread:<24} {r['target_tokens_per_s']:>12,.0f} "
+            f"{r['median_ms'] / results['c']['median_ms']:>6.2f} {r['step_memory_mib']:>9.1f} "
+            f"{'yes' if r['vision_grads'] else 'no':>9}  {r['what']}"
+        )
+    print(
+        "  ratios: " + ", ".join(f"({k.replace('/', ')/(')}) = {v:.2f}" for k, v in ratios.items())
+    )
+    print(
+        f"  gradients after the step: {gradients['frozen_tensors']} frozen tensors, none with a "
+        ".grad "
+        f"(the LM's {sum(1 for _ in model.lm.parameters())} included); "
+        f"{gradients['trained_tensors_with_grad']} "
+        f"trained adapter tensors with a .grad (norm {gradients['adapter_grad_norm']:.3g} after "
+        "clipping): ok"
+    )
+    return {
+        "backend": backend,
+        "paths": results,
+        "ratios": ratios,
+        "gradients": gradients,
+        "tokens": tokens,
+        "memory": memory.what,
+    }
 
 
 def add_flags(parser) -> None:
-    parser.add_argument("--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)")
-    parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps, no compile: a smoke run in seconds")
+    parser.add_argument(
+        "--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny models, 2 steps, no compile: a smoke run in seconds",
+    )
     parser.add_argument("--stage", choices=["0", "1", "2", "all"], default="all")
-    parser.add_argument("--adapter", choices=["vadapter", "perceiver", "both"], default="both",
-                        help="stage 2's adapter (--compare-frozen-paths: vadapter for both)")
-    parser.add_argument("--backends", help="comma-separated (default: every attention.BACKENDS entry that has a "
-                        "backward on the device); --compare-frozen-paths uses the first (default auto)")
-    parser.add_argument("--compile", choices=["both", "on", "off"], help="eager, torch.compile or both "
-                        "(default both; off with --quick)")
-    parser.add_argument("--steps", type=int, help="timed steps per row (default 20; 2 with --quick)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first, the first one timed apart (default 3; 1 with --quick)")
-    parser.add_argument("--compare-frozen-paths", action="store_true",
-                        help="instead: the stage-2 step (eager) with the frozen ViT under autograd, under no_grad, "
-                        "and from the feature cache")
+    parser.add_argument(
+        "--adapter",
+        choices=["vadapter", "perceiver", "both"],
+        default="both",
+        help="stage 2's adapter (--compare-frozen-paths: vadapter for both)",
+    )
+    parser.add_argument(
+        "--backends",
+        help="comma-separated (default: every attention.BACKENDS entry that has a "
+        "backward on the device); --compare-frozen-paths uses the first (default auto)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["both", "on", "off"],
+        help="eager, torch.compile or both (default both; off with --quick)",
+    )
+    parser.add_argument(
+        "--steps", type=int, help="timed steps per row (default 20; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed steps first, the first one timed apart (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--compare-frozen-paths",
+        action="store_true",
+        help="instead: the stage-2 step (eager) with the frozen ViT under autograd, under no_grad, "
+        "and from the feature cache",
+    )
 
 
 def main(args) -> int:
     device, preset_name, preset = device_and_preset(args)
     args.steps = args.steps or (2 if args.quick else 20)
-    args.warmup = (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)  # the first step is timed apart
-    trainable = [name for name in attn.BACKENDS if device.type == "cuda" or name != "flex"]  # no flex backward on CPU
+    args.warmup = (
+        (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)
+    )  # the first step is timed apart
+    trainable = [
+        name for name in attn.BACKENDS if device.type == "cuda" or name != "flex"
+    ]  # no flex backward on CPU
     backends = backend_names(args.backends, trainable)
     compile_choice = args.compile or ("off" if args.quick else "both")
     compile_modes = {"both": [False, True], "on": [True], "off": [False]}[compile_choice]
-    stages = [name for name, (stage, adapter) in STAGES.items()
-              if args.stage in ("all", str(stage)) and (stage < 2 or args.adapter in ("both", adapter))]
-    args.adapter = "vadapter" if args.adapter == "both" else args.adapter  # what --compare-frozen-paths reads
+    stages = [
+        name
+        for name, (stage, adapter) in STAGES.items()
+        if args.stage in ("all", str(stage)) and (stage < 2 or args.adapter in ("both", adapter))
+    ]
+    args.adapter = (
+        "vadapter" if args.adapter == "both" else args.adapter
+    )  # what --compare-frozen-paths reads
     peak, peak_how = matmul_peak(device, DTYPES[preset.dtype], args.quick)
 
-    print(f"step benchmark: preset {preset_name}, {preset.dtype}{' autocast' if preset.dtype == 'bfloat16' else ''}; "
-          f"{machine(device)}")
-    print(f"peak: {peak / 1e9:,.1f} GFLOP/s, measured now ({peak_how}); 'of peak': model FLOP/s / that peak"
-          f"{' (MFU)' if device.type == 'cuda' else ''}")
-    print(f"batch {preset.batch}: {preset.resampler.num_latents} visual tokens + {preset.text_len // 2}-{preset.text_len} "
-          f"text tokens (right-padded to {preset.text_len}), random pixels, ids and labels; a step is zero_grad, the "
-          f"loss (stage 0: scene labels; then captions, the frozen ViT under no_grad, no feature cache), backward, clip, "
-          f"AdamW\n"
-          f"tokens/s: target tokens (the loss's: text minus the prompt token) and LM positions (visual tokens + padded "
-          f"text); {FLOPS_HELP}")
-    report = {"meta": {"preset": preset_name, "preset_config": asdict(preset), "machine": machine(device),
-                       "steps": args.steps, "warmup": args.warmup, "peak_flops_per_s": peak, "peak_measured": peak_how}}
+    print(
+        f"step benchmark: preset {preset_name}, "
+        f"{preset.dtype}{' autocast' if preset.dtype == 'bfloat16' else ''}; "
+        f"{machine(device)}"
+    )
+    print(
+        f"peak: {peak / 1e9:,.1f} GFLOP/s, measured now ({peak_how}); 'of peak': model FLOP/s / "
+        "that peak"
+        f"{' (MFU)' if device.type == 'cuda' else ''}"
+    )
+    print(
+        f"batch {preset.batch}: {preset.resampler.num_latents} visual tokens + "
+        f"{preset.text_len // 2}-{preset.text_len} "
+        f"text tokens (right-padded to {preset.text_len}), random pixels, ids and labels; a step "
+        "is zero_grad, the "
+        "loss (stage 0: scene labels; then captions, the frozen ViT under no_grad, no feature "
+        "cache), backward, clip, "
+        f"AdamW\n"
+        "tokens/s: target tokens (the loss's: text minus the prompt token) and LM positions "
+        "(visual tokens + padded "
+        f"text); {FLOPS_HELP}"
+    )
+    report = {
+        "meta": {
+            "preset": preset_name,
+            "preset_config": asdict(preset),
+            "machine": machine(device),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "peak_flops_per_s": peak,
+            "peak_measured": peak_how,
+        }
+    }
     failed = False
     if args.compare_frozen_paths:
         backend = args.backends.split(",")[0] if args.backends else "auto"
@@ -330,12 +533,16 @@ def main(args) -> int:
     else:
         rows, extra = step_rows(args, preset, device, stages, backends, compile_modes, peak)
         report.update(rows=rows, **extra)
-        print(f"\nms/step: median [p25-p75] over {args.steps} steps per row, the rows of a stage taking turns\n"
-              f"peak MiB: {extra['memory']}, over the build, the first step and the warmup of that row alone: "
-              f"weights, gradients, AdamW state, activations{' and pages the allocator kept' if device.type == 'cpu' else ''}")
+        print(
+            f"\nms/step: median [p25-p75] over {args.steps} steps per row, the rows of a stage "
+            "taking turns\n"
+            f"peak MiB: {extra['memory']}, over the build, the first step and the warmup of that "
+            "row alone: "
+            "weights, gradients, AdamW state, "
+            f"activations{' and pages the allocator kept' if device.type == 'cpu' else ''}"
+        )
         failed = any(row.get("error", "").startswith("GRADIENT CHECK FAILED") for row in rows)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=1, default=str)
     return 1 if failed else 0
-

@@ -5,6 +5,7 @@ its matmul peak) and what a training step runs (each stage's model, a batch, its
 bench/kernels.py (the entry point and the attention benchmark), bench/step.py and
 bench/reference.py import it; it imports no benchmark, so the imports run one way.
 """
+
 import ctypes
 import gc
 import os
@@ -19,10 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import attention as attn
 import data
-from stage0 import scenes
-from support.checkpoints import ModelSpec, build_vlm
 from palm_decoder import PALM_CONFIGS, PaLMConfig
 from resampler import ResamplerConfig
+from stage0 import scenes
+from support.checkpoints import ModelSpec, build_vlm
 from vit import VIT_CONFIGS, ViT, ViTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,26 +49,59 @@ class Preset:
     perceiver: ResamplerConfig  # step: the stage-2 baseline adapter
 
 
-def make_preset(vit: ViTConfig, tiny_lm: PaLMConfig, lm: PaLMConfig, num_latents: int, **sizes) -> Preset:
+def make_preset(
+    vit: ViTConfig, tiny_lm: PaLMConfig, lm: PaLMConfig, num_latents: int, **sizes
+) -> Preset:
     """The adapters as the stage scripts build them by default (resampler.ResamplerConfig.for_lm /
     .for_perceiver), with `num_latents` visual tokens."""
-    return Preset(vit, ResamplerConfig.for_lm(vit.dim, tiny_lm.dim, tiny_lm.num_heads, num_latents=num_latents), lm,
-                  tiny_lm=tiny_lm, perceiver=ResamplerConfig.for_perceiver(vit.dim, num_latents=num_latents), **sizes)
+    return Preset(
+        vit,
+        ResamplerConfig.for_lm(vit.dim, tiny_lm.dim, tiny_lm.num_heads, num_latents=num_latents),
+        lm,
+        tiny_lm=tiny_lm,
+        perceiver=ResamplerConfig.for_perceiver(vit.dim, num_latents=num_latents),
+        **sizes,
+    )
 
 
-QUICK_VIT = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64)  # 16 patches
+QUICK_VIT = ViTConfig(
+    image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64
+)  # 16 patches
 PRESETS = {
     # `make demo` on a laptop: toy ViT (64 patches), toy-tiny adapter LM (16 latents), toy-large LM,
     # batch 32, 8-frame videos.
-    "cpu": make_preset(VIT_CONFIGS["toy"], PALM_CONFIGS["toy-tiny"], PALM_CONFIGS["toy-large"], 16,
-                       batch=32, text_len=32, frames=8, dtype="float32"),
+    "cpu": make_preset(
+        VIT_CONFIGS["toy"],
+        PALM_CONFIGS["toy-tiny"],
+        PALM_CONFIGS["toy-large"],
+        16,
+        batch=32,
+        text_len=32,
+        frames=8,
+        dtype="float32",
+    ),
     # Paper-size: ViT-B/16 (196 patches), tiny-108m adapter (64 latents), 1B LM.
-    "cuda": make_preset(VIT_CONFIGS["B/16"], PALM_CONFIGS["tiny-108m"], PALM_CONFIGS["1b"], 64,
-                        batch=32, text_len=64, frames=8, dtype="bfloat16"),
+    "cuda": make_preset(
+        VIT_CONFIGS["B/16"],
+        PALM_CONFIGS["tiny-108m"],
+        PALM_CONFIGS["1b"],
+        64,
+        batch=32,
+        text_len=64,
+        frames=8,
+        dtype="bfloat16",
+    ),
     # For tests: the smallest shapes every backend runs (Dh 16 is flex's smallest).
-    "quick": make_preset(QUICK_VIT, PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48),
-                         PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48), 4,
-                         batch=2, text_len=8, frames=2, dtype="float32"),
+    "quick": make_preset(
+        QUICK_VIT,
+        PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48),
+        PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=2, max_seq_len=48),
+        4,
+        batch=2,
+        text_len=8,
+        frames=2,
+        dtype="float32",
+    ),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -94,15 +128,28 @@ def machine(device: torch.device) -> str:
     """Where the numbers come from; on CPU the load average says how much others were running."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
-            f"torch {torch.__version__}")
+    return (
+        f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores, "
+        f"torch {torch.__version__}"
+    )
 
 
 def summary(samples_ms: list[float]) -> dict:
     """Median and spread (interquartile range and min-max) of per-call times, ms."""
-    quartiles = statistics.quantiles(samples_ms, n=4, method="inclusive") if len(samples_ms) > 1 else samples_ms * 3
-    return {"median_ms": statistics.median(samples_ms), "p25_ms": quartiles[0], "p75_ms": quartiles[2],
-            "min_ms": min(samples_ms), "max_ms": max(samples_ms), "repeats": len(samples_ms)}
+    quartiles = (
+        statistics.quantiles(samples_ms, n=4, method="inclusive")
+        if len(samples_ms) > 1
+        else samples_ms * 3
+    )
+    return {
+        "median_ms": statistics.median(samples_ms),
+        "p25_ms": quartiles[0],
+        "p75_ms": quartiles[2],
+        "min_ms": min(samples_ms),
+        "max_ms": max(samples_ms),
+        "repeats": len(samples_ms),
+    }
 
 
 def short_error(error: Exception) -> str:
@@ -146,9 +193,14 @@ class PeakMemory:
         if device.type == "cuda":
             self.what = "torch.cuda.max_memory_allocated above the allocated memory at the start"
         elif self._reset_rss_peak():
-            self.what = "peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS at the start"
+            self.what = (
+                "peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS at the start"
+            )
         else:
-            self.what = "getrusage ru_maxrss (process high-water mark, never reset) above the RSS at the start"
+            self.what = (
+                "getrusage ru_maxrss (process high-water mark, never reset) above the RSS "
+                "at the start"
+            )
 
     @staticmethod
     def _reset_rss_peak() -> bool:
@@ -178,11 +230,14 @@ class PeakMemory:
             peak = (read_proc_status_kib("VmHWM") or process_max_rss_kib()) * 1024
         return (peak - self.baseline) / 2**20
 
+
 # The peak's matmul side: large enough to reach the machine's rate, small enough to take a second.
 PEAK_MATMUL_SIZE = {"cpu": 2048, "cuda": 8192, "quick": 256}
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool = False, repeats: int = 5) -> tuple[float, str]:
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, quick: bool = False, repeats: int = 5
+) -> tuple[float, str]:
     """This machine's matmul FLOP/s, measured now, and how: the best of `repeats` timings of an
     (n x n) @ (n x n) product in `dtype`, 2 n^3 FLOPs. What the models' FLOP/s are a fraction of
     (on CUDA in bf16: MFU), taken in the same run, under the same load."""
@@ -191,45 +246,80 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool = False, r
     calls = 10 if device.type == "cuda" else 1  # one CUDA call is too short to time alone
     time_calls(lambda: a @ b, calls, device)  # warm-up: kernel choice, clocks, first-touch pages
     best_ms = min(time_calls(lambda: a @ b, calls, device) for _ in range(repeats))
-    return 2 * size**3 / (best_ms * 1e-3), f"best of {repeats} {size}x{size} @ {size}x{size} matmuls in {dtype}"
+    return 2 * size**3 / (
+        best_ms * 1e-3
+    ), f"best of {repeats} {size}x{size} @ {size}x{size} matmuls in {dtype}"
 
 
 # ---------------------------------------------------------------------------------------------
 # What a training step runs: each stage's model and loss, a batch, the model FLOPs
 # ---------------------------------------------------------------------------------------------
 
-# The synthetic world's scene labels (as stage0/synthetic.py writes them; a script, which benchmarks may
+# The synthetic world's scene labels (as stage0/synthetic.py writes them; a script, which benchmarks
+# may
 # not import): stage 0's heads read 6 shapes, 6 colours and 2 sizes per cell of a 2 x 3 grid.
-SCENE_VOCABULARY = {"shape": ["circle", "square", "triangle", "diamond", "star", "cross"],
-                    "colour": ["red", "green", "blue", "yellow", "purple", "orange"], "size": ["small", "large"],
-                    "rows": ["top", "bottom"], "columns": ["left", "middle", "right"]}
+SCENE_VOCABULARY = {
+    "shape": ["circle", "square", "triangle", "diamond", "star", "cross"],
+    "colour": ["red", "green", "blue", "yellow", "purple", "orange"],
+    "size": ["small", "large"],
+    "rows": ["top", "bottom"],
+    "columns": ["left", "middle", "right"],
+}
 STAGES = {  # name -> (stage, adapter)
-    "0": (0, "scene-labels"), "1": (1, "resampler"), "2-vadapter": (2, "vadapter"), "2-perceiver": (2, "perceiver")}
+    "0": (0, "scene-labels"),
+    "1": (1, "resampler"),
+    "2-vadapter": (2, "vadapter"),
+    "2-perceiver": (2, "perceiver"),
+}
 
 
 def with_backend(spec: ModelSpec, backend: str) -> ModelSpec:
     """The same model with every attention call on `backend`."""
     parts = ("vision", "resampler", "lm", "tiny_lm")
-    return replace(spec, **{part: replace(config, attention_backend=backend) for part in parts
-                            if (config := getattr(spec, part)) is not None})
+    return replace(
+        spec,
+        **{
+            part: replace(config, attention_backend=backend)
+            for part in parts
+            if (config := getattr(spec, part)) is not None
+        },
+    )
 
 
 def stage_spec(preset: Preset, stage: int, adapter: str, backend: str) -> ModelSpec:
-    """The ModelSpec the stage scripts write, from the preset's configs, every attention call on `backend`."""
+    """The ModelSpec the stage scripts write, from the preset's configs, every attention call on
+    `backend`."""
     if stage == 0:  # as stage0/pretrain.py vit: the whole ViT trained on scene labels
         spec = ModelSpec(lm=None, vision=preset.vit, adapter="scene-labels", train_vision=True)
-    elif stage == 1:  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
-        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler, lm=preset.tiny_lm, adapter="resampler", train_lm=True)
+    elif (
+        stage == 1
+    ):  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
+        spec = ModelSpec(
+            vision=preset.vit,
+            resampler=preset.resampler,
+            lm=preset.tiny_lm,
+            adapter="resampler",
+            train_lm=True,
+        )
     else:
         vadapter = adapter == "vadapter"
-        spec = ModelSpec(vision=preset.vit, resampler=preset.resampler if vadapter else preset.perceiver, lm=preset.lm,
-                         tiny_lm=preset.tiny_lm if vadapter else None, adapter=adapter)
+        spec = ModelSpec(
+            vision=preset.vit,
+            resampler=preset.resampler if vadapter else preset.perceiver,
+            lm=preset.lm,
+            tiny_lm=preset.tiny_lm if vadapter else None,
+            adapter=adapter,
+        )
     return with_backend(spec, backend)
 
 
 def build_stage_model(spec: ModelSpec) -> nn.Module:
     """Stage 0: the ViT with its scene-label heads (scenes.SceneLabelModel); then Figure 2's VLM."""
-    return scenes.SceneLabelModel(ViT(spec.vision), SCENE_VOCABULARY) if spec.adapter == "scene-labels" else build_vlm(spec)
+    return (
+        scenes.SceneLabelModel(ViT(spec.vision), SCENE_VOCABULARY)
+        if spec.adapter == "scene-labels"
+        else build_vlm(spec)
+    )
 
 
 def synthetic_batch(preset: Preset, spec: ModelSpec, seed: int = 0) -> dict:
@@ -242,13 +332,31 @@ def synthetic_batch(preset: Preset, spec: ModelSpec, seed: int = 0) -> dict:
     if spec.adapter == "scene-labels":
         cells = len(SCENE_VOCABULARY["rows"]) * len(SCENE_VOCABULARY["columns"])
         classes = scenes.num_classes(SCENE_VOCABULARY)
-        return scenes.collate_scenes([{"pixels": p, "targets": {kind: torch.randint(count, () if kind == "count" else (cells,),
-                                                                                    generator=generator)
-                                                                for kind, count in classes.items()}} for p in pixels])
+        return scenes.collate_scenes(
+            [
+                {
+                    "pixels": p,
+                    "targets": {
+                        kind: torch.randint(
+                            count, () if kind == "count" else (cells,), generator=generator
+                        )
+                        for kind, count in classes.items()
+                    },
+                }
+                for p in pixels
+            ]
+        )
     lengths = torch.randint(preset.text_len // 2, preset.text_len + 1, (B,), generator=generator)
     lengths[0] = preset.text_len
-    samples = [{"pixels": p, "input_ids": torch.randint(1, spec.lm.vocab_size, (int(length),), generator=generator),
-                "loss_mask": torch.arange(int(length)) > 0, "image_id": i} for i, (p, length) in enumerate(zip(pixels, lengths))]
+    samples = [
+        {
+            "pixels": p,
+            "input_ids": torch.randint(1, spec.lm.vocab_size, (int(length),), generator=generator),
+            "loss_mask": torch.arange(int(length)) > 0,
+            "image_id": i,
+        }
+        for i, (p, length) in enumerate(zip(pixels, lengths))
+    ]
     return data.collate(samples, pad_id=0)
 
 
@@ -272,22 +380,38 @@ def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
     def counted(part, direction, fn):
         with FlopCounterMode(display=False) as counter:
             result = fn()
-        counts.setdefault(part, {"forward": 0, "backward": 0})[direction] = counter.get_total_flops()
+        counts.setdefault(part, {"forward": 0, "backward": 0})[direction] = (
+            counter.get_total_flops()
+        )
         return result
 
-    if spec.adapter == "scene-labels":  # one part, all of it trained (the label heads are a few linear maps)
+    if (
+        spec.adapter == "scene-labels"
+    ):  # one part, all of it trained (the label heads are a few linear maps)
         loss_sum, labels = counted("vision", "forward", lambda: scenes.scene_loss(model, batch))
         counted("vision", "backward", lambda: (loss_sum / labels).backward())
     else:
-        features = counted("vision", "forward", lambda: model.encode_images(batch["pixels"]))  # no_grad: no backward
+        features = counted(
+            "vision", "forward", lambda: model.encode_images(batch["pixels"])
+        )  # no_grad: no backward
         visual_tokens = counted("adapter", "forward", lambda: model.adapter(features))
-        logits, _ = counted("lm", "forward", lambda: model.lm(batch["input_ids"], prefix=visual_tokens))
+        logits, _ = counted(
+            "lm", "forward", lambda: model.lm(batch["input_ids"], prefix=visual_tokens)
+        )
         # Backward one part at a time, LM first, as autograd runs it: the gradient that reaches the
         # visual tokens is carried into the adapter's backward.
         lm_trained = [p for p in model.lm.parameters() if p.requires_grad]
-        grads = counted("lm", "backward", lambda: torch.autograd.grad(logits.float().sum(), [visual_tokens, *lm_trained]))
+        grads = counted(
+            "lm",
+            "backward",
+            lambda: torch.autograd.grad(logits.float().sum(), [visual_tokens, *lm_trained]),
+        )
         adapter_trained = [p for p in model.adapter.parameters() if p.requires_grad]
-        counted("adapter", "backward", lambda: torch.autograd.grad(visual_tokens, adapter_trained, grads[0]))
+        counted(
+            "adapter",
+            "backward",
+            lambda: torch.autograd.grad(visual_tokens, adapter_trained, grads[0]),
+        )
     counts["total"] = sum(c["forward"] + c["backward"] for c in counts.values())
     return counts
 
@@ -298,7 +422,8 @@ def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
 
 
 def device_and_preset(args) -> tuple[torch.device, str, Preset]:
-    """--device (default cuda when available), and --preset (default the device's; `quick` with --quick)."""
+    """--device (default cuda when available), and --preset (default the device's; `quick` with
+    --quick)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = "quick" if args.quick else args.preset or ("cuda" if device.type == "cuda" else "cpu")
     return device, name, PRESETS[name]
@@ -308,5 +433,7 @@ def backend_names(flag: str | None, default: list[str]) -> list[str]:
     """--backends a,b,c checked against attention.BACKENDS (and auto)."""
     backends = flag.split(",") if flag else default
     if unknown := [b for b in backends if b not in ("auto", *attn.BACKENDS)]:
-        raise SystemExit(f"unknown backend(s) {unknown}; attention.BACKENDS has {list(attn.BACKENDS)} (and auto)")
+        raise SystemExit(
+            f"unknown backend(s) {unknown}; attention.BACKENDS has {list(attn.BACKENDS)} (and auto)"
+        )
     return backends

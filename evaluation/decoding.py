@@ -27,23 +27,38 @@ def left_pad(prompts, pad_id, device):
     lengths = [len(prompt) for prompt in prompts]
     input_ids = torch.full((len(prompts), max(lengths)), pad_id, dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
-        input_ids[row, max(lengths) - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        input_ids[row, max(lengths) - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
     return input_ids, max(lengths) - torch.tensor(lengths, device=device)
 
 
 def check_decode_length(lm: PaLMDecoder, prompts, prefix, max_new_tokens):
     """Refuse a decode that would not fit, before any work: the last new token needs no slot."""
-    prefix_len, longest = 0 if prefix is None else prefix.shape[1], max(len(prompt) for prompt in prompts)
+    prefix_len, longest = (
+        0 if prefix is None else prefix.shape[1],
+        max(len(prompt) for prompt in prompts),
+    )
     if prefix_len == 0 and min(len(prompt) for prompt in prompts) == 0:
         raise ValueError("every prompt needs at least one token when there is no prefix")
     if prefix_len + longest + max_new_tokens - 1 > lm.config.max_seq_len:
-        raise ValueError(f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
-                         f"exceeds max_seq_len={lm.config.max_seq_len}")
+        raise ValueError(
+            f"prefix {prefix_len} + longest prompt {longest} + max_new_tokens {max_new_tokens} - 1 "
+            f"exceeds max_seq_len={lm.config.max_seq_len}"
+        )
 
 
 @torch.no_grad()
-def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperature=0.0, top_k=None, eos_id=None, pad_id=0,
-             generator=None, prefix_at=None):
+def generate(
+    lm: PaLMDecoder,
+    prompts,
+    prefix=None,
+    max_new_tokens=32,
+    temperature=0.0,
+    top_k=None,
+    eos_id=None,
+    pad_id=0,
+    generator=None,
+    prefix_at=None,
+):
     """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D)
     placed before position prefix_at[b] of prompt b (a list, or None: before the prompt).
 
@@ -55,7 +70,9 @@ def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperatu
     check_decode_length(lm, prompts, prefix, max_new_tokens)
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, prefix_at)
+    logits, cache = lm.prefill(
+        input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, prefix_at
+    )
     new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         if temperature == 0:
@@ -72,65 +89,135 @@ def generate(lm: PaLMDecoder, prompts, prefix=None, max_new_tokens=32, temperatu
         if finished.all() or step == max_new_tokens - 1:
             break
         logits = lm.decode_step(token, cache)
-    rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]  # (B, T)
+    rows = (
+        torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]
+    )  # (B, T)
     return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
 @dataclass
 class Decoding:
     """How evaluation decodes (written to results.json next to the scores)."""
+
     beam_size: int = 1  # 1: greedy, the evaluation default
     length_penalty: float = 1.0  # beam search only, see beam_search_lm
     max_new_tokens: int = 32
 
 
 @torch.no_grad()
-def greedy_decode(model: VisionLanguageModel, pixels, prompts, max_new_tokens=32, eos_id=None, *,
-                  features=None, pad_id=0, visual_at=None, num_frames=None):
+def greedy_decode(
+    model: VisionLanguageModel,
+    pixels,
+    prompts,
+    max_new_tokens=32,
+    eos_id=None,
+    *,
+    features=None,
+    pad_id=0,
+    visual_at=None,
+    num_frames=None,
+):
     """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
     features = the frozen encoder's patch features (B, ...); num_frames (B,): each video's real
     frames when a batch pads them to its longest (data.pad_frames); the visual tokens go before
     position visual_at[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
     -> B lists of new token ids."""
     prefix = model.visual_tokens(pixels, features, num_frames)
-    return generate(model.lm, prompts, prefix, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                    prefix_at=visual_at)
+    return generate(
+        model.lm,
+        prompts,
+        prefix,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        prefix_at=visual_at,
+    )
 
 
 @torch.no_grad()
-def beam_search(model: VisionLanguageModel, pixels, prompts, beam_size=4, length_penalty=1.0, max_new_tokens=32,
-                eos_id=None, *, features=None, pad_id=0, visual_at=None, num_frames=None):
-    """Beam search conditioned on the images; inputs as `greedy_decode`, search as `beam_search_lm`."""
+def beam_search(
+    model: VisionLanguageModel,
+    pixels,
+    prompts,
+    beam_size=4,
+    length_penalty=1.0,
+    max_new_tokens=32,
+    eos_id=None,
+    *,
+    features=None,
+    pad_id=0,
+    visual_at=None,
+    num_frames=None,
+):
+    """Beam search conditioned on the images; inputs as `greedy_decode`, search as
+    `beam_search_lm`."""
     prefix = model.visual_tokens(pixels, features, num_frames)  # (B, P, D)
-    return beam_search_lm(model.lm, prompts, prefix, beam_size, length_penalty, max_new_tokens, eos_id, pad_id, visual_at)
+    return beam_search_lm(
+        model.lm,
+        prompts,
+        prefix,
+        beam_size,
+        length_penalty,
+        max_new_tokens,
+        eos_id,
+        pad_id,
+        visual_at,
+    )
 
 
-def decode(model: VisionLanguageModel, pixels, prompts, beam_size=1, length_penalty=1.0, max_new_tokens=32,
-           eos_id=None, *, features=None, pad_id=0, visual_at=None, num_frames=None):
+def decode(
+    model: VisionLanguageModel,
+    pixels,
+    prompts,
+    beam_size=1,
+    length_penalty=1.0,
+    max_new_tokens=32,
+    eos_id=None,
+    *,
+    features=None,
+    pad_id=0,
+    visual_at=None,
+    num_frames=None,
+):
     """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
     visual = dict(features=features, pad_id=pad_id, visual_at=visual_at, num_frames=num_frames)
     if beam_size == 1:
         return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, **visual)
-    return beam_search(model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id, **visual)
+    return beam_search(
+        model, pixels, prompts, beam_size, length_penalty, max_new_tokens, eos_id, **visual
+    )
 
 
 @dataclass
 class FinishedHypotheses:
-    """The hypotheses of one sample that have ended (EOS, or max_new_tokens): how many, and the best."""
+    """The hypotheses of one sample that have ended (EOS, or max_new_tokens): how many, and the
+    best."""
+
     count: int = 0
     best_score: float = -math.inf
     best_tokens: list = field(default_factory=list)
 
     def add(self, tokens: list, log_prob: float, length: int, length_penalty: float) -> None:
         self.count += 1
-        score = log_prob / length ** length_penalty
-        if score > self.best_score:  # strict: of equal scores the earlier one stays, deterministically
+        score = log_prob / length**length_penalty
+        if (
+            score > self.best_score
+        ):  # strict: of equal scores the earlier one stays, deterministically
             self.best_score, self.best_tokens = score, tokens
 
 
 @torch.no_grad()
-def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, max_new_tokens=32, eos_id=None,
-                   pad_id=0, prefix_at=None):
+def beam_search_lm(
+    lm,
+    prompts,
+    prefix=None,
+    beam_size=4,
+    length_penalty=1.0,
+    max_new_tokens=32,
+    eos_id=None,
+    pad_id=0,
+    prefix_at=None,
+):
     """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None,
     placed as in `generate`.
 
@@ -151,7 +238,9 @@ def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, ma
         return [[] for _ in prompts]
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(input_ids if input_ids.shape[1] else None, prefix, pad_lengths, prefix_at)  # (B, V)
+    logits, cache = lm.prefill(
+        input_ids if input_ids.shape[1] else None, prefix, pad_lengths, prefix_at
+    )  # (B, V)
     # The prefix and prompt of a sample are run once, then copied to its K beam rows.
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
     cache.reorder(rows)
@@ -159,17 +248,34 @@ def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, ma
     # Only beam 0 starts alive: K identical beams would all propose the same K tokens.
     beam_scores = torch.full((B, K), -math.inf, device=device)
     beam_scores[:, 0] = 0.0
-    tokens = torch.zeros(B, K, 0, dtype=torch.long)  # (B, K, step) on CPU, where hypotheses are kept
+    tokens = torch.zeros(
+        B, K, 0, dtype=torch.long
+    )  # (B, K, step) on CPU, where hypotheses are kept
     finished = [FinishedHypotheses() for _ in range(B)]
     for step in range(max_new_tokens):
         vocab_size = logits.shape[-1]
-        candidates = beam_scores[..., None] + F.log_softmax(logits.float(), dim=-1).view(B, K, vocab_size)
+        candidates = beam_scores[..., None] + F.log_softmax(logits.float(), dim=-1).view(
+            B, K, vocab_size
+        )
         # 2K candidates: at most K of them (one per beam) are EOS, so K others can carry on.
-        top_scores, top_index = candidates.view(B, K * vocab_size).topk(min(2 * K, K * vocab_size), dim=1)
-        scores, parents, next_tokens = select_beams(top_scores.tolist(), (top_index // vocab_size).tolist(),
-                                                    (top_index % vocab_size).tolist(), tokens, finished, K, eos_id,
-                                                    length_penalty, step)
-        tokens = torch.cat([tokens.gather(1, parents[..., None].expand(-1, -1, step)), next_tokens[..., None]], dim=2)
+        top_scores, top_index = candidates.view(B, K * vocab_size).topk(
+            min(2 * K, K * vocab_size), dim=1
+        )
+        scores, parents, next_tokens = select_beams(
+            top_scores.tolist(),
+            (top_index // vocab_size).tolist(),
+            (top_index % vocab_size).tolist(),
+            tokens,
+            finished,
+            K,
+            eos_id,
+            length_penalty,
+            step,
+        )
+        tokens = torch.cat(
+            [tokens.gather(1, parents[..., None].expand(-1, -1, step)), next_tokens[..., None]],
+            dim=2,
+        )
         beam_scores = scores.to(device)
         if step == max_new_tokens - 1 or all(f.count >= K for f in finished):
             break
@@ -183,14 +289,18 @@ def beam_search_lm(lm, prompts, prefix=None, beam_size=4, length_penalty=1.0, ma
     return [hypotheses.best_tokens for hypotheses in finished]
 
 
-def select_beams(top_scores, top_beams, top_tokens, tokens, finished, K, eos_id, length_penalty, step):
+def select_beams(
+    top_scores, top_beams, top_tokens, tokens, finished, K, eos_id, length_penalty, step
+):
     """One step's bookkeeping, per sample: the candidates come best first (B lists of 2K); an EOS
     among the first K ends its hypothesis, the first K others become the new beams.
     -> scores (B, K), parent beams (B, K), new tokens (B, K)."""
     scores, parents, new_tokens = [], [], []
     for b in range(len(top_scores)):
         done, beams = finished[b].count >= K, []
-        for rank, (score, beam, token) in enumerate(zip(top_scores[b], top_beams[b], top_tokens[b])):
+        for rank, (score, beam, token) in enumerate(
+            zip(top_scores[b], top_beams[b], top_tokens[b])
+        ):
             if token == eos_id:
                 # A done sample's rows keep running only to keep the batch rectangular: ignored.
                 if rank < K and not done and score > -math.inf:

@@ -25,12 +25,16 @@ _CAPTION_PUNCTUATION = set(".,?!;:'\"`()[]{}-")
 def caption_tokenize(text):
     """Lower-cased words of a caption, without punctuation tokens (both caption metrics use it)."""
     text = _CLITIC.sub(r" \1", text.translate(_CURLY_QUOTES).lower())
-    return [token for token in _CAPTION_TOKEN.findall(text) if not set(token) <= _CAPTION_PUNCTUATION]
+    return [
+        token for token in _CAPTION_TOKEN.findall(text) if not set(token) <= _CAPTION_PUNCTUATION
+    ]
 
 
 def _ngram_counts(tokens, max_n=4):
     """Counter of every 1..max_n-gram (as a tuple of tokens) in the sentence."""
-    return Counter(tuple(tokens[i:i + n]) for n in range(1, max_n + 1) for i in range(len(tokens) - n + 1))
+    return Counter(
+        tuple(tokens[i : i + n]) for n in range(1, max_n + 1) for i in range(len(tokens) - n + 1)
+    )
 
 
 def _check_caption_inputs(candidates, references):
@@ -38,15 +42,21 @@ def _check_caption_inputs(candidates, references):
     only_candidates = sorted(candidates.keys() - references.keys(), key=str)
     only_references = sorted(references.keys() - candidates.keys(), key=str)
     if only_candidates or only_references:
-        raise ValueError("candidates and references must have the same keys; only in candidates: "
-                         f"{only_candidates[:5]}, only in references: {only_references[:5]}")
+        raise ValueError(
+            "candidates and references must have the same keys; only in candidates: "
+            f"{only_candidates[:5]}, only in references: {only_references[:5]}"
+        )
     if not candidates:
         raise ValueError("no images to evaluate: candidates and references are empty")
     for key, captions in references.items():
         if isinstance(captions, str) or not captions:
-            raise ValueError(f"image {key!r}: references must be a non-empty list of captions, got {captions!r}")
+            raise ValueError(
+                f"image {key!r}: references must be a non-empty list of captions, got {captions!r}"
+            )
         if not isinstance(candidates[key], str):
-            raise ValueError(f"image {key!r}: the candidate must be one string, got {candidates[key]!r}")
+            raise ValueError(
+                f"image {key!r}: the candidate must be one string, got {candidates[key]!r}"
+            )
     return list(candidates)
 
 
@@ -61,12 +71,16 @@ def cider_d(candidates, references, sigma=6.0):
     """
     keys = _check_caption_inputs(candidates, references)
     candidate_tokens = {key: caption_tokenize(candidates[key]) for key in keys}
-    reference_tokens = {key: [caption_tokenize(caption) for caption in references[key]] for key in keys}
+    reference_tokens = {
+        key: [caption_tokenize(caption) for caption in references[key]] for key in keys
+    }
 
     # An n-gram's document frequency: the number of images whose reference set contains it.
     document_frequency = Counter()
     for key in keys:
-        document_frequency.update(set().union(*(_ngram_counts(tokens) for tokens in reference_tokens[key])))
+        document_frequency.update(
+            set().union(*(_ngram_counts(tokens) for tokens in reference_tokens[key]))
+        )
     log_num_images = math.log(len(keys))
 
     def tfidf_vectors(tokens):
@@ -75,18 +89,25 @@ def cider_d(candidates, references, sigma=6.0):
         for ngram, term_frequency in _ngram_counts(tokens).items():
             idf = log_num_images - math.log(max(1, document_frequency[ngram]))
             vectors[len(ngram) - 1][ngram] = term_frequency * idf
-        return [(vector, math.sqrt(sum(value * value for value in vector.values()))) for vector in vectors]
+        return [
+            (vector, math.sqrt(sum(value * value for value in vector.values())))
+            for vector in vectors
+        ]
 
     def similarity(candidate, reference, length_difference):
         """Mean over n of the clipped cosine, times the Gaussian length penalty."""
         # The official scorer measures length in bigrams; that equals the word count minus one
         # except for an empty sentence, whose vectors are all zero, so the penalty never differs.
-        penalty = math.exp(-length_difference ** 2 / (2 * sigma ** 2))
+        penalty = math.exp(-(length_difference**2) / (2 * sigma**2))
         total = 0.0
-        for (candidate_vector, candidate_norm), (reference_vector, reference_norm) in zip(candidate, reference):
+        for (candidate_vector, candidate_norm), (reference_vector, reference_norm) in zip(
+            candidate, reference
+        ):
             # Clipping: a candidate n-gram counts at most as much as it weighs in the reference.
-            dot = sum(min(value, reference_vector.get(ngram, 0.0)) * reference_vector.get(ngram, 0.0)
-                      for ngram, value in candidate_vector.items())
+            dot = sum(
+                min(value, reference_vector.get(ngram, 0.0)) * reference_vector.get(ngram, 0.0)
+                for ngram, value in candidate_vector.items()
+            )
             # No n-grams of this order (or only idf-0 ones) on either side: cosine 0, as officially.
             if candidate_norm and reference_norm:
                 total += dot / (candidate_norm * reference_norm) * penalty
@@ -95,8 +116,10 @@ def cider_d(candidates, references, sigma=6.0):
     per_image = {}
     for key in keys:
         candidate = tfidf_vectors(candidate_tokens[key])
-        similarities = [similarity(candidate, tfidf_vectors(tokens), len(candidate_tokens[key]) - len(tokens))
-                        for tokens in reference_tokens[key]]
+        similarities = [
+            similarity(candidate, tfidf_vectors(tokens), len(candidate_tokens[key]) - len(tokens))
+            for tokens in reference_tokens[key]
+        ]
         per_image[key] = 10.0 * sum(similarities) / len(similarities)
     return sum(per_image.values()) / len(per_image), per_image
 
@@ -131,8 +154,10 @@ def bleu4(candidates, references):
         for n in range(1, 5):
             guessed[n - 1] += max(0, len(tokens) - n + 1)
         candidate_length += len(tokens)
-        reference_length += min((len(reference) for reference in reference_tokens),
-                                key=lambda length: (abs(length - len(tokens)), length))
+        reference_length += min(
+            (len(reference) for reference in reference_tokens),
+            key=lambda length: (abs(length - len(tokens)), length),
+        )
     precisions = [(m + _BLEU_TINY) / (g + _BLEU_SMALL) for m, g in zip(matched, guessed)]
     score = math.prod(precisions) ** (1 / 4)
     length_ratio = (candidate_length + _BLEU_TINY) / (reference_length + _BLEU_SMALL)
@@ -143,38 +168,165 @@ def bleu4(candidates, references):
 # Tables of the official VQAv2 evaluation (vqaEval.py, current version: straight apostrophes,
 # and "'" and ":" are not stripped).
 _VQA_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
-    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
-    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
-    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
-    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
-    "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
-    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
-    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
-    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
-    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
-    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
-    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
-    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
-    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
-    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
-    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    "itll": "it'll",
+    "let's": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    "she's": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
+    "youve": "you've",
 }
-_VQA_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_VQA_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _VQA_ARTICLES = {"a", "an", "the"}
-_VQA_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
-                    ">", "<", "@", "`", ",", "?", "!"]
+_VQA_PUNCTUATION = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
 _VQA_COMMA_BETWEEN_DIGITS = re.compile(r"\d,\d")
 # The official pattern is meant to keep periods between digits; as written it keeps every
 # period followed by a digit and removes all others ("yes." -> "yes", "2.5" stays).
@@ -199,7 +351,9 @@ def normalize_vqa_answer(answer):
     lower case, number words to digits ("two" -> "2"), articles dropped, contractions ("dont")."""
     text = _vqa_strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip())
     words = [_VQA_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
-    return " ".join(_VQA_CONTRACTIONS.get(word, word) for word in words if word not in _VQA_ARTICLES)
+    return " ".join(
+        _VQA_CONTRACTIONS.get(word, word) for word in words if word not in _VQA_ARTICLES
+    )
 
 
 def vqa_accuracy(prediction, answers):

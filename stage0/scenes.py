@@ -1,4 +1,5 @@
-"""Scene labels: what the stand-in vision encoder of Figure 2 is pretrained to see, and how a probe checks it.
+"""Scene labels: what the stand-in vision encoder of Figure 2 is pretrained to see, and how a probe
+checks it.
 
 The paper freezes a ViT that arrives pretrained (CoCa on image-text pairs; JFT classification for
 the ViT-g). Offline, the stand-in is pretrained with supervision on the synthetic world's scene
@@ -7,6 +8,7 @@ shape, colour and size of its object (or "empty"), and the number of objects. Th
 linear maps of the patch features averaged over each cell, so what they learn is, by
 construction, what a linear probe on the frozen features can read (`evaluate.py probe`).
 """
+
 import json
 from pathlib import Path
 
@@ -28,20 +30,26 @@ def scene_vocabulary(folder: str | Path) -> dict:
     try:
         vocabulary = json.loads(path.read_text())["scene_vocabulary"]
     except (OSError, KeyError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: no 'scene_vocabulary' ({error!r}); scene labels exist only for a world "
-                        "written by `python -m stage0.synthetic --out DIR`") from error
+        raise DataError(
+            f"{path}: no 'scene_vocabulary' ({error!r}); scene labels exist only for a world "
+            "written by `python -m stage0.synthetic --out DIR`"
+        ) from error
     return vocabulary
 
 
 def read_scenes(folder: str | Path, split: str) -> list[dict]:
     path = Path(folder) / f"scenes_{split}.json"
     if not path.is_file():
-        raise DataError(f"{path}: missing; expected the scenes of split {split!r} (python -m stage0.synthetic --out DIR)")
+        raise DataError(
+            f"{path}: missing; expected the scenes of split {split!r} (python -m stage0.synthetic "
+            "--out DIR)"
+        )
     return json.loads(path.read_text())["scenes"]
 
 
 def scene_targets(scene: dict, vocabulary: dict) -> dict[str, torch.Tensor]:
-    """{kind: (cells,) class per cell, 0 = empty, k = vocabulary[kind][k - 1]} and "count": () objects."""
+    """{kind: (cells,) class per cell, 0 = empty, k = vocabulary[kind][k - 1]} and "count": ()
+    objects."""
     rows, columns = vocabulary["rows"], vocabulary["columns"]
     targets = {kind: torch.zeros(len(rows) * len(columns), dtype=torch.long) for kind in KINDS}
     for obj in scene["objects"]:
@@ -55,7 +63,10 @@ def scene_targets(scene: dict, vocabulary: dict) -> dict[str, torch.Tensor]:
 
 def num_classes(vocabulary: dict) -> dict[str, int]:
     rows, columns = vocabulary["rows"], vocabulary["columns"]
-    return {**{kind: 1 + len(vocabulary[kind]) for kind in KINDS}, "count": 1 + len(rows) * len(columns)}
+    return {
+        **{kind: 1 + len(vocabulary[kind]) for kind in KINDS},
+        "count": 1 + len(rows) * len(columns),
+    }
 
 
 class SceneDataset(Dataset):
@@ -71,16 +82,23 @@ class SceneDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene = self.scenes[index]
-        return {"pixels": load_image(self.folder / scene["file_name"], self.image_size),
-                "targets": scene_targets(scene, self.vocabulary)}
+        return {
+            "pixels": load_image(self.folder / scene["file_name"], self.image_size),
+            "targets": scene_targets(scene, self.vocabulary),
+        }
 
 
 def collate_scenes(samples: list[dict]) -> dict:
-    targets = {kind: torch.stack([s["targets"][kind] for s in samples]) for kind in samples[0]["targets"]}
+    targets = {
+        kind: torch.stack([s["targets"][kind] for s in samples]) for kind in samples[0]["targets"]
+    }
     # The trainer normalizes by loss_mask.sum(): here one entry per predicted label.
     count = sum(t[0].numel() for t in targets.values())
-    return {"pixels": torch.stack([s["pixels"] for s in samples]), "targets": targets,
-            "loss_mask": torch.ones(len(samples), count, dtype=torch.bool)}
+    return {
+        "pixels": torch.stack([s["pixels"] for s in samples]),
+        "targets": targets,
+        "loss_mask": torch.ones(len(samples), count, dtype=torch.bool),
+    }
 
 
 def cell_weights(side: int, rows: int, columns: int) -> torch.Tensor:
@@ -95,7 +113,8 @@ def cell_weights(side: int, rows: int, columns: int) -> torch.Tensor:
 
 
 def pool_cells(features: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """Patch features (B, N, D) on a square patch grid -> the mean over each cell (B, rows * columns, D)."""
+    """Patch features (B, N, D) on a square patch grid -> the mean over each cell (B, rows *
+    columns, D)."""
     weights = cell_weights(int(features.shape[1] ** 0.5), rows, columns).to(features)
     return torch.einsum("cn,bnd->bcd", weights, features)
 
@@ -106,15 +125,21 @@ class SceneHeads(nn.Module):
     def __init__(self, dim: int, vocabulary: dict):
         super().__init__()
         self.rows, self.columns = len(vocabulary["rows"]), len(vocabulary["columns"])
-        self.heads = nn.ModuleDict({kind: nn.Linear(dim, classes) for kind, classes in num_classes(vocabulary).items()})
+        self.heads = nn.ModuleDict(
+            {kind: nn.Linear(dim, classes) for kind, classes in num_classes(vocabulary).items()}
+        )
 
     def forward(self, features):  # (B, N, D) -> {kind: logits (B, cells, C) or (B, C) for count}
         cells = pool_cells(features, self.rows, self.columns)
-        return {kind: head(features.mean(dim=1) if kind == "count" else cells) for kind, head in self.heads.items()}
+        return {
+            kind: head(features.mean(dim=1) if kind == "count" else cells)
+            for kind, head in self.heads.items()
+        }
 
 
 class SceneLabelModel(nn.Module):
-    """Stage 0 for the vision encoder: ViT -> scene heads; the heads are dropped after pretraining."""
+    """Stage 0 for the vision encoder: ViT -> scene heads; the heads are dropped after
+    pretraining."""
 
     def __init__(self, vision: nn.Module, vocabulary: dict):
         super().__init__()
@@ -127,8 +152,12 @@ class SceneLabelModel(nn.Module):
 def scene_loss(model, batch: dict):
     """The trainer's loss: (sum of cross-entropies over every label, number of labels)."""
     logits = model(batch["pixels"])
-    total = sum(F.cross_entropy(logits[kind].flatten(0, -2), batch["targets"][kind].flatten(), reduction="sum")
-                for kind in logits)
+    total = sum(
+        F.cross_entropy(
+            logits[kind].flatten(0, -2), batch["targets"][kind].flatten(), reduction="sum"
+        )
+        for kind in logits
+    )
     return total, batch["loss_mask"].sum()
 
 
@@ -137,12 +166,17 @@ def scene_loss(model, batch: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-def linear_probe(train_x, train_y, test_x, test_y, classes: int, weight_decay: float = 1e-4, steps: int = 200) -> float:
-    """Multinomial logistic regression (full-batch L-BFGS on standardized features) -> test accuracy."""
+def linear_probe(
+    train_x, train_y, test_x, test_y, classes: int, weight_decay: float = 1e-4, steps: int = 200
+) -> float:
+    """Multinomial logistic regression (full-batch L-BFGS on standardized features) -> test
+    accuracy."""
     mean, std = train_x.mean(dim=0), train_x.std(dim=0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     probe = nn.Linear(train_x.shape[1], classes)
-    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(), lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -166,7 +200,9 @@ def probe_inputs(vision: nn.Module, dataset: SceneDataset, batch_size: int = 64)
     rows, columns = len(dataset.vocabulary["rows"]), len(dataset.vocabulary["columns"])
     cells, means, targets = [], [], []
     for start in range(0, len(dataset), batch_size):
-        batch = collate_scenes([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = collate_scenes(
+            [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        )
         features = vision(batch["pixels"]).float()  # (B, N, D)
         cells.append(pool_cells(features, rows, columns).flatten(0, 1))
         means.append(features.mean(dim=1))
@@ -181,6 +217,10 @@ def probe_scores(train: dict, test: dict, vocabulary: dict) -> dict:
     scores = {}
     for kind in ("shape", "colour", "count"):
         inputs = "image_features" if kind == "count" else "cell_features"
-        scores[kind] = {"accuracy": linear_probe(train[inputs], train[kind], test[inputs], test[kind], classes[kind]),
-                        "majority": majority_accuracy(train[kind], test[kind])}
+        scores[kind] = {
+            "accuracy": linear_probe(
+                train[inputs], train[kind], test[inputs], test[kind], classes[kind]
+            ),
+            "majority": majority_accuracy(train[kind], test[kind]),
+        }
     return scores

@@ -5,6 +5,7 @@ and reused every epoch. At real size they are large (SigLIP-so400m: about 3.4 MB
 fp32), so the cache keeps them in bf16 and holds at most a budget (`--feature-cache-gb`), dropping
 the least recently used first.
 """
+
 from collections import OrderedDict
 
 import torch
@@ -12,24 +13,32 @@ import torch
 
 class FeatureCache:
     """Frozen-encoder features per (modality, id), so the encoder runs once per image or video over
-    all epochs: in bf16 (half of fp32; the adapter's input is rounded to it, as under bf16 autocast),
-    on the CPU, at most max_bytes (the least recently used go first; None: no bound). Valid only while
-    the encoder stays frozen and images are not augmented; ids must be unique within a modality
+    all epochs: in bf16 (half of fp32; the adapter's input is rounded to it, as under bf16
+    autocast), on the CPU, at most max_bytes (the least recently used go first; None: no bound).
+    Valid only while the encoder stays frozen and images are not augmented; ids must be unique
+    within a modality
     across the splits sharing a cache (they are in COCO and in the synthetic world)."""
 
     def __init__(self, max_bytes: int | None = None):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.features: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()  # oldest use first
+        self.features: OrderedDict[tuple[str, int], torch.Tensor] = (
+            OrderedDict()
+        )  # oldest use first
 
     def __len__(self) -> int:
         return len(self.features)
 
     def describe(self) -> str:
         budget = "unbounded" if self.max_bytes is None else f"at most {self.max_bytes / 2**30:g} GB"
-        return (f"feature cache: {budget}, bf16 on the CPU, frozen-ViT features per (image or video, id), "
-                "least recently used evicted")
+        return (
+            f"feature cache: {budget}, bf16 on the CPU, frozen-ViT features per (image or video, "
+            "id), "
+            "least recently used evicted"
+        )
 
-    def get_or_compute(self, image_ids: list[int], pixels: torch.Tensor, encode_fn, num_frames=None) -> torch.Tensor:
+    def get_or_compute(
+        self, image_ids: list[int], pixels: torch.Tensor, encode_fn, num_frames=None
+    ) -> torch.Tensor:
         """encode_fn maps pixels (n, ...) to features (n, ...); returns features (B, ...) on pixels'
         device, in fp32. Videos (B, T, ...) keep their num_frames[row] real frames only
         and come back padded with zero frames to the batch's T, as collate padded their pixels."""
@@ -46,13 +55,17 @@ class FeatureCache:
             for (key, row), features in zip(missing.items(), computed):
                 if num_frames is not None:
                     features = features[: int(num_frames[row])]
-                found[key] = features.detach().to("cpu", torch.bfloat16, copy=True)  # copy: not a view of the batch
+                found[key] = features.detach().to(
+                    "cpu", torch.bfloat16, copy=True
+                )  # copy: not a view of the batch
         for key in keys:  # newest use last; then evict from the oldest
             self.store(key, found[key])
         rows = [found[key] for key in keys]
         if modality == "video":  # (B, T, ...) padded back to the batch's T
             frames = pixels.shape[1]
-            rows = [torch.cat([row, row.new_zeros(frames - len(row), *row.shape[1:])]) for row in rows]
+            rows = [
+                torch.cat([row, row.new_zeros(frames - len(row), *row.shape[1:])]) for row in rows
+            ]
         return torch.stack(rows).to(pixels.device, torch.float32)
 
     def store(self, key, features: torch.Tensor):

@@ -8,13 +8,13 @@ folder's, and one config conversion that returns our config's fields (or an erro
 we cannot honour). Only local files are read; this module imports no model. At the end: our own
 older layout of the PaLM block (separate projections), converted when an old checkpoint is loaded.
 """
+
 import fnmatch
 import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-
 
 # ---------------------------------------------------------------------------------------------
 # Reading a folder and filling a model by table
@@ -28,8 +28,10 @@ def read_hugging_face_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {str(folder)!r}: expected a local Hugging Face model folder "
-                                "(config.json + *.safetensors); hub names are not downloaded")
+        raise FileNotFoundError(
+            f"no folder {str(folder)!r}: expected a local Hugging Face model folder "
+            "(config.json + *.safetensors); hub names are not downloaded"
+        )
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
@@ -39,7 +41,9 @@ def read_hugging_face_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
     else:
         shards = sorted(path.name for path in folder.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"{folder} has no *.safetensors weights (pytorch_model.bin is not read: it is a pickle)")
+        raise FileNotFoundError(
+            f"{folder} has no *.safetensors weights (pytorch_model.bin is not read: it is a pickle)"
+        )
     tensors = {}
     for shard in shards:
         if not (folder / shard).is_file():
@@ -53,21 +57,34 @@ def expand_table(table: dict, depth: int) -> dict:
     expanded = {}
     for ours, theirs in table.items():
         for i in range(depth) if "{i}" in ours else [None]:
-            expanded[ours.format(i=i)] = theirs.format(i=i) if isinstance(theirs, str) else tuple(t.format(i=i) for t in theirs)
+            expanded[ours.format(i=i)] = (
+                theirs.format(i=i)
+                if isinstance(theirs, str)
+                else tuple(t.format(i=i) for t in theirs)
+            )
     return expanded
 
 
-def load_by_table(model: nn.Module, tensors: dict, table: dict, ignored: tuple, source, dtype) -> nn.Module:
+def load_by_table(
+    model: nn.Module, tensors: dict, table: dict, ignored: tuple, source, dtype
+) -> nn.Module:
     """Fill `model` (built on the meta device) with a folder's `tensors`, named by `table` (ours ->
     theirs, written out by expand_table). A missing, misshapen or left-over tensor is an error
-    that names it; `ignored` (fnmatch patterns) are the left-overs that belong to other heads or towers."""
+    that names it; `ignored` (fnmatch patterns) are the left-overs that belong to other heads or
+    towers."""
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     if set(table) != set(shapes):  # a bug in our table, not in the folder
-        raise RuntimeError(f"the weight table and {type(model).__name__} disagree on {sorted(set(table) ^ set(shapes))}")
+        raise RuntimeError(
+            f"the weight table and {type(model).__name__} disagree on "
+            f"{sorted(set(table) ^ set(shapes))}"
+        )
     state = {}
     for ours, theirs in table.items():
         names = (theirs,) if isinstance(theirs, str) else theirs
-        piece_shape = (shapes[ours][0] // len(names), *shapes[ours][1:])  # fused tensors are equal parts
+        piece_shape = (
+            shapes[ours][0] // len(names),
+            *shapes[ours][1:],
+        )  # fused tensors are equal parts
         pieces = []
         for name in names:
             if name not in tensors:
@@ -76,14 +93,24 @@ def load_by_table(model: nn.Module, tensors: dict, table: dict, ignored: tuple, 
             if (1, *piece.shape) == piece_shape:
                 piece = piece[None]  # our position table's leading batch axis
             if tuple(piece.shape) != piece_shape:
-                raise ValueError(f"{source}: tensor {name!r} has shape {tuple(piece.shape)}; {ours!r} needs {piece_shape} "
-                                 "(config.json and the weights disagree)")
+                raise ValueError(
+                    f"{source}: tensor {name!r} has shape {tuple(piece.shape)}; {ours!r} needs "
+                    f"{piece_shape} "
+                    "(config.json and the weights disagree)"
+                )
             pieces.append(piece.to(dtype))
         state[ours] = torch.cat(pieces)  # a new tensor, never a view of the file
-    unexpected = [name for name in tensors if not any(fnmatch.fnmatchcase(name, pattern) for pattern in ignored)]
+    unexpected = [
+        name
+        for name in tensors
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in ignored)
+    ]
     if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}: "
-                         f"this architecture has no place for them")
+        raise ValueError(
+            f"{source}: unexpected tensor(s) "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}: "
+            f"this architecture has no place for them"
+        )
     model.load_state_dict(state, assign=True)
     return model
 
@@ -92,7 +119,8 @@ def load_by_table(model: nn.Module, tensors: dict, table: dict, ignored: tuple, 
 # Vision towers: CLIP and SigLIP
 # ---------------------------------------------------------------------------------------------
 
-# Our tensor name -> the folder's, inside the vision tower: the "vision_model." prefix that CLIPModel,
+# Our tensor name -> the folder's, inside the vision tower: the "vision_model." prefix that
+# CLIPModel,
 # SiglipModel and folders saved by transformers 4 put before every name is dropped first. A tuple is
 # concatenated along dim 0 in that order (their separate q, k, v projections -> our fused
 # query_key_value); {i} is the block index. CLIP's position table is (1 + N, D) with the class
@@ -102,8 +130,16 @@ ENCODER_LAYER = "encoder.layers.{i}."
 ENCODER_LAYER_WEIGHTS = {
     "blocks.{i}.attention_norm.weight": ENCODER_LAYER + "layer_norm1.weight",
     "blocks.{i}.attention_norm.bias": ENCODER_LAYER + "layer_norm1.bias",
-    "blocks.{i}.attention.query_key_value.weight": (ENCODER_LAYER + "self_attn.q_proj.weight", ENCODER_LAYER + "self_attn.k_proj.weight", ENCODER_LAYER + "self_attn.v_proj.weight"),
-    "blocks.{i}.attention.query_key_value.bias": (ENCODER_LAYER + "self_attn.q_proj.bias", ENCODER_LAYER + "self_attn.k_proj.bias", ENCODER_LAYER + "self_attn.v_proj.bias"),
+    "blocks.{i}.attention.query_key_value.weight": (
+        ENCODER_LAYER + "self_attn.q_proj.weight",
+        ENCODER_LAYER + "self_attn.k_proj.weight",
+        ENCODER_LAYER + "self_attn.v_proj.weight",
+    ),
+    "blocks.{i}.attention.query_key_value.bias": (
+        ENCODER_LAYER + "self_attn.q_proj.bias",
+        ENCODER_LAYER + "self_attn.k_proj.bias",
+        ENCODER_LAYER + "self_attn.v_proj.bias",
+    ),
     "blocks.{i}.attention.out.weight": ENCODER_LAYER + "self_attn.out_proj.weight",
     "blocks.{i}.attention.out.bias": ENCODER_LAYER + "self_attn.out_proj.bias",
     "blocks.{i}.mlp_norm.weight": ENCODER_LAYER + "layer_norm2.weight",
@@ -134,53 +170,114 @@ SIGLIP_VISION_WEIGHTS = {
 # What a folder may hold besides the vision tower: the text tower and projections of a full
 # CLIPModel / SiglipModel, SigLIP's attention-pooling head, and the position_ids buffer that older
 # transformers versions saved.
-IGNORED_VISION_TENSORS = ("text_model.*", "text_projection.*", "visual_projection.*", "logit_scale", "logit_bias",
-                          "head.*", "*position_ids")
+IGNORED_VISION_TENSORS = (
+    "text_model.*",
+    "text_projection.*",
+    "visual_projection.*",
+    "logit_scale",
+    "logit_bias",
+    "head.*",
+    "*position_ids",
+)
 
 # transformers' defaults for the fields a config.json may leave out (a saved config keeps only
-# what differs from them, e.g. google/siglip-base-patch16-224's vision_config is {"patch_size": 16}).
+# what differs from them, e.g. google/siglip-base-patch16-224's vision_config is {"patch_size":
+# 16}).
 HUGGING_FACE_VISION_DEFAULTS = {
-    "clip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-                 image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
-    "siglip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-                   image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+    "clip": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_channels=3,
+        image_size=224,
+        patch_size=32,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    ),
+    "siglip": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_channels=3,
+        image_size=224,
+        patch_size=16,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+    ),
 }
-VISION_MODEL_TYPES = {"clip": "clip", "clip_vision_model": "clip", "siglip": "siglip", "siglip_vision_model": "siglip"}
-HUGGING_FACE_VISION_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
+VISION_MODEL_TYPES = {
+    "clip": "clip",
+    "clip_vision_model": "clip",
+    "siglip": "siglip",
+    "siglip_vision_model": "siglip",
+}
+HUGGING_FACE_VISION_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+}
 
 
 def vit_fields_from_hugging_face(hugging_face_config: dict, source) -> tuple[dict, dict, tuple]:
-    """A folder's config.json -> (our ViTConfig fields, its weight table, the tensor names to leave out)."""
+    """A folder's config.json -> (our ViTConfig fields, its weight table, the tensor names to leave
+    out)."""
     model_type = hugging_face_config.get("model_type")
     family = VISION_MODEL_TYPES.get(model_type)
     if family is None:
-        raise ValueError(f"{source}/config.json: model_type {model_type!r} is not supported by ViT.from_pretrained; "
-                         f"supported: {list(VISION_MODEL_TYPES)}")
-    vision = hugging_face_config if model_type.endswith("_vision_model") else hugging_face_config.get("vision_config") or {}
+        raise ValueError(
+            f"{source}/config.json: model_type {model_type!r} is not supported by "
+            "ViT.from_pretrained; "
+            f"supported: {list(VISION_MODEL_TYPES)}"
+        )
+    vision = (
+        hugging_face_config
+        if model_type.endswith("_vision_model")
+        else hugging_face_config.get("vision_config") or {}
+    )
     vision = {**HUGGING_FACE_VISION_DEFAULTS[family], **vision}
     for name in ("image_size", "patch_size"):  # ints, or [height, width] in newer configs
         if isinstance(vision[name], (list, tuple)):
             if len(set(vision[name])) != 1:
-                raise ValueError(f"{source}/config.json: {name}={vision[name]}; only square images and patches are supported")
+                raise ValueError(
+                    f"{source}/config.json: {name}={vision[name]}; only square images and patches "
+                    "are supported"
+                )
             vision[name] = vision[name][0]
     if vision["hidden_act"] not in HUGGING_FACE_VISION_ACTIVATIONS:
-        raise ValueError(f"{source}/config.json: hidden_act={vision['hidden_act']!r} is not supported; "
-                         f"supported: {list(HUGGING_FACE_VISION_ACTIVATIONS)}")
+        raise ValueError(
+            f"{source}/config.json: hidden_act={vision['hidden_act']!r} is not supported; "
+            f"supported: {list(HUGGING_FACE_VISION_ACTIVATIONS)}"
+        )
     clip = family == "clip"
     preprocessing = vision_preprocessing(source, family, vision["image_size"])
     fields = dict(
-        image_size=vision["image_size"], patch_size=vision["patch_size"], dim=vision["hidden_size"],
-        depth=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-        channels=vision["num_channels"], norm_eps=vision["layer_norm_eps"], class_token=clip, pre_norm=clip,
-        patch_bias=not clip, mlp_activation=HUGGING_FACE_VISION_ACTIVATIONS[vision["hidden_act"]], **preprocessing)
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        dim=vision["hidden_size"],
+        depth=vision["num_hidden_layers"],
+        num_heads=vision["num_attention_heads"],
+        mlp_dim=vision["intermediate_size"],
+        channels=vision["num_channels"],
+        norm_eps=vision["layer_norm_eps"],
+        class_token=clip,
+        pre_norm=clip,
+        patch_bias=not clip,
+        mlp_activation=HUGGING_FACE_VISION_ACTIVATIONS[vision["hidden_act"]],
+        **preprocessing,
+    )
     return fields, CLIP_VISION_WEIGHTS if clip else SIGLIP_VISION_WEIGHTS, IGNORED_VISION_TENSORS
 
 
 # transformers' image processors' defaults, for a folder without preprocessor_config.json: CLIP's
 # statistics with short-side resize and centre crop, SigLIP's 0.5 with a square resize.
 HUGGING_FACE_PREPROCESSING_DEFAULTS = {
-    "clip": dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-                 do_center_crop=True),
+    "clip": dict(
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+        do_center_crop=True,
+    ),
     "siglip": dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_center_crop=False),
 }
 BICUBIC = 3  # PIL's number, as preprocessor_config.json writes "resample"
@@ -189,31 +286,60 @@ BICUBIC = 3  # PIL's number, as preprocessor_config.json writes "resample"
 def vision_preprocessing(folder, family: str, image_size: int) -> dict:
     """The folder's preprocessor_config.json -> our ViTConfig's image_mean, image_std and resize.
     What data.load_image cannot do as the processor does (another resampling filter, a resize to
-    another size than the crop) is an error naming the field. Without the file: transformers' defaults."""
+    another size than the crop) is an error naming the field. Without the file: transformers'
+    defaults."""
     path = Path(folder) / "preprocessor_config.json"
     given = json.loads(path.read_text()) if path.is_file() else {}
-    default_size = {"shortest_edge": image_size} if family == "clip" else {"height": image_size, "width": image_size}
+    default_size = (
+        {"shortest_edge": image_size}
+        if family == "clip"
+        else {"height": image_size, "width": image_size}
+    )
     processor = {**HUGGING_FACE_PREPROCESSING_DEFAULTS[family], "size": default_size, **given}
     source = path if given else f"{family} defaults"
-    for field, expected in (("do_resize", True), ("do_rescale", True), ("do_convert_rgb", True), ("resample", BICUBIC)):
+    for field, expected in (
+        ("do_resize", True),
+        ("do_rescale", True),
+        ("do_convert_rgb", True),
+        ("resample", BICUBIC),
+    ):
         if processor.get(field, expected) != expected:
-            raise ValueError(f"{source}: {field}={processor[field]!r} is not supported; expected {expected!r}")
+            raise ValueError(
+                f"{source}: {field}={processor[field]!r} is not supported; expected {expected!r}"
+            )
     if abs(processor.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-        raise ValueError(f"{source}: rescale_factor={processor['rescale_factor']} is not supported; expected 1/255")
-    size, crop = processor["size"], processor.get("crop_size") or {"height": image_size, "width": image_size}
+        raise ValueError(
+            f"{source}: rescale_factor={processor['rescale_factor']} is not supported; expected "
+            "1/255"
+        )
+    size, crop = (
+        processor["size"],
+        processor.get("crop_size") or {"height": image_size, "width": image_size},
+    )
     if isinstance(crop, int):
         crop = {"height": crop, "width": crop}
-    if processor.get("do_center_crop") and size.get("shortest_edge") == image_size == crop.get("height") == crop.get("width"):
+    if processor.get("do_center_crop") and size.get("shortest_edge") == image_size == crop.get(
+        "height"
+    ) == crop.get("width"):
         resize = "crop"
-    elif not processor.get("do_center_crop") and size.get("height") == image_size == size.get("width"):
+    elif not processor.get("do_center_crop") and size.get("height") == image_size == size.get(
+        "width"
+    ):
         resize = "square"
     else:
-        raise ValueError(f"{source}: size={size}, do_center_crop={processor.get('do_center_crop')}, crop_size={crop} is not "
-                         f"supported for image_size {image_size}; expected shortest_edge {image_size} with a centre crop "
-                         f"of {image_size} (CLIP) or height = width = {image_size} without a crop (SigLIP)")
+        raise ValueError(
+            f"{source}: size={size}, do_center_crop={processor.get('do_center_crop')}, "
+            f"crop_size={crop} is not "
+            f"supported for image_size {image_size}; expected shortest_edge {image_size} with a "
+            "centre crop "
+            f"of {image_size} (CLIP) or height = width = {image_size} without a crop (SigLIP)"
+        )
     normalize = processor.get("do_normalize", True)
-    return dict(image_mean=tuple(processor["image_mean"]) if normalize else (0.0, 0.0, 0.0),
-                image_std=tuple(processor["image_std"]) if normalize else (1.0, 1.0, 1.0), resize=resize)
+    return dict(
+        image_mean=tuple(processor["image_mean"]) if normalize else (0.0, 0.0, 0.0),
+        image_std=tuple(processor["image_std"]) if normalize else (1.0, 1.0, 1.0),
+        resize=resize,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,10 +355,16 @@ GEMMA_AND_LLAMA_WEIGHTS = {
     "token_embedding.weight": "model.embed_tokens.weight",
     "blocks.{i}.attention_norm.weight": LM_LAYER + "input_layernorm.weight",
     "blocks.{i}.attention.query.weight": LM_LAYER + "self_attn.q_proj.weight",
-    "blocks.{i}.attention.key_value.weight": (LM_LAYER + "self_attn.k_proj.weight", LM_LAYER + "self_attn.v_proj.weight"),
+    "blocks.{i}.attention.key_value.weight": (
+        LM_LAYER + "self_attn.k_proj.weight",
+        LM_LAYER + "self_attn.v_proj.weight",
+    ),
     "blocks.{i}.attention.out.weight": LM_LAYER + "self_attn.o_proj.weight",
     "blocks.{i}.mlp_norm.weight": LM_LAYER + "post_attention_layernorm.weight",
-    "blocks.{i}.mlp.gate_and_up.weight": (LM_LAYER + "mlp.gate_proj.weight", LM_LAYER + "mlp.up_proj.weight"),
+    "blocks.{i}.mlp.gate_and_up.weight": (
+        LM_LAYER + "mlp.gate_proj.weight",
+        LM_LAYER + "mlp.up_proj.weight",
+    ),
     "blocks.{i}.mlp.down.weight": LM_LAYER + "mlp.down_proj.weight",
     "final_norm.weight": "model.norm.weight",
 }
@@ -240,22 +372,46 @@ IGNORED_LM_TENSORS = ("*rotary_emb.inv_freq",)  # a buffer older transformers ve
 
 # transformers' defaults for the fields a config.json may leave out.
 HUGGING_FACE_LM_DEFAULTS = {
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
-                  max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True),
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
-                  max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "gemma": dict(
+        vocab_size=256000,
+        hidden_size=3072,
+        intermediate_size=24576,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        head_dim=256,
+        hidden_act="gelu_pytorch_tanh",
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "llama": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=None,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
 }
 HUGGING_FACE_MLP_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def palm_fields_from_hugging_face(hugging_face_config: dict, source) -> dict:
-    """A Gemma or Llama config.json -> our PaLMConfig fields; a field we cannot honour is an error that names it."""
+    """A Gemma or Llama config.json -> our PaLMConfig fields; a field we cannot honour is an error
+    that names it."""
     model_type = hugging_face_config.get("model_type")
     if model_type not in HUGGING_FACE_LM_DEFAULTS:
-        raise ValueError(f"{source}/config.json: model_type {model_type!r} is not supported by PaLMDecoder.from_pretrained; "
-                         f"supported: {list(HUGGING_FACE_LM_DEFAULTS)}")
+        raise ValueError(
+            f"{source}/config.json: model_type {model_type!r} is not supported by "
+            "PaLMDecoder.from_pretrained; "
+            f"supported: {list(HUGGING_FACE_LM_DEFAULTS)}"
+        )
     hf = {**HUGGING_FACE_LM_DEFAULTS[model_type], **hugging_face_config}
     for flag in ("attention_bias", "mlp_bias", "use_bidirectional_attention"):
         if hf.get(flag):
@@ -264,46 +420,70 @@ def palm_fields_from_hugging_face(hugging_face_config: dict, source) -> dict:
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
-        raise ValueError(f"{source}/config.json: rope type {rope_type!r} (rope_parameters / rope_scaling) is not "
-                         "supported; only the plain rotary embedding")
-    # Gemma's official configs say "gelu" but mean the tanh approximation (transformers maps it too).
+        raise ValueError(
+            f"{source}/config.json: rope type {rope_type!r} (rope_parameters / rope_scaling) is "
+            "not "
+            "supported; only the plain rotary embedding"
+        )
+    # Gemma's official configs say "gelu" but mean the tanh approximation (transformers maps it
+    # too).
     activation = hf.get("hidden_activation") or hf["hidden_act"]
     if model_type == "gemma" and activation == "gelu":
         activation = "gelu_pytorch_tanh"
     if activation not in HUGGING_FACE_MLP_ACTIVATIONS:
-        raise ValueError(f"{source}/config.json: hidden_act={activation!r} is not supported; "
-                         f"supported: {list(HUGGING_FACE_MLP_ACTIVATIONS)}")
+        raise ValueError(
+            f"{source}/config.json: hidden_act={activation!r} is not supported; "
+            f"supported: {list(HUGGING_FACE_MLP_ACTIVATIONS)}"
+        )
     gemma = model_type == "gemma"
     return dict(
-        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], depth=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"] or hf["num_attention_heads"],
-        head_dim=hf["head_dim"], mlp_hidden_dim=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"],
-        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm_eps=hf["rms_norm_eps"],
-        block="sequential", norm="rmsnorm", norm_scale_plus_one=gemma,
-        mlp_activation=HUGGING_FACE_MLP_ACTIVATIONS[activation], scale_embeddings=gemma,
-        tie_embeddings=hf["tie_word_embeddings"])
+        vocab_size=hf["vocab_size"],
+        dim=hf["hidden_size"],
+        depth=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf["num_key_value_heads"] or hf["num_attention_heads"],
+        head_dim=hf["head_dim"],
+        mlp_hidden_dim=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"],
+        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        norm_eps=hf["rms_norm_eps"],
+        block="sequential",
+        norm="rmsnorm",
+        norm_scale_plus_one=gemma,
+        mlp_activation=HUGGING_FACE_MLP_ACTIVATIONS[activation],
+        scale_embeddings=gemma,
+        tie_embeddings=hf["tie_word_embeddings"],
+    )
 
 
 def lm_weight_table(tensors: dict, tie_embeddings: bool, source) -> dict:
     """The Gemma / Llama table for a folder: untied models add their output head; a tied model's
-    saved head (some folders keep it) is dropped from `tensors` once it is seen to be the embedding."""
+    saved head (some folders keep it) is dropped from `tensors` once it is seen to be the
+    embedding."""
     if not tie_embeddings:
         return {**GEMMA_AND_LLAMA_WEIGHTS, "output_head.weight": "lm_head.weight"}
     head = tensors.pop("lm_head.weight", None)
     if head is not None and not torch.equal(head, tensors.get("model.embed_tokens.weight", head)):
-        raise ValueError(f"{source}: config.json says tie_word_embeddings but tensor 'lm_head.weight' "
-                         "differs from 'model.embed_tokens.weight'")
+        raise ValueError(
+            f"{source}: config.json says tie_word_embeddings but tensor 'lm_head.weight' "
+            "differs from 'model.embed_tokens.weight'"
+        )
     return dict(GEMMA_AND_LLAMA_WEIGHTS)
 
 
 def load_lm(folder, build, dtype) -> nn.Module:
-    """PaLMDecoder.from_pretrained: a Gemma / Llama folder -> `build(our PaLMConfig fields)` filled."""
+    """PaLMDecoder.from_pretrained: a Gemma / Llama folder -> `build(our PaLMConfig fields)`
+    filled."""
     hugging_face_config, tensors = read_hugging_face_folder(folder)
     fields = palm_fields_from_hugging_face(hugging_face_config, folder)
     table = lm_weight_table(tensors, fields["tie_embeddings"], folder)
-    with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the folder
+    with torch.device(
+        "meta"
+    ):  # no memory and no initialisation: every tensor comes from the folder
         model = build(fields)
-    return load_by_table(model, tensors, expand_table(table, fields["depth"]), IGNORED_LM_TENSORS, folder, dtype)
+    return load_by_table(
+        model, tensors, expand_table(table, fields["depth"]), IGNORED_LM_TENSORS, folder, dtype
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +491,13 @@ def load_lm(folder, build, dtype) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 # Checkpoints written before (the shipped stage0/*_lm.safetensors among them) hold a parallel
-# block's five projections apart: fused name -> (the separate names in order, the axis they join on).
+# block's five projections apart: fused name -> (the separate names in order, the axis they join
+# on).
 SEPARATE_PROJECTIONS = {
-    "in_projection.weight": (("attention.query.weight", "attention.key_value.weight", "mlp.gate_and_up.weight"), 0),
+    "in_projection.weight": (
+        ("attention.query.weight", "attention.key_value.weight", "mlp.gate_and_up.weight"),
+        0,
+    ),
     "out_projection.weight": (("attention.out.weight", "mlp.down.weight"), 1),
 }
 
@@ -323,4 +507,6 @@ def fuse_separate_projections(module, state: dict, prefix: str, *_) -> None:
     ones, in place in the (copied) state dict that load_state_dict walks."""
     for fused, (names, axis) in SEPARATE_PROJECTIONS.items():
         if all(prefix + name in state for name in names):
-            state[prefix + fused] = torch.cat([state.pop(prefix + name) for name in names], dim=axis)
+            state[prefix + fused] = torch.cat(
+                [state.pop(prefix + name) for name in names], dim=axis
+            )

@@ -18,7 +18,8 @@ from pathlib import Path
 
 
 class DataError(ValueError):
-    """A data file is missing, unreadable or lacks a field; the message names file, field and expectation."""
+    """A data file is missing, unreadable or lacks a field; the message names file, field and
+    expectation."""
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -27,19 +28,24 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 @dataclass
 class Example:
     """One training pair before tokenization; the loss is on `target` (and EOS) only."""
+
     image_id: int
     path: Path  # an image file, or a folder of frames for a video
     prompt: str  # text before the target: "" for captions, vqa_prompt(question) for VQA
     target: str  # a caption, or the answer
     question_id: int | None = None
-    source: str = ""  # the file and entry it was read from, for messages: "captions.json: annotations[3]"
+    source: str = (
+        ""  # the file and entry it was read from, for messages: "captions.json: annotations[3]"
+    )
 
 
 @dataclass
 class Annotations:
     examples: list[Example]  # one per caption, or one per question
     images: dict[int, Path]  # image_id -> image file or frame folder
-    references: dict[int, list[str]]  # captions per image_id, or the 10 human answers per question_id
+    references: dict[
+        int, list[str]
+    ]  # captions per image_id, or the 10 human answers per question_id
     skipped: Counter = field(default_factory=Counter)  # bad samples left out, per reason
 
 
@@ -63,7 +69,9 @@ class BadSamples:
 
     def report(self, source) -> Counter:
         if self.counts:
-            counts = ", ".join(f"{count} x {reason}" for reason, count in sorted(self.counts.items()))
+            counts = ", ".join(
+                f"{count} x {reason}" for reason, count in sorted(self.counts.items())
+            )
             warnings.warn(f"{source}: skipped bad samples: {counts}", stacklevel=3)
         return self.counts
 
@@ -88,7 +96,10 @@ def required(entry, name: str, kind: type, where: str, bad: BadSamples):
     """entry[name] if it is a `kind` (and not empty for text), else report and return None."""
     value = entry.get(name) if isinstance(entry, dict) else None
     if not isinstance(value, kind) or isinstance(value, bool):
-        bad("missing field", f"{where} field '{name}' is missing or not {kind.__name__}; expected {kind.__name__}")
+        bad(
+            "missing field",
+            f"{where} field '{name}' is missing or not {kind.__name__}; expected {kind.__name__}",
+        )
         return None
     if kind is str and not value.strip():
         bad(f"empty {name}", f"{where} field '{name}' is empty; expected a non-empty {name}")
@@ -100,64 +111,106 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def inside_root(image_root: Path, name: str, where: str, fields: str, bad: BadSamples) -> Path | None:
+def inside_root(
+    image_root: Path, name: str, where: str, fields: str, bad: BadSamples
+) -> Path | None:
     """image_root / name, if `name` is a relative path that stays inside image_root; else report.
     Checked on the text, not on the resolved path, so the image folder itself may be a symlink."""
     if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
-        bad("image path outside the data folder", f"{where} field {fields} is {name!r}, outside the data folder "
-            f"{image_root}; expected a path relative to it")
+        bad(
+            "image path outside the data folder",
+            f"{where} field {fields} is {name!r}, outside the data folder "
+            f"{image_root}; expected a path relative to it",
+        )
         return None
     return image_root / name
 
 
-def check_file(path: Path, num_frames: int | None, where: str, bad: BadSamples, videos: bool = False) -> bool:
+def check_file(
+    path: Path, num_frames: int | None, where: str, bad: BadSamples, videos: bool = False
+) -> bool:
     """Cheap checks up front (existence, frame count); decoding errors surface in the dataset.
     An image unless `videos`; a video's frame count is num_frames, or any when None (collate pads
     a batch's videos to its longest, data.load_pixels samples long ones down to max_frames)."""
     if not videos:
         if path.is_file():
             return True
-        bad("missing image file", f"{path}: image file not found ({where} field 'file_name'); expected an image file"
-            + (" (this is a folder: videos are read by the video tasks, video_*.json)" if path.is_dir() else ""))
+        bad(
+            "missing image file",
+            f"{path}: image file not found ({where} field 'file_name'); expected an image file"
+            + (
+                " (this is a folder: videos are read by the video tasks, video_*.json)"
+                if path.is_dir()
+                else ""
+            ),
+        )
         return False
     if not path.is_dir():
-        bad("missing video folder",
-            f"{path}: video folder not found ({where} field 'file_name'); expected a folder of frames")
+        bad(
+            "missing video folder",
+            f"{path}: video folder not found ({where} field 'file_name'); expected a folder of "
+            "frames",
+        )
         return False
     found = len(frame_files(path))
     if found == 0 or (num_frames is not None and found != num_frames):
-        bad("wrong frame count", f"{path}: {found} frames ({where} field 'file_name'); "
-            f"expected {num_frames or 'at least 1'} frames")
+        bad(
+            "wrong frame count",
+            f"{path}: {found} frames ({where} field 'file_name'); "
+            f"expected {num_frames or 'at least 1'} frames",
+        )
         return False
     return True
 
 
-def add_image(images: dict, first: dict, image_id: int, file: Path, where: str, num_frames: int | None,
-              videos: bool, bad: BadSamples) -> None:
+def add_image(
+    images: dict,
+    first: dict,
+    image_id: int,
+    file: Path,
+    where: str,
+    num_frames: int | None,
+    videos: bool,
+    bad: BadSamples,
+) -> None:
     """images[image_id] = file, or None for a bad entry (its annotations are then left out). An id
     listed twice with different files leaves out both: its annotations could describe either."""
     if image_id not in first:
         first[image_id] = (where, file)
         images[image_id] = file if check_file(file, num_frames, where, bad, videos) else None
     elif file != first[image_id][1]:
-        counted = images[image_id] is None  # a bad first entry, or an earlier duplicate, was counted already
-        bad("duplicate image id", f"{where} field 'id' is {image_id}, as in {first[image_id][0]}, with another file "
-            f"({file}, not {first[image_id][1]}); expected unique ids: the annotations could describe either file",
-            count=1 if counted else 2)
+        counted = (
+            images[image_id] is None
+        )  # a bad first entry, or an earlier duplicate, was counted already
+        bad(
+            "duplicate image id",
+            f"{where} field 'id' is {image_id}, as in {first[image_id][0]}, with another file "
+            f"({file}, not {first[image_id][1]}); expected unique ids: the annotations could "
+            "describe either file",
+            count=1 if counted else 2,
+        )
         images[image_id] = None
 
 
-def read_images(data: dict, path: Path, image_root: Path, num_frames: int | None, videos: bool,
-                bad: BadSamples) -> dict:
+def read_images(
+    data: dict, path: Path, image_root: Path, num_frames: int | None, videos: bool, bad: BadSamples
+) -> dict:
     """image_id -> path from a COCO `images` list; None for a skipped entry, whose annotations are
     then left out silently (counted once, under the image's reason)."""
     images, first = {}, {}
     for index, entry in enumerate(top_level(data, "images", path)):
         where = f"{path}: images[{index}]"
-        image_id, file_name = required(entry, "id", int, where, bad), required(entry, "file_name", str, where, bad)
+        image_id, file_name = (
+            required(entry, "id", int, where, bad),
+            required(entry, "file_name", str, where, bad),
+        )
         if image_id is None:
             continue
-        file = None if file_name is None else inside_root(image_root, file_name, where, "'file_name'", bad)
+        file = (
+            None
+            if file_name is None
+            else inside_root(image_root, file_name, where, "'file_name'", bad)
+        )
         if file is None:
             images.setdefault(image_id, None)
         else:
@@ -166,14 +219,26 @@ def read_images(data: dict, path: Path, image_root: Path, num_frames: int | None
 
 
 def is_karpathy(data) -> bool:
-    """Karpathy's split file: entries of `images` hold their own `sentences`; no `annotations` list."""
+    """Karpathy's split file: entries of `images` hold their own `sentences`; no `annotations`
+    list."""
     images = data.get("images") if isinstance(data, dict) else None
-    return (isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
-            and "annotations" not in data)
+    return (
+        isinstance(images, list)
+        and bool(images)
+        and isinstance(images[0], dict)
+        and "sentences" in images[0]
+        and "annotations" not in data
+    )
 
 
-def read_captions(path: str | Path, image_root: str | Path | None = None, split: str | None = None,
-                  num_frames: int | None = None, on_bad_sample: str = "error", videos: bool = False) -> Annotations:
+def read_captions(
+    path: str | Path,
+    image_root: str | Path | None = None,
+    split: str | None = None,
+    num_frames: int | None = None,
+    on_bad_sample: str = "error",
+    videos: bool = False,
+) -> Annotations:
     """COCO captions: the official captions_*.json (images + annotations; `split` unused) or
     Karpathy's dataset_coco.json (`split` train/val/test, restval counted as train; None = all).
     Image paths are image_root / file_name (root defaults to the JSON's folder), inside the root.
@@ -190,38 +255,66 @@ def read_captions(path: str | Path, image_root: str | Path | None = None, split:
             image_id = required(annotation, "image_id", int, where, bad)
             caption = required(annotation, "caption", str, where, bad)
             if image_id is not None and image_id not in images:
-                bad("unknown image_id", f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images'")
+                bad(
+                    "unknown image_id",
+                    f"{where} field 'image_id' is {image_id}; expected the id of an entry in "
+                    "'images'",
+                )
             elif image_id is not None and caption is not None:
                 pairs.append((image_id, caption, where))
-    pairs = [(image_id, caption, where) for image_id, caption, where in pairs if images[image_id] is not None]
+    pairs = [
+        (image_id, caption, where)
+        for image_id, caption, where in pairs
+        if images[image_id] is not None
+    ]
     images = {image_id: file for image_id, file in images.items() if file is not None}
     references = defaultdict(list)
     for image_id, caption, _ in pairs:
         references[image_id].append(caption)
-    examples = [Example(image_id, images[image_id], "", caption, source=where) for image_id, caption, where in pairs]
+    examples = [
+        Example(image_id, images[image_id], "", caption, source=where)
+        for image_id, caption, where in pairs
+    ]
     return Annotations(examples, images, dict(references), bad.report(path))
 
 
-def read_karpathy(data, path, image_root, split, num_frames, videos, bad) -> tuple[dict, list[tuple[int, str, str]]]:
-    """-> image_id -> path (None: a skipped entry), [(image_id, caption, where it is)] of `split`."""
+def read_karpathy(
+    data, path, image_root, split, num_frames, videos, bad
+) -> tuple[dict, list[tuple[int, str, str]]]:
+    """-> image_id -> path (None: a skipped entry), [(image_id, caption, where it is)] of
+    `split`."""
     if split not in (None, "train", "restval", "val", "test"):
-        raise DataError(f"{path}: split {split!r}; expected train (restval included), val or test, as in Karpathy's file")
+        raise DataError(
+            f"{path}: split {split!r}; expected train (restval included), val or test, as in "
+            "Karpathy's file"
+        )
     wanted = None if split is None else ({"train", "restval"} if split == "train" else {split})
     images, first, pairs = {}, {}, []
     for index, entry in enumerate(data["images"]):
         where = f"{path}: images[{index}]"
         if wanted is not None and required(entry, "split", str, where, bad) not in wanted:
             continue
-        image_id = required(entry, "cocoid" if isinstance(entry, dict) and "cocoid" in entry else "imgid", int, where, bad)
+        image_id = required(
+            entry,
+            "cocoid" if isinstance(entry, dict) and "cocoid" in entry else "imgid",
+            int,
+            where,
+            bad,
+        )
         file_name = required(entry, "filename", str, where, bad)
         sentences, folder = entry.get("sentences"), entry.get("filepath") or ""
         if not isinstance(sentences, list) or not isinstance(folder, str):
-            bad("missing field", f"{where} field 'sentences' or 'filepath' is malformed; expected a list of "
-                "{raw, tokens} and a folder name")
+            bad(
+                "missing field",
+                f"{where} field 'sentences' or 'filepath' is malformed; expected a list of "
+                "{raw, tokens} and a folder name",
+            )
             continue
         if image_id is None or file_name is None:
             continue
-        file = inside_root(image_root, os.path.join(folder, file_name), where, "'filepath' + 'filename'", bad)
+        file = inside_root(
+            image_root, os.path.join(folder, file_name), where, "'filepath' + 'filename'", bad
+        )
         if file is None:
             images.setdefault(image_id, None)
             continue
@@ -233,69 +326,104 @@ def read_karpathy(data, path, image_root, split, num_frames, videos, bad) -> tup
     return images, pairs
 
 
-def read_vqa(questions_path: str | Path, annotations_path: str | Path | None = None,
-             images_path: str | Path | None = None, image_root: str | Path | None = None,
-             num_frames: int | None = None, on_bad_sample: str = "error", videos: bool = False) -> Annotations:
+def read_vqa(
+    questions_path: str | Path,
+    annotations_path: str | Path | None = None,
+    images_path: str | Path | None = None,
+    image_root: str | Path | None = None,
+    num_frames: int | None = None,
+    on_bad_sample: str = "error",
+    videos: bool = False,
+) -> Annotations:
     """VQAv2 questions (+ annotations; without them, as for test-dev, targets are empty).
     VQAv2 names images by id only: paths come from the `images` list of a COCO-format JSON
     (`images_path`, e.g. captions_<split>.json; a Karpathy file lends all its splits' images), else
     from COCO's naming, COCO_<data_subtype>_<id:012d>.jpg. Videos: as in read_captions."""
-    questions_path, bad, videos = Path(questions_path), BadSamples(on_bad_sample), videos or num_frames is not None
+    questions_path, bad, videos = (
+        Path(questions_path),
+        BadSamples(on_bad_sample),
+        videos or num_frames is not None,
+    )
     questions_data = read_json(questions_path)
     questions = top_level(questions_data, "questions", questions_path)
     if images_path is not None:
         images_path = Path(images_path)
         image_root = Path(image_root) if image_root is not None else images_path.parent
         images_data = read_json(images_path)
-        images = (read_karpathy(images_data, images_path, image_root, None, num_frames, videos, bad)[0]
-                  if is_karpathy(images_data) else read_images(images_data, images_path, image_root, num_frames, videos, bad))
+        images = (
+            read_karpathy(images_data, images_path, image_root, None, num_frames, videos, bad)[0]
+            if is_karpathy(images_data)
+            else read_images(images_data, images_path, image_root, num_frames, videos, bad)
+        )
     else:
         image_root = Path(image_root) if image_root is not None else questions_path.parent
         coco_name = f"COCO_{questions_data.get('data_subtype', '')}_{{:012d}}.jpg"
     answers = {}  # question_id -> (multiple_choice_answer, the human answers)
     if annotations_path is not None:
         annotations_path = Path(annotations_path)
-        for index, annotation in enumerate(top_level(read_json(annotations_path), "annotations", annotations_path)):
+        for index, annotation in enumerate(
+            top_level(read_json(annotations_path), "annotations", annotations_path)
+        ):
             where = f"{annotations_path}: annotations[{index}]"
             question_id = required(annotation, "question_id", int, where, bad)
             answer = required(annotation, "multiple_choice_answer", str, where, bad)
             humans = annotation.get("answers") if isinstance(annotation, dict) else None
-            if not isinstance(humans, list) or not all(isinstance(h, dict) and isinstance(h.get("answer"), str)
-                                                       for h in humans):
-                bad("missing field", f"{where} field 'answers' is missing or malformed; expected a list of {{answer}}")
+            if not isinstance(humans, list) or not all(
+                isinstance(h, dict) and isinstance(h.get("answer"), str) for h in humans
+            ):
+                bad(
+                    "missing field",
+                    f"{where} field 'answers' is missing or malformed; expected a list of "
+                    f"{{answer}}",
+                )
             elif question_id is not None and answer is not None:
                 answers[question_id] = (answer, [h["answer"] for h in humans])
     examples, references = [], {}
     for index, entry in enumerate(questions):
         where = f"{questions_path}: questions[{index}]"
-        values = [required(entry, name, kind, where, bad) for name, kind in
-                  (("question_id", int), ("image_id", int), ("question", str))]
+        values = [
+            required(entry, name, kind, where, bad)
+            for name, kind in (("question_id", int), ("image_id", int), ("question", str))
+        ]
         if None in values:
             continue
         question_id, image_id, question = values
         if images_path is None:
             image_file = image_root / coco_name.format(image_id)
-            if not check_file(image_file, num_frames, f"{where} (file named after field 'image_id')", bad, videos):
+            if not check_file(
+                image_file, num_frames, f"{where} (file named after field 'image_id')", bad, videos
+            ):
                 continue
         elif image_id not in images:
-            bad("unknown image_id",
-                f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images' of {images_path}")
+            bad(
+                "unknown image_id",
+                f"{where} field 'image_id' is {image_id}; expected the id of an entry in 'images' "
+                f"of {images_path}",
+            )
             continue
         elif (image_file := images[image_id]) is None:
             continue
         if annotations_path is not None and question_id not in answers:
-            bad("missing annotation", f"{annotations_path}: no annotation with field 'question_id' {question_id} "
-                f"({where}); expected one per question")
+            bad(
+                "missing annotation",
+                f"{annotations_path}: no annotation with field 'question_id' {question_id} "
+                f"({where}); expected one per question",
+            )
             continue
         answer, humans = answers.get(question_id, ("", []))
         references[question_id] = humans
-        examples.append(Example(image_id, image_file, vqa_prompt(question), answer, question_id, source=where))
-    return Annotations(examples, {e.image_id: e.path for e in examples}, references, bad.report(questions_path))
+        examples.append(
+            Example(image_id, image_file, vqa_prompt(question), answer, question_id, source=where)
+        )
+    return Annotations(
+        examples, {e.image_id: e.path for e in examples}, references, bad.report(questions_path)
+    )
 
 
 def write_atomically(path: str | Path, write) -> None:
     """Calls write(temporary_path), then renames the temporary file to `path`: a crash never
-    leaves a torn file. The temporary sits next to `path` (a rename is atomic within one file system)."""
+    leaves a torn file. The temporary sits next to `path` (a rename is atomic within one file
+    system)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -313,22 +441,52 @@ def write_json(path: Path, content: dict) -> None:
 def write_split(out: Path, prefix: str, split: str, items: list[dict], info: dict) -> dict:
     """The writers' side of the formats above: COCO captions, VQAv2 questions + annotations and the
     scenes of one split of generated items (stage0/synthetic.py); returns counts."""
-    images = [{"id": i["id"], "file_name": i["file_name"], "width": i["size"], "height": i["size"]} for i in items]
-    captions = [{"id": i["id"] * 10 + k, "image_id": i["id"], "caption": c}
-                for i in items for k, c in enumerate(i["captions"])]
+    images = [
+        {"id": i["id"], "file_name": i["file_name"], "width": i["size"], "height": i["size"]}
+        for i in items
+    ]
+    captions = [
+        {"id": i["id"] * 10 + k, "image_id": i["id"], "caption": c}
+        for i in items
+        for k, c in enumerate(i["captions"])
+    ]
     questions, annotations = [], []
     for item in items:
-        for k, (question, answer, question_type, answer_type, answers) in enumerate(item["questions"]):
+        for k, (question, answer, question_type, answer_type, answers) in enumerate(
+            item["questions"]
+        ):
             question_id = item["id"] * 1000 + k  # VQAv2's own convention
-            questions.append({"image_id": item["id"], "question": question, "question_id": question_id})
-            annotations.append({"question_id": question_id, "image_id": item["id"], "question_type": question_type,
-                                "answer_type": answer_type, "multiple_choice_answer": answer, "answers": answers})
+            questions.append(
+                {"image_id": item["id"], "question": question, "question_id": question_id}
+            )
+            annotations.append(
+                {
+                    "question_id": question_id,
+                    "image_id": item["id"],
+                    "question_type": question_type,
+                    "answer_type": answer_type,
+                    "multiple_choice_answer": answer,
+                    "answers": answers,
+                }
+            )
     vqa_header = {"info": info, "data_type": "shapes", "data_subtype": split, "license": {}}
-    write_json(out / f"{prefix}captions_{split}.json",
-               {"info": info, "licenses": [], "images": images, "annotations": captions})
-    write_json(out / f"{prefix}questions_{split}.json",
-               {**vqa_header, "task_type": "Open-Ended", "questions": questions})
-    write_json(out / f"{prefix}annotations_{split}.json", {**vqa_header, "annotations": annotations})
-    write_json(out / f"{prefix}scenes_{split}.json",
-               {"scenes": [{"image_id": i["id"], "file_name": i["file_name"], **i["scene"]} for i in items]})
+    write_json(
+        out / f"{prefix}captions_{split}.json",
+        {"info": info, "licenses": [], "images": images, "annotations": captions},
+    )
+    write_json(
+        out / f"{prefix}questions_{split}.json",
+        {**vqa_header, "task_type": "Open-Ended", "questions": questions},
+    )
+    write_json(
+        out / f"{prefix}annotations_{split}.json", {**vqa_header, "annotations": annotations}
+    )
+    write_json(
+        out / f"{prefix}scenes_{split}.json",
+        {
+            "scenes": [
+                {"image_id": i["id"], "file_name": i["file_name"], **i["scene"]} for i in items
+            ]
+        },
+    )
     return {"items": len(items), "captions": len(captions), "questions": len(questions)}

@@ -6,33 +6,47 @@ resumes from the one before, naming the broken file. metrics.jsonl holds one JSO
 step; a torn last line (a full disk, a power cut) is dropped on resume. A new run never replaces an
 earlier one silently: it needs --resume true or --overwrite true.
 """
+
 import json
 import os
 import re
 
 import torch.nn as nn
 
-from support.checkpoints import CHECKPOINT_NAME, CheckpointError, ModelSpec, resume_training, write_synced
+from support.checkpoints import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    ModelSpec,
+    resume_training,
+    write_synced,
+)
 
 METRICS_NAME = "metrics.jsonl"
 KEPT_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pt")
-RUN_FILE = re.compile(r"metrics\.jsonl|checkpoint(-\d+)?\.pt(\.broken|\.tmp-\d+)?")  # also broken and half-written
+RUN_FILE = re.compile(
+    r"metrics\.jsonl|checkpoint(-\d+)?\.pt(\.broken|\.tmp-\d+)?"
+)  # also broken and half-written
 TEMPORARY = re.compile(r".*\.tmp-(\d+)")  # readers.write_atomically's temp files: <name>.tmp-<pid>
 
 
 def earlier_run_files(out_dir: str) -> list[str]:
-    """What an earlier run left in out_dir: its checkpoints (broken and half-written ones too) and metrics."""
+    """What an earlier run left in out_dir: its checkpoints (broken and half-written ones too) and
+    metrics."""
     names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
     return [os.path.join(out_dir, name) for name in names if RUN_FILE.fullmatch(name)]
 
 
 def prepare_run_folder(out_dir: str, resume: bool, overwrite: bool, is_main: bool):
-    """Refuse to start over an earlier run unless resuming it or told to overwrite it (then delete its
+    """Refuse to start over an earlier run unless resuming it or told to overwrite it (then delete
+    its
     files); on resume, remove the temp files of checkpoint writes that were killed."""
     earlier = earlier_run_files(out_dir)
     if earlier and not resume and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(os.path.basename(f) for f in earlier)}): "
-                              "continue it with --resume true, replace it with --overwrite true, or give another --out-dir")
+        raise FileExistsError(
+            f"{out_dir} already holds a run ({', '.join(os.path.basename(f) for f in earlier)}): "
+            "continue it with --resume true, replace it with --overwrite true, or give another "
+            "--out-dir"
+        )
     if not is_main:
         return
     for path in earlier:
@@ -62,20 +76,41 @@ def process_alive(pid: int) -> bool:
 def kept_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     """The checkpoints kept before the newest one, newest first: [(step, path)]."""
     names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-    found = [(int(match[1]), os.path.join(out_dir, name)) for name in names if (match := KEPT_CHECKPOINT.fullmatch(name))]
+    found = [
+        (int(match[1]), os.path.join(out_dir, name))
+        for name in names
+        if (match := KEPT_CHECKPOINT.fullmatch(name))
+    ]
     return sorted(found, reverse=True)
 
 
-def resume_newest_readable(out_dir: str, stage: str, spec: ModelSpec, train_config: dict, model: nn.Module, optimizer,
-                           scheduler, is_main: bool, frozen: dict | None = None) -> tuple[int, int | None]:
+def resume_newest_readable(
+    out_dir: str,
+    stage: str,
+    spec: ModelSpec,
+    train_config: dict,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    is_main: bool,
+    frozen: dict | None = None,
+) -> tuple[int, int | None]:
     """Resume from the run's newest checkpoint that can be read -> (its step, the step checkpoint.pt
-    holds now or None). A file that cannot be read is named, renamed to <name>.broken and skipped."""
+    holds now or None). A file that cannot be read is named, renamed to <name>.broken and
+    skipped."""
     newest = os.path.join(out_dir, CHECKPOINT_NAME)
-    candidates = ([newest] if os.path.exists(newest) else []) + [path for _, path in kept_checkpoints(out_dir)]
+    candidates = ([newest] if os.path.exists(newest) else []) + [
+        path for _, path in kept_checkpoints(out_dir)
+    ]
     for path in candidates:
         try:
-            step = resume_training(path, stage, spec, train_config, model, optimizer, scheduler, frozen)
-        except (CheckpointError, FileNotFoundError) as error:  # FileNotFoundError: rank 0 renamed it meanwhile
+            step = resume_training(
+                path, stage, spec, train_config, model, optimizer, scheduler, frozen
+            )
+        except (
+            CheckpointError,
+            FileNotFoundError,
+        ) as error:  # FileNotFoundError: rank 0 renamed it meanwhile
             if is_main:
                 print(f"{error}\n  -> renamed to {path}.broken; trying the checkpoint before it")
                 os.replace(path, f"{path}.broken")
@@ -84,14 +119,17 @@ def resume_newest_readable(out_dir: str, stage: str, spec: ModelSpec, train_conf
             print(f"resumed from {path} at step {step}")
         return step, (step if path == newest else None)
     if candidates:
-        raise CheckpointError(f"no checkpoint in {out_dir} can be read ({', '.join(candidates)}); "
-                              "start again with --overwrite true")
+        raise CheckpointError(
+            f"no checkpoint in {out_dir} can be read ({', '.join(candidates)}); "
+            "start again with --overwrite true"
+        )
     return 0, None
 
 
 def save_keeping(out_dir: str, payload: dict, keep: int, newest_step: int | None) -> int:
-    """Save `payload` as out_dir/checkpoint.pt (through a synced temp file and a rename); the checkpoint.pt
-    it replaces, of step newest_step, stays as checkpoint-<step>.pt, and only the keep - 1 newest of
+    """Save `payload` as out_dir/checkpoint.pt (through a synced temp file and a rename); the
+    checkpoint.pt it replaces, of step newest_step, stays as checkpoint-<step>.pt, and only the keep
+    - 1 newest of
     those are kept. -> the step of the new checkpoint.pt."""
     newest = os.path.join(out_dir, CHECKPOINT_NAME)
     temporary = f"{newest}.tmp-{os.getpid()}"
@@ -103,7 +141,7 @@ def save_keeping(out_dir: str, payload: dict, keep: int, newest_step: int | None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    for _, path in kept_checkpoints(out_dir)[keep - 1:]:
+    for _, path in kept_checkpoints(out_dir)[keep - 1 :]:
         os.remove(path)
     return payload["step"]
 
@@ -123,7 +161,8 @@ def parse_metrics_line(line: str) -> dict | None:
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float):
-    """The first step of a (step, validation loss) curve whose loss is at or below target (None if never)."""
+    """The first step of a (step, validation loss) curve whose loss is at or below target (None if
+    never)."""
     return next((step for step, loss in curve if loss <= target), None)
 
 
@@ -141,6 +180,10 @@ def keep_metrics_up_to(path: str, step: int):
         records = [(line, parse_metrics_line(line)) for line in f if line.strip()]
     if torn := sum(record is None for _, record in records):
         print(f"{path}: dropped {torn} torn line(s)")
-    kept = [line.rstrip("\n") + "\n" for line, record in records if record is not None and record.get("step", 0) <= step]
+    kept = [
+        line.rstrip("\n") + "\n"
+        for line, record in records
+        if record is not None and record.get("step", 0) <= step
+    ]
     with open(path, "w") as f:
         f.writelines(kept)

@@ -1,4 +1,5 @@
 """attention.py: every backend against the math reference, masks against a dense reference."""
+
 import json
 import os
 import subprocess
@@ -30,11 +31,19 @@ MASK_CASES = {
     "causal": (A.causal(), lambda b, q, kv: kv <= q),
     "causal_offset": (A.causal(OFFSET), lambda b, q, kv: kv <= q + OFFSET),
     "prefix_lm": (A.prefix_lm(PREFIX), lambda b, q, kv: kv <= q or kv < PREFIX[b]),
-    # the visual span inside the text (prompt, visual tokens, prompt): all-to-all inside, causal elsewhere
-    "visual_span": (A.prefix_lm(PADS + 4, prefix_starts=PADS), lambda b, q, kv: kv <= q or (
-        PADS[b] <= q < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4)),
-    "visual_span_offset": (A.prefix_lm(PADS + 4, OFFSET, PADS), lambda b, q, kv: kv <= q + OFFSET or (
-        PADS[b] <= q + OFFSET < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4)),
+    # the visual span inside the text (prompt, visual tokens, prompt): all-to-all inside, causal
+    # elsewhere
+    "visual_span": (
+        A.prefix_lm(PADS + 4, prefix_starts=PADS),
+        lambda b, q, kv: kv <= q or (PADS[b] <= q < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4),
+    ),
+    "visual_span_offset": (
+        A.prefix_lm(PADS + 4, OFFSET, PADS),
+        lambda b, q, kv: (
+            kv <= q + OFFSET
+            or (PADS[b] <= q + OFFSET < PADS[b] + 4 and PADS[b] <= kv < PADS[b] + 4)
+        ),
+    ),
     "key_padding": (A.key_padding(KEYS), lambda b, q, kv: kv < KEYS[b]),
     "left_padding": (A.left_padding(PADS), lambda b, q, kv: kv >= PADS[b] or kv == q),
     "causal_and_padding": (
@@ -58,7 +67,11 @@ def test_mask_factories_match_loops(name, q_len, kv_len):
 
 def make_qkv(batch, heads_q, heads_kv, q_len, kv_len, head_dim=16, requires_grad=False, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(batch, heads_q, q_len, head_dim), (batch, heads_kv, kv_len, head_dim), (batch, heads_kv, kv_len, head_dim)]
+    shapes = [
+        (batch, heads_q, q_len, head_dim),
+        (batch, heads_kv, kv_len, head_dim),
+        (batch, heads_kv, kv_len, head_dim),
+    ]
     return [torch.randn(*s, generator=g).requires_grad_(requires_grad) for s in shapes]
 
 
@@ -70,7 +83,13 @@ SHAPES = {
     "prefix_lm_mqa": (4, 1, 19, 19, A.prefix_lm(torch.tensor([3, 8]))),
     "padding": (4, 4, 19, 19, A.and_masks(A.causal(), A.key_padding(torch.tensor([19, 6])))),
     "cross_resampler": (4, 4, 5, 23, None),  # latents (Sq=5) against [features; latents]
-    "decode_step": (4, 1, 1, 23, A.and_masks(A.causal(22), A.left_padding(torch.tensor([0, 4]), 22))),
+    "decode_step": (
+        4,
+        1,
+        1,
+        23,
+        A.and_masks(A.causal(22), A.left_padding(torch.tensor([0, 4]), 22)),
+    ),
 }
 
 
@@ -124,30 +143,45 @@ for length in (1, 7, 8, 24, 40, 100, 129):
     generator = torch.Generator().manual_seed(length)
     q, k, v = (torch.randn(2, heads, length, 16, generator=generator) for heads in (4, 1, 1))
     latents = torch.randn(2, 4, 5, 16, generator=generator)
-    for name, query, mask in (("prefix_lm", q, A.prefix_lm(torch.tensor([min(length, 4), 0]))), ("cross", latents, None)):
+    for name, query, mask in (("prefix_lm", q, A.prefix_lm(torch.tensor([min(length, 4), 0]))),
+    ("cross", latents, None)):
         with torch.no_grad():
             out = A.attention(query, k, v, mask, backend="flex")
-        errors[f"{name} {length}"] = (out - A.attention(query, k, v, mask, backend="math")).abs().max().item()
+        errors[f"{name} {length}"] = (out - A.attention(query, k, v, mask,
+        backend="math")).abs().max().item()
 print(json.dumps(errors))
 """
 
 
 def run_python(code: str, **env) -> str:
-    """Run `code` in a fresh process at the repository root: compiled graphs and torch.compile's limits
+    """Run `code` in a fresh process at the repository root: compiled graphs and torch.compile's
+    limits
     stay out of this process."""
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="an x86 CPU with AVX2")
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="an x86 CPU with AVX2"
+)
 @pytest.mark.parametrize("isa", ["avx2", "native"])
 def test_flex_matches_math_at_odd_key_lengths_on_cpu(isa):
-    """Inductor's CPU FlexAttention, AVX2 code, is wrong (or NaN) at key lengths 8 mod 16; flex pads the
-    keys. AVX2 code is forced with ATEN_CPU_CAPABILITY, with its own compile cache: the cache does not
+    """Inductor's CPU FlexAttention, AVX2 code, is wrong (or NaN) at key lengths 8 mod 16; flex pads
+    the keys. AVX2 code is forced with ATEN_CPU_CAPABILITY, with its own compile cache: the cache
+    does not
     tell the ISAs apart, and a graph compiled for one returns garbage under the other."""
-    env = {} if isa == "native" else {"ATEN_CPU_CAPABILITY": isa, "TORCHINDUCTOR_CACHE_DIR": f"{cache_dir()}_{isa}"}
+    env = (
+        {}
+        if isa == "native"
+        else {"ATEN_CPU_CAPABILITY": isa, "TORCHINDUCTOR_CACHE_DIR": f"{cache_dir()}_{isa}"}
+    )
     errors = json.loads(run_python(ODD_LENGTHS_CHECK, **env).splitlines()[-1])
     assert len(errors) == 14 and all(error < 1e-5 for error in errors.values()), errors
 
@@ -164,7 +198,8 @@ with warnings.catch_warnings(record=True) as caught:
     for length in (16, 32, 48, 16):
         q, k, v = (torch.randn(1, 2, length, 16) for _ in range(3))
         with torch.no_grad():
-            assert (A.attention(q, k, v, A.causal(), backend="flex") - A.attention(q, k, v, A.causal())).abs().max() < 1e-5
+            assert (A.attention(q, k, v, A.causal(), backend="flex") - A.attention(q, k, v,
+            A.causal())).abs().max() < 1e-5
 ours = [str(w.message) for w in caught if "attention backend 'flex'" in str(w.message)]
 print(len(ours), len(_debug_get_cache_entry_list(flex_attention.__code__)))
 print(ours[0])
@@ -210,7 +245,9 @@ def test_auto_picks_a_backend_that_can_run_the_call():
 
 def test_left_padding_rows_are_never_empty():
     q, k, v = make_qkv(2, 2, 1, 7, 7)
-    out = A.attention(q, k, v, A.and_masks(A.causal(), A.left_padding(torch.tensor([0, 6]))), backend="sdpa")
+    out = A.attention(
+        q, k, v, A.and_masks(A.causal(), A.left_padding(torch.tensor([0, 6]))), backend="sdpa"
+    )
     assert torch.isfinite(out).all()
 
 

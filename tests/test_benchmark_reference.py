@@ -1,13 +1,13 @@
 """benchmark_reference.py: our PaLMDecoder against transformers' Llama runs through `benchmark.py
 reference`, the two have the same sizes, and without transformers it says how to install it."""
+
 import json
 import sys
 
 import pytest
 
-from bench import kernels as benchmark
-from bench.__main__ import main as bench_main
 from bench import reference as benchmark_reference
+from bench.__main__ import main as bench_main
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
 
@@ -15,13 +15,37 @@ from vit import num_parameters
 def test_reference_against_transformers(tmp_path):
     pytest.importorskip("transformers")
     report = tmp_path / "reference.json"
-    status = bench_main(["reference", "--dim", "32", "--depth", "2", "--heads", "4", "--vocab", "64", "--seq", "16",
-                             "--batch", "2", "--runs", "3", "--repeats", "2", "--warmup", "1", "--json", str(report)])
+    status = bench_main(
+        [
+            "reference",
+            "--dim",
+            "32",
+            "--depth",
+            "2",
+            "--heads",
+            "4",
+            "--vocab",
+            "64",
+            "--seq",
+            "16",
+            "--batch",
+            "2",
+            "--runs",
+            "3",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(report),
+        ]
+    )
     assert status == 0
     result = json.loads(report.read_text())
     ratios = sorted(run["ratio_of_medians"] for run in result["runs"])
     assert len(ratios) == 3 and result["ratio"] == ratios[1] > 0  # the median run's
-    # Linear-layer FLOPs by hand: per token and block, the fused input (q 32, k 8, v 8, gate 128, up 128
+    # Linear-layer FLOPs by hand: per token and block, the fused input (q 32, k 8, v 8, gate 128, up
+    # 128
     # wide) and output (32 + 128 wide) matmuls; the output layer on the 16 + 1 predicting slots; the
     # backward twice the forward (input and weight gradients, the embedding is trained).
     block = 2 * 32 * (32 + 8 + 8 + 128 + 128) + 2 * (32 + 128) * 32
@@ -37,4 +61,18 @@ def test_reference_against_transformers(tmp_path):
 def test_reference_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(SystemExit, match="pip install"):
-        bench_main(["reference", "--dim", "32", "--depth", "1", "--heads", "4", "--vocab", "64", "--seq", "16"])
+        bench_main(
+            [
+                "reference",
+                "--dim",
+                "32",
+                "--depth",
+                "1",
+                "--heads",
+                "4",
+                "--vocab",
+                "64",
+                "--seq",
+                "16",
+            ]
+        )

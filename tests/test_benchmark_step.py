@@ -2,38 +2,53 @@
 compares the frozen-ViT paths, counts FLOPs as a real step runs them and as a hand count gives
 them, reads them against a measured matmul peak, and checks that frozen parameters get no gradient
 while the adapter does (quick preset, eager only: compiling is slow on CPU)."""
+
 import json
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import kernels as benchmark
-from bench.__main__ import main as bench_main
-from bench import tools as benchmark_tools
 from bench import step as benchmark_step
+from bench import tools as benchmark_tools
+from bench.__main__ import main as bench_main
 from vlm import caption_loss
 
 
-def test_step_quick_reports_tokens_per_second_memory_and_peak_for_every_stage(tmp_path, capsys, one_thread):
+def test_step_quick_reports_tokens_per_second_memory_and_peak_for_every_stage(
+    tmp_path, capsys, one_thread
+):
     report = tmp_path / "step.json"
     assert bench_main(["step", "--quick", "--backends", "sdpa", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     rows = result["rows"]
     assert [(row["stage"], row["adapter"], row["backend"], row["compile"]) for row in rows] == [
-        (0, "scene-labels", "sdpa", False), (1, "resampler", "sdpa", False), (2, "vadapter", "sdpa", False),
-        (2, "perceiver", "sdpa", False)]
+        (0, "scene-labels", "sdpa", False),
+        (1, "resampler", "sdpa", False),
+        (2, "vadapter", "sdpa", False),
+        (2, "perceiver", "sdpa", False),
+    ]
     for row in rows:
         assert "error" not in row, row
         assert row["peak_memory_mib"] >= 0 and row["model_gflops_per_s"] > 0
-        assert row["fraction_of_peak"] == pytest.approx(row["model_gflops_per_s"] * 1e9 / result["meta"]["peak_flops_per_s"])
+        assert row["fraction_of_peak"] == pytest.approx(
+            row["model_gflops_per_s"] * 1e9 / result["meta"]["peak_flops_per_s"]
+        )
         assert row["gradients"]["frozen_with_grad"] == 0
     for row in rows[1:]:
-        assert row["target_tokens_per_s"] > 0 and row["sequence_tokens_per_s"] > row["target_tokens_per_s"]
+        assert (
+            row["target_tokens_per_s"] > 0
+            and row["sequence_tokens_per_s"] > row["target_tokens_per_s"]
+        )
     assert rows[0]["gradients"]["frozen_tensors"] == 0  # stage 0 trains the whole ViT
     assert rows[2]["gradients"]["lm_tensors_with_grad"] == 0  # the frozen large LM
     printed = capsys.readouterr().out
-    assert "target tok/s" in printed and "peak MiB" in printed and "of peak" in printed and "peak: " in printed
+    assert (
+        "target tok/s" in printed
+        and "peak MiB" in printed
+        and "of peak" in printed
+        and "peak: " in printed
+    )
     assert all(f"stage {stage}:" in printed for stage in (0, 1, 2))
 
 
@@ -45,8 +60,14 @@ def test_frozen_paths_comparison_reports_three_times(tmp_path, capsys, one_threa
     assert {"a", "b", "c"} <= set(paths)
     for path in ("a", "b", "c"):
         assert paths[path]["median_ms"] > 0 and paths[path]["target_tokens_per_s"] > 0
-    assert paths["a"]["vision_grads"] and not paths["b"]["vision_grads"] and not paths["c"]["vision_grads"]
-    assert not paths["a_frozen"]["vision_grads"]  # grad mode alone records nothing when no weight requires grad
+    assert (
+        paths["a"]["vision_grads"]
+        and not paths["b"]["vision_grads"]
+        and not paths["c"]["vision_grads"]
+    )
+    assert not paths["a_frozen"][
+        "vision_grads"
+    ]  # grad mode alone records nothing when no weight requires grad
     assert set(result["ratios"]) >= {"a/c", "b/c"}
     assert "(a)/(c)" in capsys.readouterr().out
 
@@ -54,16 +75,27 @@ def test_frozen_paths_comparison_reports_three_times(tmp_path, capsys, one_threa
 @pytest.mark.parametrize("adapter", ["vadapter", "perceiver"])
 def test_stage2_step_grads_reach_the_adapter_and_no_frozen_parameter(adapter, one_thread):
     preset = benchmark_tools.PRESETS["quick"]
-    setup = benchmark_step.setup_step(benchmark_tools.stage_spec(preset, 2, adapter, "sdpa"), preset, torch.device("cpu"), compiled=False)
+    setup = benchmark_step.setup_step(
+        benchmark_tools.stage_spec(preset, 2, adapter, "sdpa"),
+        preset,
+        torch.device("cpu"),
+        compiled=False,
+    )
     setup.step(lambda model, batch: caption_loss(model, batch))
     model = setup.model
-    assert all(p.grad is None for p in model.lm.parameters()) and all(not p.requires_grad for p in model.lm.parameters())
+    assert all(p.grad is None for p in model.lm.parameters()) and all(
+        not p.requires_grad for p in model.lm.parameters()
+    )
     assert all(p.grad is None for p in model.vision.parameters())
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    assert trained and all(name.startswith("adapter.") and p.grad is not None for name, p in trained)
+    assert trained and all(
+        name.startswith("adapter.") and p.grad is not None for name, p in trained
+    )
     assert benchmark_step.check_gradients(model)["adapter_grad_norm"] > 0
     frozen_weight = next(model.lm.parameters())
-    frozen_weight.grad = torch.zeros_like(frozen_weight)  # as if the frozen LM had been given a gradient
+    frozen_weight.grad = torch.zeros_like(
+        frozen_weight
+    )  # as if the frozen LM had been given a gradient
     with pytest.raises(benchmark_step.GradientCheckError, match="frozen parameters with a .grad"):
         benchmark_step.check_gradients(model)
 
@@ -79,7 +111,9 @@ def test_step_flop_count_matches_a_real_step(stage, adapter, one_thread):
         setup.step(benchmark_step.stage_loss(spec))
     counts = benchmark_tools.count_step_flops(spec, setup.batch)
     assert counts["total"] == counter.get_total_flops()
-    if stage == 0:  # all trained; the patch embedding needs no input gradient (the pixels), so a bit under 2x
+    if (
+        stage == 0
+    ):  # all trained; the patch embedding needs no input gradient (the pixels), so a bit under 2x
         assert 1.5 <= counts["vision"]["backward"] / counts["vision"]["forward"] <= 2.0
         return
     assert counts["vision"]["forward"] > 0 and counts["vision"]["backward"] == 0
@@ -89,8 +123,8 @@ def test_step_flop_count_matches_a_real_step(stage, adapter, one_thread):
 
 
 def test_stage2_perceiver_flop_count_equals_a_hand_count():
-    """One stage-2 perceiver step of the quick preset, counted by hand: 2 m n k per (m x k) @ (k x n)
-    product; attention 4 B Sq Sk H Dh forward (Q K^T and P V), masked scores included. The frozen
+    """One stage-2 perceiver step of the quick preset, counted by hand: 2 m n k per (m x k) @ (k x
+    n) product; attention 4 B Sq Sk H Dh forward (Q K^T and P V), masked scores included. The frozen
     ViT runs forward only; the trained adapter's backward is weight + input gradients, 2x; the
     frozen LM's backward is input gradients only: 1x its projections, 2x its attention (dQ, dK,
     dS, dV: four products against two)."""
@@ -98,20 +132,40 @@ def test_stage2_perceiver_flop_count_equals_a_hand_count():
     vit, perceiver, lm, B = preset.vit, preset.perceiver, preset.lm, preset.batch
     N, D, M, p = vit.grid_size**2, vit.dim, vit.mlp_dim, vit.patch_size
     vision = 2 * B * N * D * 3 * p * p + vit.depth * (
-        2 * B * N * D * 3 * D + 4 * B * N * N * D + 2 * B * N * D * D + 2 * 2 * B * N * D * M)
-    L, R, keys = perceiver.num_latents, perceiver.dim, N + perceiver.num_latents  # latents see [patches; latents]
-    adapter = perceiver.depth * (2 * B * L * R * R + 2 * B * keys * R * 2 * R + 4 * B * L * keys * R + 2 * B * L * R * R
-                                 + 2 * 2 * B * L * R * perceiver.mlp_ratio * R) + 2 * B * L * R * lm.dim
+        2 * B * N * D * 3 * D + 4 * B * N * N * D + 2 * B * N * D * D + 2 * 2 * B * N * D * M
+    )
+    L, R, keys = (
+        perceiver.num_latents,
+        perceiver.dim,
+        N + perceiver.num_latents,
+    )  # latents see [patches; latents]
+    adapter = (
+        perceiver.depth
+        * (
+            2 * B * L * R * R
+            + 2 * B * keys * R * 2 * R
+            + 4 * B * L * keys * R
+            + 2 * B * L * R * R
+            + 2 * 2 * B * L * R * perceiver.mlp_ratio * R
+        )
+        + 2 * B * L * R * lm.dim
+    )
     S, T, Dh = L + preset.text_len, preset.text_len, lm.dim // lm.num_heads
     hidden, H, Hkv = 4 * lm.dim, lm.num_heads, lm.num_kv_heads
-    projections = lm.depth * (2 * B * S * lm.dim * ((H + 2 * Hkv) * Dh + 2 * hidden) + 2 * B * S * (H * Dh + hidden) * lm.dim)
+    projections = lm.depth * (
+        2 * B * S * lm.dim * ((H + 2 * Hkv) * Dh + 2 * hidden)
+        + 2 * B * S * (H * Dh + hidden) * lm.dim
+    )
     lm_attention = lm.depth * 4 * B * S * S * H * Dh
     logits = 2 * B * (T + 1) * lm.dim * lm.vocab_size  # from the last visual token on
     spec = benchmark_tools.stage_spec(preset, 2, "perceiver", "math")
     counts = benchmark_tools.count_step_flops(spec, benchmark_tools.synthetic_batch(preset, spec))
     assert counts["vision"] == {"forward": vision, "backward": 0}
     assert counts["adapter"] == {"forward": adapter, "backward": 2 * adapter}
-    assert counts["lm"] == {"forward": projections + lm_attention + logits, "backward": projections + 2 * lm_attention + logits}
+    assert counts["lm"] == {
+        "forward": projections + lm_attention + logits,
+        "backward": projections + 2 * lm_attention + logits,
+    }
     assert counts["total"] == vision + 3 * adapter + 2 * projections + 3 * lm_attention + 2 * logits
 
 

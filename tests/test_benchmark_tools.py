@@ -1,6 +1,7 @@
 """benchmark_tools.py: the presets follow the stage scripts' default adapters, the timing summary
 reports the median and quartiles, an unknown backend is a clear error, and the peak-memory meter
 sees an allocation made after start()."""
+
 import argparse
 
 import pytest
@@ -13,9 +14,12 @@ from resampler import ResamplerConfig
 def test_presets_use_the_stage_scripts_default_adapters():
     for preset in benchmark_tools.PRESETS.values():
         num_latents = preset.resampler.num_latents
-        assert preset.resampler == ResamplerConfig.for_lm(preset.vit.dim, preset.tiny_lm.dim, preset.tiny_lm.num_heads,
-                                                          num_latents=num_latents)
-        assert preset.perceiver == ResamplerConfig.for_perceiver(preset.vit.dim, num_latents=num_latents)
+        assert preset.resampler == ResamplerConfig.for_lm(
+            preset.vit.dim, preset.tiny_lm.dim, preset.tiny_lm.num_heads, num_latents=num_latents
+        )
+        assert preset.perceiver == ResamplerConfig.for_perceiver(
+            preset.vit.dim, num_latents=num_latents
+        )
 
 
 def test_summary_median_and_quartiles():

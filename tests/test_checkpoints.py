@@ -1,5 +1,7 @@
-"""checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the file
+"""checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the
+file
 alone, saving is atomic, resuming restores everything or names what differs, errors are clear."""
+
 import hashlib
 import os
 import random
@@ -10,10 +12,22 @@ import pytest
 import torch
 
 import data
-from support.checkpoints import (ModelSpec, build_vlm, check_same_spec, frozen_reference, load_checkpoint, load_lm, load_tokenizer,
-                         load_vision, resume_training, save_checkpoint, submodule_state, training_state)
 from conftest import toy_spec
 from palm_decoder import PaLMConfig
+from support.checkpoints import (
+    ModelSpec,
+    build_vlm,
+    check_same_spec,
+    frozen_reference,
+    load_checkpoint,
+    load_lm,
+    load_tokenizer,
+    load_vision,
+    resume_training,
+    save_checkpoint,
+    submodule_state,
+    training_state,
+)
 
 
 @pytest.mark.parametrize("adapter", ["resampler", "perceiver", "vadapter", "mlp"])
@@ -21,15 +35,19 @@ def test_a_model_is_rebuilt_from_the_file_alone(tmp_path, adapter):
     torch.manual_seed(0)
     spec = replace(toy_spec(adapter), adapter_init="lm" if adapter == "vadapter" else None)
     model = build_vlm(spec)
-    save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"stage": "stage2", "spec": spec.to_dict(),
-                                                         "model": model.state_dict(), "step": 3})
+    save_checkpoint(
+        tmp_path / "run" / "checkpoint.pt",
+        {"stage": "stage2", "spec": spec.to_dict(), "model": model.state_dict(), "step": 3},
+    )
     checkpoint = load_checkpoint(str(tmp_path / "run"))  # a run folder, or the file itself
     assert isinstance(checkpoint["spec"], ModelSpec) and checkpoint["spec"] == spec
     rebuilt = build_vlm(checkpoint["spec"])
     rebuilt.load_state_dict(checkpoint["model"])
     for name, tensor in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[name], tensor), name
-    assert list(tmp_path.joinpath("run").iterdir()) == [tmp_path / "run" / "checkpoint.pt"], "no temp file left"
+    assert list(tmp_path.joinpath("run").iterdir()) == [tmp_path / "run" / "checkpoint.pt"], (
+        "no temp file left"
+    )
 
 
 def test_a_text_only_spec_round_trips():
@@ -38,11 +56,17 @@ def test_a_text_only_spec_round_trips():
     assert spec.to_dict()["vision"] is None and spec.adapter == "none"
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"lm": {"vocab_size": 50}, "colour": "red"}, r"unknown field\(s\) \['colour'\]"),
-    ({"adapter": "resampler"}, "no 'lm'"),
-    ({"lm": {"vocab_size": 50, "width": 3}}, r"spec\['lm'\] has unknown field\(s\) \['width'\]"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lm": {"vocab_size": 50}, "colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+        ({"adapter": "resampler"}, "no 'lm'"),
+        (
+            {"lm": {"vocab_size": 50, "width": 3}},
+            r"spec\['lm'\] has unknown field\(s\) \['width'\]",
+        ),
+    ],
+)
 def test_a_bad_spec_names_the_field(values, message):
     with pytest.raises(ValueError, match=message):
         ModelSpec.from_dict(values)
@@ -53,7 +77,10 @@ def test_mismatched_widths_and_bad_adapters_raise_clear_errors():
     spec.resampler = replace(spec.resampler, dim=40)
     with pytest.raises(ValueError, match="LM's dim"):
         build_vlm(spec)
-    with pytest.raises(ValueError, match=r"'linear'; expected one of \['resampler', 'perceiver', 'vadapter', 'mlp'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"'linear'; expected one of \['resampler', 'perceiver', 'vadapter', 'mlp'\]",
+    ):
         build_vlm(replace(toy_spec("perceiver"), adapter="linear"))
     with pytest.raises(ValueError, match="'vadapter' needs spec.resampler"):
         build_vlm(replace(toy_spec("vadapter"), resampler=None))
@@ -69,14 +96,17 @@ def test_the_vadapter_front_may_be_wider_than_the_tiny_lm():
 
 
 def test_visual_tokens_of_each_adapter():
-    """What the trainer leaves the text: the resampler's latents, or one token per patch for the MLP."""
+    """What the trainer leaves the text: the resampler's latents, or one token per patch for the
+    MLP."""
     assert toy_spec("vadapter", num_latents=5).num_visual_tokens == 5
     assert toy_spec("mlp", image_size=48).num_visual_tokens == 36  # 6 x 6 patches of 8 pixels
 
 
 def test_wrong_stage_missing_file_and_foreign_file_are_refused(tmp_path):
     spec = toy_spec()
-    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": {}})
+    save_checkpoint(
+        tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": {}}
+    )
     with pytest.raises(ValueError, match="written by stage 'stage1'; expected 'stage2'"):
         load_checkpoint(str(tmp_path), expected_stage="stage2")
     with pytest.raises(ValueError, match="expected 'pretrain-lm' or 'stage2'"):
@@ -112,19 +142,29 @@ def test_resume_restores_model_optimizer_scheduler_step_and_rng(tmp_path):
     def fresh():
         model = build_vlm(spec)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+        return (
+            model,
+            optimizer,
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step),
+        )
 
     model, optimizer, scheduler = fresh()
     sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
     optimizer.step()
     scheduler.step()
     random.seed(5)
-    save_checkpoint(tmp_path / "checkpoint.pt", training_state("stage1", spec, model, optimizer, scheduler, 7, train_config))
+    save_checkpoint(
+        tmp_path / "checkpoint.pt",
+        training_state("stage1", spec, model, optimizer, scheduler, 7, train_config),
+    )
     expected_draws = (torch.rand(3), random.random())
 
     torch.manual_seed(1)
     resumed = fresh()
-    assert resume_training(str(tmp_path / "checkpoint.pt"), "stage1", spec, train_config, *resumed) == 7
+    assert (
+        resume_training(str(tmp_path / "checkpoint.pt"), "stage1", spec, train_config, *resumed)
+        == 7
+    )
     assert torch.equal(torch.rand(3), expected_draws[0]) and random.random() == expected_draws[1]
     for name, tensor in model.state_dict().items():
         assert torch.equal(resumed[0].state_dict()[name], tensor), name
@@ -137,18 +177,45 @@ def test_resume_names_every_difference(tmp_path):
     model = build_vlm(spec)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    save_checkpoint(tmp_path / "checkpoint.pt", training_state("stage1", spec, model, optimizer, scheduler, 2,
-                                                               {"batch_size": 8, "seed": 0}))
+    save_checkpoint(
+        tmp_path / "checkpoint.pt",
+        training_state(
+            "stage1", spec, model, optimizer, scheduler, 2, {"batch_size": 8, "seed": 0}
+        ),
+    )
     deeper = replace(spec, resampler=replace(spec.resampler, depth=2))
-    with pytest.raises(ValueError, match=r"config mismatch with .*checkpoint.pt:\n  resampler: checkpoint has"):
-        resume_training(str(tmp_path / "checkpoint.pt"), "stage1", deeper, {"batch_size": 8, "seed": 0}, model,
-                        optimizer, scheduler)
+    with pytest.raises(
+        ValueError, match=r"config mismatch with .*checkpoint.pt:\n  resampler: checkpoint has"
+    ):
+        resume_training(
+            str(tmp_path / "checkpoint.pt"),
+            "stage1",
+            deeper,
+            {"batch_size": 8, "seed": 0},
+            model,
+            optimizer,
+            scheduler,
+        )
     with pytest.raises(ValueError, match="batch_size: checkpoint has 8, this run has 16"):
-        resume_training(str(tmp_path / "checkpoint.pt"), "stage1", spec, {"batch_size": 16, "seed": 0}, model,
-                        optimizer, scheduler)
+        resume_training(
+            str(tmp_path / "checkpoint.pt"),
+            "stage1",
+            spec,
+            {"batch_size": 16, "seed": 0},
+            model,
+            optimizer,
+            scheduler,
+        )
     with pytest.raises(ValueError, match="written by stage 'stage1'"):
-        resume_training(str(tmp_path / "checkpoint.pt"), "stage2", spec, {"batch_size": 8, "seed": 0}, model,
-                        optimizer, scheduler)
+        resume_training(
+            str(tmp_path / "checkpoint.pt"),
+            "stage2",
+            spec,
+            {"batch_size": 8, "seed": 0},
+            model,
+            optimizer,
+            scheduler,
+        )
     check_same_spec({"a": 1}, {"a": 1}, "same")  # nothing differs: no error
 
 
@@ -156,32 +223,55 @@ def test_later_stages_take_the_vision_encoder_and_the_lm_out_of_a_stage1_checkpo
     torch.manual_seed(0)
     spec = toy_spec("resampler")
     state = build_vlm(spec).state_dict()
-    save_checkpoint(tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": state})
+    save_checkpoint(
+        tmp_path / "checkpoint.pt", {"stage": "stage1", "spec": spec.to_dict(), "model": state}
+    )
     vision, lm = load_vision(str(tmp_path)), load_lm(str(tmp_path))
     assert vision.config == spec.vision and lm.config == spec.lm
     for prefix, module in (("vision.", vision), ("lm.", lm)):
         for name, tensor in submodule_state(state, prefix).items():
             assert torch.equal(module.state_dict()[name], tensor), prefix + name
     with pytest.raises(ValueError, match="expected 'pretrain-lm' or 'stage1'"):
-        save_checkpoint(tmp_path / "two" / "checkpoint.pt", {"stage": "stage2", "spec": spec.to_dict(), "model": state})
+        save_checkpoint(
+            tmp_path / "two" / "checkpoint.pt",
+            {"stage": "stage2", "spec": spec.to_dict(), "model": state},
+        )
         load_lm(str(tmp_path / "two"))
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(tmp_path):
     texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
     tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
-    assert load_tokenizer(tmp_path / "tok.model", tokenizer.vocab_size).vocab_size == tokenizer.vocab_size
-    with pytest.raises(ValueError, match=f"has {tokenizer.vocab_size} pieces but the model's LM has vocab_size 64"):
+    assert (
+        load_tokenizer(tmp_path / "tok.model", tokenizer.vocab_size).vocab_size
+        == tokenizer.vocab_size
+    )
+    with pytest.raises(
+        ValueError, match=f"has {tokenizer.vocab_size} pieces but the model's LM has vocab_size 64"
+    ):
         load_tokenizer(tmp_path / "tok.model", 64)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
 def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, damage):
     path = tmp_path / "run" / "checkpoint.pt"
-    save_checkpoint(path, {"stage": "stage1", "spec": toy_spec().to_dict(), "model": build_vlm(toy_spec()).state_dict()})
+    save_checkpoint(
+        path,
+        {
+            "stage": "stage1",
+            "spec": toy_spec().to_dict(),
+            "model": build_vlm(toy_spec()).state_dict(),
+        },
+    )
     content = path.read_bytes()
-    path.write_bytes({"truncated": content[: len(content) // 2], "zeroed": bytes(len(content)), "empty": b""}[damage])
-    with pytest.raises(ValueError, match=f"{re.escape(str(path))} cannot be read, truncated or corrupt") as error:
+    path.write_bytes(
+        {"truncated": content[: len(content) // 2], "zeroed": bytes(len(content)), "empty": b""}[
+            damage
+        ]
+    )
+    with pytest.raises(
+        ValueError, match=f"{re.escape(str(path))} cannot be read, truncated or corrupt"
+    ) as error:
         load_checkpoint(str(tmp_path / "run"))
     assert type(error.value).__name__ == "CheckpointError"  # what resume falls back on
     with pytest.raises(ValueError, match=re.escape(str(path))):
@@ -194,23 +284,38 @@ def test_frozen_references_hash_a_file_whole_and_an_hf_folder_by_its_ends(tmp_pa
     the middle goes unseen, as documented)."""
     vit = tmp_path / "vit.pt"
     vit.write_bytes(b"weights" * 1000)
-    assert frozen_reference(str(vit)) == {"source": str(vit), "bytes": 7000,
-                                          "sha256": hashlib.sha256(b"weights" * 1000).hexdigest()}
+    assert frozen_reference(str(vit)) == {
+        "source": str(vit),
+        "bytes": 7000,
+        "sha256": hashlib.sha256(b"weights" * 1000).hexdigest(),
+    }
     vit.write_bytes(b"WEIGHTS" * 1000)
     os.utime(vit, ns=(1, 1))  # another modification time: the cached hash is not reused
     assert frozen_reference(str(vit))["sha256"] == hashlib.sha256(b"WEIGHTS" * 1000).hexdigest()
     folder = tmp_path / "gemma"
     folder.mkdir()
-    shards = {"model-00001.safetensors": bytes(range(256)) * 10_000, "model-00002.safetensors": b"x" * 100}
+    shards = {
+        "model-00001.safetensors": bytes(range(256)) * 10_000,
+        "model-00002.safetensors": b"x" * 100,
+    }
     for name, content in shards.items():
         (folder / name).write_bytes(content)
     (folder / "config.json").write_text("{}")
-    lines = [f"{name} {len(content)} {hashlib.sha256(content[:2**20] + content[max(len(content) - 2**20, 0):]).hexdigest()}"
-             for name, content in shards.items()]
+    lines = [
+        f"{name} {len(content)} "
+        f"{hashlib.sha256(content[: 2**20] + content[max(len(content) - 2**20, 0) :]).hexdigest()}"
+        for name, content in shards.items()
+    ]
     reference = frozen_reference(f"hf:{folder}")
-    assert reference == {"source": f"hf:{folder}", "bytes": 2_560_100,
-                         "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
-    middle, end = bytearray(shards["model-00001.safetensors"]), bytearray(shards["model-00001.safetensors"])
+    assert reference == {
+        "source": f"hf:{folder}",
+        "bytes": 2_560_100,
+        "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+    middle, end = (
+        bytearray(shards["model-00001.safetensors"]),
+        bytearray(shards["model-00001.safetensors"]),
+    )
     middle[1_280_000] ^= 1
     end[-1] ^= 1
     for content, seen in ((middle, False), (end, True)):

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import data
-from support import flags
-import trainer
-from support.checkpoints import build_vlm
-from conftest import load_json, toy_spec, world_texts
 from test_readers import karpathy_file, official_coco
 
+import data
+import trainer
+from conftest import load_json, toy_spec, world_texts
+from support import flags
+from support.checkpoints import build_vlm
 
 # --- pixels ----------------------------------------------------------------------------------
+
 
 def test_any_pil_mode_loads_as_rgb(tmp_path):
     def loaded(image: Image.Image, name: str, **kwargs) -> torch.Tensor:
@@ -30,21 +30,31 @@ def test_any_pil_mode_loads_as_rgb(tmp_path):
         assert pixels.shape == (3, 16, 16) and pixels.dtype == torch.float32
         return pixels * 0.5 + 0.5  # back to [0, 1]
 
-    assert torch.allclose(loaded(Image.new("L", (16, 16), 51), "grey.png"), torch.full((3, 16, 16), 0.2), atol=1e-6)
+    assert torch.allclose(
+        loaded(Image.new("L", (16, 16), 51), "grey.png"), torch.full((3, 16, 16), 0.2), atol=1e-6
+    )
     palette = Image.new("P", (16, 16), 1)
     palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
-    assert torch.allclose(loaded(palette, "palette.png")[:, 0, 0], torch.tensor([10, 200, 30]) / 255)
+    assert torch.allclose(
+        loaded(palette, "palette.png")[:, 0, 0], torch.tensor([10, 200, 30]) / 255
+    )
     palette.info["transparency"] = 1
     assert torch.allclose(loaded(palette, "palette_transparent.png"), torch.ones(3, 16, 16))
     rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     rgba.putpixel((8, 8), (255, 0, 0, 255))
     rgba_pixels = loaded(rgba, "rgba.png")
-    assert torch.allclose(rgba_pixels[:, 0, 0], torch.ones(3)) and torch.allclose(rgba_pixels[:, 8, 8], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(rgba_pixels[:, 0, 0], torch.ones(3)) and torch.allclose(
+        rgba_pixels[:, 8, 8], torch.tensor([1.0, 0, 0])
+    )
     cmyk = loaded(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "cmyk.jpg")
     assert cmyk[0].mean() > 0.9 and cmyk[1:].mean() < 0.1  # no cyan, full magenta+yellow: red
     deep = Image.new("I;16", (16, 16), 32896)
-    assert torch.allclose(loaded(deep, "deep.png"), torch.full((3, 16, 16), 128 / 255), atol=1 / 255)
-    normalized = data.load_image(tmp_path / "grey.png", 16, mean=(0.2, 0.2, 0.2), std=(0.1, 0.1, 0.1))
+    assert torch.allclose(
+        loaded(deep, "deep.png"), torch.full((3, 16, 16), 128 / 255), atol=1 / 255
+    )
+    normalized = data.load_image(
+        tmp_path / "grey.png", 16, mean=(0.2, 0.2, 0.2), std=(0.1, 0.1, 0.1)
+    )
     assert torch.allclose(normalized, torch.zeros(3, 16, 16), atol=1e-5)
 
 
@@ -53,89 +63,160 @@ def test_short_side_is_resized_and_centre_cropped(tmp_path):
     array[:, 40:] = 255
     array[:, :20] = (255, 0, 0)  # left quarter red: cropped away
     Image.fromarray(array).save(tmp_path / "wide.png")
-    pixels = data.load_image(tmp_path / "wide.png", 20) * 0.5 + 0.5  # (3, 20, 20) from the centre 40x40
+    pixels = (
+        data.load_image(tmp_path / "wide.png", 20) * 0.5 + 0.5
+    )  # (3, 20, 20) from the centre 40x40
     assert pixels.shape == (3, 20, 20)
-    assert pixels[:, :, 1:8].max() < 0.05 and pixels[:, :, 12:].min() > 0.95  # bicubic may bleed at the edge
+    assert (
+        pixels[:, :, 1:8].max() < 0.05 and pixels[:, :, 12:].min() > 0.95
+    )  # bicubic may bleed at the edge
 
 
 # --- tokenizer, dataset, collate, cache -------------------------------------------------------
 
+
 def test_tokenizer_round_trip_special_ids_and_determinism(world, tokenizer, tmp_path):
     assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2, 3)
     assert 20 < tokenizer.vocab_size <= 400
-    texts = world_texts(world) + [c["caption"] for c in load_json(world / "video_captions_train.json")["annotations"]]
+    texts = world_texts(world) + [
+        c["caption"] for c in load_json(world / "video_captions_train.json")["annotations"]
+    ]
     for text in texts:
         ids = tokenizer.encode(text)
         assert tokenizer.unk_id not in ids and min(ids) > 3 and tokenizer.decode(ids) == text
     ids = tokenizer.encode("a red circle")
-    assert tokenizer.decode([tokenizer.bos_id] + ids + [tokenizer.eos_id, tokenizer.pad_id, tokenizer.pad_id]) == "a red circle"
+    assert (
+        tokenizer.decode(
+            [tokenizer.bos_id] + ids + [tokenizer.eos_id, tokenizer.pad_id, tokenizer.pad_id]
+        )
+        == "a red circle"
+    )
     again = data.Tokenizer.train(world_texts(world), tmp_path / "again.model", vocab_size=400)
     assert (tmp_path / "again.model").read_bytes() == tokenizer.model.serialized_model_proto()
-    assert data.Tokenizer(tmp_path / "again.model").encode(texts[0]) == again.encode(texts[0]) == tokenizer.encode(texts[0])
+    assert (
+        data.Tokenizer(tmp_path / "again.model").encode(texts[0])
+        == again.encode(texts[0])
+        == tokenizer.encode(texts[0])
+    )
 
 
 def test_tokenizer_needs_pad_bos_and_eos(tmp_path):
     model = tmp_path / "no_pad.model"
     with open(model, "wb") as out:
-        data.sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(["a red circle"] * 20), model_writer=out,
-                                                      vocab_size=12, hard_vocab_limit=False, pad_id=-1, minloglevel=2)
+        data.sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(["a red circle"] * 20),
+            model_writer=out,
+            vocab_size=12,
+            hard_vocab_limit=False,
+            pad_id=-1,
+            minloglevel=2,
+        )
     with pytest.raises(data.DataError, match="pad_id"):
         data.Tokenizer(model)
 
 
 def test_training_puts_the_prompt_evaluation_decodes_after_before_the_target(world, tokenizer):
-    """Evaluation decodes after data.prompt_ids(tokenizer, example.prompt); training inputs start with
-    exactly those ids, loss off, the visual tokens at the same place, so the model is asked as it was taught."""
+    """Evaluation decodes after data.prompt_ids(tokenizer, example.prompt); training inputs start
+    with
+    exactly those ids, loss off, the visual tokens at the same place, so the model is asked as it
+    was taught."""
     captions = data.read_captions(world / "captions_val.json").examples
-    vqa = data.read_vqa(world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json").examples
+    vqa = data.read_vqa(
+        world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json"
+    ).examples
     for example in (*captions[:2], *vqa[:3]):
         sample = data.VisionTextDataset([example], tokenizer, 32)[0]
         prompt, visual_at = data.prompt_ids(tokenizer, example.prompt)
-        assert sample["input_ids"][:len(prompt)].tolist() == prompt and sample["visual_at"] == visual_at
-        assert not sample["loss_mask"][:len(prompt)].any() and sample["loss_mask"][len(prompt):].all()
+        assert (
+            sample["input_ids"][: len(prompt)].tolist() == prompt
+            and sample["visual_at"] == visual_at
+        )
+        assert (
+            not sample["loss_mask"][: len(prompt)].any()
+            and sample["loss_mask"][len(prompt) :].all()
+        )
     # The paper's prompt: [bos] Describe the following: <visual tokens> : <caption>
     before = [tokenizer.bos_id] + tokenizer.encode("Describe the following:")
     assert data.prompt_ids(tokenizer, "") == (before + tokenizer.encode(":"), len(before))
     question = "is there a red circle?"
     before = [tokenizer.bos_id] + tokenizer.encode("Answer the following:")
     assert data.prompt_ids(tokenizer, data.vqa_prompt(question)) == (
-        before + tokenizer.encode(f": question: {question} answer:"), len(before))
-    batch = data.collate([data.VisionTextDataset([e], tokenizer, 32)[0] for e in (captions[0], vqa[0])], tokenizer.pad_id)
-    assert batch["visual_at"].tolist() == [data.prompt_ids(tokenizer, e.prompt)[1] for e in (captions[0], vqa[0])]
+        before + tokenizer.encode(f": question: {question} answer:"),
+        len(before),
+    )
+    batch = data.collate(
+        [data.VisionTextDataset([e], tokenizer, 32)[0] for e in (captions[0], vqa[0])],
+        tokenizer.pad_id,
+    )
+    assert batch["visual_at"].tolist() == [
+        data.prompt_ids(tokenizer, e.prompt)[1] for e in (captions[0], vqa[0])
+    ]
 
 
 def test_vqa_batches_put_the_loss_on_answer_and_eos_only(world, tokenizer):
-    read = data.read_vqa(world / "questions_train.json", world / "annotations_train.json", world / "captions_train.json")
+    read = data.read_vqa(
+        world / "questions_train.json",
+        world / "annotations_train.json",
+        world / "captions_train.json",
+    )
     dataset = data.VisionTextDataset(read.examples, tokenizer, 64)
     samples = [dataset[i] for i in range(6)]
     batch = data.collate(samples, tokenizer.pad_id)
     lengths = batch["lengths"].tolist()
-    assert batch["pixels"].shape == (6, 3, 64, 64) and batch["input_ids"].shape == batch["loss_mask"].shape == (6, max(lengths))
+    assert batch["pixels"].shape == (6, 3, 64, 64) and batch["input_ids"].shape == batch[
+        "loss_mask"
+    ].shape == (6, max(lengths))
     assert batch["input_ids"].dtype == torch.long and batch["loss_mask"].dtype == torch.bool
-    assert batch["question_ids"] == [e.question_id for e in read.examples[:6]] and batch["image_ids"] == [e.image_id for e in read.examples[:6]]
+    assert batch["question_ids"] == [e.question_id for e in read.examples[:6]] and batch[
+        "image_ids"
+    ] == [e.image_id for e in read.examples[:6]]
     for row, example in enumerate(read.examples[:6]):
         ids, mask, length = batch["input_ids"][row], batch["loss_mask"][row], lengths[row]
-        assert ids[0] == tokenizer.bos_id and ids[length - 1] == tokenizer.eos_id and (ids[length:] == tokenizer.pad_id).all()
+        assert (
+            ids[0] == tokenizer.bos_id
+            and ids[length - 1] == tokenizer.eos_id
+            and (ids[length:] == tokenizer.pad_id).all()
+        )
         answer_length = len(tokenizer.encode(example.target)) + 1
-        assert mask.tolist() == [False] * (length - answer_length) + [True] * answer_length + [False] * (len(ids) - length)
+        assert mask.tolist() == [False] * (length - answer_length) + [True] * answer_length + [
+            False
+        ] * (len(ids) - length)
         assert tokenizer.decode(ids[mask][:-1].tolist()) == example.target
         prompt_end = length - answer_length
-        assert tokenizer.decode(ids[batch["visual_at"][row]:prompt_end].tolist()) == ": " + example.prompt  # after the visual tokens
+        assert (
+            tokenizer.decode(ids[batch["visual_at"][row] : prompt_end].tolist())
+            == ": " + example.prompt
+        )  # after the visual tokens
     assert min(lengths) < max(lengths), "the check above must have covered padding"
 
 
 def test_caption_and_video_batches(world, tokenizer):
-    images = data.VisionTextDataset(data.read_captions(world / "captions_train.json").examples, tokenizer, 48)
+    images = data.VisionTextDataset(
+        data.read_captions(world / "captions_train.json").examples, tokenizer, 48
+    )
     sample = images[0]
     prompt_length = len(data.prompt_ids(tokenizer, "")[0])
     assert sample["pixels"].shape == (3, 48, 48)
-    assert sample["loss_mask"].tolist() == [False] * prompt_length + [True] * (len(sample["input_ids"]) - prompt_length)
+    assert sample["loss_mask"].tolist() == [False] * prompt_length + [True] * (
+        len(sample["input_ids"]) - prompt_length
+    )
     assert "question_id" not in sample
-    vqa = data.read_vqa(world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json")
+    vqa = data.read_vqa(
+        world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json"
+    )
     question = data.VisionTextDataset(vqa.examples, tokenizer, 48)[0]
-    assert data.collate([sample, question], tokenizer.pad_id)["question_ids"] == [None, vqa.examples[0].question_id]
-    videos = data.VisionTextDataset(data.read_captions(world / "video_captions_train.json", num_frames=4).examples, tokenizer, 32)
-    loader = torch.utils.data.DataLoader(videos, batch_size=4, collate_fn=lambda s: data.collate(s, tokenizer.pad_id))
+    assert data.collate([sample, question], tokenizer.pad_id)["question_ids"] == [
+        None,
+        vqa.examples[0].question_id,
+    ]
+    videos = data.VisionTextDataset(
+        data.read_captions(world / "video_captions_train.json", num_frames=4).examples,
+        tokenizer,
+        32,
+    )
+    loader = torch.utils.data.DataLoader(
+        videos, batch_size=4, collate_fn=lambda s: data.collate(s, tokenizer.pad_id)
+    )
     batch = next(iter(loader))
     assert batch["pixels"].shape == (4, 4, 3, 32, 32) and "question_ids" not in batch
     with pytest.raises(ValueError, match="mixes images"):
@@ -153,19 +234,33 @@ def test_write_atomically_replaces_whole_files_and_a_failed_write_keeps_the_old_
 
     with pytest.raises(RuntimeError, match="disk full"):
         data.write_atomically(path, crash)
-    assert path.read_text() == "second" and [p.name for p in path.parent.iterdir()] == ["results.json"]
+    assert path.read_text() == "second" and [p.name for p in path.parent.iterdir()] == [
+        "results.json"
+    ]
 
 
 # --- a data folder: splits, empty tasks, real video folders, text budget, the run's counts -----
 
-def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval_in_train(tmp_path, tokenizer):
+
+def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval_in_train(
+    tmp_path, tokenizer
+):
     karpathy = karpathy_file(tmp_path, splits=("train", "restval", "val", "test", "train"))
-    for split in ("train", "val", "test"):  # as docs/real_data.md says: real files (or symlinks) under the task names
+    for split in (
+        "train",
+        "val",
+        "test",
+    ):  # as docs/real_data.md says: real files (or symlinks) under the task names
         (tmp_path / f"captions_{split}.json").symlink_to(karpathy)
-    images = {split: set(data.read_task(tmp_path, "caption", split).images) for split in ("train", "val", "test")}
+    images = {
+        split: set(data.read_task(tmp_path, "caption", split).images)
+        for split in ("train", "val", "test")
+    }
     assert images == {"train": {0, 1, 4}, "val": {2}, "test": {3}}
     train_texts = sorted(text for k in (0, 1, 4) for text in (f"A cat {k}.", f"Cat {k}"))
-    assert sorted(data.training_texts(tmp_path)) == train_texts  # the tokenizer's corpus: train only
+    assert (
+        sorted(data.training_texts(tmp_path)) == train_texts
+    )  # the tokenizer's corpus: train only
     [test_set] = data.task_datasets(tmp_path, "test", tokenizer, 16)
     assert [e.image_id for e in test_set.examples] == [3, 3]
 
@@ -173,64 +268,136 @@ def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval
 def test_a_task_without_a_usable_sample_is_named(tmp_path, tokenizer):
     path = official_coco(tmp_path)  # images 9, 25, 30 in train2014/
     content = load_json(path)
-    content["images"] = [{**image, "file_name": f"train2014/{image['file_name']}"} for image in content["images"]]
+    content["images"] = [
+        {**image, "file_name": f"train2014/{image['file_name']}"} for image in content["images"]
+    ]
     (tmp_path / "captions_train.json").write_text(json.dumps(content))
-    (tmp_path / "questions_train.json").write_text(json.dumps({"questions": [
-        {"image_id": 777, "question": "Is it red?", "question_id": 1}]}))
-    (tmp_path / "annotations_train.json").write_text(json.dumps({"annotations": [
-        {"question_id": 1, "image_id": 777, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}] * 10}]}))
+    (tmp_path / "questions_train.json").write_text(
+        json.dumps({"questions": [{"image_id": 777, "question": "Is it red?", "question_id": 1}]})
+    )
+    (tmp_path / "annotations_train.json").write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {
+                        "question_id": 1,
+                        "image_id": 777,
+                        "multiple_choice_answer": "yes",
+                        "answers": [{"answer": "yes"}] * 10,
+                    }
+                ]
+            }
+        )
+    )
     with pytest.warns(UserWarning), pytest.raises(data.DataError) as error:
         data.task_datasets(tmp_path, "train", tokenizer, 16, on_bad_sample="skip")
-    for text in ("task 'vqa'", "split 'train'", "no usable sample", "questions_train.json", "1 x unknown image_id", "--tasks"):
+    for text in (
+        "task 'vqa'",
+        "split 'train'",
+        "no usable sample",
+        "questions_train.json",
+        "1 x unknown image_id",
+        "--tasks",
+    ):
         assert text in str(error.value), str(error.value)
     [images] = data.task_datasets(tmp_path, "train", tokenizer, 16, ["caption"])
     assert len(images) == 6
     content["annotations"] = []
     (tmp_path / "captions_train.json").write_text(json.dumps(content))
-    with pytest.raises(data.DataError, match="task 'caption' of split 'train' has no usable sample"):
+    with pytest.raises(
+        data.DataError, match="task 'caption' of split 'train' has no usable sample"
+    ):
         data.task_datasets(tmp_path, "train", tokenizer, 16, ["caption"])
-    with pytest.raises(data.DataError, match="no files for task.* of split 'val'; expected captions_val.json"):
+    with pytest.raises(
+        data.DataError, match="no files for task.* of split 'val'; expected captions_val.json"
+    ):
         data.task_datasets(tmp_path, "val", tokenizer, 16)
 
 
-def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folders(world, tmp_path, tokenizer):
+def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folders(
+    world, tmp_path, tokenizer
+):
     (tmp_path / "videos").symlink_to(world / "videos")
-    for name in ("video_captions_val.json", "video_questions_val.json", "video_annotations_val.json"):
+    for name in (
+        "video_captions_val.json",
+        "video_questions_val.json",
+        "video_annotations_val.json",
+    ):
         (tmp_path / name).write_text((world / name).read_text())
     assert not (tmp_path / "dataset.json").exists()
-    captions, questions = data.task_datasets(tmp_path, "val", tokenizer, 32)[0].examples, data.read_task(tmp_path, "video_vqa", "val")
-    assert len({e.image_id for e in captions}) == 3 and len(questions.examples) == len(data.read_task(world, "video_vqa", "val").examples)
+    captions, questions = (
+        data.task_datasets(tmp_path, "val", tokenizer, 32)[0].examples,
+        data.read_task(tmp_path, "video_vqa", "val"),
+    )
+    assert len({e.image_id for e in captions}) == 3 and len(questions.examples) == len(
+        data.read_task(world, "video_vqa", "val").examples
+    )
     [videos] = data.task_datasets(tmp_path, "val", tokenizer, 32, ["video_caption"])
-    assert videos[0]["pixels"].shape == (4, 3, 32, 32)  # SMALL_WORLD's 4 frames, read from the folders
+    assert videos[0]["pixels"].shape == (
+        4,
+        3,
+        32,
+        32,
+    )  # SMALL_WORLD's 4 frames, read from the folders
 
 
-def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample_is_read(tmp_path, tokenizer):
+def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample_is_read(
+    tmp_path, tokenizer
+):
     image = tmp_path / "red.png"
     Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
     long_caption = "a red circle above a blue square " * 8
-    examples = [data.Example(1, image, "", long_caption, source="captions_train.json: annotations[0]"),
-                data.Example(1, image, "", "a red circle", source="captions_train.json: annotations[1]")]
+    examples = [
+        data.Example(1, image, "", long_caption, source="captions_train.json: annotations[0]"),
+        data.Example(1, image, "", "a red circle", source="captions_train.json: annotations[1]"),
+    ]
     prompt = data.prompt_ids(tokenizer, "")[0]
     budget = len(prompt) + 12  # the prompt and 12 text tokens
-    with pytest.warns(UserWarning, match=rf"1 of 2 texts are longer than max_text_tokens={budget} .*annotations\[0\]"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"1 of 2 texts are longer than max_text_tokens={budget} .*annotations\[0\]",
+    ):
         dataset = data.VisionTextDataset(examples, tokenizer, 16, max_text_tokens=budget)
     assert dataset.truncated == 1  # counted when the data is read
     full = prompt + tokenizer.encode(long_caption) + [tokenizer.eos_id]
     cut, short = dataset[0], dataset[1]
-    assert cut["input_ids"].tolist() == full[:budget] and cut["loss_mask"].tolist() == [False] * len(prompt) + [True] * 12
-    assert short["input_ids"].tolist() == prompt + tokenizer.encode("a red circle") + [tokenizer.eos_id]
-    question = data.Example(2, image, data.vqa_prompt("is there a red circle above a blue square " * 3), "yes", 7,
-                            source="questions_train.json: questions[3]")
-    with pytest.raises(data.DataError, match=rf"questions_train.json: questions\[3\] field 'question'.*max_text_tokens={budget}"):
+    assert (
+        cut["input_ids"].tolist() == full[:budget]
+        and cut["loss_mask"].tolist() == [False] * len(prompt) + [True] * 12
+    )
+    assert short["input_ids"].tolist() == prompt + tokenizer.encode("a red circle") + [
+        tokenizer.eos_id
+    ]
+    question = data.Example(
+        2,
+        image,
+        data.vqa_prompt("is there a red circle above a blue square " * 3),
+        "yes",
+        7,
+        source="questions_train.json: questions[3]",
+    )
+    with pytest.raises(
+        data.DataError,
+        match=rf"questions_train.json: questions\[3\] field 'question'.*max_text_tokens={budget}",
+    ):
         data.VisionTextDataset([question, *examples], tokenizer, 16, max_text_tokens=budget)
     with pytest.warns(UserWarning) as caught:
-        lenient = data.VisionTextDataset([question, *examples], tokenizer, 16, on_bad_sample="skip", max_text_tokens=budget)
-    assert any("1 x prompt longer than max_text_tokens" in str(warning.message) for warning in caught)
-    assert lenient.examples == examples and lenient.skipped == Counter({"prompt longer than max_text_tokens": 1})
+        lenient = data.VisionTextDataset(
+            [question, *examples], tokenizer, 16, on_bad_sample="skip", max_text_tokens=budget
+        )
+    assert any(
+        "1 x prompt longer than max_text_tokens" in str(warning.message) for warning in caught
+    )
+    assert lenient.examples == examples and lenient.skipped == Counter(
+        {"prompt longer than max_text_tokens": 1}
+    )
 
 
-def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_summary(tmp_path, tokenizer, one_thread):
-    """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's context
+def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_summary(
+    tmp_path, tokenizer, one_thread
+):
+    """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's
+    context
     and two unreadable images neither stop training nor go unreported."""
     folder = tmp_path / "data"
     (folder / "images").mkdir(parents=True)
@@ -241,21 +408,36 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
         captions = [{"image_id": i, "caption": "a red circle"} for i in ids]
         if split == "train":
             captions.append({"image_id": 1, "caption": "a red circle above a blue square " * 20})
-        (folder / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": captions}))
+        (folder / f"captions_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": captions})
+        )
     for broken in (2, 3):
         (folder / f"images/{broken}.png").write_bytes(b"not an image")
     (folder / "tokenizer.model").write_bytes(tokenizer.model.serialized_model_proto())
     spec = toy_spec("resampler", vocab_size=tokenizer.vocab_size)
     parser = argparse.ArgumentParser()
     flags.add_data_flags(parser)
-    args = parser.parse_args(["--data", str(folder), "--on-bad-sample", "skip", "--cache-features", "no"])
-    config = trainer.TrainConfig(out_dir=str(tmp_path / "run"), steps=2, batch_size=8, eval_every=2, eval_batches=1,
-                                 save_every=100, device="cpu", compile=False, bf16=False)
+    args = parser.parse_args(
+        ["--data", str(folder), "--on-bad-sample", "skip", "--cache-features", "no"]
+    )
+    config = trainer.TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        steps=2,
+        batch_size=8,
+        eval_every=2,
+        eval_batches=1,
+        save_every=100,
+        device="cpu",
+        compile=False,
+        bf16=False,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = trainer.train_vlm(build_vlm(spec), args, "stage1", spec, config)
     assert summary["truncated_texts"] == 1 and summary["skipped_samples"] == {"unreadable image": 2}
     assert math.isfinite(summary["train_loss"])
-    too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])  # 128 positions - 4 visual tokens
+    too_many = parser.parse_args(
+        ["--data", str(folder), "--max-text-tokens", "125"]
+    )  # 128 positions - 4 visual tokens
     with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):
         trainer.train_vlm(build_vlm(spec), too_many, "stage1", spec, config)

@@ -1,19 +1,24 @@
 """decoding.py: greedy and beam search over the KV cache, batched. Toy models from build_vlm with
 random weights: decoding is checked against itself (batched vs alone, beam 1 vs greedy) and
 against brute force."""
+
 import itertools
 
 import pytest
 import torch
 
+from conftest import toy_spec
 from evaluation import decoding
 from support.checkpoints import build_vlm
-from conftest import toy_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 2
 PROMPTS = [[BOS, 7, 8, 9], [BOS], [BOS, 5]]  # different lengths: the batch is left-padded
-VISUAL_AT = [2, 1, 1]  # the visual tokens inside each prompt (the paper's layout), row 1 after all of it
+VISUAL_AT = [
+    2,
+    1,
+    1,
+]  # the visual tokens inside each prompt (the paper's layout), row 1 after all of it
 
 
 def toy_model(vocab_size=50, seed=0):
@@ -33,17 +38,22 @@ def toy_pixels(batch, seed=0):
 
 
 def eos_in_the_middle(model, pixels):
-    """A token greedy decoding emits at step 3 of sample 0: used as EOS, rows end at different steps."""
+    """A token greedy decoding emits at step 3 of sample 0: used as EOS, rows end at different
+    steps."""
     return decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12)[0][3]
 
 
-def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens, visual_at=None):
+def sequence_scores(
+    model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens, visual_at=None
+):
     """Length-penalised log-prob of each continuation, by a plain forward pass (no cache): one
     shorter than max_new_tokens ended with EOS, which is scored and counted in its length."""
     targets = [c + [eos_id] if len(c) < max_new_tokens else c for c in continuations]
     longest = max(map(len, targets))
     input_ids = torch.tensor([prompt + t + [0] * (longest - len(t)) for t in targets])  # (N, L)
-    logits, _ = model(input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]), visual_at=visual_at)  # (N, L, V)
+    logits, _ = model(
+        input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]), visual_at=visual_at
+    )  # (N, L, V)
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     scores = []
     for row, target in enumerate(targets):
@@ -51,8 +61,6 @@ def sequence_scores(model, pixels, prompt, continuations, eos_id, length_penalty
         picked = log_probs[row, len(prompt) - 1 + torch.arange(len(target)), target]
         scores.append(picked.sum().item() / len(target) ** length_penalty)
     return scores
-
-
 
 
 def eos_second_at_first(model, pixels):
@@ -68,7 +76,10 @@ def test_beam_of_one_is_greedy(length_penalty, pick_eos):
     eos = pick_eos(model, pixels)
     greedy = decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=12, eos_id=eos)
     assert decoding.beam_search(model, pixels, PROMPTS, 1, length_penalty, 12, eos) == greedy
-    assert decoding.decode(model, pixels, PROMPTS, beam_size=1, max_new_tokens=12, eos_id=eos) == greedy
+    assert (
+        decoding.decode(model, pixels, PROMPTS, beam_size=1, max_new_tokens=12, eos_id=eos)
+        == greedy
+    )
     if pick_eos is eos_in_the_middle:
         assert any(len(row) < 12 for row in greedy) and any(eos not in row for row in greedy)
 
@@ -80,13 +91,18 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
     eos = eos_in_the_middle(model, pixels)
     ended = []
     add = decoding.FinishedHypotheses.add
-    monkeypatch.setattr(decoding.FinishedHypotheses, "add",
-                        lambda self, *args: (ended.append(args[:3]), add(self, *args))[1])
+    monkeypatch.setattr(
+        decoding.FinishedHypotheses,
+        "add",
+        lambda self, *args: (ended.append(args[:3]), add(self, *args))[1],
+    )
     for b, prompt in enumerate(PROMPTS):
         ended.clear()
-        decoding.beam_search(model, pixels[b:b + 1], [prompt], 4, 1.0, 12, eos)
+        decoding.beam_search(model, pixels[b : b + 1], [prompt], 4, 1.0, 12, eos)
         assert len(ended) >= 4
-        expected = sequence_scores(model, pixels[b:b + 1], prompt, [tokens for tokens, _, _ in ended], eos, 0.0, 12)
+        expected = sequence_scores(
+            model, pixels[b : b + 1], prompt, [tokens for tokens, _, _ in ended], eos, 0.0, 12
+        )
         for (tokens, log_prob, length), score in zip(ended, expected):
             assert length == len(tokens) + (len(tokens) < 12)  # EOS counts in the length
             assert log_prob == pytest.approx(score, abs=1e-3)
@@ -95,23 +111,36 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
 @pytest.mark.parametrize("beam_size", [None, 3])  # None: greedy
 @pytest.mark.parametrize("visual_at", [None, VISUAL_AT])
 def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_at):
-    model, pixels = toy_model(seed=4), toy_pixels(3, seed=4)  # a seed whose rows end at different steps
+    model, pixels = (
+        toy_model(seed=4),
+        toy_pixels(3, seed=4),
+    )  # a seed whose rows end at different steps
     eos = eos_in_the_middle(model, pixels)
 
     def decode(pixels, prompts, features=None, visual_at=visual_at):
         if beam_size is None:
-            return decoding.greedy_decode(model, pixels, prompts, 12, eos, features=features, visual_at=visual_at)
-        return decoding.beam_search(model, pixels, prompts, beam_size, 1.0, 12, eos, features=features, visual_at=visual_at)
+            return decoding.greedy_decode(
+                model, pixels, prompts, 12, eos, features=features, visual_at=visual_at
+            )
+        return decoding.beam_search(
+            model, pixels, prompts, beam_size, 1.0, 12, eos, features=features, visual_at=visual_at
+        )
 
     batched = decode(pixels, PROMPTS)
-    assert batched == [decode(pixels[b:b + 1], [prompt], visual_at=None if visual_at is None else [visual_at[b]])[0]
-                       for b, prompt in enumerate(PROMPTS)]
+    assert batched == [
+        decode(
+            pixels[b : b + 1], [prompt], visual_at=None if visual_at is None else [visual_at[b]]
+        )[0]
+        for b, prompt in enumerate(PROMPTS)
+    ]
     assert len({len(row) for row in batched}) > 1  # rows ended at different steps
     # Precomputed patch features decode as the pixels they came from.
     assert decode(None, PROMPTS, features=model.encode_images(pixels)) == batched
 
 
-@pytest.mark.parametrize("length_penalty,visual_at", [(0.0, None), (0.7, [1, 1, 2]), (2.0, [2, 0, 1])])
+@pytest.mark.parametrize(
+    "length_penalty,visual_at", [(0.0, None), (0.7, [1, 1, 2]), (2.0, [2, 0, 1])]
+)
 def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty, visual_at):
     """Vocabulary 5, 3 new tokens: 85 possible outputs, and a beam of 80 never prunes one (16
     beams x 5 tokens at the last step). So beam search must return the brute-force best, which
@@ -120,13 +149,25 @@ def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty
     greedy path. Exactness holds only for a beam this wide.)"""
     model, pixels, eos, steps = toy_model(vocab_size=5, seed=3), toy_pixels(3, seed=3), 3, 3
     prompts = [[BOS, 4, 0], [BOS], [BOS, 1]]
-    beam = decoding.beam_search(model, pixels, prompts, 80, length_penalty, steps, eos, visual_at=visual_at)
+    beam = decoding.beam_search(
+        model, pixels, prompts, 80, length_penalty, steps, eos, visual_at=visual_at
+    )
     greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos, visual_at=visual_at)
     tokens = [t for t in range(5) if t != eos]
-    everything = [list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)]  # 85
+    everything = [
+        list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)
+    ]  # 85
     for b, prompt in enumerate(prompts):
-        scores = sequence_scores(model, pixels[b:b + 1], prompt, everything, eos, length_penalty, steps,
-                                 None if visual_at is None else visual_at[b])
+        scores = sequence_scores(
+            model,
+            pixels[b : b + 1],
+            prompt,
+            everything,
+            eos,
+            length_penalty,
+            steps,
+            None if visual_at is None else visual_at[b],
+        )
         best = everything[max(range(len(everything)), key=scores.__getitem__)]
         assert beam[b] == best
         greedy_score = scores[everything.index(greedy[b])]
@@ -144,7 +185,9 @@ def test_wider_beams_mostly_beat_greedy():
         beam = decoding.beam_search(model, pixels, PROMPTS, 4, 1.0, 12, eos)
         greedy = decoding.greedy_decode(model, pixels, PROMPTS, 12, eos)
         for b, prompt in enumerate(PROMPTS):
-            beam_score, greedy_score = sequence_scores(model, pixels[b:b + 1], prompt, [beam[b], greedy[b]], eos, 1.0, 12)
+            beam_score, greedy_score = sequence_scores(
+                model, pixels[b : b + 1], prompt, [beam[b], greedy[b]], eos, 1.0, 12
+            )
             wins += beam_score > greedy_score + 1e-6
             ties += abs(beam_score - greedy_score) <= 1e-6
     assert wins >= 6 and wins + ties >= 10  # of 12
@@ -156,14 +199,16 @@ def test_eos_ends_hypotheses():
     eos = free[0][0]
     # Greedy stops at the first EOS and leaves it out.
     stopped = decoding.greedy_decode(model, pixels, PROMPTS, max_new_tokens=8, eos_id=eos)
-    assert stopped == [row[:row.index(eos)] if eos in row else row for row in free]
+    assert stopped == [row[: row.index(eos)] if eos in row else row for row in free]
     # Beam search with length_penalty 0 ranks by total log-prob, which only falls as a hypothesis
     # grows: sample 0 takes EOS first, so its empty output beats every longer one, while the other
     # rows of the batch carry on.
     beam = decoding.beam_search(model, pixels, PROMPTS, 3, 0.0, 8, eos)
     assert beam[0] == [] and all(eos not in row for row in beam) and any(beam[1:])
     # Without eos_id every hypothesis runs to max_new_tokens.
-    assert all(len(row) == 8 for row in decoding.beam_search(model, pixels, PROMPTS, 3, 1.0, 8, None))
+    assert all(
+        len(row) == 8 for row in decoding.beam_search(model, pixels, PROMPTS, 3, 1.0, 8, None)
+    )
 
 
 def test_bad_decoding_arguments_raise():

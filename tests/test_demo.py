@@ -1,4 +1,5 @@
 """The reduced demo end to end: every stage, both adapters, the comparison table and curves."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def demo_quick(runs, *variables):
-    result = subprocess.run(["make", "demo-quick", f"RUNS={runs}", f"PY={sys.executable}", "INSTALL=", *variables],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "demo-quick", f"RUNS={runs}", f"PY={sys.executable}", "INSTALL=", *variables],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -18,7 +23,13 @@ def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
     demo_quick(tmp_path)
     # The stages are file targets: with nothing changed, make only prints the table again; a change
     # to stage 2's flags reruns stage 2 and the evaluation, not the data or stage 1.
-    stages = ["data/dataset.json", "stage1/done", "stage2_vadapter/done", "stage2_perceiver/done", "results/done"]
+    stages = [
+        "data/dataset.json",
+        "stage1/done",
+        "stage2_vadapter/done",
+        "stage2_perceiver/done",
+        "results/done",
+    ]
     built = {stage: (tmp_path / stage).stat().st_mtime_ns for stage in stages}
     again = demo_quick(tmp_path)
     assert "python" not in again and "CIDEr-D" in again
@@ -49,7 +60,23 @@ def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
         assert {"none", "same_image", "other_image"} <= set(diagnostics["lm_context"][lm])
     assert diagnostics["stage1"]["cider_d"] >= 0 and diagnostics["reference_cider_d"] > 0
     assert set(diagnostics["oracle_fraction"]) == {"vadapter (stage1)", "perceiver (depth 6)"}
-    reliance = subprocess.run([sys.executable, "evaluate.py", "reliance", str(tmp_path / "stage2_vadapter"),
-                               "--data", str(tmp_path / "data"), "--limit", "8"], cwd=ROOT, capture_output=True, text=True)
+    reliance = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "reliance",
+            str(tmp_path / "stage2_vadapter"),
+            "--data",
+            str(tmp_path / "data"),
+            "--limit",
+            "8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert reliance.returncode == 0, reliance.stderr[-2000:]
-    assert all(word in reliance.stdout for word in ("real images", "blanked", "shuffled", "text oracle", "gap closed"))
+    assert all(
+        word in reliance.stdout
+        for word in ("real images", "blanked", "shuffled", "text oracle", "gap closed")
+    )

@@ -1,4 +1,5 @@
 """diagnostics.py and its commands: the probe, the LM context loss, reliance with a text oracle."""
+
 import subprocess
 import sys
 
@@ -7,13 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import data
-from evaluation import diagnostics
-from stage0 import pretrain
-from stage0 import synthetic
-from support.checkpoints import ModelSpec, load_lm, save_checkpoint
 from conftest import REPO, SMALL_WORLD
+from evaluation import diagnostics
 from evaluation.metrics import cider_d
 from palm_decoder import PaLMConfig, PaLMDecoder
+from stage0 import pretrain, synthetic
+from support.checkpoints import ModelSpec, load_lm, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,22 +36,47 @@ def test_loss_after_scores_only_the_target_after_its_context():
         ids = torch.tensor([context + target])
         with torch.no_grad():
             log_probs = F.log_softmax(lm(ids)[0][0], dim=-1)  # (L, V)
-        for position in range(len(context) + 1, len(context) + len(target)):  # every target token but bos
+        for position in range(
+            len(context) + 1, len(context) + len(target)
+        ):  # every target token but bos
             by_hand_sum -= log_probs[position - 1, ids[0, position]].item()
             by_hand_count += 1
-    assert diagnostics.loss_after(lm, contexts, targets, pad_id=0) == pytest.approx(by_hand_sum / by_hand_count, rel=1e-5)
+    assert diagnostics.loss_after(lm, contexts, targets, pad_id=0) == pytest.approx(
+        by_hand_sum / by_hand_count, rel=1e-5
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_lm_run(world, tmp_path_factory):
     """An LM checkpoint on the world's tokenizer, as pretrain.py lm writes it (a few steps)."""
     out = tmp_path_factory.mktemp("lm")
-    pretrain.main(["lm", "--data", str(world), "--out-dir", str(out), "--steps", "2", "--batch-size", "4",
-                   "--eval-batches", "1", "--lm-dim", "32", "--lm-depth", "1", "--lm-num-heads", "2"])
+    pretrain.main(
+        [
+            "lm",
+            "--data",
+            str(world),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-batches",
+            "1",
+            "--lm-dim",
+            "32",
+            "--lm-depth",
+            "1",
+            "--lm-num-heads",
+            "2",
+        ]
+    )
     return out
 
 
-def test_lm_context_compares_the_same_caption_after_nothing_the_same_image_and_another(world, tiny_lm_run):
+def test_lm_context_compares_the_same_caption_after_nothing_the_same_image_and_another(
+    world, tiny_lm_run
+):
     losses = diagnostics.lm_context(str(tiny_lm_run), world, split="test", limit=6)
     assert set(losses) == {"none", "same_image", "other_image", "drop"}
     assert losses["drop"] == pytest.approx(1 - losses["same_image"] / losses["none"])
@@ -68,10 +93,14 @@ def test_an_lm_that_copies_its_context_shows_a_large_drop(world, tmp_path):
         config = PaLMConfig(vocab_size=vocab, dim=8, depth=1, num_heads=1)
 
         def forward(self, input_ids, loss_mask=None, reduction="mean"):
-            seen = torch.cumsum(F.one_hot(input_ids, vocab).float(), dim=1).clamp(max=1)  # (B, L, V)
+            seen = torch.cumsum(F.one_hot(input_ids, vocab).float(), dim=1).clamp(
+                max=1
+            )  # (B, L, V)
             logits = 4.0 * seen
             targets = input_ids[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), targets.reshape(-1), reduction="sum")
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, vocab), targets.reshape(-1), reduction="sum"
+            )
             return logits, loss
 
     texts = diagnostics.captions_by_image(world, "test")
@@ -84,16 +113,55 @@ def test_an_lm_that_copies_its_context_shows_a_large_drop(world, tmp_path):
 
 
 def test_context_and_probe_commands_print_their_measurements(world, tiny_lm_run, tmp_path):
-    context = subprocess.run([sys.executable, "evaluate.py", "context", str(tiny_lm_run), "--data", str(world),
-                              "--limit", "5"], cwd=REPO, capture_output=True, text=True)
+    context = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "context",
+            str(tiny_lm_run),
+            "--data",
+            str(world),
+            "--limit",
+            "5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert context.returncode == 0, context.stderr
     assert "after a caption of the same image" in context.stdout and "%" in context.stdout
     vit_run = tmp_path / "vit"
-    pretrain.main(["vit", "--data", str(world), "--out-dir", str(vit_run), "--steps", "2", "--batch-size", "4",
-                   "--eval-batches", "1", "--vit-image-size", "32", "--vit-dim", "32", "--vit-depth", "1",
-                   "--vit-num-heads", "2", "--vit-mlp-dim", "64"])
-    probe = subprocess.run([sys.executable, "evaluate.py", "probe", str(vit_run), "--data", str(world)],
-                           cwd=REPO, capture_output=True, text=True)
+    pretrain.main(
+        [
+            "vit",
+            "--data",
+            str(world),
+            "--out-dir",
+            str(vit_run),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-batches",
+            "1",
+            "--vit-image-size",
+            "32",
+            "--vit-dim",
+            "32",
+            "--vit-depth",
+            "1",
+            "--vit-num-heads",
+            "2",
+            "--vit-mlp-dim",
+            "64",
+        ]
+    )
+    probe = subprocess.run(
+        [sys.executable, "evaluate.py", "probe", str(vit_run), "--data", str(world)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["shape", "colour", "count"]
@@ -103,9 +171,16 @@ def test_context_and_probe_commands_print_their_measurements(world, tiny_lm_run,
 def test_reference_ceiling_is_each_reference_scored_against_the_others(world):
     by_image = diagnostics.captions_by_image(world, "test")
     k = 2
-    expected_k = cider_d({i: t[k] for i, t in by_image.items()}, {i: t[:k] + t[k + 1:] for i, t in by_image.items()})[0]
-    scores = [cider_d({i: t[j] for i, t in by_image.items()}, {i: t[:j] + t[j + 1:] for i, t in by_image.items()})[0]
-              for j in range(5)]
+    expected_k = cider_d(
+        {i: t[k] for i, t in by_image.items()}, {i: t[:k] + t[k + 1 :] for i, t in by_image.items()}
+    )[0]
+    scores = [
+        cider_d(
+            {i: t[j] for i, t in by_image.items()},
+            {i: t[:j] + t[j + 1 :] for i, t in by_image.items()},
+        )[0]
+        for j in range(5)
+    ]
     assert expected_k in scores
     assert diagnostics.reference_ceiling(world, "test") == pytest.approx(sum(scores) / 5)
 
@@ -113,9 +188,18 @@ def test_reference_ceiling_is_each_reference_scored_against_the_others(world):
 def test_a_saved_spec_round_trips_through_an_exported_safetensors_file(tmp_path):
     torch.manual_seed(0)
     lm = PaLMDecoder(PaLMConfig(vocab_size=40, dim=32, depth=1, num_heads=2))
-    save_checkpoint(str(tmp_path / "run" / "checkpoint.pt"), {"stage": "pretrain-lm", "spec": ModelSpec(lm=lm.config).to_dict(),
-                                                             "model": lm.state_dict(), "step": 7})
-    pretrain.main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "lm.safetensors")])
+    save_checkpoint(
+        str(tmp_path / "run" / "checkpoint.pt"),
+        {
+            "stage": "pretrain-lm",
+            "spec": ModelSpec(lm=lm.config).to_dict(),
+            "model": lm.state_dict(),
+            "step": 7,
+        },
+    )
+    pretrain.main(
+        ["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "lm.safetensors")]
+    )
     loaded = load_lm(str(tmp_path / "lm.safetensors"))
     ids = torch.tensor([[2, 5, 6, 7]])
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """evaluate.py: the command line that scores a checkpoint on a data folder, captions one image,
 compares stage-2 runs and measures image reliance. Untrained toy models on a tiny synthetic data
 folder: what is checked is the wiring (files, keys, determinism, errors), not the scores."""
+
 import json
 import math
 import os
@@ -13,41 +14,65 @@ import pytest
 import torch
 
 import data
-from evaluation import diagnostics
 import evaluate
-from evaluation import metrics
+from conftest import REPO, toy_spec
+from evaluation import diagnostics, metrics
+from evaluation.decoding import Decoding
+from resampler import ResamplerConfig
 from stage0 import synthetic
 from support import checkpoints
 from support.checkpoints import build_vlm, load_vlm
-from evaluation.decoding import Decoding
-from conftest import REPO, toy_spec
-from resampler import ResamplerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_spec(vocab_size, adapter="resampler"):
     """32-wide toy model on 32x32 images and videos of up to 8 frames."""
-    return toy_spec(adapter, vocab_size=vocab_size, vision_dim=32, lm_dim=32, tiny_dim=32, image_size=32, max_frames=8)
+    return toy_spec(
+        adapter,
+        vocab_size=vocab_size,
+        vision_dim=32,
+        lm_dim=32,
+        tiny_dim=32,
+        image_size=32,
+        max_frames=8,
+    )
 
 
 def test_metrics_stay_importable_from_evaluate():
-    assert (evaluate.cider_d, evaluate.bleu4, evaluate.vqa_accuracy) == (metrics.cider_d, metrics.bleu4,
-                                                                        metrics.vqa_accuracy)
+    assert (evaluate.cider_d, evaluate.bleu4, evaluate.vqa_accuracy) == (
+        metrics.cider_d,
+        metrics.bleu4,
+        metrics.vqa_accuracy,
+    )
+
 
 def test_run_names_tell_the_paper_rows_apart():
-    """The comparison table's row names: the VAdapter's front when not the paper's 1-layer perceiver."""
+    """The comparison table's row names: the VAdapter's front when not the paper's 1-layer
+    perceiver."""
     vadapter = toy_spec("vadapter")
-    names = [evaluate.run_name(spec) for spec in (
-        replace(vadapter, adapter_init="lm"),
-        replace(vadapter, resampler=ResamplerConfig.for_pooler(48, 48, 4)),
-        replace(vadapter, resampler=ResamplerConfig.for_perceiver(48, depth=6)),
-        toy_spec("perceiver"), toy_spec("mlp"))]
-    assert names == ["vadapter (lm)", "vadapter (stage1, pooler)", "vadapter (stage1, 6-layer perceiver)",
-                     "perceiver (depth 2)", "mlp"]
+    names = [
+        evaluate.run_name(spec)
+        for spec in (
+            replace(vadapter, adapter_init="lm"),
+            replace(vadapter, resampler=ResamplerConfig.for_pooler(48, 48, 4)),
+            replace(vadapter, resampler=ResamplerConfig.for_perceiver(48, depth=6)),
+            toy_spec("perceiver"),
+            toy_spec("mlp"),
+        )
+    ]
+    assert names == [
+        "vadapter (lm)",
+        "vadapter (stage1, pooler)",
+        "vadapter (stage1, 6-layer perceiver)",
+        "perceiver (depth 2)",
+        "mlp",
+    ]
 
 
-TINY_WORLD = dict(train_images=50, val_images=20, test_images=20, train_videos=10, val_videos=5, test_videos=5)
+TINY_WORLD = dict(
+    train_images=50, val_images=20, test_images=20, train_videos=10, val_videos=5, test_videos=5
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,30 +82,67 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluate")
     world = folder / "data"
     synthetic.generate(world, synthetic.WorldConfig(**TINY_WORLD))
-    tokenizer = data.Tokenizer.train(data.training_texts(world), world / data.TOKENIZER_FILE, vocab_size=200)
+    tokenizer = data.Tokenizer.train(
+        data.training_texts(world), world / data.TOKENIZER_FILE, vocab_size=200
+    )
     torch.manual_seed(0)
     spec = small_spec(tokenizer.vocab_size)
     (folder / "run").mkdir()
-    torch.save({"stage": "stage1", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 7,
-                "train_config": {"lr": 1e-3}}, folder / "run" / "checkpoint.pt")
+    torch.save(
+        {
+            "stage": "stage1",
+            "spec": spec.to_dict(),
+            "model": build_vlm(spec).state_dict(),
+            "step": 7,
+            "train_config": {"lr": 1e-3},
+        },
+        folder / "run" / "checkpoint.pt",
+    )
     return folder / "run", world
 
 
 def test_command_line_scores_every_task(run):
     run_dir, world = run
     out = run_dir / "results.json"
-    command = [sys.executable, str(REPO / "evaluate.py"), "checkpoint", str(run_dir), "--data", str(world),
-               "--split", "val", "--limit", "6", "--batch-size", "4", "--max-new-tokens", "8", "--out", str(out)]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        str(REPO / "evaluate.py"),
+        "checkpoint",
+        str(run_dir),
+        "--data",
+        str(world),
+        "--split",
+        "val",
+        "--limit",
+        "6",
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(out),
+    ]
+    finished = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert finished.returncode == 0, finished.stderr
     results = json.loads(out.read_text())
     assert results["stage"] == "stage1" and results["step"] == 7 and results["split"] == "val"
     assert results["spec"]["lm"]["vocab_size"] > 0 and results["decoding"]["beam_size"] == 1
-    expected = {"caption": {"cider_d", "bleu4", "images"}, "vqa": {"vqa_accuracy", "questions"},
-                "video_caption": {"cider_d", "bleu4", "images"}, "video_vqa": {"vqa_accuracy", "questions"}}
+    expected = {
+        "caption": {"cider_d", "bleu4", "images"},
+        "vqa": {"vqa_accuracy", "questions"},
+        "video_caption": {"cider_d", "bleu4", "images"},
+        "video_vqa": {"vqa_accuracy", "questions"},
+    }
     assert {task: set(metrics) for task, metrics in results["metrics"].items()} == expected
-    assert results["metrics"]["caption"]["images"] == 6 and results["metrics"]["vqa"]["questions"] == 6
+    assert (
+        results["metrics"]["caption"]["images"] == 6 and results["metrics"]["vqa"]["questions"] == 6
+    )
     assert results["metrics"]["video_caption"]["images"] == 5  # the split has 5 videos
     for task in expected:
         assert all(isinstance(v, (int, float)) for v in results["metrics"][task].values())
@@ -93,7 +155,9 @@ def test_command_line_scores_every_task(run):
 def test_evaluation_is_deterministic_and_independent_of_batch_size(run):
     run_dir, world = run
     common = dict(tasks=["vqa", "video_caption"], limit=5, tokenizer_path=None, max_new_tokens=6)
-    first = evaluate.evaluate_checkpoint(run_dir / "checkpoint.pt", world, "val", batch_size=1, **common)
+    first = evaluate.evaluate_checkpoint(
+        run_dir / "checkpoint.pt", world, "val", batch_size=1, **common
+    )
     second = evaluate.evaluate_checkpoint(run_dir, world, "val", batch_size=4, **common)
     assert first["metrics"] == second["metrics"] and first["samples"] == second["samples"]
     beam = evaluate.evaluate_checkpoint(run_dir, world, "val", beam=2, batch_size=4, **common)
@@ -105,21 +169,47 @@ def test_caption_one_image_or_video_from_the_command_line(run, capsys):
     image = next((world / "images" / "val").iterdir())
     video = next((world / "videos" / "val").iterdir())
     evaluate.main(["caption", str(image), "--checkpoint", str(run_dir), "--data", str(world)])
-    evaluate.main(["caption", str(video), "--checkpoint", str(run_dir), "--tokenizer", str(world / "tokenizer.model"),
-                   "--question", "does the circle move?", "--beam", "2", "--max-new-tokens", "5"])
+    evaluate.main(
+        [
+            "caption",
+            str(video),
+            "--checkpoint",
+            str(run_dir),
+            "--tokenizer",
+            str(world / "tokenizer.model"),
+            "--question",
+            "does the circle move?",
+            "--beam",
+            "2",
+            "--max-new-tokens",
+            "5",
+        ]
+    )
     caption, answer = capsys.readouterr().out.splitlines()
-    assert caption == evaluate.caption_one(run_dir, image, world / "tokenizer.model")  # deterministic
+    assert caption == evaluate.caption_one(
+        run_dir, image, world / "tokenizer.model"
+    )  # deterministic
     with pytest.raises(SystemExit):
         evaluate.main(["caption", str(image), "--checkpoint", str(run_dir)])  # no tokenizer given
 
 
 def test_stage2_vadapter_checkpoint(run, tmp_path):
-    """Stage 2 rebuilds the adapter from the spec alone: here the VAdapter (resampler, tiny LM, projection)."""
+    """Stage 2 rebuilds the adapter from the spec alone: here the VAdapter (resampler, tiny LM,
+    projection)."""
     _, world = run
     spec = small_spec(data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size, "vadapter")
-    torch.save({"stage": "stage2", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 3},
-               tmp_path / "checkpoint.pt")
-    results = evaluate.evaluate_checkpoint(tmp_path, world, "val", tasks=["caption"], limit=3, max_new_tokens=4)
+    torch.save(
+        {
+            "stage": "stage2",
+            "spec": spec.to_dict(),
+            "model": build_vlm(spec).state_dict(),
+            "step": 3,
+        },
+        tmp_path / "checkpoint.pt",
+    )
+    results = evaluate.evaluate_checkpoint(
+        tmp_path, world, "val", tasks=["caption"], limit=3, max_new_tokens=4
+    )
     assert results["stage"] == "stage2" and results["metrics"]["caption"]["images"] == 3
 
 
@@ -143,16 +233,44 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
         spec = small_spec(vocab_size, adapter)
         folder = tmp_path / adapter
         folder.mkdir()
-        torch.save({"stage": "stage2", "spec": spec.to_dict(), "model": build_vlm(spec).state_dict(), "step": 30},
-                   folder / "checkpoint.pt")
-        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": 10 * (i + 1), "val_loss": loss}) + "\n"
-                                                      for i, loss in enumerate(losses)))
+        torch.save(
+            {
+                "stage": "stage2",
+                "spec": spec.to_dict(),
+                "model": build_vlm(spec).state_dict(),
+                "step": 30,
+            },
+            folder / "checkpoint.pt",
+        )
+        (folder / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps({"step": 10 * (i + 1), "val_loss": loss}) + "\n"
+                for i, loss in enumerate(losses)
+            )
+        )
         runs.append(str(folder))
     out = tmp_path / "results"
     reads, read = [], checkpoints.read_checkpoint_file
-    monkeypatch.setattr(checkpoints, "read_checkpoint_file", lambda path: reads.append(path) or read(path))
-    evaluate.main(["compare", *runs, "--data", str(world), "--split", "val", "--limit", "2", "--out", str(out)])
-    assert sorted(reads) == sorted(f"{run}/checkpoint.pt" for run in runs), "each run's checkpoint read once"
+    monkeypatch.setattr(
+        checkpoints, "read_checkpoint_file", lambda path: reads.append(path) or read(path)
+    )
+    evaluate.main(
+        [
+            "compare",
+            *runs,
+            "--data",
+            str(world),
+            "--split",
+            "val",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert sorted(reads) == sorted(f"{run}/checkpoint.pt" for run in runs), (
+        "each run's checkpoint read once"
+    )
     table = (out / "table.md").read_text()
     assert "| vadapter (stage1) |" in table and "| perceiver (depth 2) |" in table
     assert "steps to perceiver (depth 2)'s final val loss" in table and "| 20 of 30 |" in table
@@ -163,11 +281,15 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     evaluate.main(["reliance", *runs, "--data", str(world), "--limit", "4"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all("real images" in line and "shuffled" in line and "text oracle" in line for line in lines)
+    assert len(lines) == 2 and all(
+        "real images" in line and "shuffled" in line and "text oracle" in line for line in lines
+    )
     losses = diagnostics.image_reliance(runs[0], world, limit=4)
     gap = losses["blanked"] - losses["oracle"]
     if gap > 0:
-        assert losses["oracle_fraction"] == pytest.approx((losses["blanked"] - losses["real"]) / gap)
+        assert losses["oracle_fraction"] == pytest.approx(
+            (losses["blanked"] - losses["real"]) / gap
+        )
     else:
         assert math.isnan(losses["oracle_fraction"])
 
@@ -187,15 +309,32 @@ def test_videos_of_different_lengths_decode_batched_as_one_by_one(run, tmp_path)
     features, num_frames = evaluate.encode_once(model, videos, "cpu")
     assert features.shape[1] == 5 and num_frames.tolist() == [2, 5, 3]
     with torch.no_grad():
-        alone = torch.cat([model.visual_tokens(features=evaluate.encode_once(model, [video], "cpu")[0]) for video in videos])
-        torch.testing.assert_close(model.visual_tokens(features=features, num_frames=num_frames), alone)
-        assert not torch.allclose(model.visual_tokens(features=features), alone, atol=1e-3), "the padding would count"
+        alone = torch.cat(
+            [
+                model.visual_tokens(features=evaluate.encode_once(model, [video], "cpu")[0])
+                for video in videos
+            ]
+        )
+        torch.testing.assert_close(
+            model.visual_tokens(features=features, num_frames=num_frames), alone
+        )
+        assert not torch.allclose(model.visual_tokens(features=features), alone, atol=1e-3), (
+            "the padding would count"
+        )
         for beam in (1, 2):
             decoding = Decoding(beam, 1.0, 6)
-            one_by_one = [evaluate.generate_texts(model, tokenizer, [video], [""], decoding, "cpu")[0] for video in videos]
-            assert evaluate.generate_texts(model, tokenizer, videos, [""] * 3, decoding, "cpu") == one_by_one
+            one_by_one = [
+                evaluate.generate_texts(model, tokenizer, [video], [""], decoding, "cpu")[0]
+                for video in videos
+            ]
+            assert (
+                evaluate.generate_texts(model, tokenizer, videos, [""] * 3, decoding, "cpu")
+                == one_by_one
+            )
 
 
 def test_validation_curve_skips_a_torn_last_line(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "val_loss": 2.5}\n{"step": 20, "loss": 1.0}\n{"step": 30, "val_lo')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 10, "val_loss": 2.5}\n{"step": 20, "loss": 1.0}\n{"step": 30, "val_lo'
+    )
     assert evaluate.validation_curve(tmp_path) == [(10, 2.5)]

@@ -1,5 +1,6 @@
 """feature_cache.py: the frozen ViT runs once per (modality, id); features kept in bf16 within a
 byte budget, least recently used out; videos keep their real frames only."""
+
 from collections import Counter
 
 import torch
@@ -11,8 +12,11 @@ def counting_encoder(encoded: Counter):
     weights = torch.randn(3, 5, requires_grad=True)
 
     def encode(pixels):  # images (n, 3) -> (n, 2, 5); videos (n, T, 3) -> (n, T, 2, 5)
-        encoded.update(pixels.reshape(-1, 3)[:, 0].long().tolist() if pixels.dim() == 2 else
-                       [f"video {int(i)}" for i in pixels[:, 0, 0]])
+        encoded.update(
+            pixels.reshape(-1, 3)[:, 0].long().tolist()
+            if pixels.dim() == 2
+            else [f"video {int(i)}" for i in pixels[:, 0, 0]]
+        )
         return (pixels @ weights).unsqueeze(-2).repeat_interleave(2, dim=-2)
 
     return encode
@@ -31,8 +35,14 @@ def test_the_encoder_runs_once_per_image_and_features_come_back_as_bf16_rounds_t
     assert encoded == Counter({1: 1, 2: 1, 3: 1, 4: 1}) and len(cache) == 4
     assert first.shape == (4, 2, 5) and first.dtype == torch.float32 and not second.requires_grad
     assert all(features.dtype == torch.bfloat16 for features in cache.features.values())
-    assert torch.equal(second[0], first[3]) and torch.equal(second[2], first[0]) and torch.equal(first[1], first[2])
-    assert torch.equal(second, encode(images([3, 4, 1])).detach().bfloat16().float())  # exactly the bf16 rounding
+    assert (
+        torch.equal(second[0], first[3])
+        and torch.equal(second[2], first[0])
+        and torch.equal(first[1], first[2])
+    )
+    assert torch.equal(
+        second, encode(images([3, 4, 1])).detach().bfloat16().float()
+    )  # exactly the bf16 rounding
     assert cache.bytes == 4 * 2 * 5 * 2  # 4 images of (2, 5) bf16 values
 
 
@@ -41,8 +51,14 @@ def test_an_image_and_a_video_with_the_same_id_do_not_collide():
     encode = counting_encoder(encoded)
     cache = FeatureCache()
     image = cache.get_or_compute([7], images([7]), encode)
-    video = cache.get_or_compute([7], torch.full((1, 2, 3), 7.0), encode, num_frames=torch.tensor([2]))  # one 2-frame "video"
-    assert image.shape == (1, 2, 5) and video.shape == (1, 2, 2, 5) and set(cache.features) == {("image", 7), ("video", 7)}
+    video = cache.get_or_compute(
+        [7], torch.full((1, 2, 3), 7.0), encode, num_frames=torch.tensor([2])
+    )  # one 2-frame "video"
+    assert (
+        image.shape == (1, 2, 5)
+        and video.shape == (1, 2, 2, 5)
+        and set(cache.features) == {("image", 7), ("video", 7)}
+    )
     assert encoded == Counter({7: 1, "video 7": 1})
 
 
@@ -56,7 +72,10 @@ def test_the_budget_evicts_the_least_recently_used():
     cache.get_or_compute([4], images([4]), encode)
     assert [key[1] for key in cache.features] == [3, 1, 4] and cache.bytes == 3 * per_image
     cache.get_or_compute([2], images([2]), encode)  # evicted, so encoded again
-    assert encoded == Counter({1: 1, 2: 2, 3: 1, 4: 1}) and f"at most {3 * per_image / 2**30:g} GB" in cache.describe()
+    assert (
+        encoded == Counter({1: 1, 2: 2, 3: 1, 4: 1})
+        and f"at most {3 * per_image / 2**30:g} GB" in cache.describe()
+    )
     assert "bf16" in cache.describe() and "least recently used" in cache.describe()
 
 
@@ -67,7 +86,11 @@ def test_videos_keep_their_real_frames_and_come_back_padded_to_the_batch():
     pixels = torch.zeros(2, 4, 3)  # two "videos" padded to 4 frames; the first has 2 real ones
     pixels[0, :2], pixels[1] = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 1.0, 1.0])
     out = cache.get_or_compute([10, 11], pixels, encode, num_frames=torch.tensor([2, 4]))
-    assert cache.features[("video", 10)].shape == (2, 2, 5) and cache.features[("video", 11)].shape == (4, 2, 5)
+    assert cache.features[("video", 10)].shape == (2, 2, 5) and cache.features[
+        ("video", 11)
+    ].shape == (4, 2, 5)
     assert torch.equal(out[0, 2:], torch.zeros(2, 2, 5))
-    alone = cache.get_or_compute([10], pixels[:1, :2], encode, num_frames=torch.tensor([2]))  # a batch of 2 frames
+    alone = cache.get_or_compute(
+        [10], pixels[:1, :2], encode, num_frames=torch.tensor([2])
+    )  # a batch of 2 frames
     assert alone.shape == (1, 2, 2, 5) and torch.equal(alone[0], out[0, :2]) and len(encoded) == 2

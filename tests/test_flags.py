@@ -1,13 +1,21 @@
-"""flags.py: one reading of yes/no values for every boolean flag, config fields as flags, presets."""
+"""flags.py: one reading of yes/no values for every boolean flag, config fields as flags,
+presets."""
+
 import argparse
 import importlib
 
 import pytest
 
-from stage0 import pretrain
 import train_stage1
 import train_stage2
-from support.flags import add_config_flags, add_data_flags, config_from_args, parse_bool, parse_optional_bool
+from stage0 import pretrain
+from support.flags import (
+    add_config_flags,
+    add_data_flags,
+    config_from_args,
+    parse_bool,
+    parse_optional_bool,
+)
 from trainer import TrainConfig
 from vit import VIT_CONFIGS, ViTConfig
 
@@ -37,33 +45,64 @@ def parser_with_flags():
 
 
 def test_boolean_fields_and_data_flags_go_through_parse_bool():
-    args = parser_with_flags().parse_args(["--data", "d", "--cache-features", "yes", "--resume", "ON", "--compile", "none",
-                                           "--bf16", "0", "--vit-class-token", "1", "--lr", "3e-4", "--steps", "12"])
+    args = parser_with_flags().parse_args(
+        [
+            "--data",
+            "d",
+            "--cache-features",
+            "yes",
+            "--resume",
+            "ON",
+            "--compile",
+            "none",
+            "--bf16",
+            "0",
+            "--vit-class-token",
+            "1",
+            "--lr",
+            "3e-4",
+            "--steps",
+            "12",
+        ]
+    )
     assert args.cache_features is True
     config = config_from_args(args, TrainConfig)
     assert config.resume is True and config.compile is None and config.bf16 is False
     assert config.lr == 3e-4 and config.steps == 12 and config.seed == TrainConfig().seed
     vision = config_from_args(args, ViTConfig, "vit-", VIT_CONFIGS)
     assert vision.class_token is True and vision.dim == VIT_CONFIGS["toy"].dim
-    assert parser_with_flags().parse_args(["--data", "d", "--cache-features", "off"]).cache_features is False
+    assert (
+        parser_with_flags().parse_args(["--data", "d", "--cache-features", "off"]).cache_features
+        is False
+    )
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--data", "d", "--resume", "flase"], "--resume"),
-    (["--data", "d", "--cache-features", "maybe"], "--cache-features"),
-    (["--data", "d", "--vit-class-token", "nope"], "--vit-class-token"),
-    (["--data", "d", "--compile", "sometimes"], "--compile"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--data", "d", "--resume", "flase"], "--resume"),
+        (["--data", "d", "--cache-features", "maybe"], "--cache-features"),
+        (["--data", "d", "--vit-class-token", "nope"], "--vit-class-token"),
+        (["--data", "d", "--compile", "sometimes"], "--compile"),
+    ],
+)
 def test_a_bad_boolean_is_an_error_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit):
         parser_with_flags().parse_args(argv)
     assert f"argument {flag}: " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("main, argv, flag", [
-    (train_stage1.main, ["--vit", "v", "--tiny-lm", "t", "--resume", "flase"], "--resume"),
-    (train_stage2.main, ["--vit", "v", "--lm", "l", "--resampler-from-stage1", "flase"], "--resampler-from-stage1"),
-])
+@pytest.mark.parametrize(
+    "main, argv, flag",
+    [
+        (train_stage1.main, ["--vit", "v", "--tiny-lm", "t", "--resume", "flase"], "--resume"),
+        (
+            train_stage2.main,
+            ["--vit", "v", "--lm", "l", "--resampler-from-stage1", "flase"],
+            "--resampler-from-stage1",
+        ),
+    ],
+)
 def test_the_stage_scripts_refuse_a_misspelt_boolean(main, argv, flag, capsys):
     with pytest.raises(SystemExit):
         main(["--data", "d", *argv])
@@ -97,17 +136,38 @@ def options(parser: argparse.ArgumentParser):
             yield action
 
 
-SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)  # take no value
+SWITCHES = (
+    argparse._StoreTrueAction,
+    argparse._StoreFalseAction,
+    argparse._HelpAction,
+)  # take no value
 
 
-@pytest.mark.parametrize("script", ["stage0.pretrain", "train_stage1", "train_stage2", "evaluate", "bench.__main__", "stage0.synthetic"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "stage0.pretrain",
+        "train_stage1",
+        "train_stage2",
+        "evaluate",
+        "bench.__main__",
+        "stage0.synthetic",
+    ],
+)
 def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch, script):
-    """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no `type=bool`
+    """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no
+    `type=bool`
     (any non-empty word is True) and no private reading of "true"."""
     parser = script_parser(monkeypatch, importlib.import_module(script).main)
-    boolean = [a for a in options(parser) if not isinstance(a, SWITCHES) and
-               (isinstance(a.default, bool) or a.type is bool or str(a.metavar).startswith("BOOL"))]
-    wrong = [a.option_strings[0] for a in boolean if a.type not in (parse_bool, parse_optional_bool)]
+    boolean = [
+        a
+        for a in options(parser)
+        if not isinstance(a, SWITCHES)
+        and (isinstance(a.default, bool) or a.type is bool or str(a.metavar).startswith("BOOL"))
+    ]
+    wrong = [
+        a.option_strings[0] for a in boolean if a.type not in (parse_bool, parse_optional_bool)
+    ]
     assert not wrong, f"{script}.py reads these yes/no flags its own way: {wrong}"
     names = {a.option_strings[0] for a in boolean}
     if script in ("stage0.pretrain", "train_stage1", "train_stage2"):
@@ -133,25 +193,57 @@ def parsed_arguments(monkeypatch, main, argv) -> argparse.Namespace:
 
 def test_yes_reaches_the_stage_scripts_as_true(monkeypatch):
     """--cache-features yes and --resampler-from-stage1 yes are true, as every other yes/no flag."""
-    stage1 = parsed_arguments(monkeypatch, train_stage1.main, ["--data", "d", "--vit", "v", "--tiny-lm", "t",
-                                                               "--cache-features", "yes", "--compile", "yes", "--bf16", "no",
-                                                               "--resume", "ON", "--overwrite", "1"])
+    stage1 = parsed_arguments(
+        monkeypatch,
+        train_stage1.main,
+        [
+            "--data",
+            "d",
+            "--vit",
+            "v",
+            "--tiny-lm",
+            "t",
+            "--cache-features",
+            "yes",
+            "--compile",
+            "yes",
+            "--bf16",
+            "no",
+            "--resume",
+            "ON",
+            "--overwrite",
+            "1",
+        ],
+    )
     assert stage1.cache_features is True
     config = config_from_args(stage1, TrainConfig)
-    assert (config.compile, config.bf16, config.resume, config.overwrite) == (True, False, True, True)
+    assert (config.compile, config.bf16, config.resume, config.overwrite) == (
+        True,
+        False,
+        True,
+        True,
+    )
     for word, expected in (("yes", True), ("No", False)):
-        stage2 = parsed_arguments(monkeypatch, train_stage2.main, ["--data", "d", "--vit", "v", "--lm", "l",
-                                                                   "--resampler-from-stage1", word])
+        stage2 = parsed_arguments(
+            monkeypatch,
+            train_stage2.main,
+            ["--data", "d", "--vit", "v", "--lm", "l", "--resampler-from-stage1", word],
+        )
         assert stage2.resampler_from_stage1 is expected
 
 
-@pytest.mark.parametrize("main, argv", [
-    (pretrain.main, ["lm", "--data", "d"]),
-    (train_stage1.main, ["--data", "d", "--vit", "v", "--tiny-lm", "t"]),
-    (train_stage2.main, ["--data", "d", "--vit", "v", "--lm", "l"]),
-])
+@pytest.mark.parametrize(
+    "main, argv",
+    [
+        (pretrain.main, ["lm", "--data", "d"]),
+        (train_stage1.main, ["--data", "d", "--vit", "v", "--tiny-lm", "t"]),
+        (train_stage2.main, ["--data", "d", "--vit", "v", "--lm", "l"]),
+    ],
+)
 @pytest.mark.parametrize("flag", ["--compile", "--bf16", "--resume", "--overwrite"])
-def test_a_misspelt_boolean_is_an_error_naming_the_flag_in_every_stage_script(main, argv, flag, capsys):
+def test_a_misspelt_boolean_is_an_error_naming_the_flag_in_every_stage_script(
+    main, argv, flag, capsys
+):
     with pytest.raises(SystemExit):
         main([*argv, flag, "flase"])
     assert f"argument {flag}: 'flase' is not a yes/no value" in capsys.readouterr().err

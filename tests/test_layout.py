@@ -1,10 +1,12 @@
-"""The layout itself: the root holds the method, every file is read in one sitting, imports run one way.
+"""The layout itself: the root holds the method, every file is read in one sitting, imports run one
+way.
 
 Imports run: attention <- models <- wiring <- checkpoints <- trainer <- scripts, with the data
 files and the metrics below everything that trains or evaluates. A module may import only
 modules earlier in LIBRARY_ORDER; a script may import any library module but no other script
 (the benchmarks are one tool, in the order BENCHMARK_ORDER). Modules in folders are named as
 Python imports them (`support.checkpoints`)."""
+
 import ast
 
 import pytest
@@ -24,7 +26,9 @@ LIBRARY_ORDER = [
     "support.feature_cache",  # frozen-ViT features kept in bf16, within a budget
     "support.flags",  # command-line flags from config dataclasses
     "stage0.scenes",  # scene labels: the stand-in ViT's pretraining targets and the linear probe
-    "vit", "resampler", "palm_decoder",  # the models
+    "vit",
+    "resampler",
+    "palm_decoder",  # the models
     "vlm",  # the wiring of Figure 2
     "evaluation.decoding",  # greedy / beam search over the KV cache
     "support.checkpoints",  # ModelSpec, build_vlm, save / load / resume
@@ -32,9 +36,22 @@ LIBRARY_ORDER = [
     "support.run_folder",  # a run's checkpoints kept, metrics.jsonl, refusing to overwrite
     "trainer",  # the one training loop
 ]
-BENCHMARK_ORDER = ["bench.tools", "bench.step", "bench.reference", "bench.kernels", "bench.__main__"]
-SCRIPTS = ["stage0.synthetic", "stage0.pretrain", "train_stage1", "train_stage2", "evaluate", "paper.tables",
-           *BENCHMARK_ORDER]
+BENCHMARK_ORDER = [
+    "bench.tools",
+    "bench.step",
+    "bench.reference",
+    "bench.kernels",
+    "bench.__main__",
+]
+SCRIPTS = [
+    "stage0.synthetic",
+    "stage0.pretrain",
+    "train_stage1",
+    "train_stage2",
+    "evaluate",
+    "paper.tables",
+    *BENCHMARK_ORDER,
+]
 
 
 def module_name(path) -> str:
@@ -42,8 +59,15 @@ def module_name(path) -> str:
 
 
 ROOT_FILES = sorted(path.stem for path in REPO.glob("*.py"))
-MODULES = sorted(ROOT_FILES + [module_name(path) for folder in FOLDERS for path in (REPO / folder).glob("*.py")
-                               if path.stem != "__init__"])
+MODULES = sorted(
+    ROOT_FILES
+    + [
+        module_name(path)
+        for folder in FOLDERS
+        for path in (REPO / folder).glob("*.py")
+        if path.stem != "__init__"
+    ]
+)
 
 
 def project_imports(name: str) -> set[str]:
@@ -55,7 +79,9 @@ def project_imports(name: str) -> set[str]:
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module)
-            imported |= {f"{node.module}.{alias.name}" for alias in node.names}  # from folder import module
+            imported |= {
+                f"{node.module}.{alias.name}" for alias in node.names
+            }  # from folder import module
     return imported & set(MODULES)
 
 
@@ -65,13 +91,17 @@ def test_the_root_holds_only_the_method():
 
 def test_every_file_has_a_place_in_the_layout():
     unplaced = set(MODULES) - set(LIBRARY_ORDER) - set(SCRIPTS)
-    assert not unplaced, f"add {sorted(unplaced)} to LIBRARY_ORDER or SCRIPTS in tests/test_layout.py"
+    assert not unplaced, (
+        f"add {sorted(unplaced)} to LIBRARY_ORDER or SCRIPTS in tests/test_layout.py"
+    )
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_file_fits_the_line_budget(name):
     lines = len((REPO / (name.replace(".", "/") + ".py")).read_text().splitlines())
-    assert lines <= LINE_BUDGET, f"{name} has {lines} lines; the budget is {LINE_BUDGET}: split it by idea"
+    assert lines <= LINE_BUDGET, (
+        f"{name} has {lines} lines; the budget is {LINE_BUDGET}: split it by idea"
+    )
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -91,7 +121,9 @@ def test_the_language_model_file_imports_nothing_from_the_vision_encoder():
 
 
 def test_the_checker_sees_function_level_and_folder_imports(tmp_path, monkeypatch):
-    (tmp_path / "late.py").write_text("def f():\n    from trainer import train\n    from support import flags\n")
+    (tmp_path / "late.py").write_text(
+        "def f():\n    from trainer import train\n    from support import flags\n"
+    )
     monkeypatch.setattr("test_layout.REPO", tmp_path)
     monkeypatch.setattr("test_layout.MODULES", ["late", "trainer", "support.flags"])
     assert project_imports("late") == {"trainer", "support.flags"}

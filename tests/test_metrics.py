@@ -17,12 +17,29 @@ approx = pytest.approx
 
 def test_caption_tokenize_lowercases_and_drops_punctuation_tokens():
     assert caption_tokenize("A dog, (running) on the Beach... isn't it?!") == [
-        "a", "dog", "running", "on", "the", "beach", "is", "n't", "it"]
-    assert caption_tokenize('a "T-shirt" costs $1,000.50 - wow') == ["a", "t-shirt", "costs", "$", "1,000.50", "wow"]
+        "a",
+        "dog",
+        "running",
+        "on",
+        "the",
+        "beach",
+        "is",
+        "n't",
+        "it",
+    ]
+    assert caption_tokenize('a "T-shirt" costs $1,000.50 - wow') == [
+        "a",
+        "t-shirt",
+        "costs",
+        "$",
+        "1,000.50",
+        "wow",
+    ]
     assert caption_tokenize("") == []
 
 
 # --- CIDEr-D -------------------------------------------------------------------------------------
+
 
 def test_cider_exact_match_and_empty_candidate():
     # df: "a" 2 -> idf 0; every other n-gram 1 -> idf L.
@@ -52,7 +69,9 @@ def test_cider_gaussian_length_penalty():
     # r = {cat: L, the: 0} -> cos 1; n>=2 the candidate has none -> 0.
     # Length 1 vs 7: penalty exp(-36/72) = exp(-1/2). 10 * exp(-1/2) / 4 = 2.5 exp(-1/2).
     # img2 "dog the" vs itself: n=1 {dog: L, the: 0} -> 1; n=2 {dog the: L} -> 1 -> 10 * 2/4 = 5.
-    _, per_image = cider_d({1: "cat", 2: "dog the"}, {1: ["cat the the the the the the"], 2: ["dog the"]})
+    _, per_image = cider_d(
+        {1: "cat", 2: "dog the"}, {1: ["cat the the the the the the"], 2: ["dog the"]}
+    )
     assert per_image == {1: approx(2.5 * math.exp(-0.5)), 2: approx(5.0)}
 
 
@@ -74,8 +93,9 @@ def test_cider_idf_weights_from_three_images():
     #   a^2 / (sqrt(2) a * sqrt(a^2 + b^2)) = a / sqrt(2 (a^2 + b^2)); n=2 no shared bigram -> 0.
     # img2 "red car" vs itself: n=1 and n=2 cos 1 -> 5.  img3 empty -> 0.
     a, b = math.log(3) - math.log(2), math.log(3)
-    score, per_image = cider_d({1: "red car", 2: "red car", 3: ""},
-                               {1: ["red bus"], 2: ["red car"], 3: ["blue car"]})
+    score, per_image = cider_d(
+        {1: "red car", 2: "red car", 3: ""}, {1: ["red bus"], 2: ["red car"], 3: ["blue car"]}
+    )
     expected_1 = 10 * a / math.sqrt(2 * (a * a + b * b)) / 4
     assert per_image == {1: approx(expected_1), 2: approx(5.0), 3: 0.0}
     assert score == approx((expected_1 + 5.0) / 3)
@@ -87,6 +107,7 @@ def test_cider_single_image_scores_zero():
 
 
 # --- BLEU-4 --------------------------------------------------------------------------------------
+
 
 def test_bleu4_clipping_closest_reference_and_corpus_sums():
     # img1 "the the the the the": refs of length 6 and 4 are both 1 away -> the shorter, 4.
@@ -101,7 +122,9 @@ def test_bleu4_clipping_closest_reference_and_corpus_sums():
 def test_bleu4_brevity_penalty_uses_closest_reference():
     # "a dog runs in the" (5 words): every n-gram matches -> precisions 1. Closest reference is
     # the 6-word one (the 1-word one is 4 away) -> exp(1 - 6/5) (with "shortest" it would be 1).
-    assert bleu4({0: "a dog runs in the"}, {0: ["a dog runs in the park", "dogs"]}) == approx(math.exp(-0.2))
+    assert bleu4({0: "a dog runs in the"}, {0: ["a dog runs in the park", "dogs"]}) == approx(
+        math.exp(-0.2)
+    )
 
 
 def test_bleu4_empty_candidate_and_exact_match():
@@ -119,6 +142,7 @@ def test_bleu4_keeps_the_official_epsilons():
 
 
 # --- bad input -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("metric", [cider_d, bleu4])
 def test_caption_metrics_reject_bad_input(metric):
@@ -138,31 +162,38 @@ def test_caption_metrics_reject_bad_input(metric):
 
 # --- VQA accuracy --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("num_matching, expected", [
-    (0, 0.0),
-    (1, 0.3),   # 9 subsets keep the match: 1/3 each; 1 drops it: 0 -> 3/10
-    (2, 0.6),   # 2 subsets drop a match: 1/3; 8 keep both: 2/3 -> (2/3 + 16/3) / 10
-    (3, 0.9),   # 3 subsets drop a match: 2/3; 7 keep all three: 1 -> (2 + 7) / 10
-    (4, 1.0),   # every subset keeps at least 3
-    (10, 1.0),
-])
+
+@pytest.mark.parametrize(
+    "num_matching, expected",
+    [
+        (0, 0.0),
+        (1, 0.3),  # 9 subsets keep the match: 1/3 each; 1 drops it: 0 -> 3/10
+        (2, 0.6),  # 2 subsets drop a match: 1/3; 8 keep both: 2/3 -> (2/3 + 16/3) / 10
+        (3, 0.9),  # 3 subsets drop a match: 2/3; 7 keep all three: 1 -> (2 + 7) / 10
+        (4, 1.0),  # every subset keeps at least 3
+        (10, 1.0),
+    ],
+)
 def test_vqa_accuracy_counts_matching_humans(num_matching, expected):
     answers = ["yes"] * num_matching + ["no"] * (10 - num_matching)
     assert vqa_accuracy("yes", answers) == approx(expected)
 
 
-@pytest.mark.parametrize("prediction, answer", [
-    ("Two", "2"),            # number words become digits, lower case
-    ("a dog", "dog"),        # articles dropped
-    ("the  Dog\n", "dog"),   # whitespace
-    ("yes.", "yes"),         # a period not before a digit goes
-    ("2.5", "2.5"),          # one before a digit stays
-    ("1,000", "1000"),       # a comma between digits: every mark is deleted
-    ("red, white", "red white"),  # a mark next to a space is deleted
-    ("black/white", "black white"),  # otherwise it becomes a space
-    ("dont", "don't"),       # contractions table
-    ("isnt", "isn't"),
-])
+@pytest.mark.parametrize(
+    "prediction, answer",
+    [
+        ("Two", "2"),  # number words become digits, lower case
+        ("a dog", "dog"),  # articles dropped
+        ("the  Dog\n", "dog"),  # whitespace
+        ("yes.", "yes"),  # a period not before a digit goes
+        ("2.5", "2.5"),  # one before a digit stays
+        ("1,000", "1000"),  # a comma between digits: every mark is deleted
+        ("red, white", "red white"),  # a mark next to a space is deleted
+        ("black/white", "black white"),  # otherwise it becomes a space
+        ("dont", "don't"),  # contractions table
+        ("isnt", "isn't"),
+    ],
+)
 def test_vqa_accuracy_normalizes_the_prediction(prediction, answer):
     assert vqa_accuracy(prediction, [answer] * 10) == 1.0
 

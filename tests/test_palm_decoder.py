@@ -1,4 +1,6 @@
-"""palm_decoder.py: presets, the PaLM block, loss alignment, prefix attention, KV-cache generation."""
+"""palm_decoder.py: presets, the PaLM block, loss alignment, prefix attention, KV-cache
+generation."""
+
 import subprocess
 import sys
 from dataclasses import replace
@@ -7,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attention import causal
 from conftest import REPO
 from evaluation.decoding import generate
-from attention import causal
 from palm_decoder import PALM_CONFIGS, KVCache, PaLMBlock, PaLMConfig, PaLMDecoder, apply_rotary
 from vit import num_parameters
 
@@ -39,7 +41,11 @@ def test_tiny_108m_parameter_count():
 
 def test_list_prints_every_preset():
     result = subprocess.run(
-        [sys.executable, "palm_decoder.py", "--list"], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "palm_decoder.py", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for name in PALM_CONFIGS:
         assert name in result.stdout
@@ -50,17 +56,29 @@ def test_embeddings_tied_and_no_biases():
     model = small_model()
     assert not any(name.endswith("bias") for name, _ in model.named_parameters())
     logits, _ = model(torch.tensor([[3, 4]]))
-    assert torch.allclose(logits, model(torch.tensor([[3, 4]]), return_hidden=True) @ model.token_embedding.weight.T, atol=1e-6)
+    assert torch.allclose(
+        logits,
+        model(torch.tensor([[3, 4]]), return_hidden=True) @ model.token_embedding.weight.T,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_projection_widths(kv_heads):
     head_dim, hidden = SMALL.dim // SMALL.num_heads, 4 * SMALL.dim
-    parallel = small_model(num_kv_heads=kv_heads).blocks[0]  # [q; k; v; gate; up] and [W_out | W_down]
-    assert parallel.in_projection.weight.shape == ((SMALL.num_heads + 2 * kv_heads) * head_dim + 2 * hidden, SMALL.dim)
+    parallel = small_model(num_kv_heads=kv_heads).blocks[
+        0
+    ]  # [q; k; v; gate; up] and [W_out | W_down]
+    assert parallel.in_projection.weight.shape == (
+        (SMALL.num_heads + 2 * kv_heads) * head_dim + 2 * hidden,
+        SMALL.dim,
+    )
     assert parallel.out_projection.weight.shape == (SMALL.dim, SMALL.num_heads * head_dim + hidden)
     attention = small_model(num_kv_heads=kv_heads, block="sequential").blocks[0].attention
-    assert attention.key_value.weight.shape == (2 * kv_heads * head_dim, SMALL.dim)  # one k and one v head each
+    assert attention.key_value.weight.shape == (
+        2 * kv_heads * head_dim,
+        SMALL.dim,
+    )  # one k and one v head each
     assert attention.query.weight.shape == (SMALL.num_heads * head_dim, SMALL.dim)
 
 
@@ -70,11 +88,27 @@ def test_fused_parallel_block_equals_the_separate_projections(kv_heads):
     from seven separate weights (loaded into the block through the old checkpoint layout): outputs,
     the input's gradient and every weight's gradient."""
     config = replace(SMALL, num_kv_heads=kv_heads)
-    H, Hkv, Dh, D, hidden = config.num_heads, kv_heads, config.dim // config.num_heads, config.dim, 4 * config.dim
+    H, Hkv, Dh, D, hidden = (
+        config.num_heads,
+        kv_heads,
+        config.dim // config.num_heads,
+        config.dim,
+        4 * config.dim,
+    )
     generator = torch.Generator().manual_seed(0)
-    shapes = {"query": (H * Dh, D), "key": (Hkv * Dh, D), "value": (Hkv * Dh, D), "gate": (hidden, D), "up": (hidden, D),
-              "out": (D, H * Dh), "down": (D, hidden)}
-    weights = {name: (torch.randn(shape, generator=generator) / shape[1] ** 0.5).requires_grad_() for name, shape in shapes.items()}
+    shapes = {
+        "query": (H * Dh, D),
+        "key": (Hkv * Dh, D),
+        "value": (Hkv * Dh, D),
+        "gate": (hidden, D),
+        "up": (hidden, D),
+        "out": (D, H * Dh),
+        "down": (D, hidden),
+    }
+    weights = {
+        name: (torch.randn(shape, generator=generator) / shape[1] ** 0.5).requires_grad_()
+        for name, shape in shapes.items()
+    }
     norm_weight = (1 + 0.1 * torch.randn(D, generator=generator)).requires_grad_()
     x = torch.randn(2, 7, D, generator=generator, requires_grad=True)
     positions = torch.arange(7).expand(2, 7)
@@ -83,27 +117,48 @@ def test_fused_parallel_block_equals_the_separate_projections(kv_heads):
         normed = F.layer_norm(x, (D,), norm_weight, eps=config.norm_eps)
         q, k, v = (normed @ weights[name].T for name in ("query", "key", "value"))
         q = apply_rotary(q.view(2, 7, H, Dh).transpose(1, 2), positions)  # (B, H, S, Dh)
-        k = apply_rotary(k.view(2, 7, Hkv, Dh).transpose(1, 2), positions).repeat_interleave(H // Hkv, dim=1)
+        k = apply_rotary(k.view(2, 7, Hkv, Dh).transpose(1, 2), positions).repeat_interleave(
+            H // Hkv, dim=1
+        )
         v = v.view(2, 7, Hkv, Dh).transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
-        scores = (q @ k.transpose(-2, -1) / Dh**0.5).masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+        scores = (q @ k.transpose(-2, -1) / Dh**0.5).masked_fill(
+            torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf")
+        )
         heads = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, H * Dh)
         mlp = F.silu(normed @ weights["gate"].T) * (normed @ weights["up"].T)
         return x + heads @ weights["out"].T + mlp @ weights["down"].T
 
     block = PaLMBlock(config)
-    old_layout = {"norm.weight": norm_weight, "attention.query.weight": weights["query"],
-                  "attention.key_value.weight": torch.cat([weights["key"], weights["value"]]),
-                  "mlp.gate_and_up.weight": torch.cat([weights["gate"], weights["up"]]),
-                  "attention.out.weight": weights["out"], "mlp.down.weight": weights["down"]}
+    old_layout = {
+        "norm.weight": norm_weight,
+        "attention.query.weight": weights["query"],
+        "attention.key_value.weight": torch.cat([weights["key"], weights["value"]]),
+        "mlp.gate_and_up.weight": torch.cat([weights["gate"], weights["up"]]),
+        "attention.out.weight": weights["out"],
+        "mlp.down.weight": weights["down"],
+    }
     block.load_state_dict({name: tensor.detach() for name, tensor in old_layout.items()})
     grad_out = torch.randn(2, 7, D, generator=generator)
     fused, _ = block(x, positions, causal())
     reference = by_hand(x)
     assert (fused - reference).abs().max() < 1e-5
-    fused_grads = torch.autograd.grad(fused, [x, block.norm.weight, block.in_projection.weight, block.out_projection.weight], grad_out)
-    grads = dict(zip(["x", "norm", *weights], torch.autograd.grad(reference, [x, norm_weight, *weights.values()], grad_out)))
-    expected = [grads["x"], grads["norm"], torch.cat([grads[name] for name in ("query", "key", "value", "gate", "up")]),
-                torch.cat([grads["out"], grads["down"]], dim=1)]
+    fused_grads = torch.autograd.grad(
+        fused,
+        [x, block.norm.weight, block.in_projection.weight, block.out_projection.weight],
+        grad_out,
+    )
+    grads = dict(
+        zip(
+            ["x", "norm", *weights],
+            torch.autograd.grad(reference, [x, norm_weight, *weights.values()], grad_out),
+        )
+    )
+    expected = [
+        grads["x"],
+        grads["norm"],
+        torch.cat([grads[name] for name in ("query", "key", "value", "gate", "up")]),
+        torch.cat([grads["out"], grads["down"]], dim=1),
+    ]
     for got, want in zip(fused_grads, expected):
         assert (got - want).abs().max() < 1e-5
 
@@ -125,7 +180,9 @@ def test_bad_config_names_the_value(overrides, named):
 
 def test_bad_inputs_raise():
     model = small_model()
-    with pytest.raises(ValueError, match=r"prefix must be \(B, P, 32\) embeddings; got shape \(1, 3, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"prefix must be \(B, P, 32\) embeddings; got shape \(1, 3, 48\)"
+    ):
         model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 48))
     with pytest.raises(ValueError, match=r"prefix_at=\[3\] must lie in 0..2"):
         model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 32), prefix_at=3)
@@ -146,11 +203,15 @@ def test_rotary_scores_depend_only_on_relative_position():
     positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6], [3, 1, 4, 1, 5, 9, 2]])
 
     def scores(shift):
-        return apply_rotary(q, positions + shift) @ apply_rotary(k, positions + shift).transpose(-2, -1)
+        return apply_rotary(q, positions + shift) @ apply_rotary(k, positions + shift).transpose(
+            -2, -1
+        )
 
     assert torch.allclose(scores(0), scores(37), atol=1e-4)
     assert not torch.allclose(scores(0), q @ k.transpose(-2, -1), atol=1e-2)  # it does rotate
-    assert torch.allclose(apply_rotary(q, positions).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation
+    assert torch.allclose(
+        apply_rotary(q, positions).norm(dim=-1), q.norm(dim=-1), atol=1e-5
+    )  # a rotation
 
 
 def test_shifted_positions_give_the_same_forward():
@@ -159,7 +220,9 @@ def test_shifted_positions_give_the_same_forward():
     x, _, starts = model._embed(ids, None)
     positions = torch.arange(5)[None]
     mask = model._mask(1, 0, starts, None, x.device)
-    assert torch.allclose(model._run_blocks(x, positions, mask), model._run_blocks(x, positions + 11, mask), atol=1e-5)
+    assert torch.allclose(
+        model._run_blocks(x, positions, mask), model._run_blocks(x, positions + 11, mask), atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- loss
@@ -230,10 +293,13 @@ def test_prefix_attention(mode):
     assert torch.allclose(hidden[:, :-1], later[:, :-1], atol=1e-6)  # text never sees future text
     changed_ids[:, 0] = (ids[:, 0] + 1) % 50
     first_changed = model(changed_ids, prefix, return_hidden=True)
-    assert torch.allclose(hidden[:, :4], first_changed[:, :4], atol=1e-6)  # the prefix never sees the text
+    assert torch.allclose(
+        hidden[:, :4], first_changed[:, :4], atol=1e-6
+    )  # the prefix never sees the text
 
 
-# --------------------------------------------------------------------------- the visual span inside the text
+# --------------------------------------------------------------------------- the visual span inside
+# the text
 
 
 def test_a_span_inside_the_text_equals_the_hand_built_sequence():
@@ -243,18 +309,26 @@ def test_a_span_inside_the_text_equals_the_hand_built_sequence():
     torch.manual_seed(6)
     ids, prefix = torch.randint(0, 50, (3, 5)), torch.randn(3, 4, 32)
     loss_mask = torch.rand(3, 5) > 0.3
-    loss_mask[:, 0] = torch.tensor([False, True, False])  # only row 1 has a slot (the prefix) before token 0
+    loss_mask[:, 0] = torch.tensor(
+        [False, True, False]
+    )  # only row 1 has a slot (the prefix) before token 0
     loss_mask[0, 2] = True  # the token right after the span: predicted from the last prefix slot
     logits, loss = model(ids, prefix, loss_mask, prefix_at=torch.tensor(at_rows))
     hidden = model(ids, prefix, prefix_at=torch.tensor(at_rows), return_hidden=True)
     text, terms = model._token_embeddings(ids), []
     for b, at in enumerate(at_rows):
-        alone = model(prefix=torch.cat([text[b, :at], prefix[b], text[b, at:]])[None], return_hidden=True)[0]  # (9, D)
+        alone = model(
+            prefix=torch.cat([text[b, :at], prefix[b], text[b, at:]])[None], return_hidden=True
+        )[0]  # (9, D)
         assert torch.allclose(hidden[b], alone, atol=1e-5)
         every_logit = model._logits(alone)  # (9, V)
-        slots = [i if i < at else i + 4 for i in range(5)] + [9]  # where each text token sits (and one past)
+        slots = [i if i < at else i + 4 for i in range(5)] + [
+            9
+        ]  # where each text token sits (and one past)
         for i in range(5):
-            assert torch.allclose(logits[b, i], every_logit[slots[i + 1] - 1], atol=1e-5)  # predicts token i + 1
+            assert torch.allclose(
+                logits[b, i], every_logit[slots[i + 1] - 1], atol=1e-5
+            )  # predicts token i + 1
             if loss_mask[b, i]:
                 terms.append(F.cross_entropy(every_logit[slots[i] - 1], ids[b, i]))
     assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
@@ -268,11 +342,15 @@ def test_bidirectional_attention_stays_inside_the_span(mode):
     model = small_model(prefix_attention=mode)
     torch.manual_seed(7)
     ids, prefix = torch.randint(0, 50, (2, 5)), torch.randn(2, 4, 32)
-    hidden = model(ids, prefix, prefix_at=2, return_hidden=True)  # slots: text 0-1, prefix 2-5, text 6-8
+    hidden = model(
+        ids, prefix, prefix_at=2, return_hidden=True
+    )  # slots: text 0-1, prefix 2-5, text 6-8
     changed_prefix = prefix.clone()
     changed_prefix[:, -1] = torch.randn(2, 32)
     changed = model(ids, changed_prefix, prefix_at=2, return_hidden=True)
-    assert torch.allclose(hidden[:, :2], changed[:, :2], atol=1e-6)  # the text before never sees the span
+    assert torch.allclose(
+        hidden[:, :2], changed[:, :2], atol=1e-6
+    )  # the text before never sees the span
     assert torch.allclose(hidden[:, 2:5], changed[:, 2:5], atol=1e-6) == (mode == "causal")
     changed_ids = ids.clone()
     changed_ids[:, 2] = (ids[:, 2] + 1) % 50  # the first token after the span
@@ -280,7 +358,8 @@ def test_bidirectional_attention_stays_inside_the_span(mode):
     assert torch.allclose(hidden[:, :6], later[:, :6], atol=1e-6)  # nothing before it sees it
 
 
-# --------------------------------------------------------------------------- padding, cache, generation
+# --------------------------------------------------------------------------- padding, cache,
+# generation
 
 PROMPTS = [[7, 3, 9, 1, 4], [2], [5, 5, 8]]
 
@@ -291,7 +370,10 @@ def left_pad(prompts, pad_id=0):
     return ids, torch.tensor([longest - len(p) for p in prompts])
 
 
-SPANS = [None, [2, 1, 3]]  # the visual tokens before the prompt, or inside it (row 2: after all of it)
+SPANS = [
+    None,
+    [2, 1, 3],
+]  # the visual tokens before the prompt, or inside it (row 2: after all of it)
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
@@ -304,12 +386,22 @@ def test_left_padded_prefill_equals_each_sample_alone(mode, backend, span):
     logits, cache = model.prefill(ids, prefix, pads, span)
     for b, prompt in enumerate(PROMPTS):
         at = None if span is None else span[b]
-        alone_logits, alone_cache = model.prefill(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)
+        alone_logits, alone_cache = model.prefill(
+            torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at
+        )
         assert torch.allclose(logits[b], alone_logits[0], atol=1e-5)
-        assert torch.allclose(logits[b], model(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)[0][0, -1], atol=1e-5)
+        assert torch.allclose(
+            logits[b],
+            model(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)[0][0, -1],
+            atol=1e-5,
+        )
         for layer in range(SMALL.depth):  # every real slot's keys and values, at every layer
-            assert torch.allclose(cache.keys[layer][b, :, pads[b] :], alone_cache.keys[layer][0], atol=1e-5)
-            assert torch.allclose(cache.values[layer][b, :, pads[b] :], alone_cache.values[layer][0], atol=1e-5)
+            assert torch.allclose(
+                cache.keys[layer][b, :, pads[b] :], alone_cache.keys[layer][0], atol=1e-5
+            )
+            assert torch.allclose(
+                cache.values[layer][b, :, pads[b] :], alone_cache.values[layer][0], atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
@@ -327,7 +419,11 @@ def test_cached_decoding_equals_recomputing(mode, span):
         assert torch.allclose(logits, recomputed, atol=1e-4)
         assert torch.equal(logits.argmax(-1), recomputed.argmax(-1))
         for b, prompt in enumerate(PROMPTS):  # and each sample alone, unpadded, through forward
-            alone, _ = model(ids[b : b + 1, pads[b] :], prefix[b : b + 1], prefix_at=None if span is None else span[b])
+            alone, _ = model(
+                ids[b : b + 1, pads[b] :],
+                prefix[b : b + 1],
+                prefix_at=None if span is None else span[b],
+            )
             assert torch.allclose(logits[b], alone[0, -1], atol=1e-4)
     assert cache.length == 4 + ids.shape[1]  # prefix + every token fed so far
 
@@ -338,10 +434,18 @@ def test_batched_generate_equals_generating_alone(span):
     prefix = torch.randn(3, 4, 32)
     batched = generate(model, PROMPTS, prefix, max_new_tokens=8, prefix_at=span)
     for b, prompt in enumerate(PROMPTS):
-        alone = generate(model, [prompt], prefix[b : b + 1], max_new_tokens=8, prefix_at=None if span is None else [span[b]])
+        alone = generate(
+            model,
+            [prompt],
+            prefix[b : b + 1],
+            max_new_tokens=8,
+            prefix_at=None if span is None else [span[b]],
+        )
         assert batched[b] == alone[0]
     assert all(len(row) == 8 for row in batched)
-    only_prefix = generate(model, [[], [], []], prefix, max_new_tokens=3)  # captioning: no prompt at all
+    only_prefix = generate(
+        model, [[], [], []], prefix, max_new_tokens=3
+    )  # captioning: no prompt at all
     first_tokens = model._logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
     assert [row[0] for row in only_prefix] == first_tokens.tolist()
 
@@ -354,7 +458,14 @@ def test_generate_stops_at_eos_and_samples_reproducibly():
     assert stopped == greedy[: greedy.index(eos)]
 
     def sample(seed, **kwargs):
-        return generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+        return generate(
+            model,
+            PROMPTS,
+            max_new_tokens=6,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
+        )
 
     assert sample(0) == sample(0)
     top_1 = sample(1, top_k=1)

@@ -1,6 +1,7 @@
 """make paper (paper.py): the aggregation, steps to a target loss, the claim marking, that every
 command it runs parses with its script's own parser, and the whole orchestration with the
 training and evaluation commands replaced by ones that write known numbers."""
+
 import argparse
 import importlib
 import json
@@ -17,7 +18,11 @@ def test_summarize_is_the_mean_and_sample_standard_deviation_of_the_numbers_give
     assert summary["mean"] == pytest.approx(7 / 3)
     # by hand: squared deviations 16/9, 1/9, 25/9 -> 42/9, over n - 1 = 2 -> 7/3
     assert summary["std"] == pytest.approx(math.sqrt(7 / 3)) and summary["n"] == 3
-    assert paper.summarize([5.0, None, 7.0]) == {"mean": 6.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert paper.summarize([5.0, None, 7.0]) == {
+        "mean": 6.0,
+        "std": pytest.approx(math.sqrt(2)),
+        "n": 2,
+    }
     assert paper.summarize([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1}
     assert paper.summarize([None]) == {"mean": None, "std": None, "n": 0}
 
@@ -30,17 +35,37 @@ def test_steps_to_reach_is_the_first_validation_step_at_or_below_the_target():
     assert paper.steps_to_reach(curve, 0.5) is None
 
 
-@pytest.mark.parametrize("ours, theirs, higher, verdict", [
-    ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], True, "holds"),  # difference 1.0, 2 std = 0.2
-    ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], True, "does not hold"),
-    ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], False, "holds"),  # fewer steps / parameters is better
-    ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], False, "does not hold"),
-    ([1.5, 1.0, 2.0], [1.0, 1.1, 0.9], True, "within seed noise"),  # 0.5 < 2 x 0.5 (ours, the larger std)
-    ([1.0, 1.1, 0.9], [1.5, 1.0, 2.0], True, "within seed noise"),  # the same the other way round
-    ([100.0, None, 50.0], [100.0, 100.0, 100.0], False, "does not hold"),  # ours never reached the target once
-    ([100.0, 75.0, 50.0], [None, 100.0, 100.0], False, "holds"),
-])
-def test_mark_judges_a_claim_both_ways_against_twice_the_larger_standard_deviation(ours, theirs, higher, verdict):
+@pytest.mark.parametrize(
+    "ours, theirs, higher, verdict",
+    [
+        ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], True, "holds"),  # difference 1.0, 2 std = 0.2
+        ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], True, "does not hold"),
+        ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], False, "holds"),  # fewer steps / parameters is better
+        ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], False, "does not hold"),
+        (
+            [1.5, 1.0, 2.0],
+            [1.0, 1.1, 0.9],
+            True,
+            "within seed noise",
+        ),  # 0.5 < 2 x 0.5 (ours, the larger std)
+        (
+            [1.0, 1.1, 0.9],
+            [1.5, 1.0, 2.0],
+            True,
+            "within seed noise",
+        ),  # the same the other way round
+        (
+            [100.0, None, 50.0],
+            [100.0, 100.0, 100.0],
+            False,
+            "does not hold",
+        ),  # ours never reached the target once
+        ([100.0, 75.0, 50.0], [None, 100.0, 100.0], False, "holds"),
+    ],
+)
+def test_mark_judges_a_claim_both_ways_against_twice_the_larger_standard_deviation(
+    ours, theirs, higher, verdict
+):
     assert paper.mark(ours, theirs, higher)[0] == verdict
 
 
@@ -49,9 +74,21 @@ def test_mark_reports_the_noise_level_it_used():
 
 
 def plan_args(tmp_path, **changes):
-    args = dict(data=str(tmp_path / "data"), stage0="stage0", runs=str(tmp_path / "runs"), out=str(tmp_path / "docs"),
-                seeds=[1, 2, 3], stage1_steps=2, stage2_steps=2, eval_every=1, eval_limit=4, reliance_limit=4, jobs=2,
-                threads=1, train_flags="--batch-size 8 --eval-batches 1")
+    args = dict(
+        data=str(tmp_path / "data"),
+        stage0="stage0",
+        runs=str(tmp_path / "runs"),
+        out=str(tmp_path / "docs"),
+        seeds=[1, 2, 3],
+        stage1_steps=2,
+        stage2_steps=2,
+        eval_every=1,
+        eval_limit=4,
+        reliance_limit=4,
+        jobs=2,
+        threads=1,
+        train_flags="--batch-size 8 --eval-batches 1",
+    )
     return argparse.Namespace(**{**args, **changes})
 
 
@@ -63,7 +100,9 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
-        raise Parsed(original(self, args, namespace))  # an unknown flag or bad value exits with code 2 instead
+        raise Parsed(
+            original(self, args, namespace)
+        )  # an unknown flag or bad value exits with code 2 instead
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     first, second = paper.plan(plan_args(tmp_path))
@@ -72,17 +111,22 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
         for argv in job.commands:
             with pytest.raises(Parsed) as parsed:
                 script = argv[1] if argv[0] == "-m" else argv[0].removesuffix(".py")
-                importlib.import_module(script).main(argv[2 if argv[0] == "-m" else 1:])
+                importlib.import_module(script).main(argv[2 if argv[0] == "-m" else 1 :])
             namespace = vars(parsed.value.args[0])
             if argv[0].startswith("train_stage"):
-                assert namespace["out_dir"] == str(job.folder) and namespace["seed"] == int(job.folder.parent.name[4:])
+                assert namespace["out_dir"] == str(job.folder) and namespace["seed"] == int(
+                    job.folder.parent.name[4:]
+                )
                 assert namespace["batch_size"] == 8  # --train-flags reach the training scripts
 
 
 def fake_outputs(argv: list[str], log: Path, threads: int):
-    """Stands in for paper.run_command: each evaluation writes numbers known from the run and seed."""
+    """Stands in for paper.run_command: each evaluation writes numbers known from the run and
+    seed."""
+
     def value(flag):
         return argv[argv.index(flag) + 1]
+
     if argv[0] == "train_stage1.py" or argv[0] == "train_stage2.py":
         Path(value("--out-dir")).mkdir(parents=True, exist_ok=True)
     elif argv[:2] == ["evaluate.py", "checkpoint"]:
@@ -90,35 +134,64 @@ def fake_outputs(argv: list[str], log: Path, threads: int):
     elif argv[:2] == ["evaluate.py", "compare"]:
         folder = Path(argv[2])
         seed, name = int(folder.parent.name[4:]), folder.name
-        cider = {"vadapter": 1.8, "perceiver": 1.5, "vadapter_small": 1.0}.get(name, 1.2) + 0.01 * seed
+        cider = {"vadapter": 1.8, "perceiver": 1.5, "vadapter_small": 1.0}.get(
+            name, 1.2
+        ) + 0.01 * seed
         final = {"vadapter": 0.5, "perceiver": 0.6}.get(name, 0.7)
-        row = {"step": 100, "trainable_parameters": 700 if name.startswith("vadapter") else 1200,
-               "curve": [(50, final + 0.05), (100, final)] if name != "vadapter" else [(50, 0.55), (100, 0.5)],
-               "final_val_loss": final, "metrics": {"caption": {"cider_d": cider}, "vqa": {"vqa_accuracy": 0.5}}}
+        row = {
+            "step": 100,
+            "trainable_parameters": 700 if name.startswith("vadapter") else 1200,
+            "curve": [(50, final + 0.05), (100, final)]
+            if name != "vadapter"
+            else [(50, 0.55), (100, 0.5)],
+            "final_val_loss": final,
+            "metrics": {"caption": {"cider_d": cider}, "vqa": {"vqa_accuracy": 0.5}},
+        }
         Path(value("--out")).mkdir(parents=True, exist_ok=True)
         (Path(value("--out")) / "results.json").write_text(json.dumps({"runs": [row]}))
     elif argv[:3] == ["-m", "paper.tables", "reliance"]:
         Path(value("--out")).write_text(json.dumps({"oracle_fraction": 0.9}))
     elif argv[:2] == ["evaluate.py", "diagnostics"]:
         results = json.loads(Path(argv[2]).read_text())
-        Path(argv[2]).write_text(json.dumps({**results, "diagnostics": {"stage1": {"cider_d": 2.0}}}))
+        Path(argv[2]).write_text(
+            json.dumps({**results, "diagnostics": {"stage1": {"cider_d": 2.0}}})
+        )
     else:
         raise AssertionError(f"paper.py ran an unexpected command: {argv}")
     fake_outputs.calls.append(argv)
 
 
-def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_nothing(tmp_path, monkeypatch):
+def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_nothing(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(paper, "run_command", fake_outputs)
     fake_outputs.calls = []
-    argv = ["run", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "docs"),
-            "--seeds", "1,2,3", "--jobs", "2"]
+    argv = [
+        "run",
+        "--data",
+        str(tmp_path / "data"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "docs"),
+        "--seeds",
+        "1,2,3",
+        "--jobs",
+        "2",
+    ]
     paper.main(argv)
     results = json.loads((tmp_path / "docs" / "results.json").read_text())
-    assert set(results["tables"]) == set(paper.TABLES) and results["diagnostics"] == {"stage1": {"cider_d": 2.0}}
+    assert set(results["tables"]) == set(paper.TABLES) and results["diagnostics"] == {
+        "stage1": {"cider_d": 2.0}
+    }
     table2 = {row["name"]: row["seeds"] for row in results["tables"]["Table 2"]}
     vadapter, perceiver = table2["PaLM2-VAdapter"], table2["perceiver resampler (6 layers)"]
     assert [seed["cider_d"] for seed in vadapter] == pytest.approx([1.81, 1.82, 1.83])
-    assert [seed["steps_to_baseline_final_loss"] for seed in vadapter] == [50, 50, 50]  # 0.55 <= the perceiver's 0.6
+    assert [seed["steps_to_baseline_final_loss"] for seed in vadapter] == [
+        50,
+        50,
+        50,
+    ]  # 0.55 <= the perceiver's 0.6
     assert [seed["steps_to_baseline_final_loss"] for seed in perceiver] == [100, 100, 100]
     gains = {row["name"]: row["seeds"] for row in results["tables"]["stronger"]}["VAdapter gain"]
     assert [seed["cider_d"] for seed in gains] == pytest.approx([0.8, 0.8, 0.8])
@@ -133,5 +206,12 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     (tmp_path / "runs" / "seed2" / "mlp" / "eval" / "reliance.json").unlink()  # an interrupted run
     fake_outputs.calls = []
     paper.main(argv)
-    assert [call[0] if call[0] != "-m" else call[1] for call in fake_outputs.calls] == ["train_stage2.py", "evaluate.py", "paper.tables"]
-    assert "--resume" in fake_outputs.calls[0] and str(tmp_path / "runs" / "seed2" / "mlp") in fake_outputs.calls[0]
+    assert [call[0] if call[0] != "-m" else call[1] for call in fake_outputs.calls] == [
+        "train_stage2.py",
+        "evaluate.py",
+        "paper.tables",
+    ]
+    assert (
+        "--resume" in fake_outputs.calls[0]
+        and str(tmp_path / "runs" / "seed2" / "mlp") in fake_outputs.calls[0]
+    )

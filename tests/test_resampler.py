@@ -1,6 +1,7 @@
 """resampler.py: shapes, video frames and time embeddings, attention against a hand-written
 reference, the CoCa pooler against torch's multi-head attention, the baseline without a final
 LayerNorm, permutation invariance, gradients, errors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,9 @@ def test_frame_order_matters_once_time_embeddings_are_learned():
     resampler = make()
     video = torch.randn(2, 3, 7, 24)
     with torch.no_grad():
-        torch.testing.assert_close(resampler(video.flip(1)), resampler(video), atol=1e-5, rtol=1e-5)  # zero at init: a set of frames
+        torch.testing.assert_close(
+            resampler(video.flip(1)), resampler(video), atol=1e-5, rtol=1e-5
+        )  # zero at init: a set of frames
         resampler.time_embedding.normal_()
         assert (resampler(video.flip(1)) - resampler(video)).abs().max() > 1e-3
 
@@ -76,7 +79,12 @@ def test_attention_matches_a_hand_written_reference(backend):
     resampler = make(depth=1, num_heads=1, attention_backend=backend)
     features = torch.randn(2, 9, 24)
     with torch.no_grad():
-        torch.testing.assert_close(resampler(features), reference_one_layer_one_head(resampler, features), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            resampler(features),
+            reference_one_layer_one_head(resampler, features),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_math_and_sdpa_backends_agree_on_video():
@@ -86,7 +94,9 @@ def test_math_and_sdpa_backends_agree_on_video():
         math_resampler.time_embedding.normal_()
         sdpa_resampler.time_embedding.copy_(math_resampler.time_embedding)
         video = torch.randn(2, 3, 7, 24)
-        torch.testing.assert_close(math_resampler(video), sdpa_resampler(video), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            math_resampler(video), sdpa_resampler(video), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_image_features_are_read_as_a_set():
@@ -94,16 +104,26 @@ def test_image_features_are_read_as_a_set():
     resampler = make()
     features = torch.randn(2, 13, 24)
     with torch.no_grad():
-        torch.testing.assert_close(resampler(features[:, torch.randperm(13)]), resampler(features), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            resampler(features[:, torch.randperm(13)]), resampler(features), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_gradients_reach_the_latents_and_every_weight():
     resampler = make().train()
     latents = resampler(torch.randn(2, 3, 7, 24))
-    (latents * torch.randn_like(latents)).sum().backward()  # a plain sum would cancel in the final LayerNorm
-    names = [name for name, p in resampler.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    (
+        latents * torch.randn_like(latents)
+    ).sum().backward()  # a plain sum would cancel in the final LayerNorm
+    names = [
+        name
+        for name, p in resampler.named_parameters()
+        if p.grad is None or p.grad.abs().sum() == 0
+    ]
     assert names == []
-    assert {"latents", "time_embedding", "input_projection.weight"} <= dict(resampler.named_parameters()).keys()
+    assert {"latents", "time_embedding", "input_projection.weight"} <= dict(
+        resampler.named_parameters()
+    ).keys()
 
 
 def test_no_input_projection_when_widths_match():
@@ -111,7 +131,8 @@ def test_no_input_projection_when_widths_match():
 
 
 def test_parameter_count():
-    """Latents, projection, time embeddings, per layer (3 LayerNorms, q, kv, out, feed-forward), final LayerNorm."""
+    """Latents, projection, time embeddings, per layer (3 LayerNorms, q, kv, out, feed-forward),
+    final LayerNorm."""
     L, Din, D, T, depth = 5, 24, 32, 4, 2
     per_layer = 3 * 2 * D + D * D + 2 * D * D + D * D + 2 * 4 * D * D
     assert num_parameters(make()) == L * D + Din * D + T * D + depth * per_layer + 2 * D
@@ -119,7 +140,11 @@ def test_parameter_count():
 
 @pytest.mark.parametrize(
     "shape,message",
-    [((2, 5, 7, 24), r"5 frames .*max_frames=4"), ((2, 7, 16), r"got shape \(2, 7, 16\)"), ((7, 24), r"got shape \(7, 24\)")],
+    [
+        ((2, 5, 7, 24), r"5 frames .*max_frames=4"),
+        ((2, 7, 16), r"got shape \(2, 7, 16\)"),
+        ((7, 24), r"got shape \(7, 24\)"),
+    ],
 )
 def test_bad_inputs_are_refused(shape, message):
     with pytest.raises(ValueError, match=message):
@@ -142,41 +167,93 @@ def test_bad_configs_are_refused(changes, message):
 
 
 def test_the_adapters_starting_configs():
-    """One place for the defaults the stage scripts and the benchmark start from; flags change any field."""
+    """One place for the defaults the stage scripts and the benchmark start from; flags change any
+    field."""
     in_front_of_lm = ResamplerConfig.for_lm(vision_dim=128, lm_dim=96, lm_num_heads=6, max_frames=2)
     assert (in_front_of_lm.input_dim, in_front_of_lm.dim, in_front_of_lm.num_heads) == (128, 96, 6)
-    assert (in_front_of_lm.depth, in_front_of_lm.num_latents, in_front_of_lm.max_frames) == (1, 16, 2)
+    assert (in_front_of_lm.depth, in_front_of_lm.num_latents, in_front_of_lm.max_frames) == (
+        1,
+        16,
+        2,
+    )
     baseline = ResamplerConfig.for_perceiver(128)
-    assert (baseline.input_dim, baseline.dim, baseline.depth, baseline.num_heads, baseline.num_latents) == (128, 128, 6, 4, 16)
-    assert (baseline.feed_forward, baseline.latents_in_keys, baseline.final_norm) == (True, True, False)
+    assert (
+        baseline.input_dim,
+        baseline.dim,
+        baseline.depth,
+        baseline.num_heads,
+        baseline.num_latents,
+    ) == (128, 128, 6, 4, 16)
+    assert (baseline.feed_forward, baseline.latents_in_keys, baseline.final_norm) == (
+        True,
+        True,
+        False,
+    )
     assert ResamplerConfig.for_perceiver(128, dim=64, depth=2).dim == 64
     front = ResamplerConfig.for_vadapter_front(128)
-    assert (front.dim, front.depth, front.num_heads, front.feed_forward, front.latents_in_keys, front.final_norm) == (
-        128, 1, 4, True, True, True)  # the baseline's layer, once, then a LayerNorm
+    assert (
+        front.dim,
+        front.depth,
+        front.num_heads,
+        front.feed_forward,
+        front.latents_in_keys,
+        front.final_norm,
+    ) == (128, 1, 4, True, True, True)  # the baseline's layer, once, then a LayerNorm
     pooler = ResamplerConfig.for_pooler(128, 96, 6)
-    assert (pooler.input_dim, pooler.dim, pooler.num_heads, pooler.depth, pooler.num_latents) == (128, 96, 6, 1, 16)
+    assert (pooler.input_dim, pooler.dim, pooler.num_heads, pooler.depth, pooler.num_latents) == (
+        128,
+        96,
+        6,
+        1,
+        16,
+    )
     assert (pooler.feed_forward, pooler.latents_in_keys, pooler.final_norm) == (False, False, True)
 
 
 def test_the_pooler_is_one_cross_attention_over_the_features_then_a_layernorm():
     """CoCa's attentional pooler, recomputed with torch's own multi-head attention: LayerNorm'd
-    learned queries attend to the LayerNorm'd features only (4 heads), no feed-forward, a LayerNorm."""
+    learned queries attend to the LayerNorm'd features only (4 heads), no feed-forward, a
+    LayerNorm."""
     torch.manual_seed(0)
     pooler = PerceiverResampler(ResamplerConfig.for_pooler(24, 32, 4, num_latents=5)).eval()
     cross = pooler.layers[0].attention
     features = torch.randn(2, 9, 24)
     with torch.no_grad():
         pooler.time_embedding.normal_()
-        keys = cross.feature_norm(pooler.input_projection(features) + pooler.time_embedding[0]).transpose(0, 1)  # (N, B, D)
+        keys = cross.feature_norm(
+            pooler.input_projection(features) + pooler.time_embedding[0]
+        ).transpose(0, 1)  # (N, B, D)
         queries = cross.latent_norm(pooler.latents)[:, None].expand(-1, 2, -1)  # (L, B, D)
         key_weight, value_weight = cross.key_value.weight.chunk(2)
         attended, _ = F.multi_head_attention_forward(
-            queries, keys, keys, 32, 4, None, None, None, None, False, 0.0, cross.out.weight, None, training=False,
-            need_weights=False, use_separate_proj_weight=True, q_proj_weight=cross.query.weight,
-            k_proj_weight=key_weight, v_proj_weight=value_weight)  # (L, B, D)
+            queries,
+            keys,
+            keys,
+            32,
+            4,
+            None,
+            None,
+            None,
+            None,
+            False,
+            0.0,
+            cross.out.weight,
+            None,
+            training=False,
+            need_weights=False,
+            use_separate_proj_weight=True,
+            q_proj_weight=cross.query.weight,
+            k_proj_weight=key_weight,
+            v_proj_weight=value_weight,
+        )  # (L, B, D)
         expected = pooler.final_norm(pooler.latents + attended.transpose(0, 1))
         torch.testing.assert_close(pooler(features), expected, atol=1e-5, rtol=1e-5)
-    L, Din, D, T = 5, 24, 32, 8  # latents, input projection, time embeddings, 2 LayerNorms, q, kv, out, final LayerNorm
+    L, Din, D, T = (
+        5,
+        24,
+        32,
+        8,
+    )  # latents, input projection, time embeddings, 2 LayerNorms, q, kv, out, final LayerNorm
     assert num_parameters(pooler) == L * D + Din * D + T * D + 2 * 2 * D + 4 * D * D + 2 * D
 
 
@@ -191,14 +268,18 @@ def test_latents_in_keys_lets_the_latents_read_each_other():
         assert (before["flamingo"] - before["pooler"]).abs().max() > 1e-3
         for resampler in (flamingo, pooler):
             resampler.latents[1:] += torch.randn(4, 32)
-        torch.testing.assert_close(pooler(features)[:, 0], before["pooler"][:, 0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            pooler(features)[:, 0], before["pooler"][:, 0], atol=1e-6, rtol=1e-6
+        )
         assert (flamingo(features)[:, 0] - before["flamingo"][:, 0]).abs().max() > 1e-3
 
 
 def test_the_baseline_has_no_final_layernorm():
     """The paper's Table 1: the baseline's output is its last layer's latents, not normalised."""
     torch.manual_seed(0)
-    baseline = PerceiverResampler(ResamplerConfig.for_perceiver(24, dim=32, depth=2, num_latents=5)).eval()
+    baseline = PerceiverResampler(
+        ResamplerConfig.for_perceiver(24, dim=32, depth=2, num_latents=5)
+    ).eval()
     assert not any("final_norm" in name for name, _ in baseline.named_parameters())
     features = torch.randn(2, 9, 24)
     with torch.no_grad():

@@ -1,17 +1,27 @@
-"""scenes.py: the scene labels the stand-in ViT learns from, and the linear probe that reads them back."""
+"""scenes.py: the scene labels the stand-in ViT learns from, and the linear probe that reads them
+back."""
+
 import pytest
 import torch
 
-from stage0 import scenes
-from stage0 import synthetic
+from stage0 import scenes, synthetic
 
-VOCABULARY = {"shape": ["circle", "square"], "colour": ["red", "blue"], "size": ["small", "large"],
-              "rows": ["top", "bottom"], "columns": ["left", "middle", "right"]}
+VOCABULARY = {
+    "shape": ["circle", "square"],
+    "colour": ["red", "blue"],
+    "size": ["small", "large"],
+    "rows": ["top", "bottom"],
+    "columns": ["left", "middle", "right"],
+}
 
 
 def test_scene_targets_put_each_object_in_its_cell():
-    scene = {"objects": [{"shape": "square", "colour": "red", "size": "large", "position": "bottom middle"},
-                         {"shape": "circle", "colour": "blue", "size": "small", "position": "top left"}]}
+    scene = {
+        "objects": [
+            {"shape": "square", "colour": "red", "size": "large", "position": "bottom middle"},
+            {"shape": "circle", "colour": "blue", "size": "small", "position": "top left"},
+        ]
+    }
     targets = scenes.scene_targets(scene, VOCABULARY)
     assert targets["shape"].tolist() == [1, 0, 0, 0, 2, 0]  # 0 = empty; cells row-major
     assert targets["colour"].tolist() == [2, 0, 0, 0, 1, 0]
@@ -21,12 +31,18 @@ def test_scene_targets_put_each_object_in_its_cell():
 
 def test_the_world_writes_the_vocabulary_and_labels_match_its_scenes(world):
     vocabulary = scenes.scene_vocabulary(world)
-    assert vocabulary["shape"] == list(synthetic.SHAPES) and vocabulary["rows"] == list(synthetic.ROWS)
+    assert vocabulary["shape"] == list(synthetic.SHAPES) and vocabulary["rows"] == list(
+        synthetic.ROWS
+    )
     dataset = scenes.SceneDataset(world, "train", image_size=32, limit=5)
     sample = dataset[0]
     assert sample["pixels"].shape == (3, 32, 32)
     objects = dataset.scenes[0]["objects"]
-    assert int((sample["targets"]["shape"] > 0).sum()) == len(objects) == sample["targets"]["count"].item()
+    assert (
+        int((sample["targets"]["shape"] > 0).sum())
+        == len(objects)
+        == sample["targets"]["count"].item()
+    )
 
 
 def test_real_data_without_scene_labels_is_a_clear_error(tmp_path):
@@ -35,7 +51,9 @@ def test_real_data_without_scene_labels_is_a_clear_error(tmp_path):
 
 
 def test_pool_cells_averages_the_patches_whose_centres_lie_in_each_cell():
-    features = torch.arange(36, dtype=torch.float).view(1, 36, 1)  # a 6 x 6 patch grid, value = index
+    features = torch.arange(36, dtype=torch.float).view(
+        1, 36, 1
+    )  # a 6 x 6 patch grid, value = index
     pooled = scenes.pool_cells(features, 2, 3)  # cells of 3 x 2 patches
     top_left = torch.tensor([0, 1, 6, 7, 12, 13], dtype=torch.float).mean()
     bottom_right = torch.tensor([22, 23, 28, 29, 34, 35], dtype=torch.float).mean()
@@ -55,15 +73,27 @@ def test_scene_loss_counts_one_entry_per_label():
     vision = torch.nn.Identity()
     vision.config = type("Config", (), {"dim": 8})()
     model = scenes.SceneLabelModel(vision, VOCABULARY)
-    samples = [{"pixels": torch.randn(16, 8),
-                "targets": {"shape": torch.tensor([1, 0, 0, 0, 2, 0]), "colour": torch.tensor([2, 0, 0, 0, 1, 0]),
-                            "size": torch.tensor([1, 0, 0, 0, 2, 0]), "count": torch.tensor(2)}}] * 3
+    samples = [
+        {
+            "pixels": torch.randn(16, 8),
+            "targets": {
+                "shape": torch.tensor([1, 0, 0, 0, 2, 0]),
+                "colour": torch.tensor([2, 0, 0, 0, 1, 0]),
+                "size": torch.tensor([1, 0, 0, 0, 2, 0]),
+                "count": torch.tensor(2),
+            },
+        }
+    ] * 3
     batch = scenes.collate_scenes(samples)
     loss_sum, count = scenes.scene_loss(model, batch)
     assert count == 3 * (6 * 3 + 1)
     logits = model(batch["pixels"])
-    by_hand = sum(torch.nn.functional.cross_entropy(logits[k].flatten(0, -2), batch["targets"][k].flatten(), reduction="sum")
-                  for k in logits)
+    by_hand = sum(
+        torch.nn.functional.cross_entropy(
+            logits[k].flatten(0, -2), batch["targets"][k].flatten(), reduction="sum"
+        )
+        for k in logits
+    )
     assert torch.allclose(loss_sum, by_hand)
 
 

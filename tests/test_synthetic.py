@@ -12,22 +12,40 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage0 import synthetic
 from conftest import REPO, SMALL_WORLD, load_json
+from stage0 import synthetic
 
-SIZE_ADJECTIVES = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large"}
+SIZE_ADJECTIVES = {
+    "small": "small",
+    "little": "small",
+    "tiny": "small",
+    "large": "large",
+    "big": "large",
+}
 RELATIONS = synthetic.RELATIONS
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- the generator ----------------------------------------------------------------------------
 
+
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
-    tiny = dict(train_images=6, val_images=2, test_images=2, train_videos=2, val_videos=1, test_videos=1, num_frames=3)
+    tiny = dict(
+        train_images=6,
+        val_images=2,
+        test_images=2,
+        train_videos=2,
+        val_videos=1,
+        test_videos=1,
+        num_frames=3,
+    )
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         synthetic.generate(tmp_path / name, synthetic.WorldConfig(seed=seed, **tiny))
     first, second, other = (file_hashes(tmp_path / name) for name in "abc")
@@ -53,20 +71,47 @@ def test_splits_are_disjoint_and_dataset_json_counts_them(world):
             captions = load_json(world / f"{prefix}captions_{split}.json")
             count = SMALL_WORLD[f"{split}_{kind}"]
             assert len(captions["images"]) == count == summary["counts"][prefix + split]["items"]
-            assert len(captions["annotations"]) == 5 * count == summary["counts"][prefix + split]["captions"]
+            assert (
+                len(captions["annotations"])
+                == 5 * count
+                == summary["counts"][prefix + split]["captions"]
+            )
             ids += [image["id"] for image in captions["images"]]
-            for image in captions["images"]:  # a video's frames may repeat inside it, not across videos
-                files = sorted((world / image["file_name"]).glob("*.png")) or [world / image["file_name"]]
+            for image in captions[
+                "images"
+            ]:  # a video's frames may repeat inside it, not across videos
+                files = sorted((world / image["file_name"]).glob("*.png")) or [
+                    world / image["file_name"]
+                ]
                 hashes.append(hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest())
-    assert len(ids) == len(set(ids)), "image ids must be unique across splits (the feature cache keys on them)"
+    assert len(ids) == len(set(ids)), (
+        "image ids must be unique across splits (the feature cache keys on them)"
+    )
     assert len(hashes) == len(set(hashes)) == len(ids), "no image or video may appear twice"
 
 
 def test_command_line(tmp_path):
-    shown = subprocess.run([sys.executable, "-m", "stage0.synthetic", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert shown.returncode == 0 and "--train-images" in shown.stdout and "--num-frames" in shown.stdout
-    flags = "--train-images 3 --val-images 1 --test-images 1 --train-videos 1 --val-videos 1 --test-videos 1 --num-frames 2 --image-size 32 --seed 9"
-    run = subprocess.run([sys.executable, "-m", "stage0.synthetic", "--out", str(tmp_path), *flags.split()], cwd=REPO, capture_output=True, text=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "stage0.synthetic", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        shown.returncode == 0
+        and "--train-images" in shown.stdout
+        and "--num-frames" in shown.stdout
+    )
+    flags = (
+        "--train-images 3 --val-images 1 --test-images 1 --train-videos 1 --val-videos 1 "
+        "--test-videos 1 --num-frames 2 --image-size 32 --seed 9"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "stage0.synthetic", "--out", str(tmp_path), *flags.split()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     options = load_json(tmp_path / "dataset.json")["options"]
     assert options["image_size"] == 32 and options["seed"] == 9
@@ -76,14 +121,23 @@ def test_command_line(tmp_path):
 
 # --- ground truth: every answer and caption fact follows from the stored scene -------------------
 
+
 def cell(box: list[int], image_size: int) -> str:
     centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return f"{'top' if centre_y < image_size / 2 else 'bottom'} {('left', 'middle', 'right')[int(3 * centre_x / image_size)]}"
+    return (
+        f"{'top' if centre_y < image_size / 2 else 'bottom'} "
+        f"{('left', 'middle', 'right')[int(3 * centre_x / image_size)]}"
+    )
 
 
 def holds(relation: str, a: dict, b: dict) -> bool:
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
-    return {"to the left of": ax1 <= bx0, "to the right of": bx1 <= ax0, "above": ay1 <= by0, "below": by1 <= ay0}[relation]
+    return {
+        "to the left of": ax1 <= bx0,
+        "to the right of": bx1 <= ax0,
+        "above": ay1 <= by0,
+        "below": by1 <= ay0,
+    }[relation]
 
 
 def the(objects: list[dict], colour: str | None = None, shape: str | None = None) -> dict:
@@ -112,7 +166,9 @@ def derive_image_answer(question: str, objects: list[dict], image_size: int) -> 
         return "yes" if any((o["colour"], o["shape"]) == (m[1], m[2]) for o in objects) else "no"
     if m := re.fullmatch(r"where is the (\w+) (\w+)\?", question):
         return cell(the(objects, m[1], m[2])["box"], image_size)
-    if m := re.fullmatch(rf"is the (\w+) (\w+) ({'|'.join(RELATIONS)}) the (\w+) (\w+)\?", question):
+    if m := re.fullmatch(
+        rf"is the (\w+) (\w+) ({'|'.join(RELATIONS)}) the (\w+) (\w+)\?", question
+    ):
         return "yes" if holds(m[3], the(objects, m[1], m[2]), the(objects, m[4], m[5])) else "no"
     if m := re.fullmatch(rf"which shape is ({'|'.join(RELATIONS)}) the (\w+) (\w+)\?", question):
         reference = the(objects, m[2], m[3])
@@ -125,13 +181,17 @@ def derive_image_answer(question: str, objects: list[dict], image_size: int) -> 
 def derive_video_answer(question: str, video: dict) -> str:
     boxes, colours = video["boxes"], video["colours"]
     moved_x, moved_y = boxes[-1][0] - boxes[0][0], boxes[-1][1] - boxes[0][1]
-    direction = ("left" if moved_x < 0 else "right") if moved_x else ("up" if moved_y < 0 else "down")
+    direction = (
+        ("left" if moved_x < 0 else "right") if moved_x else ("up" if moved_y < 0 else "down")
+    )
     assert f" {video['shape']}" in question or question.startswith("what shape")
     if re.fullmatch(r"does the \w+ move\?", question):
         return "yes" if boxes[0] != boxes[-1] else "no"
     if re.fullmatch(r"does the \w+ change color\?", question):
         return "yes" if colours[0] != colours[-1] else "no"
-    if re.fullmatch(r"which way does the \w+ move\?|in which direction is the \w+ \w+ moving\?", question):
+    if re.fullmatch(
+        r"which way does the \w+ move\?|in which direction is the \w+ \w+ moving\?", question
+    ):
         return direction
     if question in ("what shape is moving?", "what shape changes color?"):
         return video["shape"]
@@ -146,37 +206,92 @@ def derive_video_answer(question: str, video: dict) -> str:
 def test_every_vqa_answer_follows_from_the_scene(world, prefix):
     kinds = set()
     for split in synthetic.SPLITS:
-        scenes = {s["image_id"]: s for s in load_json(world / f"{prefix}scenes_{split}.json")["scenes"]}
+        scenes = {
+            s["image_id"]: s for s in load_json(world / f"{prefix}scenes_{split}.json")["scenes"]
+        }
         questions = load_json(world / f"{prefix}questions_{split}.json")["questions"]
-        annotations = {a["question_id"]: a for a in load_json(world / f"{prefix}annotations_{split}.json")["annotations"]}
+        annotations = {
+            a["question_id"]: a
+            for a in load_json(world / f"{prefix}annotations_{split}.json")["annotations"]
+        }
         assert len(questions) == len(annotations) == len(scenes) * (3 if prefix else 5)
         for question in questions:
             scene, annotation = scenes[question["image_id"]], annotations[question["question_id"]]
             kinds.add(annotation["question_type"])
-            truth = (derive_video_answer(question["question"], scene) if prefix
-                     else derive_image_answer(question["question"], scene["objects"], 64))
+            truth = (
+                derive_video_answer(question["question"], scene)
+                if prefix
+                else derive_image_answer(question["question"], scene["objects"], 64)
+            )
             assert annotation["multiple_choice_answer"] == truth, question
-            assert annotation["answer_type"] == ("yes/no" if truth in ("yes", "no") else "number" if truth.isdigit() else "other")
-            assert question["question"].replace("colour", "color").startswith(annotation["question_type"])
+            assert annotation["answer_type"] == (
+                "yes/no" if truth in ("yes", "no") else "number" if truth.isdigit() else "other"
+            )
+            assert (
+                question["question"]
+                .replace("colour", "color")
+                .startswith(annotation["question_type"])
+            )
             answers = [a["answer"] for a in annotation["answers"]]
-            assert len(answers) == 10 and [a["answer_id"] for a in annotation["answers"]] == list(range(1, 11))
-            assert Counter(answers).most_common(1)[0] == (truth, answers.count(truth)) and answers.count(truth) >= 6
-            vocabulary = {"yes", "no", *synthetic.COLOURS, *synthetic.SHAPES, *synthetic.POSITIONS, *synthetic.DIRECTIONS, *"01234"}
-            assert all(a in synthetic.surface_variants(truth) or a in vocabulary for a in answers), answers
-    assert kinds == ({"does the", "which way does the", "in which direction is", "what color is the", "what shape is",
-                      "what shape", "what color does the"} if prefix else
-                     {"what color is the", "what shape is the", "how many", "is there a", "where is the", "is the", "which shape is"})
+            assert len(answers) == 10 and [a["answer_id"] for a in annotation["answers"]] == list(
+                range(1, 11)
+            )
+            assert (
+                Counter(answers).most_common(1)[0] == (truth, answers.count(truth))
+                and answers.count(truth) >= 6
+            )
+            vocabulary = {
+                "yes",
+                "no",
+                *synthetic.COLOURS,
+                *synthetic.SHAPES,
+                *synthetic.POSITIONS,
+                *synthetic.DIRECTIONS,
+                *"01234",
+            }
+            assert all(
+                a in synthetic.surface_variants(truth) or a in vocabulary for a in answers
+            ), answers
+    assert kinds == (
+        {
+            "does the",
+            "which way does the",
+            "in which direction is",
+            "what color is the",
+            "what shape is",
+            "what shape",
+            "what color does the",
+        }
+        if prefix
+        else {
+            "what color is the",
+            "what shape is the",
+            "how many",
+            "is there a",
+            "where is the",
+            "is the",
+            "which shape is",
+        }
+    )
 
 
 def phrase_pattern(name: str) -> str:
-    return (rf"(?P<{name}_count>a single|an|a|two|three) (?:(?P<{name}_size>{'|'.join(SIZE_ADJECTIVES)}) )?"
-            rf"(?P<{name}_colour>{'|'.join(synthetic.COLOURS)}) (?P<{name}_shape>{'|'.join(synthetic.SHAPES)})(?P<{name}_plural>e?s)?\b")
+    return (
+        rf"(?P<{name}_count>a single|an|a|two|three) "
+        rf"(?:(?P<{name}_size>{'|'.join(SIZE_ADJECTIVES)}) )?"
+        rf"(?P<{name}_colour>{'|'.join(synthetic.COLOURS)}) "
+        rf"(?P<{name}_shape>{'|'.join(synthetic.SHAPES)})(?P<{name}_plural>e?s)?\b"
+    )
 
 
 def matching_objects(match: re.Match, name: str, objects: list[dict]) -> list[dict]:
     """The scene objects a matched noun phrase can denote; checks its count, size and article."""
     count, size = match[f"{name}_count"], SIZE_ADJECTIVES.get(match[f"{name}_size"] or "")
-    group = [o for o in objects if (o["colour"], o["shape"]) == (match[f"{name}_colour"], match[f"{name}_shape"])]
+    group = [
+        o
+        for o in objects
+        if (o["colour"], o["shape"]) == (match[f"{name}_colour"], match[f"{name}_shape"])
+    ]
     assert group, f"{match[0]!r} is not in the scene"
     if count in ("two", "three"):
         assert match[f"{name}_plural"] and len(group) == ("two", "three").index(count) + 2, match[0]
@@ -186,53 +301,93 @@ def matching_objects(match: re.Match, name: str, objects: list[dict]) -> list[di
     if count == "a single":
         assert len(objects) == 1
     else:
-        assert count == ("an" if (match[f"{name}_size"] or match[f"{name}_colour"])[0] in "aeiou" else "a"), match[0]
+        assert count == (
+            "an" if (match[f"{name}_size"] or match[f"{name}_colour"])[0] in "aeiou" else "a"
+        ), match[0]
     return [o for o in group if size in (None, o["size"])]
 
 
 def test_every_image_caption_fact_follows_from_the_scene(world):
     phrase = re.compile(phrase_pattern("p"))
-    related = re.compile(phrase_pattern("a") + rf" (?:is )?(?P<relation>{'|'.join(RELATIONS)}) " + phrase_pattern("b"))
-    placed = re.compile(phrase_pattern("p") + r" (?:at|in) the (?P<cell>(?:top|bottom) (?:left|middle|right))")
+    related = re.compile(
+        phrase_pattern("a")
+        + rf" (?:is )?(?P<relation>{'|'.join(RELATIONS)}) "
+        + phrase_pattern("b")
+    )
+    placed = re.compile(
+        phrase_pattern("p") + r" (?:at|in) the (?P<cell>(?:top|bottom) (?:left|middle|right))"
+    )
     checked = Counter()
     for split in synthetic.SPLITS:
-        scenes = {s["image_id"]: s["objects"] for s in load_json(world / f"scenes_{split}.json")["scenes"]}
+        scenes = {
+            s["image_id"]: s["objects"] for s in load_json(world / f"scenes_{split}.json")["scenes"]
+        }
         captions = load_json(world / f"captions_{split}.json")["annotations"]
-        by_image = {image_id: [c["caption"] for c in captions if c["image_id"] == image_id] for image_id in scenes}
+        by_image = {
+            image_id: [c["caption"] for c in captions if c["image_id"] == image_id]
+            for image_id in scenes
+        }
         for image_id, texts in by_image.items():
             objects = scenes[image_id]
             assert len(texts) == 5 == len(set(texts)) and all(t == t.lower() for t in texts)
             mentioned = set()
             for text in texts:
-                groups = {(m["p_colour"], m["p_shape"]) for m in phrase.finditer(text) if matching_objects(m, "p", objects)}
+                groups = {
+                    (m["p_colour"], m["p_shape"])
+                    for m in phrase.finditer(text)
+                    if matching_objects(m, "p", objects)
+                }
                 mentioned |= groups
                 checked.update(m["p_count"] for m in phrase.finditer(text))
                 if m := related.search(text):
                     checked["relation"] += 1
-                    assert any(holds(m["relation"], a, b) for a in matching_objects(m, "a", objects)
-                               for b in matching_objects(m, "b", objects) if a is not b), text
+                    assert any(
+                        holds(m["relation"], a, b)
+                        for a in matching_objects(m, "a", objects)
+                        for b in matching_objects(m, "b", objects)
+                        if a is not b
+                    ), text
                 else:  # any caption without a relation lists every kind of object
                     assert groups == {(o["colour"], o["shape"]) for o in objects}, text
                 for m in placed.finditer(text):
-                    assert any(cell(o["box"], 64) == m["cell"] for o in matching_objects(m, "p", objects)), text
+                    assert any(
+                        cell(o["box"], 64) == m["cell"] for o in matching_objects(m, "p", objects)
+                    ), text
                     checked["position"] += 1
                 if m := re.match(r"(two|three) (?:shapes|objects):", text):
                     assert len(objects) == ("two", "three").index(m[1]) + 2
                     checked["total"] += 1
             assert mentioned == {(o["colour"], o["shape"]) for o in objects}
-    assert set(checked) == {"a", "an", "a single", "two", "three", "relation", "position", "total"}, checked
+    assert set(checked) == {
+        "a",
+        "an",
+        "a single",
+        "two",
+        "three",
+        "relation",
+        "position",
+        "total",
+    }, checked
 
 
 def test_every_video_caption_fact_follows_from_the_scene(world):
-    words = {"left": {"left", "leftwards"}, "right": {"right", "rightwards"}, "up": {"up", "upwards", "top"},
-             "down": {"down", "downwards", "bottom"}}
+    words = {
+        "left": {"left", "leftwards"},
+        "right": {"right", "rightwards"},
+        "up": {"up", "upwards", "top"},
+        "down": {"down", "downwards", "bottom"},
+    }
     ends = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
     for split in synthetic.SPLITS:
-        scenes = {s["image_id"]: s for s in load_json(world / f"video_scenes_{split}.json")["scenes"]}
+        scenes = {
+            s["image_id"]: s for s in load_json(world / f"video_scenes_{split}.json")["scenes"]
+        }
         for caption in load_json(world / f"video_captions_{split}.json")["annotations"]:
             video, text = scenes[caption["image_id"]], caption["caption"]
             tokens = text.split()
-            assert video["shape"] in tokens and {SIZE_ADJECTIVES[t] for t in tokens if t in SIZE_ADJECTIVES} <= {video["size"]}
+            assert video["shape"] in tokens and {
+                SIZE_ADJECTIVES[t] for t in tokens if t in SIZE_ADJECTIVES
+            } <= {video["size"]}
             start, end = video["colours"][0], video["colours"][-1]
             if start != end:
                 assert tokens.index(start) < len(tokens) - 1 - tokens[::-1].index(end), text
@@ -240,12 +395,15 @@ def test_every_video_caption_fact_follows_from_the_scene(world):
                 continue
             assert start in tokens and not set(tokens) & (set(synthetic.COLOURS) - {start})
             (x0, y0, *_), (x1, y1, *_) = video["boxes"][0], video["boxes"][-1]
-            direction = ("left" if x1 < x0 else "right") if x1 != x0 else ("up" if y1 < y0 else "down")
+            direction = (
+                ("left" if x1 < x0 else "right") if x1 != x0 else ("up" if y1 < y0 else "down")
+            )
             if m := re.search(r"from (?:the )?(\w+) to (?:the )?(\w+)", text):
                 assert m[2] == ends[direction] and m[1] != m[2], text
             else:
                 assert set(tokens) & words[direction] and not set(tokens) & set().union(
-                    *(w for d, w in words.items() if d != direction)), text
+                    *(w for d, w in words.items() if d != direction)
+                ), text
 
 
 def test_pixels_show_the_scene(world):
@@ -265,4 +423,7 @@ def test_pixels_show_the_scene(world):
             frames = sorted((world / video["file_name"]).iterdir())
             assert [f.name for f in frames] == [f"frame_{t:03d}.png" for t in range(4)]
             for frame, (x0, y0, x1, y1), colour in zip(frames, video["boxes"], video["colours"]):
-                assert tuple(np.asarray(Image.open(frame))[(y0 + y1) // 2, (x0 + x1) // 2]) == synthetic.COLOURS[colour]
+                assert (
+                    tuple(np.asarray(Image.open(frame))[(y0 + y1) // 2, (x0 + x1) // 2])
+                    == synthetic.COLOURS[colour]
+                )

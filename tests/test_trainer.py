@@ -1,5 +1,6 @@
 """trainer.py: the data order over ranks and micro-steps, the learning-rate schedule, the NaN stop.
 The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
+
 import json
 import subprocess
 import sys
@@ -8,11 +9,11 @@ import pytest
 import torch
 
 import data
-from stage0 import pretrain
 import trainer
-from support.checkpoints import ModelSpec, build_vlm, load_checkpoint
 from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
+from stage0 import pretrain
+from support.checkpoints import ModelSpec, build_vlm, load_checkpoint
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -26,29 +27,50 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         calls.append(1)
         return (loss_sum * float("nan") if len(calls) == 5 else loss_sum), count
 
-    config = trainer.TrainConfig(out_dir=str(tmp_path / "run"), steps=8, batch_size=4, save_every=2, eval_every=100)
+    config = trainer.TrainConfig(
+        out_dir=str(tmp_path / "run"), steps=8, batch_size=4, save_every=2, eval_every=100
+    )
     dataset = data.TextDataset([[text] for text in texts], tokenizer)
     with pytest.raises(FloatingPointError, match="step 4.*last good checkpoint"):
-        trainer.train(model, loss_fn, dataset, dataset, lambda s: data.collate(s, tokenizer.pad_id), config, "pretrain-lm",
-                      ModelSpec(lm=model.config))
+        trainer.train(
+            model,
+            loss_fn,
+            dataset,
+            dataset,
+            lambda s: data.collate(s, tokenizer.pad_id),
+            config,
+            "pretrain-lm",
+            ModelSpec(lm=model.config),
+        )
     assert load_checkpoint(str(tmp_path / "run"))["step"] == 4
-    assert torch.isfinite(torch.cat([t.flatten() for t in load_checkpoint(str(tmp_path / "run"))["model"].values()])).all()
-
+    assert torch.isfinite(
+        torch.cat([t.flatten() for t in load_checkpoint(str(tmp_path / "run"))["model"].values()])
+    ).all()
 
 
 def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
     groups = [10, 6]
     whole = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=0, end_step=7))
-    split = [trainer.StepBatches(groups, 4, 2, rank, 2, seed=3, start_step=0, end_step=7) for rank in (0, 1)]
+    split = [
+        trainer.StepBatches(groups, 4, 2, rank, 2, seed=3, start_step=0, end_step=7)
+        for rank in (0, 1)
+    ]
     pieces = [list(s) for s in split]
     for step in range(7):
-        rebuilt = pieces[0][2 * step] + pieces[0][2 * step + 1] + pieces[1][2 * step] + pieces[1][2 * step + 1]
+        rebuilt = (
+            pieces[0][2 * step]
+            + pieces[0][2 * step + 1]
+            + pieces[1][2 * step]
+            + pieces[1][2 * step + 1]
+        )
         assert rebuilt == whole[step]
         assert len({i >= 10 for i in whole[step]}) == 1, "a batch never mixes groups"
     resumed = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=4, end_step=7))
     assert resumed == whole[4:]
     group_0 = sorted(i for batch in whole for i in batch if i < 10)
-    assert all(group_0.count(i) <= group_0.count(j) + 1 for i in range(10) for j in range(10)), "epochs are permutations"
+    assert all(group_0.count(i) <= group_0.count(j) + 1 for i in range(10) for j in range(10)), (
+        "epochs are permutations"
+    )
     with pytest.raises(ValueError, match="multiple of world_size"):
         trainer.StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)
 
@@ -68,11 +90,28 @@ def tiny_lm_run(tmp_path, loss_fn=None, **config):
     tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
     torch.manual_seed(0)
     model = PaLMDecoder(PaLMConfig(vocab_size=tokenizer.vocab_size, dim=32, depth=1, num_heads=2))
-    config = trainer.TrainConfig(**{"out_dir": str(tmp_path / "run"), "steps": 4, "batch_size": 4, "save_every": 2,
-                                    "eval_every": 100, "log_every": 1, **config})
+    config = trainer.TrainConfig(
+        **{
+            "out_dir": str(tmp_path / "run"),
+            "steps": 4,
+            "batch_size": 4,
+            "save_every": 2,
+            "eval_every": 100,
+            "log_every": 1,
+            **config,
+        }
+    )
     dataset = data.TextDataset([[text] for text in texts], tokenizer)
-    return trainer.train(model, loss_fn or pretrain.lm_loss, dataset, dataset, lambda s: data.collate(s, tokenizer.pad_id),
-                         config, "pretrain-lm", ModelSpec(lm=model.config))
+    return trainer.train(
+        model,
+        loss_fn or pretrain.lm_loss,
+        dataset,
+        dataset,
+        lambda s: data.collate(s, tokenizer.pad_id),
+        config,
+        "pretrain-lm",
+        ModelSpec(lm=model.config),
+    )
 
 
 def metrics(run):
@@ -89,7 +128,9 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_step(tmp_path
             loss_sum = loss_sum + (m.token_embedding.weight[0, 0] * 0).sqrt()
         return loss_sum, count
 
-    with pytest.raises(FloatingPointError, match=r"gradient norm is nan \(loss \d+\.\d+\) at step 3.*last good"):
+    with pytest.raises(
+        FloatingPointError, match=r"gradient norm is nan \(loss \d+\.\d+\) at step 3.*last good"
+    ):
         tiny_lm_run(tmp_path, loss_fn, steps=6)
     saved = load_checkpoint(str(tmp_path / "run"))
     assert saved["step"] == 2
@@ -98,8 +139,10 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_step(tmp_path
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
-    """An update that overflows (here: an optimizer step that leaves an inf in the weights at step 3)
+    """An update that overflows (here: an optimizer step that leaves an inf in the weights at step
+    3)
     after a finite loss and gradient: the run stops, the checkpoint of step 2 stays the newest."""
+
     class OverflowingAdamW(torch.optim.AdamW):
         def step(self, closure=None):
             super().step(closure)
@@ -115,31 +158,64 @@ def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
 
 
 def test_weight_decay_applies_to_the_weights_of_linear_layers_only():
-    """Not the resampler's latents or time embeddings, the norms, the biases or the token embedding."""
-    for adapter, resampler in (("vadapter", "adapter.resampler."), ("perceiver", "adapter.resampler."),
-                               ("resampler", "adapter.")):
+    """Not the resampler's latents or time embeddings, the norms, the biases or the token
+    embedding."""
+    for adapter, resampler in (
+        ("vadapter", "adapter.resampler."),
+        ("perceiver", "adapter.resampler."),
+        ("resampler", "adapter."),
+    ):
         model = build_vlm(toy_spec(adapter))
-        groups = trainer.build_optimizer(model, trainer.TrainConfig(weight_decay=0.1), torch.device("cpu")).param_groups
+        groups = trainer.build_optimizer(
+            model, trainer.TrainConfig(weight_decay=0.1), torch.device("cpu")
+        ).param_groups
         names = {id(p): name for name, p in model.named_parameters()}
-        decayed = {names[id(p)] for group in groups if group["weight_decay"] == 0.1 for p in group["params"]}
-        kept = {names[id(p)] for group in groups if group["weight_decay"] == 0.0 for p in group["params"]}
-        linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        decayed = {
+            names[id(p)]
+            for group in groups
+            if group["weight_decay"] == 0.1
+            for p in group["params"]
+        }
+        kept = {
+            names[id(p)]
+            for group in groups
+            if group["weight_decay"] == 0.0
+            for p in group["params"]
+        }
+        linear = {
+            f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        }
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         assert decayed == linear & trainable and kept == trainable - linear, adapter
-        assert {f"{resampler}latents", f"{resampler}time_embedding", f"{resampler}final_norm.bias"} <= kept, adapter
-        assert all(name.endswith(("latents", "time_embedding", "norm.weight", "norm.bias", "token_embedding.weight"))
-                   for name in kept), kept
-    assert "lm.token_embedding.weight" in kept  # stage 1 trains the LM: its tied embedding is not decayed
+        assert {
+            f"{resampler}latents",
+            f"{resampler}time_embedding",
+            f"{resampler}final_norm.bias",
+        } <= kept, adapter
+        assert all(
+            name.endswith(
+                ("latents", "time_embedding", "norm.weight", "norm.bias", "token_embedding.weight")
+            )
+            for name in kept
+        ), kept
+    assert (
+        "lm.token_embedding.weight" in kept
+    )  # stage 1 trains the LM: its tied embedding is not decayed
 
 
 def test_a_second_run_into_the_same_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     tiny_lm_run(tmp_path, steps=2)
     run = tmp_path / "run"
     before = {path.name: path.read_bytes() for path in run.iterdir()}
-    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint.pt, metrics.jsonl\).*--resume true.*"
-                                              r"--overwrite true"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"already holds a run \(checkpoint.pt, metrics.jsonl\).*--resume true.*"
+        r"--overwrite true",
+    ):
         tiny_lm_run(tmp_path, steps=3)
-    assert {path.name: path.read_bytes() for path in run.iterdir()} == before, "the earlier run is untouched"
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before, (
+        "the earlier run is untouched"
+    )
     tiny_lm_run(tmp_path, steps=3, resume=True)
     assert [line["step"] for line in metrics(run)] == [1, 2, 3]
     tiny_lm_run(tmp_path, steps=1, overwrite=True)
@@ -151,9 +227,15 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_kept_before_it(tmp_pat
     straight = tmp_path / "straight"
     straight.mkdir()
     tiny_lm_run(straight, steps=8)
-    tiny_lm_run(tmp_path, steps=6)  # keeps checkpoint.pt (step 6) and checkpoint-4.pt; step 2's is gone
+    tiny_lm_run(
+        tmp_path, steps=6
+    )  # keeps checkpoint.pt (step 6) and checkpoint-4.pt; step 2's is gone
     run = tmp_path / "run"
-    assert sorted(path.name for path in run.iterdir()) == ["checkpoint-4.pt", "checkpoint.pt", "metrics.jsonl"]
+    assert sorted(path.name for path in run.iterdir()) == [
+        "checkpoint-4.pt",
+        "checkpoint.pt",
+        "metrics.jsonl",
+    ]
     newest = run / "checkpoint.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a truncated copy
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -165,8 +247,12 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_kept_before_it(tmp_pat
     printed = capsys.readouterr().out
     assert f"{newest} cannot be read, truncated or corrupt" in printed and "resumed from" in printed
     assert f"removed {run / f'checkpoint.pt.tmp-{dead.pid}'}" in printed
-    assert sorted(path.name for path in run.iterdir()) == ["checkpoint-6.pt", "checkpoint.pt", "checkpoint.pt.broken",
-                                                           "metrics.jsonl"]
+    assert sorted(path.name for path in run.iterdir()) == [
+        "checkpoint-6.pt",
+        "checkpoint.pt",
+        "checkpoint.pt.broken",
+        "metrics.jsonl",
+    ]
     resumed, expected = metrics(run), metrics(straight / "run")
     assert [line["step"] for line in resumed] == list(range(1, 9))
     for got, want in zip(resumed, expected):
@@ -175,7 +261,10 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_kept_before_it(tmp_pat
 
 def test_keep_checkpoints_one_keeps_only_the_newest(tmp_path):
     tiny_lm_run(tmp_path, steps=6, keep_checkpoints=1)
-    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [
+        "checkpoint.pt",
+        "metrics.jsonl",
+    ]
     with pytest.raises(ValueError, match="--keep-checkpoints 0"):
         tiny_lm_run(tmp_path, steps=6, keep_checkpoints=0, overwrite=True)
 

@@ -1,4 +1,5 @@
 """vit.py: shapes, video = frame by frame, position-embedding resizing, presets, config errors."""
+
 import pytest
 import torch
 
@@ -31,7 +32,9 @@ def test_patch_embedding_is_local(model):
     changed = pixels.clone()
     changed[0, :, 9, 17] += 1.0  # row 9, column 17: patch (1, 2) of the 4 x 4 grid
     with torch.no_grad():
-        difference = (model.patch_embedding(changed) - model.patch_embedding(pixels)).abs().sum(1).flatten()  # (16,)
+        difference = (
+            (model.patch_embedding(changed) - model.patch_embedding(pixels)).abs().sum(1).flatten()
+        )  # (16,)
     assert difference.nonzero().flatten().tolist() == [1 * 4 + 2]
 
 
@@ -43,7 +46,9 @@ def test_resizing_the_position_embedding_to_its_own_grid_is_the_identity(model):
 def test_resizing_keeps_rows_as_rows():
     """An embedding that varies only down the rows of the patch grid still does after resizing to a
     non-square grid (catches height/width mix-ups in the reshapes), and keeps increasing."""
-    rows = torch.arange(4.0).repeat_interleave(4).view(1, 16, 1).expand(1, 16, 3)  # value = row index
+    rows = (
+        torch.arange(4.0).repeat_interleave(4).view(1, 16, 1).expand(1, 16, 3)
+    )  # value = row index
     resized = resize_position_embedding(rows, (4, 4), (6, 3)).view(6, 3, 3)  # (rows, columns, D)
     torch.testing.assert_close(resized, resized[:, :1].expand(6, 3, 3))
     assert (resized[1:, 0, 0] > resized[:-1, 0, 0]).all()
@@ -78,7 +83,9 @@ def test_math_and_sdpa_backends_agree():
 
 def test_gradients_reach_every_parameter(model):
     features = model.train()(torch.randn(2, 3, 32, 32))
-    (features * torch.randn_like(features)).sum().backward()  # a plain sum would cancel in the final LayerNorm
+    (
+        features * torch.randn_like(features)
+    ).sum().backward()  # a plain sum would cancel in the final LayerNorm
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
@@ -87,7 +94,8 @@ def test_gradients_reach_every_parameter(model):
     [("toy", 64, 826_240), ("B/16", 196, 85_797_120), ("L/14", 256, 303_176_704)],
 )
 def test_presets(name, patches, parameters):
-    """Standard ViT sizes without class token or head (timm's B/16 body is 85.8M, CLIP's L/14 303M)."""
+    """Standard ViT sizes without class token or head (timm's B/16 body is 85.8M, CLIP's L/14
+    303M)."""
     config = VIT_CONFIGS[name]
     assert config.grid_size**2 == patches
     with torch.device("meta"):  # shapes only: no memory, no initialization time

@@ -1,14 +1,16 @@
-"""vlm.py: the wiring of Figure 2. Each adapter learns to carry image information into a frozen LM."""
+"""vlm.py: the wiring of Figure 2. Each adapter learns to carry image information into a frozen
+LM."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import data
-from support.checkpoints import build_vlm
 from conftest import toy_spec
 from evaluation.decoding import greedy_decode
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
+from support.checkpoints import build_vlm
 from vlm import MLPAdapter, VAdapter
 
 VOCAB, CAPTION_LEN = 64, 6
@@ -51,14 +53,20 @@ def pretrain_frozen_lm_to_copy(lm, steps=300):
 @pytest.mark.parametrize("adapter", ["perceiver", "vadapter", "mlp"])
 def test_adapter_learns_to_carry_the_image_and_frozen_parts_stay_put(adapter):
     torch.manual_seed(0)
-    model = build_vlm(toy_spec(adapter, num_latents=CAPTION_LEN))  # mlp: one visual token per patch (16)
+    model = build_vlm(
+        toy_spec(adapter, num_latents=CAPTION_LEN)
+    )  # mlp: one visual token per patch (16)
     pretrain_frozen_lm_to_copy(model.lm)
-    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    frozen_before = {
+        n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad
+    }
     trainable = model.trainable_parameters()
     assert trainable and all(n.startswith("adapter.") for n, _ in trainable)
     assert not any(n.startswith(("vision.", "lm.")) for n, _ in trainable)
     if adapter == "vadapter":
-        assert not any("token_embedding" in n for n, _ in trainable), "the tiny LM's unused embedding is not trained"
+        assert not any("token_embedding" in n for n, _ in trainable), (
+            "the tiny LM's unused embedding is not trained"
+        )
 
     pixels, input_ids, loss_mask = eight_pairs()
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=3e-3)
@@ -74,7 +82,9 @@ def test_adapter_learns_to_carry_the_image_and_frozen_parts_stay_put(adapter):
         final = model(input_ids, loss_mask, pixels=pixels)[1].item()
         blanked = model(input_ids, loss_mask, pixels=torch.zeros_like(pixels))[1].item()
     assert final < start / 2, (start, final)
-    assert final < blanked, "with the images blanked the captions are harder: the visual path carries information"
+    assert final < blanked, (
+        "with the images blanked the captions are harder: the visual path carries information"
+    )
     assert not model.vision.training and not model.lm.training
     for name, p in model.named_parameters():
         if name in frozen_before:
@@ -119,11 +129,16 @@ def test_vadapter_maps_widths_with_a_linear_layer_on_each_side_of_the_tiny_lm():
     resampler = PerceiverResampler(ResamplerConfig.for_perceiver(48, depth=1, num_latents=4))
     tiny_lm = PaLMDecoder(PaLMConfig(vocab_size=64, dim=32, depth=1, num_heads=4, max_seq_len=16))
     adapter = VAdapter(resampler, tiny_lm, lm_dim=64)
-    assert adapter.input_projection.weight.shape == (32, 48) and adapter.projection.weight.shape == (64, 32)
+    assert adapter.input_projection.weight.shape == (
+        32,
+        48,
+    ) and adapter.projection.weight.shape == (64, 32)
     features = torch.randn(2, 3, 9, 48)  # a 3-frame video
     tokens = adapter(features)
     assert tokens.shape == (2, 4, 64)
-    expected = adapter.projection(tiny_lm(prefix=adapter.input_projection(resampler(features)), return_hidden=True))
+    expected = adapter.projection(
+        tiny_lm(prefix=adapter.input_projection(resampler(features)), return_hidden=True)
+    )
     torch.testing.assert_close(tokens, expected, atol=0, rtol=0)
     (tokens * torch.randn_like(tokens)).sum().backward()
     for layer in (adapter.input_projection, adapter.projection):
@@ -136,17 +151,28 @@ def test_mlp_adapter_reads_every_patch_and_a_video_as_its_frame_mean():
     torch.manual_seed(0)
     adapter = MLPAdapter(48, 64)
     image, video = torch.randn(2, 9, 48), torch.randn(2, 3, 9, 48)
-    expected = F.gelu(image @ adapter.hidden.weight.T + adapter.hidden.bias) @ adapter.out.weight.T + adapter.out.bias
+    expected = (
+        F.gelu(image @ adapter.hidden.weight.T + adapter.hidden.bias) @ adapter.out.weight.T
+        + adapter.out.bias
+    )
     torch.testing.assert_close(adapter(image), expected, atol=1e-6, rtol=1e-6)
     assert adapter(video).shape == (2, 9, 64)
     torch.testing.assert_close(adapter(video), adapter(video.mean(dim=1)), atol=0, rtol=0)
-    padded = torch.cat([video, torch.randn(2, 2, 9, 48)], dim=1)  # 2 padding frames (collate's), counted out
-    torch.testing.assert_close(adapter(padded, torch.tensor([3, 3])), adapter(video), atol=1e-6, rtol=0)
+    padded = torch.cat(
+        [video, torch.randn(2, 2, 9, 48)], dim=1
+    )  # 2 padding frames (collate's), counted out
+    torch.testing.assert_close(
+        adapter(padded, torch.tensor([3, 3])), adapter(video), atol=1e-6, rtol=0
+    )
     with pytest.raises(ValueError, match=r"\(B, N, 48\).*got shape \(2, 9, 40\)"):
         adapter(torch.randn(2, 9, 40))
     model = build_vlm(toy_spec("mlp"))
     assert model.num_trainable_parameters() == 48 * 64 + 64 + 64 * 64 + 64
-    assert model.visual_tokens(torch.randn(2, 4, 3, 32, 32)).shape == (2, 16, 64)  # 4 x 4 patches of 8 pixels
+    assert model.visual_tokens(torch.randn(2, 4, 3, 32, 32)).shape == (
+        2,
+        16,
+        64,
+    )  # 4 x 4 patches of 8 pixels
 
 
 @pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
@@ -155,15 +181,31 @@ def test_a_short_video_padded_in_a_batch_gives_the_visual_tokens_it_gives_alone(
     frames (whatever the ViT makes of them) are left out, so each row equals the video alone."""
     torch.manual_seed(0)
     model = build_vlm(toy_spec(adapter, max_frames=5))
-    torch.nn.init.normal_(model.adapter.resampler.time_embedding, std=0.5)  # learned ones: frame t gets its own
+    torch.nn.init.normal_(
+        model.adapter.resampler.time_embedding, std=0.5
+    )  # learned ones: frame t gets its own
     videos = [torch.randn(frames, 3, 32, 32) for frames in (5, 3, 5)]
-    batch = data.collate([{"pixels": video, "input_ids": torch.tensor([2, 5]), "loss_mask": torch.tensor([False, True]),
-                           "image_id": i} for i, video in enumerate(videos)], pad_id=0)
+    batch = data.collate(
+        [
+            {
+                "pixels": video,
+                "input_ids": torch.tensor([2, 5]),
+                "loss_mask": torch.tensor([False, True]),
+                "image_id": i,
+            }
+            for i, video in enumerate(videos)
+        ],
+        pad_id=0,
+    )
     assert batch["pixels"].shape == (3, 5, 3, 32, 32) and batch["num_frames"].tolist() == [5, 3, 5]
     assert torch.equal(batch["pixels"][1, 3:], torch.zeros(2, 3, 32, 32))
     with torch.no_grad():
         batched = model.visual_tokens(batch["pixels"], num_frames=batch["num_frames"])
         for row, video in enumerate(videos):
-            torch.testing.assert_close(batched[row], model.visual_tokens(video[None])[0], atol=1e-5, rtol=0)
-        unmasked = model.visual_tokens(batch["pixels"])  # the padding read as frames: another result
+            torch.testing.assert_close(
+                batched[row], model.visual_tokens(video[None])[0], atol=1e-5, rtol=0
+            )
+        unmasked = model.visual_tokens(
+            batch["pixels"]
+        )  # the padding read as frames: another result
     assert (unmasked[1] - batched[1]).abs().max() > 1e-3
