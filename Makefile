@@ -1,4 +1,4 @@
-# `make test` creates (or reuses) .venv, installs the requirements and runs the tests.
+# `make test` creates (or reuses) .venv, installs the requirements, runs `make lint`, then the tests.
 # `make demo` runs the whole method offline on the synthetic data and prints the comparison table.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY ?= $(VENV)/bin/python
 INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
-.PHONY: test install clean pretrain demo demo-quick paper FORCE
+.PHONY: test lint install clean pretrain demo demo-quick paper FORCE
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 
 install: $(VENV)/.installed
 
-test: install
+# ruff's settings (100 characters, the rule set) are in pyproject.toml.
+lint: install
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:
@@ -59,11 +64,10 @@ FROZEN = --vit $(STAGE0)/vit.safetensors --lm $(STAGE0)/large_lm.safetensors
 ifdef OMP_NUM_THREADS
 export OMP_NUM_THREADS
 endif
-MODEL_CODE = attention.py vit.py palm_decoder.py resampler.py vlm.py support/checkpoints.py support/hf_weights.py
-TRAIN_CODE = $(MODEL_CODE) data.py support/readers.py support/feature_cache.py support/flags.py \
-	support/run_folder.py trainer.py
-EVAL_CODE = $(MODEL_CODE) data.py support/readers.py evaluation/decoding.py evaluation/metrics.py \
-	evaluation/diagnostics.py stage0/scenes.py evaluate.py
+# The code each stage runs (support/ whole: the shared readers, checkpoints and flags).
+MODEL_CODE = attention.py vit.py palm_decoder.py resampler.py vlm.py $(wildcard support/*.py)
+TRAIN_CODE = $(MODEL_CODE) data.py trainer.py
+EVAL_CODE = $(MODEL_CODE) data.py evaluate.py $(wildcard evaluation/*.py) stage0/scenes.py
 STAGE1_FLAGS = --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --steps $(STAGE1_STEPS) $(TRAIN_FLAGS)
 STAGE2_FLAGS = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
 EVAL_FLAGS = --data $(DATA) --limit $(EVAL_LIMIT)
@@ -78,7 +82,7 @@ $(RUNS)/flags/%: FORCE
 	$(call flags_file,$($*))
 FORCE:
 
-$(DATA)/dataset.json: stage0/synthetic.py support/readers.py $(STAGE0)/tokenizer.model $(RUNS)/flags/DATA_FLAGS | $(INSTALL)
+$(DATA)/dataset.json: stage0/synthetic.py stage0/world.py stage0/captions.py support/writers.py $(STAGE0)/tokenizer.model $(RUNS)/flags/DATA_FLAGS | $(INSTALL)
 	$(PY) -m stage0.synthetic --out $(DATA) --tokenizer $(STAGE0)/tokenizer.model $(DATA_FLAGS)
 
 $(RUNS)/stage1/done: $(DATA)/dataset.json $(STAGE0)/vit.safetensors $(STAGE0)/tiny_lm.safetensors train_stage1.py $(TRAIN_CODE) $(RUNS)/flags/STAGE1_FLAGS

@@ -180,16 +180,14 @@ def pad_keys_for_cpu_flex(k, v, mask: Mask | None):
     if padding == 0:
         return k, v, mask
     real_keys = key_padding(torch.full((B,), Sk, device=k.device))
-    k, v = (
-        F.pad(t, (0, 0, 0, padding)) for t in (k, v)
-    )  # (B, Hkv, Sk + padding, Dh), zeros at the end
+    # (B, Hkv, Sk + padding, Dh), zeros at the end
+    k, v = (F.pad(t, (0, 0, 0, padding)) for t in (k, v))
     return k, v, real_keys if mask is None else and_masks(mask, real_keys)
 
 
 def warn_once_past_recompile_limit(q, k, v, mask: Mask | None):
     """torch.compile keeps at most torch._dynamo.config.recompile_limit graphs of one function and
-    then
-    runs it uncompiled without failing: correct, but slow (every score materialized). Say so
+    then runs it uncompiled without failing: correct, but slow (every score materialized). Say so
     once."""
     key = (
         q.shape,

@@ -2,13 +2,14 @@
 
 The adapters learn captioning, and VQA as "question: ... answer:" with the loss on the answer
 only; videos are folders of frames that go through the same ViT. This file holds, top to bottom:
-1. image loading (any PIL mode -> normalized (3,S,S)) and a sentencepiece tokenizer;
+1. a sentencepiece tokenizer;
 2. `prompt_ids`, the one place training and evaluation build what the model reads before the
    target; the dataset, `collate`, and a frozen-feature cache;
-3. a data folder: which files hold each task, the datasets a stage trains on, the text corpus.
-The file readers (COCO captions, Karpathy, VQAv2) are in support/readers.py; the synthetic world
-that writes a data folder offline is stage0/synthetic.py (`python -m stage0.synthetic --out
-data/shapes`).
+3. a data folder: the datasets a stage trains on, the text corpus.
+Image loading (any PIL mode -> normalized (3,S,S)) is in support/images.py, which files hold each
+task in support/data_folder.py, the file readers (COCO captions, Karpathy, VQAv2) in
+support/readers.py; the synthetic world that writes a data folder offline is stage0/synthetic.py
+(`python -m stage0.synthetic --out data/shapes`).
 """
 
 import io
@@ -17,101 +18,27 @@ import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import sentencepiece
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from support.readers import (
-    Annotations,
-    BadSamples,
-    DataError,
-    Example,
-    frame_files,
-    read_captions,
-    read_vqa,
-    write_atomically,
-)  # vqa_prompt: the text whose ids prompt_ids builds, for evaluation too
+# `name as name`: names of the data box that the rest of the project reads as data.<name>, though
+# they live in support/ (vqa_prompt: the text whose ids prompt_ids builds, for evaluation too).
+from support.data_checks import BadSamples, DataError
+from support.data_folder import TASK_FILES, available_tasks, read_task
+from support.images import frame_files as frame_files
+from support.images import load_image as load_image
+from support.images import load_pixels
+from support.readers import Annotations as Annotations
+from support.readers import Example
+from support.readers import read_captions as read_captions
+from support.readers import read_vqa as read_vqa
+from support.readers import vqa_prompt as vqa_prompt
+from support.writers import write_atomically
 
 # ---------------------------------------------------------------------------------------------
-# 1. Pixels and tokens
+# 1. Tokens
 # ---------------------------------------------------------------------------------------------
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I"):
-        # 16-bit grey (PNG 16-bit opens as I or I;16): scale to 8 bits, plain conversion clips to
-        # white.
-        grey = np.asarray(image).astype(np.float64) / 257
-        image = Image.fromarray(grey.clip(0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels keep arbitrary colours (often black); composite them on white.
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
-
-
-def load_image(
-    path: str | Path,
-    image_size: int,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    resize: str = "crop",
-) -> torch.Tensor:
-    """Any PIL mode -> RGB, resized to image_size x image_size, normalized: (3, S, S).
-    resize="crop": short side to image_size (the long side truncated, as torchvision and
-    transformers compute it),
-    centre crop (CLIP); "square": the whole image squeezed to the square (SigLIP). Bicubic both."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = to_rgb(image)
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as error:  # missing/truncated/corrupt/huge
-        raise DataError(
-            f"{path}: cannot read image ({error}); expected a complete image file"
-        ) from error
-    width, height = image.size
-    if resize == "square":
-        size = (image_size, image_size)
-    else:
-        short, long = sorted((width, height))
-        size = (image_size, int(image_size * long / short))[:: 1 if width <= height else -1]
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(
-        2, 0, 1
-    )  # (3, S, S)
-    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
-def load_pixels(
-    path: Path,
-    image_size: int,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    resize: str = "crop",
-    max_frames: int | None = None,
-) -> torch.Tensor:
-    """An image file -> (3, S, S); a folder of frames -> (T, 3, S, S), frames in file-name order,
-    T <= max_frames: a longer video gives max_frames frames spread evenly over it (first and last
-    kept).
-    The keyword arguments are a ViTConfig's pixel_options()."""
-    if Path(path).is_dir():
-        frames = frame_files(Path(path))
-        if max_frames is not None and len(frames) > max_frames:
-            frames = [
-                frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
-            ]
-        return torch.stack([load_image(frame, image_size, mean, std, resize) for frame in frames])
-    return load_image(path, image_size, mean, std, resize)
 
 
 class Tokenizer:
@@ -154,6 +81,7 @@ class Tokenizer:
     def train(cls, texts, model_path: str | Path, vocab_size: int) -> "Tokenizer":
         """Trains on `texts` (an iterable of strings); the same texts give the same model file."""
         model = io.BytesIO()
+        # one thread: the same input always gives the same model
         sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
             model_writer=model,
@@ -167,7 +95,7 @@ class Tokenizer:
             eos_id=3,
             num_threads=1,
             minloglevel=2,
-        )  # one thread: the same input always gives the same model
+        )
         write_atomically(model_path, lambda temporary: temporary.write_bytes(model.getvalue()))
         return cls(model_path)
 
@@ -202,18 +130,18 @@ def prompt_texts(prompt: str) -> tuple[str, str]:
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], int]:
     """What the model reads before the target, the same in training (VisionTextDataset) and in
-    evaluation (decoding continues after it): ([bos] + before + after ids, visual_at), the visual
-    tokens going before position visual_at of those ids."""
+    evaluation (decoding continues after it): ([bos] + before + after ids, visual_start), the visual
+    tokens going before position visual_start of those ids."""
     before, after = prompt_texts(prompt)
     before_ids = [tokenizer.bos_id] + tokenizer.encode(before)
     return before_ids + tokenizer.encode(after), len(before_ids)
 
 
 class VisionTextDataset(Dataset):
-    """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), visual_at, image_id[,
-    question_id]} with input_ids = prompt_ids + target + [eos], the visual tokens before position
-    visual_at, and loss_mask True on target + eos: the token at i is predicted from the slot before
-    it.
+    """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), visual_start,
+    image_id[, question_id]} with input_ids = prompt_ids + target + [eos], the visual tokens before
+    position visual_start, and loss_mask True on target + eos: the token at i is predicted from the
+    slot before it.
 
     max_text_tokens: the most text positions a sample may have (the LM's context minus the visual
     tokens). Longer texts are cut to it, keeping their beginning, and counted (`truncated`) here,
@@ -238,9 +166,8 @@ class VisionTextDataset(Dataset):
         self.skip, self.max_text_tokens, self.truncated = bad.skip, max_text_tokens, 0
         if max_text_tokens is not None:
             examples = self.fit_texts(examples, max_text_tokens, bad)
-        self.skipped = bad.report(
-            "VisionTextDataset"
-        )  # bad samples left out, per reason (task_datasets adds the readers')
+        # bad samples left out, per reason (task_datasets adds the readers')
+        self.skipped = bad.report("VisionTextDataset")
         if not examples:
             raise DataError("no examples: the annotation files gave no usable sample")
         self.examples = examples
@@ -251,16 +178,14 @@ class VisionTextDataset(Dataset):
     ) -> list[Example]:
         """The examples whose prompt leaves room for a target token; counts the texts to cut."""
         texts = [prompt_texts(e.prompt) for e in examples]
-        befores = self.tokenizer.model.encode(
-            [before for before, _ in texts]
-        )  # one call: sentencepiece batches
+        # one call: sentencepiece batches
+        befores = self.tokenizer.model.encode([before for before, _ in texts])
         afters = self.tokenizer.model.encode([after for _, after in texts])
         targets = self.tokenizer.model.encode([e.target for e in examples])
         kept, first_cut = [], None
         for example, before, after, target in zip(examples, befores, afters, targets):
-            prompt_length = (
-                1 + len(before) + len(after)
-            )  # [bos] + before + after, as prompt_ids builds it
+            # [bos] + before + after, as prompt_ids builds it
+            prompt_length = 1 + len(before) + len(after)
             if prompt_length >= max_text_tokens:
                 field = "field 'question'" if example.prompt else "the captioning prompt"
                 bad(
@@ -307,7 +232,7 @@ class VisionTextDataset(Dataset):
         raise DataError(f"none of the {len(self.examples)} images could be read")
 
     def sample(self, example: Example, pixels: torch.Tensor) -> dict:
-        prompt, visual_at = prompt_ids(self.tokenizer, example.prompt)
+        prompt, visual_start = prompt_ids(self.tokenizer, example.prompt)
         target = self.tokenizer.encode(example.target) + [self.tokenizer.eos_id]
         input_ids, loss_mask = prompt + target, [False] * len(prompt) + [True] * len(target)
         end = self.max_text_tokens  # None keeps all; fit_texts kept only prompts shorter than it
@@ -315,7 +240,7 @@ class VisionTextDataset(Dataset):
             "pixels": pixels,
             "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
             "loss_mask": torch.tensor(loss_mask[:end]),
-            "visual_at": visual_at,
+            "visual_start": visual_start,
             "image_id": example.image_id,
         }
         if example.question_id is not None:
@@ -325,8 +250,8 @@ class VisionTextDataset(Dataset):
 
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
-    (B,L) (False on padding), lengths (B,), visual_at (B,) when the samples have it, image_ids (and
-    question_ids if any) as lists."""
+    (B,L) (False on padding), lengths (B,), visual_start (B,) when the samples have it, image_ids
+    (and question_ids if any) as lists."""
     if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
         raise ValueError(
             "collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
@@ -342,8 +267,8 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
         batch["pixels"] = pad_frames([s["pixels"] for s in samples], batch)
         batch["image_ids"] = [s["image_id"] for s in samples]
-    if "visual_at" in samples[0]:
-        batch["visual_at"] = torch.tensor([s["visual_at"] for s in samples])
+    if "visual_start" in samples[0]:
+        batch["visual_start"] = torch.tensor([s["visual_start"] for s in samples])
     if any("question_id" in s for s in samples):  # None for captions mixed into a VQA batch
         batch["question_ids"] = [s.get("question_id") for s in samples]
     if unreadable := [path for s in samples for path in s.get("unreadable", ())]:
@@ -365,76 +290,10 @@ def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. A data folder: which files hold each task, the tokenizer, the datasets a stage trains on
+# 3. A data folder: the tokenizer's file, the datasets a stage trains on, the text corpus
 # ---------------------------------------------------------------------------------------------
 
-# Files of each task in a data folder ({split} is filled in), as `python -m stage0.synthetic` writes
-# them. Real
-# COCO / VQAv2 files are used by giving them these names (or symlinks) in one folder.
-TASK_FILES = {
-    "caption": {"captions": "captions_{split}.json"},
-    "vqa": {
-        "questions": "questions_{split}.json",
-        "annotations": "annotations_{split}.json",
-        "images": "captions_{split}.json",
-    },
-    "video_caption": {"captions": "video_captions_{split}.json"},
-    "video_vqa": {
-        "questions": "video_questions_{split}.json",
-        "annotations": "video_annotations_{split}.json",
-        "images": "video_captions_{split}.json",
-    },
-}
 TOKENIZER_FILE = "tokenizer.model"
-
-
-def available_tasks(folder: str | Path, split: str) -> list[str]:
-    return [
-        task
-        for task, files in TASK_FILES.items()
-        if all((Path(folder) / name.format(split=split)).exists() for name in files.values())
-    ]
-
-
-def read_task(
-    folder: str | Path,
-    task: str,
-    split: str,
-    on_bad_sample: str = "error",
-    allow_empty: bool = False,
-) -> Annotations:
-    """One task of one split; a Karpathy file under the captions names gives that split's images.
-    A task without a usable sample is an error that names it, never a silent gap in the data
-    (allow_empty: for a text corpus, which an empty task leaves whole)."""
-    if task not in TASK_FILES:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(TASK_FILES)}")
-    files = {
-        role: Path(folder) / name.format(split=split) for role, name in TASK_FILES[task].items()
-    }
-    videos = task.startswith("video")
-    if "captions" in files:
-        read = read_captions(
-            files["captions"], split=split, on_bad_sample=on_bad_sample, videos=videos
-        )
-    else:
-        read = read_vqa(
-            files["questions"],
-            files["annotations"],
-            files["images"],
-            on_bad_sample=on_bad_sample,
-            videos=videos,
-        )
-    if not read.examples and not allow_empty:
-        skipped = (
-            ", ".join(f"{count} x {reason}" for reason, count in sorted(read.skipped.items()))
-            or "none"
-        )
-        raise DataError(
-            f"{folder}: task {task!r} of split {split!r} has no usable sample in "
-            f"{', '.join(sorted({path.name for path in files.values()}))} (skipped: {skipped}); "
-            "fix the files, or leave the task out (--tasks of train_stage*.py and evaluate.py)"
-        )
-    return read
 
 
 def task_datasets(

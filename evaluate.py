@@ -2,38 +2,61 @@
 
 The paper reports captioning as CIDEr (COCO, MSRVTT, ...) and question answering as VQA accuracy
 (VQAv2, MSRVTT-QA, ...): the metrics are in `evaluation/metrics.py`, the decoders in
-`evaluation/decoding.py`. This file is the command that evaluates a stage-1 or stage-2 checkpoint on
-a data folder, compares stage-2 runs (the paper's table at our scale, with validation-loss curves),
-measures how much a model reads its images, and captions one image. Evaluation decodes greedily
-unless told otherwise, with fixed prompts ([bos] for captions, [bos] + "question: ... answer:" for
-VQA, as in training), so the same checkpoint always gives the same numbers.
+`evaluation/decoding.py`, scoring a task and captioning one image in `evaluation/tasks.py`, the
+results files and the comparison's table and curves in `evaluation/report.py`. This file is the
+command that evaluates a stage-1 or stage-2 checkpoint on a data folder, compares stage-2 runs (the
+paper's table at our scale, with validation-loss curves), measures how much a model reads its
+images, and captions one image. Evaluation decodes greedily unless told otherwise, with fixed
+prompts ([bos] for captions, [bos] + "question: ... answer:" for VQA, as in training), so the same
+checkpoint always gives the same numbers.
 
     python evaluate.py checkpoint runs/stage2 --data data/shapes --split val [--beam 1] [--limit N]
     python evaluate.py caption data/shapes/images/val/000001000001.png --checkpoint runs/stage2 \\
         --data data/shapes [--question "what color is the circle?"]
-    python evaluate.py compare runs/stage2_vadapter runs/stage2_perceiver --data data/shapes --out
-    runs/results python evaluate.py reliance runs/stage2_vadapter --data data/shapes python
-    evaluate.py probe runs/pretrain/vit --data data/shapes python evaluate.py context
-    runs/pretrain/large_lm --data data/shapes python evaluate.py diagnostics
-    runs/demo/results/results.json --data data/shapes --vit ... (see --help) python evaluate.py
-    bundle runs/stage2 --out stage2_shared.pt   (frozen models copied in, to share)
+    python evaluate.py compare runs/stage2_vadapter runs/stage2_perceiver --data data/shapes \\
+        --out runs/results
+    python evaluate.py reliance runs/stage2_vadapter --data data/shapes
+    python evaluate.py probe runs/pretrain/vit --data data/shapes
+    python evaluate.py context runs/pretrain/large_lm --data data/shapes
+    python evaluate.py diagnostics runs/demo/results/results.json --data data/shapes \\
+        --vit ... (see --help)
+    python evaluate.py bundle runs/stage2 --out stage2_shared.pt
+        (frozen models copied in, to share)
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 import data
 from evaluation import diagnostics
-from evaluation.decoding import Decoding, decode
-from evaluation.metrics import bleu4, cider_d, vqa_accuracy
-from resampler import PerceiverResampler
-from support.checkpoints import ModelSpec, bundle_checkpoint, load_tokenizer, load_vlm
-from support.run_folder import parse_metrics_line, steps_to_reach
-from vlm import VisionLanguageModel
+from evaluation.decoding import Decoding
+
+# Reached through this module though not used in it, as before these parts moved to evaluation/:
+# the metrics, encode_once and generate_texts (tests/test_evaluate.py).
+from evaluation.metrics import bleu4 as bleu4
+from evaluation.metrics import cider_d as cider_d
+from evaluation.metrics import vqa_accuracy as vqa_accuracy
+from evaluation.report import (
+    default_results_path,
+    print_metrics,
+    run_name,
+    validation_curve,
+    write_comparison,
+    write_json,
+)
+from evaluation.tasks import (
+    CAPTION_TASKS,
+    caption_one,
+    evaluate_captions,
+    evaluate_vqa,
+    pick_device,
+)
+from evaluation.tasks import encode_once as encode_once
+from evaluation.tasks import generate_texts as generate_texts
+from support.model_spec import ModelSpec
+from support.models import bundle_checkpoint, load_tokenizer, load_vlm
+from support.run_folder import steps_to_reach
 
 # =============================================================================================
 # Evaluating a checkpoint on a data folder
@@ -41,151 +64,6 @@ from vlm import VisionLanguageModel
 # Which files hold each task is `data.TASK_FILES` (the one table, shared with training): real
 # COCO / VQAv2 files are evaluated by giving them those names in one folder. Scores are as the
 # metric functions return them (CIDEr-D on pycocoevalcap's scale; papers print it times 100).
-
-CAPTION_TASKS = ("caption", "video_caption")  # the others are question answering
-SAMPLES_PER_TASK = 5  # predictions written to results.json next to the metrics, to read
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def encode_once(
-    model: VisionLanguageModel, paths: list, device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Patch features of each row's image or frame folder, the ViT run once per distinct path (VQA
-    has several questions per image): (B, N, Dv) or (B, T, N, Dv), and each video's real frames (B,)
-    (padded
-    to the longest, as in training: the resampler leaves the padding out), None for images."""
-    distinct = list(dict.fromkeys(paths))
-    config = model.vision.config
-    max_frames = next(
-        (m.config.max_frames for m in model.modules() if isinstance(m, PerceiverResampler)), None
-    )
-    batch = {}
-    pixels = data.pad_frames(
-        [
-            data.load_pixels(
-                path, config.image_size, **config.pixel_options(), max_frames=max_frames
-            )
-            for path in distinct
-        ],
-        batch,
-    )
-    rows = [distinct.index(path) for path in paths]
-    features = model.encode_images(pixels.to(device))[rows]  # (B, ...)
-    return features, batch["num_frames"][rows].to(device) if "num_frames" in batch else None
-
-
-def generate_texts(
-    model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device
-) -> list[str]:
-    """The decoded text for each (image, text prompt) pair of a batch."""
-    ids, visual_at = zip(*[data.prompt_ids(tokenizer, prompt) for prompt in prompts])
-    features, num_frames = encode_once(model, paths, device)
-    new_ids = decode(
-        model,
-        None,
-        list(ids),
-        decoding.beam_size,
-        decoding.length_penalty,
-        decoding.max_new_tokens,
-        tokenizer.eos_id,
-        features=features,
-        pad_id=tokenizer.pad_id,
-        visual_at=list(visual_at),
-        num_frames=num_frames,
-    )
-    return [tokenizer.decode(ids) for ids in new_ids]
-
-
-def batches(items: list, batch_size: int):
-    return [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
-
-
-@torch.no_grad()
-def evaluate_captions(
-    model,
-    tokenizer,
-    annotations: data.Annotations,
-    decoding: Decoding,
-    limit=None,
-    batch_size=32,
-    device="cpu",
-    description="caption",
-) -> tuple[dict, list]:
-    """One caption per image, scored against all of its reference captions -> (metrics, samples)."""
-    image_ids = sorted(annotations.references)[:limit]
-    predictions = {}
-    for batch in tqdm(batches(image_ids, batch_size), desc=description, leave=False):
-        texts = generate_texts(
-            model,
-            tokenizer,
-            [annotations.images[i] for i in batch],
-            [""] * len(batch),
-            decoding,
-            device,
-        )
-        predictions.update(zip(batch, texts))
-    references = {image_id: annotations.references[image_id] for image_id in image_ids}
-    metrics = {
-        "cider_d": cider_d(predictions, references)[0],
-        "bleu4": bleu4(predictions, references),
-        "images": len(image_ids),
-    }
-    samples = [
-        {
-            "image_id": i,
-            "file_name": str(annotations.images[i]),
-            "prediction": predictions[i],
-            "references": references[i],
-        }
-        for i in image_ids[:SAMPLES_PER_TASK]
-    ]
-    return metrics, samples
-
-
-@torch.no_grad()
-def evaluate_vqa(
-    model,
-    tokenizer,
-    annotations: data.Annotations,
-    decoding: Decoding,
-    limit=None,
-    batch_size=32,
-    device="cpu",
-    description="vqa",
-) -> tuple[dict, list]:
-    """VQA accuracy, the mean over questions -> (metrics, samples)."""
-    # Questions of one image side by side, so that a batch encodes each image once.
-    examples = sorted(annotations.examples, key=lambda e: (e.image_id, e.question_id))[:limit]
-    predictions = []
-    for batch in tqdm(batches(examples, batch_size), desc=description, leave=False):
-        predictions += generate_texts(
-            model, tokenizer, [e.path for e in batch], [e.prompt for e in batch], decoding, device
-        )
-    accuracies = [
-        vqa_accuracy(prediction, annotations.references[e.question_id])
-        for prediction, e in zip(predictions, examples)
-    ]
-    metrics = {"vqa_accuracy": sum(accuracies) / len(accuracies), "questions": len(examples)}
-    samples = [
-        {
-            "question_id": e.question_id,
-            "image_id": e.image_id,
-            "file_name": str(e.path),
-            "prompt": e.prompt,
-            "prediction": prediction,
-            "accuracy": accuracy,
-            "answers": annotations.references[e.question_id],
-        }
-        for e, prediction, accuracy in list(zip(examples, predictions, accuracies))[
-            :SAMPLES_PER_TASK
-        ]
-    ]
-    return metrics, samples
 
 
 def evaluate_checkpoint(
@@ -254,78 +132,9 @@ def evaluate_checkpoint(
     return results
 
 
-def caption_one(
-    checkpoint_path,
-    path,
-    tokenizer_path,
-    question=None,
-    decoding: Decoding | None = None,
-    device="auto",
-) -> str:
-    """The caption of one image file or frame folder, or the answer to `question` about it."""
-    device = pick_device(device)
-    model, _ = load_vlm(checkpoint_path, device)
-    tokenizer = load_tokenizer(tokenizer_path, model.lm.config.vocab_size)
-    prompt = data.vqa_prompt(question) if question else ""
-    with torch.no_grad():
-        return generate_texts(
-            model, tokenizer, [Path(path)], [prompt], decoding or Decoding(), device
-        )[0]
-
-
-def write_json(path: Path, content: dict) -> None:
-    """Indented JSON; data.write_atomically, so a killed evaluation leaves no torn results file."""
-    data.write_atomically(
-        path, lambda temporary: temporary.write_text(json.dumps(content, indent=2, default=str))
-    )
-
-
-def default_results_path(checkpoint_path, split: str) -> Path:
-    """results_<split>.json in the run folder, next to the checkpoint it scores."""
-    return (
-        Path(checkpoint_path) if Path(checkpoint_path).is_dir() else Path(checkpoint_path).parent
-    ) / f"results_{split}.json"
-
-
-def print_metrics(results: dict) -> None:
-    for task, metrics in results["metrics"].items():
-        print(
-            f"{task:<14} "
-            + "  ".join(
-                f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
-                for name, value in metrics.items()
-            )
-        )
-
-
 # =============================================================================================
 # Comparing adapters: the paper's table at our scale, and the validation-loss curves
 # =============================================================================================
-
-
-def run_name(spec: ModelSpec) -> str:
-    if spec.adapter == "vadapter":
-        front = spec.resampler
-        if (
-            front.latents_in_keys and front.feed_forward and front.depth == 1
-        ):  # the paper's fresh 1-layer perceiver
-            return f"vadapter ({spec.adapter_init or 'stage1'})"
-        kind = "pooler" if not front.latents_in_keys else f"{front.depth}-layer perceiver"
-        return f"vadapter ({spec.adapter_init or 'stage1'}, {kind})"
-    if spec.adapter == "perceiver":
-        return f"perceiver (depth {spec.resampler.depth})"
-    return spec.adapter
-
-
-def validation_curve(run_dir) -> list[tuple[int, float]]:
-    """(step, validation loss) pairs from a run's metrics.jsonl; a torn line (a killed write) is
-    skipped."""
-    records = map(parse_metrics_line, (Path(run_dir) / "metrics.jsonl").read_text().splitlines())
-    return [
-        (record["step"], record["val_loss"])
-        for record in records
-        if record and "val_loss" in record
-    ]
 
 
 def compare_runs(
@@ -336,9 +145,10 @@ def compare_runs(
     `baseline` or the first perceiver run."""
     rows = []
     for run_dir in run_dirs:
+        # reads it once
         results = evaluate_checkpoint(
             run_dir, data_dir, split, limit=limit or None, batch_size=batch_size
-        )  # reads it once
+        )
         curve = validation_curve(run_dir)
         rows.append(
             {
@@ -367,94 +177,6 @@ def compare_runs(
         )
         row["baseline"] = reference["adapter"]
     return rows
-
-
-def comparison_table(rows: list[dict]) -> str:
-    """Markdown, like the paper's comparison: one row per adapter."""
-    columns = [
-        ("caption", "cider_d", "CIDEr-D"),
-        ("vqa", "vqa_accuracy", "VQA acc"),
-        ("video_caption", "cider_d", "video CIDEr-D"),
-        ("video_vqa", "vqa_accuracy", "video VQA acc"),
-    ]
-    columns = [c for c in columns if any(c[0] in row["metrics"] for row in rows)]
-    header = [
-        "adapter",
-        "trainable params",
-        "val loss",
-        f"steps to {rows[0]['baseline']}'s final val loss",
-    ]
-    lines = [
-        "| " + " | ".join(header + [title for *_, title in columns]) + " |",
-        "|" + "---|" * (len(header) + len(columns)),
-    ]
-    for row in rows:
-        reached = row["steps_to_baseline_final_loss"]
-        cells = [
-            row["adapter"],
-            f"{row['trainable_parameters']:,}",
-            f"{row['final_val_loss']:.4f}",
-            f"{reached} of {row['step']}"
-            if reached is not None
-            else f"not reached in {row['step']}",
-        ]
-        cells += [
-            f"{row['metrics'][task][metric]:.3f}" if task in row["metrics"] else "-"
-            for task, metric, _ in columns
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_curves(rows: list[dict], path: Path, size=(720, 440)) -> None:
-    """Validation loss against step for every run, drawn with Pillow (no plotting dependency)."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    left, right, top, bottom = 60, 20, 20, 60
-    steps = [step for row in rows for step, _ in row["curve"]]
-    losses = [loss for row in rows for _, loss in row["curve"]]
-    low, high = min(losses), max(losses)
-
-    def x(step):
-        return left + (width - left - right) * step / max(steps)
-
-    def y(loss):
-        return top + (height - top - bottom) * (high - loss) / max(high - low, 1e-9)
-
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.line(
-        [(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black"
-    )
-    for fraction in (0, 0.5, 1):
-        loss, step = high - fraction * (high - low), fraction * max(steps)
-        draw.text((4, y(loss) - 6), f"{loss:.3f}", fill="black")
-        draw.text((x(step) - 10, height - bottom + 6), f"{step:.0f}", fill="black")
-    draw.text((width // 2 - 60, height - 24), "step (validation loss)", fill="black")
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-    for index, row in enumerate(rows):
-        colour = colours[index % len(colours)]
-        points = [(x(step), y(loss)) for step, loss in row["curve"]]
-        draw.line(points, fill=colour, width=2) if len(points) > 1 else None
-        draw.text((width - right - 220, top + 16 * index), row["adapter"], fill=colour)
-    image.save(path)
-
-
-@torch.no_grad()
-def write_comparison(rows: list[dict], out_dir) -> str:
-    """results.json, table.md, val_loss.csv and val_loss.png in out_dir; returns the table."""
-    out_dir = Path(out_dir)
-    table = comparison_table(rows)
-    write_json(out_dir / "results.json", {"runs": rows})
-    (out_dir / "table.md").write_text(table + "\n")
-    with open(out_dir / "val_loss.csv", "w") as f:
-        f.write("adapter,step,val_loss\n")
-        f.writelines(
-            f"{row['adapter']},{step},{loss:.6f}\n" for row in rows for step, loss in row["curve"]
-        )
-    plot_curves(rows, out_dir / "val_loss.png")
-    return table
 
 
 def add_diagnostics(args) -> dict:

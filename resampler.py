@@ -37,38 +37,15 @@ class ResamplerConfig:
     max_frames: int = 8  # time embeddings for video frames
     norm_eps: float = 1e-5
     attention_backend: str = "auto"
-    feed_forward: bool = (
-        True  # a feed-forward block after each cross-attention (the CoCa pooler has none)
-    )
-    latents_in_keys: bool = (
-        True  # keys/values = [features; latents] (Flamingo); False: the features only (CoCa)
-    )
-    final_norm: bool = (
-        True  # a LayerNorm on the output latents (the pooler's; the paper's baseline has none)
-    )
+    # a feed-forward block after each cross-attention (the CoCa pooler has none)
+    feed_forward: bool = True
+    # keys/values = [features; latents] (Flamingo); False: the features only (CoCa)
+    latents_in_keys: bool = True
+    # a LayerNorm on the output latents (the pooler's; the paper's baseline has none)
+    final_norm: bool = True
 
     def __post_init__(self):
-        for name in (
-            "input_dim",
-            "dim",
-            "depth",
-            "num_latents",
-            "num_heads",
-            "mlp_ratio",
-            "max_frames",
-            "norm_eps",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.dim % self.num_heads != 0:
-            raise ValueError(
-                f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim "
-                "// num_heads channels"
-            )
-        if self.attention_backend not in ("auto", *BACKENDS):
-            raise ValueError(
-                f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
-            )
+        check_config(self)
 
     # The adapters' starting points, one place for every script and benchmark (flags change any
     # field).
@@ -112,8 +89,7 @@ class ResamplerConfig:
     @classmethod
     def for_perceiver(cls, vision_dim: int, **changes) -> "ResamplerConfig":
         """The paper's baseline adapter: a deep resampler as wide as the ViT (then a linear map to
-        the
-        LM), no final LayerNorm; with depth=1 the VAdapter's stage-2 front."""
+        the LM), no final LayerNorm; with depth=1 the VAdapter's stage-2 front."""
         return cls(
             **{
                 "input_dim": vision_dim,
@@ -130,8 +106,7 @@ class ResamplerConfig:
     def for_vadapter_front(cls, vision_dim: int, **changes) -> "ResamplerConfig":
         """The paper's stage-2 front, a new 1-layer perceiver, ending in a LayerNorm unlike the
         baseline: the tiny LM behind it was aligned in stage 1 to the pooler's LayerNormed latents
-        (make paper's Table 4
-        measures the front without it)."""
+        (make paper's Table 4 measures the front without it)."""
         return cls.for_perceiver(vision_dim, **{"depth": 1, "final_norm": True, **changes})
 
 
@@ -166,14 +141,16 @@ class LatentCrossAttention(nn.Module):
         B, L, D = latents.shape
         features, latents = self.feature_norm(features), self.latent_norm(latents)
         q = self.query(latents).view(B, L, self.num_heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        # (B, M [+ L], D)
         keys_and_values = (
             torch.cat([features, latents], dim=1) if self.latents_in_keys else features
-        )  # (B, M [+ L], D)
+        )
+        # 2 x (B, H, M [+ L], Dh)
         k, v = (
             self.key_value(keys_and_values)
             .view(B, -1, 2, self.num_heads, D // self.num_heads)
             .permute(2, 0, 3, 1, 4)
-        )  # 2 x (B, H, M [+ L], Dh)
+        )
         out = attention(q, k, v, mask, backend=self.backend)  # (B, H, L, Dh)
         return self.out(out.transpose(1, 2).reshape(B, L, D))
 
@@ -209,9 +186,8 @@ class PerceiverResampler(nn.Module):
     def __init__(self, config: ResamplerConfig):
         super().__init__()
         self.config = config
-        self.latents = nn.Parameter(
-            torch.empty(config.num_latents, config.dim).normal_(0.0, 0.02)
-        )  # (L, D)
+        # (L, D)
+        self.latents = nn.Parameter(torch.empty(config.num_latents, config.dim).normal_(0.0, 0.02))
         self.input_projection = (
             nn.Linear(config.input_dim, config.dim, bias=False)
             if config.input_dim != config.dim
@@ -219,9 +195,8 @@ class PerceiverResampler(nn.Module):
         )
         # Zero at the start, so that a one-frame video is read exactly as the image it is, and
         # frame order is learned only as far as the video data asks for it.
-        self.time_embedding = nn.Parameter(
-            torch.zeros(config.max_frames, 1, config.dim)
-        )  # (T_max, 1, D)
+        # (T_max, 1, D)
+        self.time_embedding = nn.Parameter(torch.zeros(config.max_frames, 1, config.dim))
         self.layers = nn.ModuleList(ResamplerLayer(config) for _ in range(config.depth))
         self.final_norm = (
             nn.LayerNorm(config.dim, eps=config.norm_eps) if config.final_norm else nn.Identity()
@@ -233,8 +208,7 @@ class PerceiverResampler(nn.Module):
     def forward(self, features, num_frames=None):
         """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents,
         D). num_frames (B,): each video's real frames; the frames after them are batch padding,
-        which
-        no latent attends to, so a video gives the same latents alone or padded in a batch."""
+        which no latent attends to, so a video gives the same latents alone or padded in a batch."""
         if features.dim() not in (3, 4) or features.shape[-1] != self.config.input_dim:
             raise ValueError(
                 f"the resampler expects features (B, N, {self.config.input_dim}) or (B, T, N, "
@@ -252,9 +226,8 @@ class PerceiverResampler(nn.Module):
                 f"video has {frames} frames but the resampler has time embeddings for "
                 f"max_frames={self.config.max_frames}"
             )
-        features = (
-            self.input_projection(features) + self.time_embedding[:frames]
-        )  # (B, T, N, D); (T, 1, D) broadcasts
+        # (B, T, N, D); (T, 1, D) broadcasts
+        features = self.input_projection(features) + self.time_embedding[:frames]
         features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
         latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
         mask = None
@@ -272,3 +245,33 @@ class PerceiverResampler(nn.Module):
         for layer in self.layers:
             latents = layer(features, latents, mask)
         return self.final_norm(latents)  # (B, L, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(config: ResamplerConfig) -> None:
+    """Every field in its range, each error naming the field."""
+    for name in (
+        "input_dim",
+        "dim",
+        "depth",
+        "num_latents",
+        "num_heads",
+        "mlp_ratio",
+        "max_frames",
+        "norm_eps",
+    ):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name}={getattr(config, name)} must be positive")
+    if config.dim % config.num_heads != 0:
+        raise ValueError(
+            f"num_heads={config.num_heads} does not divide dim={config.dim}: each head gets dim "
+            "// num_heads channels"
+        )
+    if config.attention_backend not in ("auto", *BACKENDS):
+        raise ValueError(
+            f"attention_backend={config.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
+        )

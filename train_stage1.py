@@ -9,8 +9,8 @@ the tiny LM are trained; stage 2 then reuses the tiny LM inside the adapter (tra
                                  tiny LM
     --cross-attention perceiver  ablation: a 1-layer perceiver resampler as wide as the tiny LM
 
-    python train_stage1.py --data data/shapes --vit runs/pretrain/vit --tiny-lm
-    runs/pretrain/tiny_lm --out-dir runs/stage1
+    python train_stage1.py --data data/shapes --vit runs/pretrain/vit \
+        --tiny-lm runs/pretrain/tiny_lm --out-dir runs/stage1
 """
 
 import argparse
@@ -18,9 +18,12 @@ import argparse
 import torch
 
 from resampler import PerceiverResampler, ResamplerConfig
-from support.checkpoints import ModelSpec, frozen_dtype, frozen_reference, load_lm, load_vision
+from support.checkpoints import frozen_reference
 from support.flags import add_config_flags, add_data_flags, config_from_args
-from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
+from support.model_spec import ModelSpec
+from support.models import frozen_dtype, load_lm, load_vision
+from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
+from trainer import TrainConfig
 from vlm import VisionLanguageModel
 
 
@@ -29,12 +32,6 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_data_flags(parser)
-    parser.add_argument(
-        "--vit",
-        required=True,
-        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / "
-        "SigLIP)",
-    )
     parser.add_argument(
         "--tiny-lm",
         required=True,
@@ -76,7 +73,12 @@ def main(argv=None):
     # The tiny LM trains here, so it stays in the checkpoints; the frozen ViT is a reference to
     # args.vit.
     summary = train_vlm(
-        model, args, "stage1", spec, train_config, {"vision": frozen_reference(args.vit)}
+        model,
+        DataConfig.from_flags(args, args.tiny_lm),
+        "stage1",
+        spec,
+        train_config,
+        {"vision": frozen_reference(args.vit)},
     )
     print(f"[stage1] done: {summary}")
     return summary

@@ -25,18 +25,12 @@ import torch.nn as nn
 
 from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
-from support.checkpoints import (
-    ModelSpec,
-    frozen_dtype,
-    frozen_reference,
-    lm_of,
-    load_checkpoint,
-    load_lm,
-    load_vision,
-    submodule_state,
-)
+from support.checkpoints import frozen_reference, load_checkpoint, submodule_state
 from support.flags import add_config_flags, add_data_flags, config_from_args, parse_bool
-from trainer import VLM_DEFAULTS, TrainConfig, train_vlm
+from support.model_spec import ModelSpec
+from support.models import frozen_dtype, lm_of, load_lm, load_vision
+from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
+from trainer import TrainConfig
 from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
 
 
@@ -45,12 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_data_flags(parser)
-    parser.add_argument(
-        "--vit",
-        required=True,
-        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, or hf:FOLDER (CLIP / "
-        "SigLIP)",
-    )
     parser.add_argument(
         "--lm",
         required=True,
@@ -110,9 +98,8 @@ def load_tiny_lm(args) -> tuple[PaLMDecoder, dict | None]:
     if args.adapter_init == "stage1":
         if not args.stage1:
             raise ValueError("--adapter-init stage1 needs --stage1 (a train_stage1.py checkpoint)")
-        stage1 = load_checkpoint(
-            args.stage1, expected_stage="stage1"
-        )  # read once: its tiny LM and its front
+        # read once: its tiny LM and its front
+        stage1 = load_checkpoint(args.stage1, expected_stage="stage1")
         return lm_of(stage1), stage1
     if not args.tiny_lm:
         raise ValueError(
@@ -196,7 +183,9 @@ def main(argv=None):
     )
     model = VisionLanguageModel(vision, adapter, lm)
     frozen = {"vision": frozen_reference(args.vit), "lm": frozen_reference(args.lm)}
-    summary = train_vlm(model, args, "stage2", spec, train_config, frozen)
+    summary = train_vlm(
+        model, DataConfig.from_flags(args, args.lm), "stage2", spec, train_config, frozen
+    )
     print(f"[stage2 {args.adapter}] done: {summary}")
     return summary
 

@@ -13,10 +13,8 @@ import atexit
 import math
 import os
 import time
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from functools import lru_cache, partial
 from typing import Callable
 
 import torch
@@ -25,9 +23,9 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import data
-from support.checkpoints import CHECKPOINT_NAME, ModelSpec, load_tokenizer, training_state
-from support.feature_cache import FeatureCache
+from support.batches import move_to, step_loader
+from support.checkpoints import CHECKPOINT_NAME, training_state
+from support.model_spec import ModelSpec
 from support.run_folder import (
     METRICS_NAME,
     append_metrics,
@@ -37,7 +35,6 @@ from support.run_folder import (
     save_keeping,
 )
 from vit import num_parameters
-from vlm import VisionLanguageModel, caption_loss
 
 
 @dataclass
@@ -61,15 +58,12 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None: on for CUDA only
     num_workers: int = 0
     resume: bool = False
-    overwrite: bool = (
-        False  # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
-    )
-    keep_checkpoints: int = (
-        2  # the newest checkpoint and the ones before it, to resume from when it is broken
-    )
-    self_contained: bool = (
-        False  # checkpoints hold the frozen models too (to share), not a reference to their files
-    )
+    # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
+    overwrite: bool = False
+    # the newest checkpoint and the ones before it, to resume from when it is broken
+    keep_checkpoints: int = 2
+    # checkpoints hold the frozen models too (to share), not a reference to their files
+    self_contained: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,9 +76,8 @@ def setup_distributed(device_choice: str = "auto"):
     use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        atexit.register(
-            lambda: dist.is_initialized() and dist.destroy_process_group()
-        )  # gloo threads may abort a bare exit
+        # gloo threads may abort a bare exit
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -112,124 +105,6 @@ class Process:
         return (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Data order. A training set is one dataset or a list of groups (e.g. images, videos: a batch never
-# mixes them). Each step takes its whole global batch from one group, drawn with probability
-# proportional to the group's size from a seeded generator; within a group the samples come from
-# an endless stream of seeded per-epoch permutations. So the step alone fixes the data position.
-# ---------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _epoch_permutation(dataset_len: int, seed: int, epoch: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(dataset_len, generator=generator).tolist()
-
-
-def stream_indices(position: int, count: int, dataset_len: int, seed: int) -> list[int]:
-    indices = []
-    while len(indices) < count:
-        epoch, offset = divmod(position, dataset_len)
-        taken = _epoch_permutation(dataset_len, seed, epoch)[offset : offset + count - len(indices)]
-        indices += taken
-        position += len(taken)
-    return indices
-
-
-def as_dataset(groups) -> tuple[torch.utils.data.Dataset, list[int]]:
-    """One dataset or a list of groups -> (one indexable dataset, group sizes)."""
-    groups = list(groups) if isinstance(groups, (list, tuple)) else [groups]
-    return torch.utils.data.ConcatDataset(groups), [len(g) for g in groups]
-
-
-class StepBatches:
-    """Micro-batch index lists for this rank, steps [start_step, end_step): a DataLoader
-    batch_sampler."""
-
-    def __init__(
-        self, group_sizes, batch_size, grad_accum, rank, world_size, seed, start_step, end_step
-    ):
-        per_rank, remainder = divmod(batch_size, world_size * grad_accum)
-        if remainder or per_rank == 0:
-            raise ValueError(
-                f"batch_size={batch_size} must be a positive multiple of world_size * grad_accum "
-                f"= {world_size} * {grad_accum}"
-            )
-        self.group_sizes, self.batch_size, self.grad_accum, self.per_rank = (
-            group_sizes,
-            batch_size,
-            grad_accum,
-            per_rank,
-        )
-        self.rank, self.seed, self.start_step, self.end_step = rank, seed, start_step, end_step
-        weights = torch.tensor(group_sizes, dtype=torch.float)
-        generator = torch.Generator().manual_seed(seed)
-        self.group_of_step = torch.multinomial(
-            weights, max(end_step, 1), replacement=True, generator=generator
-        ).tolist()
-        self.offsets = [sum(group_sizes[:g]) for g in range(len(group_sizes))]
-        seen = [0] * len(group_sizes)
-        self.batches_before = []  # per step: how many earlier steps drew from the same group
-        for group in self.group_of_step:
-            self.batches_before.append(seen[group])
-            seen[group] += 1
-
-    def __len__(self):
-        return (self.end_step - self.start_step) * self.grad_accum
-
-    def __iter__(self):
-        for step in range(self.start_step, self.end_step):
-            group = self.group_of_step[step]
-            position = self.batches_before[step] * self.batch_size
-            indices = stream_indices(
-                position, self.batch_size, self.group_sizes[group], self.seed + group
-            )
-            mine = indices[self.rank * self.per_rank * self.grad_accum :][
-                : self.per_rank * self.grad_accum
-            ]
-            for micro in range(self.grad_accum):
-                yield [
-                    self.offsets[group] + i
-                    for i in mine[micro * self.per_rank : (micro + 1) * self.per_rank]
-                ]
-
-
-def step_loader(
-    groups,
-    collate: Callable,
-    config: TrainConfig,
-    process: Process,
-    start_step: int,
-    end_step: int,
-    seed: int,
-) -> torch.utils.data.DataLoader:
-    """This rank's micro-batches of steps [start_step, end_step), grad_accum of them per step."""
-    dataset, group_sizes = as_dataset(groups)
-    sampler = StepBatches(
-        group_sizes,
-        config.batch_size,
-        config.grad_accum,
-        process.rank,
-        process.world_size,
-        seed,
-        start_step,
-        end_step,
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=config.num_workers,
-        pin_memory=process.device.type == "cuda",
-    )
-
-
-def move_to(batch: dict, device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,9 +173,15 @@ def forward_backward(
     model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process
 ) -> tuple[float, torch.Tensor]:
     """Accumulate the gradients of one global batch -> (its mean token loss, its number of text
-    tokens)."""
-    # Normalize by the text tokens of the whole global batch, so that shards holding different
-    # numbers of tokens still add up to the single-process gradient.
+    tokens).
+
+    The loss, in one place. The decoder returns the SUM of the next-token cross-entropies over the
+    target tokens of a micro-batch (palm_decoder.PaLMDecoder.forward, reduction="sum"; the targets
+    are the loss_mask tokens: caption text, or the answer of a VQA sample; vlm.caption_loss passes
+    it on). Here each sum is divided by the number of target tokens in the WHOLE global batch
+    (every micro-step, every rank), so the gradient is that of the mean token loss over the global
+    batch, whatever way it is split: shards holding different numbers of tokens, or 1 vs N
+    processes, give the same step."""
     local_tokens = sum(batch["loss_mask"].sum() for batch in batches)
     global_tokens = all_reduce_sum(
         torch.as_tensor(local_tokens, device=process.device, dtype=torch.float)
@@ -463,9 +344,8 @@ def train(
                 **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}),
             )
         if done % config.save_every == 0 or done == config.steps:
-            if not all(
-                torch.isfinite(p).all() for p in raw_model.parameters()
-            ):  # every rank holds the same weights
+            # every rank holds the same weights
+            if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
                 stop_on_non_finite(
                     "weights are not finite (not saved)",
                     done,
@@ -493,108 +373,10 @@ def stop_on_non_finite(
     what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool
 ):
     """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could
-    spoil the
-    weights; non-finite weights are never saved."""
+    spoil the weights; non-finite weights are never saved."""
     if is_main:
         append_metrics(metrics_path, {"step": step, "error": what})
     raise FloatingPointError(
         f"[{stage}] {what} at step {step}; stopping. The last good checkpoint is "
         f"{checkpoint_path} (resume with --resume true after lowering --lr)"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Stages 1 and 2: a vision-language model on a data folder's tasks
-# ---------------------------------------------------------------------------------------------
-
-VLM_DEFAULTS = TrainConfig(
-    steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=100, save_every=200
-)
-
-
-def skip_report(datasets: list, unreadable: set[str]) -> dict:
-    """What a run left out or cut, for its summary: bad samples per reason (the readers', prompts
-    too
-    long, `unreadable` images as the batches listed them) and the number of texts cut."""
-    skipped = sum((dataset.skipped for dataset in datasets), Counter())
-    if unreadable:
-        skipped["unreadable image"] = len(unreadable)
-    return {
-        "skipped_samples": dict(sorted(skipped.items())),
-        "truncated_texts": sum(d.truncated for d in datasets),
-    }
-
-
-def train_vlm(
-    model: VisionLanguageModel,
-    args,
-    stage: str,
-    spec: ModelSpec,
-    train_config: TrainConfig,
-    frozen: dict | None = None,
-) -> dict:
-    """Load the data folder's splits (flags.add_data_flags gives `args`) and train; both stages use
-    it.
-    The summary adds what the data left out or cut (skip_report)."""
-    lm_source = getattr(args, "lm", None) or getattr(
-        args, "tiny_lm", None
-    )  # the decoder's: stage 2's --lm, stage 1's --tiny-lm
-    tokenizer = load_tokenizer(
-        args.tokenizer or f"{args.data}/{data.TOKENIZER_FILE}",
-        model.lm.config.vocab_size,
-        lm_source,
-    )
-    tasks = args.tasks.split(",") if args.tasks else None
-    image_size = model.vision.config.image_size
-    room = (
-        spec.lm.max_seq_len - spec.num_visual_tokens
-    )  # text positions left after the visual tokens
-    max_text_tokens = args.max_text_tokens or room
-    if not 2 <= max_text_tokens <= room:
-        raise ValueError(
-            f"--max-text-tokens {max_text_tokens}: expected 2 to {room}, what the LM's max_seq_len="
-            f"{spec.lm.max_seq_len} leaves after {spec.num_visual_tokens} visual tokens"
-        )
-    max_frames = spec.resampler.max_frames if spec.resampler is not None else None
-    pixel_options = {**model.vision.config.pixel_options(), "max_frames": max_frames}
-    train_set, val_set = (
-        data.task_datasets(
-            args.data,
-            split,
-            tokenizer,
-            image_size,
-            tasks,
-            args.on_bad_sample,
-            max_text_tokens,
-            **pixel_options,
-        )
-        for split in ("train", "val")
-    )
-    cache = None
-    if args.cache_features:
-        cache = FeatureCache(max_bytes=int(args.feature_cache_gb * 2**30))
-        print(cache.describe())
-    unreadable = (
-        set()
-    )  # images skip mode left out, as the batches list them (from any worker process)
-
-    def loss_fn(model, batch):
-        unreadable.update(batch.get("unreadable", ()))
-        return caption_loss(model, batch, feature_cache=cache)
-
-    summary = train(
-        model,
-        loss_fn,
-        train_set,
-        val_set,
-        partial(data.collate, pad_id=tokenizer.pad_id),
-        train_config,
-        stage,
-        spec,
-        frozen,
-    )
-    everywhere = [unreadable]
-    if dist.is_initialized():
-        everywhere = [set() for _ in range(dist.get_world_size())]
-        dist.all_gather_object(everywhere, unreadable)
-    return {**summary, **skip_report(train_set + val_set, set().union(*everywhere))}

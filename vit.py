@@ -37,14 +37,12 @@ class ViTConfig:
     channels: int = 3
     norm_eps: float = 1e-6
     attention_backend: str = "auto"
-    class_token: bool = (
-        False  # prepend a learned class token (CLIP); the output drops it: patch tokens only
-    )
+    # prepend a learned class token (CLIP); the output drops it: patch tokens only
+    class_token: bool = False
     pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's pre_layrnorm)
     patch_bias: bool = True  # the patch embedding has a bias (CLIP's has none)
-    mlp_activation: str = (
-        "gelu"  # gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (CLIP: x * sigmoid(1.702 x))
-    )
+    # gelu (exact) | gelu_tanh (SigLIP) | quick_gelu (CLIP: x * sigmoid(1.702 x))
+    mlp_activation: str = "gelu"
     # The pixels the encoder was trained on: per-channel statistics (CLIP's are not 0.5) and how an
     # image becomes image_size x image_size ("crop": short side resized, centre crop, as CLIP;
     # "square": the whole image resized, as SigLIP). data.load_pixels applies them.
@@ -53,54 +51,7 @@ class ViTConfig:
     resize: str = "crop"
 
     def __post_init__(self):
-        for name in (
-            "image_size",
-            "patch_size",
-            "dim",
-            "depth",
-            "num_heads",
-            "mlp_dim",
-            "channels",
-            "norm_eps",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(
-                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
-                "the image must tile into whole patches"
-            )
-        if self.dim % self.num_heads != 0:
-            raise ValueError(
-                f"num_heads={self.num_heads} does not divide dim={self.dim}: each head gets dim "
-                "// num_heads channels"
-            )
-        if self.attention_backend not in ("auto", *BACKENDS):
-            raise ValueError(
-                f"attention_backend={self.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
-            )
-        if self.mlp_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"mlp_activation={self.mlp_activation!r}; choose one of {list(ACTIVATIONS)}"
-            )
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)  # a flag gives "0.5,0.5,0.5"; a JSON spec gives a list
-            try:
-                value = tuple(
-                    float(x) for x in (value.split(",") if isinstance(value, str) else value)
-                )
-            except (TypeError, ValueError):
-                value = ()
-            if len(value) != self.channels or (name == "image_std" and min(value) <= 0):
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r}: expected {self.channels} numbers (one per "
-                    "channel)" + (", all positive" if name == "image_std" else "")
-                )
-            setattr(self, name, value)
-        if self.resize not in ("crop", "square"):
-            raise ValueError(
-                f"resize={self.resize!r}; choose 'crop' (short side, centre crop) or 'square'"
-            )
+        check_config(self)
 
     def pixel_options(self) -> dict:
         """What data.load_pixels needs, besides image_size, to make this encoder's input."""
@@ -110,35 +61,6 @@ class ViTConfig:
     def grid_size(self) -> int:
         """Patches per side at image_size."""
         return self.image_size // self.patch_size
-
-
-# The one table of MLP activations, by the name a config gives (palm_decoder.py uses it too):
-# gelu_tanh for SigLIP and Gemma (GeGLU), quick_gelu for CLIP, silu for PaLM and Llama (SwiGLU).
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "silu": F.silu,
-}
-
-
-def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Parameters of any module, each counted once (a tied embedding is one tensor)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-# toy: what `make demo` pretrains on CPU on the 64-pixel synthetic images (64 patches of 8x8).
-# B/16 and L/14: the standard ViT widths at 224 pixels (196 and 256 patches).
-VIT_CONFIGS = {
-    "toy": ViTConfig(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4, mlp_dim=512),
-    "toy-small": ViTConfig(
-        image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=256
-    ),  # `make paper`'s second size
-    "B/16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "L/14": ViTConfig(
-        image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096
-    ),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,9 +76,8 @@ def resize_position_embedding(
     D = position_embedding.shape[-1]
     table = position_embedding.reshape(1, *grid, D).permute(0, 3, 1, 2)  # (1, D, h, w)
     # Interpolate in float32: bicubic is not implemented for every low-precision dtype.
-    table = F.interpolate(
-        table.float(), size=new_grid, mode="bicubic", align_corners=False
-    )  # (1, D, h', w')
+    # (1, D, h', w')
+    table = F.interpolate(table.float(), size=new_grid, mode="bicubic", align_corners=False)
     return (
         table.permute(0, 2, 3, 1)
         .reshape(1, new_grid[0] * new_grid[1], D)
@@ -173,13 +94,23 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
+        # 3 x (B, H, N, Dh)
         q, k, v = (
             self.query_key_value(x)
             .view(B, N, 3, self.num_heads, D // self.num_heads)
             .permute(2, 0, 3, 1, 4)
-        )  # 3 x (B, H, N, Dh)
+        )
         out = attention(q, k, v, backend=self.backend)  # (B, H, N, Dh)
         return self.out(out.transpose(1, 2).reshape(B, N, D))
+
+
+# The MLP's activation, by the name a config gives: gelu_tanh for SigLIP, quick_gelu for CLIP.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": F.silu,
+}
 
 
 class MLP(nn.Module):
@@ -269,9 +200,8 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.final_norm(x)  # (B, [1 +] N, D)
-        return (
-            x[:, 1:] if self.config.class_token else x
-        )  # (B, N, D): the adapter reads patch tokens only
+        # (B, N, D): the adapter reads patch tokens only
+        return x[:, 1:] if self.config.class_token else x
 
     def position_embedding_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, [1 +] h * w, D) for an h x w patch grid; the class token's position is never
@@ -296,8 +226,7 @@ class ViT(nn.Module):
         Only local files are read (a hub name is not a folder here). The output, the patch tokens
         after the final norm, equals transformers' `post_layernorm(last_hidden_state)[:, 1:]` for
         CLIP (the class token dropped; CLIP itself applies post_layernorm to the class token only)
-        and
-        `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not
+        and `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not
         loaded)."""
         hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
         fields, table, ignored = hf_weights.vit_fields_from_hugging_face(
@@ -305,13 +234,86 @@ class ViT(nn.Module):
         )
         config = ViTConfig(**fields)
         tensors = {name.removeprefix("vision_model."): tensor for name, tensor in tensors.items()}
-        with torch.device(
-            "meta"
-        ):  # no memory and no initialisation: every tensor comes from the folder
+        # no memory and no initialisation: every tensor comes from the folder
+        with torch.device("meta"):
             model = cls(config)
         return hf_weights.load_by_table(
             model, tensors, hf_weights.expand_table(table, config.depth), ignored, folder, dtype
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, presets
+# ---------------------------------------------------------------------------------------------
+
+
+def check_config(config: ViTConfig) -> None:
+    """Every field in its range, each error naming the field; image_mean and image_std become
+    tuples of floats (a flag gives "0.5,0.5,0.5", a JSON spec a list)."""
+    for name in (
+        "image_size",
+        "patch_size",
+        "dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+        "channels",
+        "norm_eps",
+    ):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name}={getattr(config, name)} must be positive")
+    if config.image_size % config.patch_size != 0:
+        raise ValueError(
+            f"image_size={config.image_size} is not divisible by patch_size={config.patch_size}: "
+            "the image must tile into whole patches"
+        )
+    if config.dim % config.num_heads != 0:
+        raise ValueError(
+            f"num_heads={config.num_heads} does not divide dim={config.dim}: each head gets dim "
+            "// num_heads channels"
+        )
+    if config.attention_backend not in ("auto", *BACKENDS):
+        raise ValueError(
+            f"attention_backend={config.attention_backend!r}; choose one of {['auto', *BACKENDS]}"
+        )
+    if config.mlp_activation not in ACTIVATIONS:
+        raise ValueError(
+            f"mlp_activation={config.mlp_activation!r}; choose one of {list(ACTIVATIONS)}"
+        )
+    for name in ("image_mean", "image_std"):
+        value = getattr(config, name)  # a flag gives "0.5,0.5,0.5"; a JSON spec gives a list
+        try:
+            value = tuple(float(x) for x in (value.split(",") if isinstance(value, str) else value))
+        except (TypeError, ValueError):
+            value = ()
+        if len(value) != config.channels or (name == "image_std" and min(value) <= 0):
+            raise ValueError(
+                f"{name}={getattr(config, name)!r}: expected {config.channels} numbers (one per "
+                "channel)" + (", all positive" if name == "image_std" else "")
+            )
+        setattr(config, name, value)
+    if config.resize not in ("crop", "square"):
+        raise ValueError(
+            f"resize={config.resize!r}; choose 'crop' (short side, centre crop) or 'square'"
+        )
+
+
+def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Parameters of any module, each counted once (a tied embedding is one tensor)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# toy: what `make demo` pretrains on CPU on the 64-pixel synthetic images (64 patches of 8x8).
+# B/16 and L/14: the standard ViT widths at 224 pixels (196 and 256 patches).
+VIT_CONFIGS = {
+    "toy": ViTConfig(image_size=64, patch_size=8, dim=128, depth=4, num_heads=4, mlp_dim=512),
+    # `make paper`'s second size
+    "toy-small": ViTConfig(image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, mlp_dim=256),
+    "B/16": ViTConfig(image_size=224, patch_size=16, dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L/14": ViTConfig(
+        image_size=224, patch_size=14, dim=1024, depth=24, num_heads=16, mlp_dim=4096
+    ),
+}
 
 
 def preset_table() -> str:

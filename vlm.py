@@ -32,16 +32,15 @@ class PerceiverAdapter(nn.Module):
         self.resampler = resampler
         self.projection = nn.Linear(resampler.config.dim, lm_dim, bias=False)
 
-    def forward(
-        self, features, num_frames=None
-    ):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
+    # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
+    def forward(self, features, num_frames=None):
         return self.projection(self.resampler(features, num_frames))  # (B, num_latents, lm_dim)
 
 
 class VAdapter(nn.Module):
     """PaLM2-VAdapter: resampler -> FC -> tiny LM (hidden states) -> FC to the large LM width. The
-    two
-    FC layers match widths, so the resampler may be as wide as the ViT and the tiny LM narrower."""
+    two FC layers match widths, so the resampler may be as wide as the ViT and the tiny LM
+    narrower."""
 
     def __init__(self, resampler: PerceiverResampler, tiny_lm: PaLMDecoder, lm_dim: int):
         super().__init__()
@@ -56,12 +55,10 @@ class VAdapter(nn.Module):
         if self.tiny_lm.output_head is not None:
             self.tiny_lm.output_head.requires_grad_(False)
 
-    def forward(
-        self, features, num_frames=None
-    ):  # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
-        latents = self.input_projection(
-            self.resampler(features, num_frames)
-        )  # (B, num_latents, tiny_dim)
+    # (B, N, Dv) or (B, T, N, Dv); num_frames (B,) or None
+    def forward(self, features, num_frames=None):
+        # (B, num_latents, tiny_dim)
+        latents = self.input_projection(self.resampler(features, num_frames))
         hidden = self.tiny_lm(prefix=latents, return_hidden=True)  # (B, num_latents, tiny_dim)
         return self.projection(hidden)  # (B, num_latents, lm_dim)
 
@@ -86,13 +83,13 @@ class MLPAdapter(nn.Module):
             )
         if features.dim() == 4 and num_frames is None:
             features = features.mean(dim=1)  # (B, N, Dv): the frame mean
-        elif (
-            features.dim() == 4
-        ):  # the mean over each video's real frames (collate pads to the longest)
+        # the mean over each video's real frames (collate pads to the longest)
+        elif features.dim() == 4:
+            # (B, T)
             real = (
                 torch.arange(features.shape[1], device=features.device)
                 < num_frames.to(features.device)[:, None]
-            )  # (B, T)
+            )
             features = (features * real[..., None, None]).sum(dim=1) / num_frames.to(
                 features.device
             )[:, None, None]
@@ -162,25 +159,28 @@ class VisionLanguageModel(nn.Module):
         pixels=None,
         features=None,
         reduction="mean",
-        visual_at=None,
+        visual_start=None,
         num_frames=None,
     ):
         """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens).
-        The visual tokens go before text position visual_at[b] ((B,) or int; None: before the
+        The visual tokens go before text position visual_start[b] ((B,) or int; None: before the
         text)."""
         prefix = self.visual_tokens(pixels, features, num_frames)
         return self.lm(
-            input_ids, prefix=prefix, loss_mask=loss_mask, prefix_at=visual_at, reduction=reduction
+            input_ids,
+            prefix=prefix,
+            loss_mask=loss_mask,
+            visual_start=visual_start,
+            reduction=reduction,
         )
 
 
 def caption_loss(model, batch: dict, feature_cache=None):
     """The trainer's loss for every stage with images: (sum of token losses, number of target
-    tokens).
+    tokens); trainer.forward_backward explains how the sums are normalised.
 
-    With a feature cache (feature_cache.FeatureCache) the frozen encoder runs once per image over
-    the run.
-    `model` may be wrapped (DDP, torch.compile): the forward goes through the wrapper."""
+    With a feature cache (support/feature_cache.py) the frozen encoder runs once per image over
+    the run. `model` may be wrapped (DDP, torch.compile): the forward goes through the wrapper."""
     features = None
     if feature_cache is not None:
         encoder = getattr(model, "module", model).encode_images  # DDP keeps the model in .module
@@ -193,7 +193,7 @@ def caption_loss(model, batch: dict, feature_cache=None):
         pixels=None if features is not None else batch["pixels"],
         features=features,
         reduction="sum",
-        visual_at=batch.get("visual_at"),
+        visual_start=batch.get("visual_start"),
         num_frames=batch.get("num_frames"),
     )
     return loss_sum, batch["loss_mask"].sum()

@@ -3,7 +3,8 @@
 attention: every attention backend on the models' shapes, checked then timed (bench/kernels.py);
 step: a full training step of each stage's model (bench/step.py); reference: our PaLMDecoder
 against transformers' Llama of the same size, and load: peak memory of loading weights
-(bench/reference.py). Presets and timing helpers: bench/tools.py. Numbers: docs/benchmarks.md.
+(bench/reference.py). Presets and stage models: bench/tools.py; timing and memory:
+bench/measure.py. Numbers: docs/benchmarks.md.
 """
 
 import argparse

@@ -2,9 +2,8 @@
 LlamaForCausalLM of the same width, depth, heads, vocabulary and sequence: forward+backward time,
 parameter counts. A check that the plain-PyTorch decoder is not slower than a widely used one.
 
-    python -m bench reference --dim 256 --depth 4 --heads 8   (prints ours / theirs, median of 3
-    runs) python -m bench load        # peak memory of loading a random 1B Llama folder, fp32 and
-    bf16
+    python -m bench reference --dim 256 --depth 4 --heads 8   # ours / theirs, median of 3 runs
+    python -m bench load   # peak memory of loading a random 1B Llama folder, fp32 and bf16
 Needs `pip install -r requirements-bench.txt` (transformers, a benchmark-only extra). Measured
 numbers and how to read them: docs/benchmarks.md.
 """
@@ -20,7 +19,7 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.tools import machine, matmul_peak, summary, time_calls
+from bench.measure import machine, matmul_peak, summary, time_calls
 from palm_decoder import PaLMConfig, PaLMDecoder
 from vit import num_parameters
 
@@ -215,8 +214,7 @@ def write_random_llama(
     folder, dim: int, depth: int, mlp: int, vocab: int, heads: int, kv_heads: int
 ) -> int:
     """A Llama folder of random bf16 weights, one shard per block (so writing it never holds the
-    whole
-    model) -> its parameter count."""
+    whole model) -> its parameter count."""
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
@@ -285,8 +283,7 @@ def add_load_flags(parser):
 
 def load_main(args) -> int:
     """Peak RSS of PaLMDecoder.from_pretrained on a random bf16 Llama folder, per frozen dtype, each
-    in
-    a fresh process (ru_maxrss: the high-water mark of this process alone)."""
+    in a fresh process (ru_maxrss: the high-water mark of this process alone)."""
     shape = (
         dict(dim=2048, depth=22, mlp=5632, vocab=32000, heads=32, kv_heads=4)
         if args.size == "1b"

@@ -6,7 +6,8 @@ tokens/s and LM positions/s, peak memory, and the roofline readout: model FLOP/s
 the matmul peak this run measures at its start (MFU on CUDA, in bf16). It checks after every row
 that frozen parameters get no .grad and trained ones do (Figure 2's frozen boxes).
 `--compare-frozen-paths`: the stage-2 step with the frozen ViT under autograd, under no_grad, and
-from feature_cache.FeatureCache.
+from feature_cache.FeatureCache (bench/frozen_paths.py). The step and its gradient check:
+bench/training_step.py.
 
     python -m bench step --preset cpu
     python -m bench step --compare-frozen-paths
@@ -14,42 +15,32 @@ Measured numbers and how to read them: docs/benchmarks.md.
 """
 
 import json
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict
 
 import torch
 
 import attention as attn
+from bench.frozen_paths import compare_frozen_paths
+from bench.measure import PeakMemory, machine, matmul_peak, short_error, summary
 from bench.tools import (
     DTYPES,
     STAGES,
-    PeakMemory,
     Preset,
     backend_names,
-    build_stage_model,
     count_step_flops,
     device_and_preset,
-    machine,
-    matmul_peak,
-    short_error,
     stage_spec,
-    summary,
     synthetic_batch,
-    time_calls,
-    to_device,
 )
-from stage0.scenes import scene_loss
-from support.checkpoints import ModelSpec
-from support.feature_cache import FeatureCache
-from trainer import TrainConfig, build_optimizer
-from vlm import VisionLanguageModel, caption_loss
+from bench.training_step import (
+    STAGE_WHAT,
+    GradientCheckError,
+    batch_tokens,
+    check_gradients,
+    setup_step,
+    stage_loss,
+)
 
-STAGE_WHAT = {
-    0: "stage 0: the ViT pretrained on scene labels, all of it trained",
-    1: "stage 1: frozen ViT -> 1-layer resampler -> tiny LM, resampler and tiny LM trained",
-    2: "stage 2: frozen ViT -> {adapter} adapter -> frozen large LM, adapter trained",
-}
 FLOPS_HELP = (
     "model FLOPs per step: every matmul, convolution and attention product the step runs "
     "(masked-out "
@@ -61,120 +52,6 @@ FLOPS_HELP = (
     "that the "
     "adapter's gradient flows through, none for the frozen ViT (no_grad: nothing trained before it)"
 )
-
-
-class GradientCheckError(AssertionError):
-    pass
-
-
-def check_gradients(model: torch.nn.Module) -> dict:
-    """After a step: every frozen parameter (the ViT, the stage-2 LM, the VAdapter's unused
-    embedding) has no .grad, every trained one has a finite one, and the adapter's (stage 0: the
-    ViT's) is non-zero."""
-    named = list(model.named_parameters())
-    vlm = isinstance(model, VisionLanguageModel)
-    frozen_with_grad = [name for name, p in named if not p.requires_grad and p.grad is not None]
-    trained_without_grad = [
-        name
-        for name, p in named
-        if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())
-    ]
-    trained_lm = [name for name, p in model.lm.named_parameters() if p.requires_grad] if vlm else []
-    adapter_grads = [
-        p.grad.float().norm()
-        for p in (model.adapter if vlm else model).parameters()
-        if p.grad is not None
-    ]
-    adapter_grad_norm = torch.stack(adapter_grads).norm().item() if adapter_grads else 0.0
-    problems = []
-    if frozen_with_grad:
-        problems.append(
-            "frozen parameters with a .grad: "
-            f"{frozen_with_grad[:5]}{' ...' if len(frozen_with_grad) > 5 else ''}"
-        )
-    if trained_without_grad:
-        problems.append(f"trained parameters without a finite .grad: {trained_without_grad[:5]}")
-    if vlm and not model.train_lm and trained_lm:
-        problems.append(f"the frozen LM has trainable parameters: {trained_lm[:5]}")
-    if not adapter_grad_norm > 0:
-        problems.append("no gradient reached the adapter")
-    if problems:
-        raise GradientCheckError("; ".join(problems))
-    return {
-        "frozen_tensors": sum(not p.requires_grad for _, p in named),
-        "frozen_with_grad": 0,
-        "trained_tensors_with_grad": sum(p.requires_grad for _, p in named),
-        "lm_tensors_with_grad": sum(p.grad is not None for p in model.lm.parameters())
-        if vlm
-        else 0,
-        "adapter_grad_norm": adapter_grad_norm,
-    }
-
-
-@dataclass
-class StepSetup:
-    """One model ready to train: the module steps run through (compiled or not), its optimizer, a
-    batch."""
-
-    model: VisionLanguageModel
-    runner: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    trained: list
-    batch: dict
-    autocast: Callable
-    device: torch.device
-
-    def step(self, loss_fn: Callable) -> None:
-        """What trainer.train does per optimizer step (one micro-step): zero, loss, backward, clip,
-        AdamW."""
-        self.model.zero_grad(
-            set_to_none=True
-        )  # the whole model: the naive path leaves grads on the ViT
-        with self.autocast():
-            loss_sum, target_tokens = loss_fn(self.runner, self.batch)
-            (loss_sum / target_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
-        self.optimizer.step()
-
-    def timed_step(self, loss_fn: Callable) -> float:
-        """Milliseconds for one step, the device synchronized on both sides."""
-        return time_calls(lambda: self.step(loss_fn), 1, self.device)
-
-
-def setup_step(spec: ModelSpec, preset: Preset, device: torch.device, compiled: bool) -> StepSetup:
-    torch.manual_seed(0)
-    model = build_stage_model(spec).to(device)
-    model.train()
-    optimizer = build_optimizer(model, TrainConfig(), device)
-    bf16 = DTYPES[preset.dtype] == torch.bfloat16
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    batch = to_device(synthetic_batch(preset, spec), device)
-    return StepSetup(
-        model,
-        torch.compile(model) if compiled else model,
-        optimizer,
-        [p for p in model.parameters() if p.requires_grad],
-        batch,
-        autocast,
-        device,
-    )
-
-
-def stage_loss(spec: ModelSpec) -> Callable:
-    """The loss the stage's script trains with: scene labels (stage 0), captions (the frozen ViT
-    under no_grad, no cache)."""
-    return (
-        scene_loss
-        if spec.adapter == "scene-labels"
-        else (lambda model, batch: caption_loss(model, batch))
-    )
-
-
-def batch_tokens(batch: dict, num_latents: int) -> dict:
-    """Target tokens (the loss's) and LM positions ([visual tokens; text], padding included) per
-    step."""
-    B, text_width = batch["input_ids"].shape
-    return {"target": int(batch["loss_mask"].sum()), "sequence": B * (num_latents + text_width)}
 
 
 def stage_rows(
@@ -190,8 +67,7 @@ def stage_rows(
     """One stage's rows (backend x eager/compiled). Each model is built, stepped once (compiling,
     when compiled; timed apart) and warmed up alone, which is when its peak memory is taken; then
     the rows take turns step by step, so that machine noise falls on all of them alike (how much
-    rows
-    timed one after the other vary: docs/benchmarks.md)."""
+    rows timed one after the other vary: docs/benchmarks.md)."""
     loss_fn = stage_loss(stage_spec(preset, stage, adapter, "math"))
     rows, setups = [], []
     for backend in backends:
@@ -305,126 +181,6 @@ def step_rows(
     return rows, {"flops": flops, "memory": memory.what}
 
 
-# The stage-2 step with the frozen ViT run three (four) ways. `a` is the naive loop: the ViT's
-# weights left trainable (frozen only by leaving them out of the optimizer), so autograd records its
-# graph, keeps its activations and computes its weight gradients. `a_frozen` calls the ViT under
-# grad mode too, but with requires_grad off: nothing in it requires grad, so autograd records
-# nothing and it costs what `b` costs.
-FROZEN_PATHS = {
-    "a": "naive: ViT under autograd, its weights left requires_grad=True (not in the optimizer)",
-    "a_frozen": "ViT called under grad mode, weights requires_grad=False (no graph: nothing "
-    "requires grad)",
-    "b": "encode_images: the frozen ViT under no_grad, every step",
-    "c": "FeatureCache hits: every image id already cached (steady state after the first epoch)",
-}
-
-
-def frozen_path_losses(model: VisionLanguageModel, cache: FeatureCache) -> dict:
-    def vision_under_grad(runner, batch):
-        _, loss_sum = runner(
-            batch["input_ids"],
-            batch["loss_mask"],
-            features=model.vision(batch["pixels"]),
-            reduction="sum",
-        )
-        return loss_sum, batch["loss_mask"].sum()
-
-    return {
-        "a": vision_under_grad,
-        "a_frozen": vision_under_grad,
-        "b": lambda runner, batch: caption_loss(runner, batch),
-        "c": lambda runner, batch: caption_loss(runner, batch, cache),
-    }
-
-
-def compare_frozen_paths(args, preset: Preset, device: torch.device, backend: str) -> dict:
-    """Stage-2 step times per path, interleaved step by step so that machine noise falls on all
-    alike."""
-    memory = PeakMemory(device)
-    setup = setup_step(stage_spec(preset, 2, args.adapter, backend), preset, device, compiled=False)
-    model, batch = setup.model, setup.batch
-    cache = FeatureCache()
-    cache.get_or_compute(batch["image_ids"], batch["pixels"], model.encode_images)
-    losses = frozen_path_losses(model, cache)
-
-    results = {path: {"what": what} for path, what in FROZEN_PATHS.items()}
-
-    def run(path: str) -> float:
-        """One step on `path` -> ms; afterwards the ViT is frozen again and the gradients are
-        checked."""
-        model.vision.requires_grad_(path == "a")
-        milliseconds = setup.timed_step(losses[path])
-        results[path]["vision_grads"] = any(p.grad is not None for p in model.vision.parameters())
-        model.vision.requires_grad_(False)
-        model.vision.zero_grad(set_to_none=True)  # the naive path's wasted ViT gradients
-        check_gradients(model)
-        return milliseconds
-
-    for path in FROZEN_PATHS:
-        for _ in range(args.warmup):
-            run(path)
-    times = {path: [] for path in FROZEN_PATHS}
-    for _ in range(args.steps):
-        for path in FROZEN_PATHS:
-            times[path].append(run(path))
-    for (
-        path
-    ) in FROZEN_PATHS:  # one step each, alone, for its memory on top of model, optimizer and cache
-        memory.start()
-        run(path)
-        results[path]["step_memory_mib"] = memory.peak_mib()
-        results[path].update(summary(times[path]))
-    gradients = check_gradients(
-        model
-    )  # after the last step (c): frozen LM without .grad, adapter with
-    tokens = batch_tokens(batch, model.adapter.resampler.config.num_latents)
-    for path in FROZEN_PATHS:
-        results[path]["target_tokens_per_s"] = tokens["target"] / (results[path]["median_ms"] / 1e3)
-    ratios = {
-        f"{path}/c": results[path]["median_ms"] / results["c"]["median_ms"]
-        for path in ("a", "a_frozen", "b")
-    }
-
-    print(
-        f"\nfrozen paths: {STAGE_WHAT[2].format(adapter=args.adapter)}; attention {backend}, "
-        "eager\n"
-        f"  median [p25-p75] ms per step over {args.steps} interleaved repeats; step memory: "
-        f"{memory.what}, "
-        f"during one step with model, optimizer state and cache already in place"
-    )
-    print(
-        f"  {'path':<10} {'ms/step [p25-p75]':<24} {'target tok/s':>12} {'/ (c)':>6} "
-        f"{'step MiB':>9} {'ViT .grad':>9}  what"
-    )
-    for path in FROZEN_PATHS:
-        r = results[path]
-        spread = f"{r['median_ms']:.1f} [{r['p25_ms']:.1f}-{r['p75_ms']:.1f}]"
-        print(
-            f"  {'(' + path + ')':<10} {spread:<24} {r['target_tokens_per_s']:>12,.0f} "
-            f"{r['median_ms'] / results['c']['median_ms']:>6.2f} {r['step_memory_mib']:>9.1f} "
-            f"{'yes' if r['vision_grads'] else 'no':>9}  {r['what']}"
-        )
-    print(
-        "  ratios: " + ", ".join(f"({k.replace('/', ')/(')}) = {v:.2f}" for k, v in ratios.items())
-    )
-    print(
-        f"  gradients after the step: {gradients['frozen_tensors']} frozen tensors, none with a "
-        ".grad "
-        f"(the LM's {sum(1 for _ in model.lm.parameters())} included); "
-        f"{gradients['trained_tensors_with_grad']} "
-        f"trained adapter tensors with a .grad (norm {gradients['adapter_grad_norm']:.3g} after "
-        "clipping): ok"
-    )
-    return {
-        "backend": backend,
-        "paths": results,
-        "ratios": ratios,
-        "gradients": gradients,
-        "tokens": tokens,
-        "memory": memory.what,
-    }
-
-
 def add_flags(parser) -> None:
     parser.add_argument(
         "--preset", choices=["cpu", "cuda"], help="which model sizes (default: the device's)"
@@ -470,12 +226,10 @@ def add_flags(parser) -> None:
 def main(args) -> int:
     device, preset_name, preset = device_and_preset(args)
     args.steps = args.steps or (2 if args.quick else 20)
-    args.warmup = (
-        (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)
-    )  # the first step is timed apart
-    trainable = [
-        name for name in attn.BACKENDS if device.type == "cuda" or name != "flex"
-    ]  # no flex backward on CPU
+    # the first step is timed apart
+    args.warmup = (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)
+    # no flex backward on CPU
+    trainable = [name for name in attn.BACKENDS if device.type == "cuda" or name != "flex"]
     backends = backend_names(args.backends, trainable)
     compile_choice = args.compile or ("off" if args.quick else "both")
     compile_modes = {"both": [False, True], "on": [True], "off": [False]}[compile_choice]
@@ -484,9 +238,8 @@ def main(args) -> int:
         for name, (stage, adapter) in STAGES.items()
         if args.stage in ("all", str(stage)) and (stage < 2 or args.adapter in ("both", adapter))
     ]
-    args.adapter = (
-        "vadapter" if args.adapter == "both" else args.adapter
-    )  # what --compare-frozen-paths reads
+    # what --compare-frozen-paths reads
+    args.adapter = "vadapter" if args.adapter == "both" else args.adapter
     peak, peak_how = matmul_peak(device, DTYPES[preset.dtype], args.quick)
 
     print(

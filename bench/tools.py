@@ -1,18 +1,10 @@
-"""What the three benchmarks of the kernel-work box share: the model sizes they run at (presets:
-a laptop CPU's toy models, the paper-size models on CUDA, a quick one for tests), how they
-measure (time per call with the device synchronized, median and spread, peak memory, the machine,
-its matmul peak) and what a training step runs (each stage's model, a batch, its model FLOPs).
-bench/kernels.py (the entry point and the attention benchmark), bench/step.py and
-bench/reference.py import it; it imports no benchmark, so the imports run one way.
+"""What the benchmarks of the kernel-work box run: the model sizes (presets: a laptop CPU's toy
+models, the paper-size models on CUDA, a quick one for tests), what a training step runs (each
+stage's model, a batch, its model FLOPs) and the flags the attention and step benchmarks share.
+How they measure: bench/measure.py. It imports no benchmark, so the imports run one way.
 """
 
-import ctypes
-import gc
-import os
-import statistics
-import time
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -23,7 +15,7 @@ import data
 from palm_decoder import PALM_CONFIGS, PaLMConfig
 from resampler import ResamplerConfig
 from stage0 import scenes
-from support.checkpoints import ModelSpec, build_vlm
+from support.model_spec import ModelSpec, build_vlm
 from vit import VIT_CONFIGS, ViT, ViTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,9 +56,8 @@ def make_preset(
     )
 
 
-QUICK_VIT = ViTConfig(
-    image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64
-)  # 16 patches
+# 16 patches
+QUICK_VIT = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=64)
 PRESETS = {
     # `make demo` on a laptop: toy ViT (64 patches), toy-tiny adapter LM (16 latents), toy-large LM,
     # batch 32, 8-frame videos.
@@ -103,152 +94,6 @@ PRESETS = {
         dtype="float32",
     ),
 }
-
-# ---------------------------------------------------------------------------------------------
-# Measuring: time per call, its median and spread, peak memory, the machine
-# ---------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable, calls: int, device: torch.device) -> float:
-    """Milliseconds per call of `calls` back-to-back calls."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) * 1e3 / calls
-
-
-def machine(device: torch.device) -> str:
-    """Where the numbers come from; on CPU the load average says how much others were running."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (
-        f"cpu, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores, "
-        f"torch {torch.__version__}"
-    )
-
-
-def summary(samples_ms: list[float]) -> dict:
-    """Median and spread (interquartile range and min-max) of per-call times, ms."""
-    quartiles = (
-        statistics.quantiles(samples_ms, n=4, method="inclusive")
-        if len(samples_ms) > 1
-        else samples_ms * 3
-    )
-    return {
-        "median_ms": statistics.median(samples_ms),
-        "p25_ms": quartiles[0],
-        "p75_ms": quartiles[2],
-        "min_ms": min(samples_ms),
-        "max_ms": max(samples_ms),
-        "repeats": len(samples_ms),
-    }
-
-
-def short_error(error: Exception) -> str:
-    """`Type: first line of the message`, for the table and the JSON."""
-    lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0]}"[:200]
-
-
-def malloc_trim() -> None:
-    """Hand free heap pages back to the OS (glibc), so the next RSS baseline is not inflated by
-    memory that the last row freed but the allocator kept."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def read_proc_status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as file:
-            return next(int(line.split()[1]) for line in file if line.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return None
-
-
-def process_max_rss_kib() -> int:
-    import resource  # POSIX only; Linux reads /proc instead
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS)
-
-
-class PeakMemory:
-    """Peak memory above a baseline taken at start(). CUDA: torch.cuda.max_memory_allocated (tensors
-    only, not the allocator's cache). CPU: the process's peak resident set size (VmHWM), reset to
-    the current RSS through /proc/self/clear_refs; without that (not Linux) getrusage's ru_maxrss,
-    a high-water mark of the whole process that cannot be reset."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.baseline = 0
-        if device.type == "cuda":
-            self.what = "torch.cuda.max_memory_allocated above the allocated memory at the start"
-        elif self._reset_rss_peak():
-            self.what = (
-                "peak RSS (VmHWM, reset via /proc/self/clear_refs) above the RSS at the start"
-            )
-        else:
-            self.what = (
-                "getrusage ru_maxrss (process high-water mark, never reset) above the RSS "
-                "at the start"
-            )
-
-    @staticmethod
-    def _reset_rss_peak() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as file:
-                file.write("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
-            return read_proc_status_kib("VmHWM") is not None
-        except OSError:
-            return False
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.baseline = torch.cuda.memory_allocated(self.device)
-            return
-        malloc_trim()
-        self._reset_rss_peak()
-        self.baseline = (read_proc_status_kib("VmRSS") or process_max_rss_kib()) * 1024
-
-    def peak_mib(self) -> float:
-        if self.device.type == "cuda":
-            synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = (read_proc_status_kib("VmHWM") or process_max_rss_kib()) * 1024
-        return (peak - self.baseline) / 2**20
-
-
-# The peak's matmul side: large enough to reach the machine's rate, small enough to take a second.
-PEAK_MATMUL_SIZE = {"cpu": 2048, "cuda": 8192, "quick": 256}
-
-
-def matmul_peak(
-    device: torch.device, dtype: torch.dtype, quick: bool = False, repeats: int = 5
-) -> tuple[float, str]:
-    """This machine's matmul FLOP/s, measured now, and how: the best of `repeats` timings of an
-    (n x n) @ (n x n) product in `dtype`, 2 n^3 FLOPs. What the models' FLOP/s are a fraction of
-    (on CUDA in bf16: MFU), taken in the same run, under the same load."""
-    size = PEAK_MATMUL_SIZE["quick" if quick else device.type]
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    calls = 10 if device.type == "cuda" else 1  # one CUDA call is too short to time alone
-    time_calls(lambda: a @ b, calls, device)  # warm-up: kernel choice, clocks, first-touch pages
-    best_ms = min(time_calls(lambda: a @ b, calls, device) for _ in range(repeats))
-    return 2 * size**3 / (
-        best_ms * 1e-3
-    ), f"best of {repeats} {size}x{size} @ {size}x{size} matmuls in {dtype}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,9 +136,8 @@ def stage_spec(preset: Preset, stage: int, adapter: str, backend: str) -> ModelS
     `backend`."""
     if stage == 0:  # as stage0/pretrain.py vit: the whole ViT trained on scene labels
         spec = ModelSpec(lm=None, vision=preset.vit, adapter="scene-labels", train_vision=True)
-    elif (
-        stage == 1
-    ):  # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
+    # as train_stage1.py: the resampler's latents go straight into the trained tiny LM
+    elif stage == 1:
         spec = ModelSpec(
             vision=preset.vit,
             resampler=preset.resampler,
@@ -385,15 +229,13 @@ def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
         )
         return result
 
-    if (
-        spec.adapter == "scene-labels"
-    ):  # one part, all of it trained (the label heads are a few linear maps)
+    # one part, all of it trained (the label heads are a few linear maps)
+    if spec.adapter == "scene-labels":
         loss_sum, labels = counted("vision", "forward", lambda: scenes.scene_loss(model, batch))
         counted("vision", "backward", lambda: (loss_sum / labels).backward())
     else:
-        features = counted(
-            "vision", "forward", lambda: model.encode_images(batch["pixels"])
-        )  # no_grad: no backward
+        # no_grad: no backward
+        features = counted("vision", "forward", lambda: model.encode_images(batch["pixels"]))
         visual_tokens = counted("adapter", "forward", lambda: model.adapter(features))
         logits, _ = counted(
             "lm", "forward", lambda: model.lm(batch["input_ids"], prefix=visual_tokens)

@@ -1,13 +1,13 @@
 """Decoding: how Figure 2's LM decoder turns visual tokens and a prompt into text.
 
-Batched greedy decoding and beam search over the decoder's step API (`PaLMDecoder.prefill` runs
-the visual tokens and prompts once into a KV cache, `decode_step` appends one token per row), as
-gpt-fast keeps generation apart from the model. Evaluation decodes greedily unless told
+Batched greedy decoding and beam search over a step API built from the decoder's parts (`prefill`
+runs the visual tokens and prompts once into a KV cache, `decode_step` appends one token per
+row), as gpt-fast keeps generation apart from the model. Evaluation decodes greedily unless told
 otherwise (`Decoding`), so the same checkpoint always gives the same numbers.
 
 Prompts are token-id lists of any lengths; they are padded on the left (`left_pad`),
 so every row ends in its last real token and all rows take their next token at the same step.
-The visual tokens sit inside each prompt, before its position visual_at (the paper's
+The visual tokens sit inside each prompt, before its position visual_start (the paper's
 "Describe the following: <visual tokens> :", built by data.prompt_ids).
 Both decoders return the new token ids of every row, EOS excluded, like `generate`.
 """
@@ -20,6 +20,82 @@ import torch.nn.functional as F
 
 from palm_decoder import PaLMDecoder
 from vlm import VisionLanguageModel
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a left-padded batch; grows by one slot per decode step.
+
+    Beam search keeps one row per beam and calls `reorder` after choosing the surviving beams."""
+
+    keys: list  # per layer (B, Hkv, S, Dh), rotary already applied
+    values: list  # per layer (B, Hkv, S, Dh)
+    pad_lengths: torch.Tensor  # (B,) padding slots at the start of each row
+    prefix_len: int  # visual-token slots
+    visual_start: torch.Tensor  # (B,) the slot where each row's visual tokens start
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Row b becomes old row indices[b]. indices (B_new,) long."""
+        self.keys = [k.index_select(0, indices) for k in self.keys]
+        self.values = [v.index_select(0, indices) for v in self.values]
+        self.pad_lengths = self.pad_lengths.index_select(0, indices)
+        self.visual_start = self.visual_start.index_select(0, indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's step API: prefill the prompts into a KV cache, then one token per step
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def prefill(lm: PaLMDecoder, input_ids=None, prefix=None, pad_lengths=None, visual_start=None):
+    """Run the prompts once and cache their keys and values.
+
+    input_ids (B, L) left-padded prompts (the first pad_lengths[b] ids of row b are padding),
+    prefix (B, P, D) placed before position visual_start[b] of row b's prompt (int, list or
+    (B,), counted without the padding; default 0) -> (logits for the next token (B, V),
+    KVCache). A row is laid out [pads][prompt before][visual tokens][prompt after]: its last
+    slot is its last real one."""
+    reference = input_ids if input_ids is not None else prefix
+    B, device = reference.shape[0], reference.device
+    if pad_lengths is None:
+        pad_lengths = torch.zeros(B, dtype=torch.long, device=device)
+    pad_lengths = pad_lengths.to(device).long()
+    start = 0 if visual_start is None else visual_start
+    start = torch.as_tensor(start, device=device).long().expand(B)  # (B,) in the prompt
+    start_slot = None if prefix is None else pad_lengths + start  # (B,) in the padded row
+    lm.check_inputs(input_ids, prefix, start_slot)
+    x, prefix_len, start_slot = lm.embed(input_ids, prefix, start_slot)
+    slots = torch.arange(x.shape[1], device=device).expand(B, -1)
+    depth = lm.config.depth
+    cache = KVCache([None] * depth, [None] * depth, pad_lengths, prefix_len, start_slot)
+    mask = lm.attention_mask(B, prefix_len, start_slot, pad_lengths, device)
+    hidden = lm.run_blocks(x, slots - pad_lengths[:, None], mask, cache)
+    return lm.logits(hidden[:, -1]), cache
+
+
+@torch.no_grad()
+def decode_step(lm: PaLMDecoder, token_ids, cache: KVCache):
+    """Append one token per row (B,) to the cache -> logits for the token after it (B, V)."""
+    if cache.length >= lm.config.max_seq_len:
+        raise ValueError(
+            f"the cache already holds {cache.length} slots; max_seq_len={lm.config.max_seq_len}"
+        )
+    x = lm.embed_tokens(token_ids[:, None])  # (B, 1, D)
+    positions = (cache.length - cache.pad_lengths)[:, None]  # (B, 1): the unpadded position
+    mask = lm.attention_mask(
+        x.shape[0],
+        cache.prefix_len,
+        cache.visual_start,
+        cache.pad_lengths,
+        x.device,
+        query_offset=cache.length,
+    )
+    return lm.logits(lm.run_blocks(x, positions, mask, cache)[:, -1])
 
 
 def left_pad(prompts, pad_id, device):
@@ -57,10 +133,10 @@ def generate(
     eos_id=None,
     pad_id=0,
     generator=None,
-    prefix_at=None,
+    visual_start=None,
 ):
     """prompts: list of token-id lists (lengths may differ) or a (B, L) tensor; prefix (B, P, D)
-    placed before position prefix_at[b] of prompt b (a list, or None: before the prompt).
+    placed before position visual_start[b] of prompt b (a list, or None: before the prompt).
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature), restricted
     to the top_k tokens when given. Each row stops at eos_id. Returns the new token ids of
@@ -70,8 +146,8 @@ def generate(
     check_decode_length(lm, prompts, prefix, max_new_tokens)
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(
-        input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, prefix_at
+    logits, cache = prefill(
+        lm, input_ids if input_ids.shape[1] > 0 else None, prefix, pad_lengths, visual_start
     )
     new_tokens, finished = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
@@ -88,10 +164,9 @@ def generate(
             finished |= token == eos_id
         if finished.all() or step == max_new_tokens - 1:
             break
-        logits = lm.decode_step(token, cache)
-    rows = (
-        torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]
-    )  # (B, T)
+        logits = decode_step(lm, token, cache)
+    # (B, T)
+    rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]
     return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
@@ -114,13 +189,13 @@ def greedy_decode(
     *,
     features=None,
     pad_id=0,
-    visual_at=None,
+    visual_start=None,
     num_frames=None,
 ):
     """The most likely token at every step. pixels (B, 3, H, W) or (B, T, 3, H, W), or None with
     features = the frozen encoder's patch features (B, ...); num_frames (B,): each video's real
     frames when a batch pads them to its longest (data.pad_frames); the visual tokens go before
-    position visual_at[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
+    position visual_start[b] of prompt b (data.prompt_ids gives both; None: before the prompt)
     -> B lists of new token ids."""
     prefix = model.visual_tokens(pixels, features, num_frames)
     return generate(
@@ -130,7 +205,7 @@ def greedy_decode(
         max_new_tokens=max_new_tokens,
         eos_id=eos_id,
         pad_id=pad_id,
-        prefix_at=visual_at,
+        visual_start=visual_start,
     )
 
 
@@ -146,7 +221,7 @@ def beam_search(
     *,
     features=None,
     pad_id=0,
-    visual_at=None,
+    visual_start=None,
     num_frames=None,
 ):
     """Beam search conditioned on the images; inputs as `greedy_decode`, search as
@@ -161,7 +236,7 @@ def beam_search(
         max_new_tokens,
         eos_id,
         pad_id,
-        visual_at,
+        visual_start,
     )
 
 
@@ -176,11 +251,13 @@ def decode(
     *,
     features=None,
     pad_id=0,
-    visual_at=None,
+    visual_start=None,
     num_frames=None,
 ):
     """Greedy for beam_size 1 (the evaluation default), beam search otherwise."""
-    visual = dict(features=features, pad_id=pad_id, visual_at=visual_at, num_frames=num_frames)
+    visual = dict(
+        features=features, pad_id=pad_id, visual_start=visual_start, num_frames=num_frames
+    )
     if beam_size == 1:
         return greedy_decode(model, pixels, prompts, max_new_tokens, eos_id, **visual)
     return beam_search(
@@ -200,9 +277,8 @@ class FinishedHypotheses:
     def add(self, tokens: list, log_prob: float, length: int, length_penalty: float) -> None:
         self.count += 1
         score = log_prob / length**length_penalty
-        if (
-            score > self.best_score
-        ):  # strict: of equal scores the earlier one stays, deterministically
+        # strict: of equal scores the earlier one stays, deterministically
+        if score > self.best_score:
             self.best_score, self.best_tokens = score, tokens
 
 
@@ -216,7 +292,7 @@ def beam_search_lm(
     max_new_tokens=32,
     eos_id=None,
     pad_id=0,
-    prefix_at=None,
+    visual_start=None,
 ):
     """Batched beam search with a `PaLMDecoder`: prompts (B lists of ids), prefix (B, P, D) or None,
     placed as in `generate`.
@@ -238,9 +314,10 @@ def beam_search_lm(
         return [[] for _ in prompts]
     device = lm.token_embedding.weight.device
     input_ids, pad_lengths = left_pad(prompts, pad_id, device)
-    logits, cache = lm.prefill(
-        input_ids if input_ids.shape[1] else None, prefix, pad_lengths, prefix_at
-    )  # (B, V)
+    # (B, V)
+    logits, cache = prefill(
+        lm, input_ids if input_ids.shape[1] else None, prefix, pad_lengths, visual_start
+    )
     # The prefix and prompt of a sample are run once, then copied to its K beam rows.
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B * K,)
     cache.reorder(rows)
@@ -248,9 +325,8 @@ def beam_search_lm(
     # Only beam 0 starts alive: K identical beams would all propose the same K tokens.
     beam_scores = torch.full((B, K), -math.inf, device=device)
     beam_scores[:, 0] = 0.0
-    tokens = torch.zeros(
-        B, K, 0, dtype=torch.long
-    )  # (B, K, step) on CPU, where hypotheses are kept
+    # (B, K, step) on CPU, where hypotheses are kept
+    tokens = torch.zeros(B, K, 0, dtype=torch.long)
     finished = [FinishedHypotheses() for _ in range(B)]
     for step in range(max_new_tokens):
         vocab_size = logits.shape[-1]
@@ -280,7 +356,7 @@ def beam_search_lm(
         if step == max_new_tokens - 1 or all(f.count >= K for f in finished):
             break
         cache.reorder((torch.arange(B)[:, None] * K + parents).view(-1).to(device))
-        logits = lm.decode_step(next_tokens.view(-1).to(device), cache)
+        logits = decode_step(lm, next_tokens.view(-1).to(device), cache)
     for b, hypotheses in enumerate(finished):
         if hypotheses.count < K:  # stopped by max_new_tokens: the running beams end here
             for k, score in enumerate(beam_scores[b].tolist()):

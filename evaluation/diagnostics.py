@@ -22,7 +22,7 @@ import torch
 import data
 from evaluation.metrics import cider_d
 from stage0 import scenes
-from support.checkpoints import load_lm, load_tokenizer, load_vision, load_vlm
+from support.models import load_lm, load_tokenizer, load_vision, load_vlm
 
 
 def vit_probe(
@@ -157,7 +157,7 @@ def image_reliance(
                     batch["loss_mask"],
                     pixels=variant,
                     reduction="sum",
-                    visual_at=batch.get("visual_at"),
+                    visual_start=batch.get("visual_start"),
                 )
             totals[name][0] += loss_sum.item()
             totals[name][1] += int(batch["loss_mask"].sum())

@@ -2,16 +2,18 @@
 
 Every run is a command of the project's own scripts: train_stage1.py, train_stage2.py, then
 evaluate.py (test metrics, validation curve, trainable parameters) and diagnostics.image_reliance
-(the fraction of the blanked -> text-oracle gap each adapter closes). This file plans the runs,
+(the fraction of the blanked -> text-oracle gap each adapter closes). This command plans the runs,
 runs them (`--jobs 2`: two at a time, one thread each), skips the finished ones (a run is finished
 when its evaluation output exists; an unfinished one resumes from its checkpoint), and writes
 docs/results.md and docs/results.json: each cell the mean ± sample standard deviation over the
 seeds, each paper claim marked holds / does not hold / within seed noise. Rows reuse runs: the
-VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger".
+VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger". This file holds the tables
+and the command; the runs are in paper/runs.py, the claims and how one is judged in
+paper/claims.py.
 
-    python -m paper.tables run --data data/shapes --stage0 stage0 --runs runs/paper --seeds 1,2,3
-    --out docs python -m paper.tables reliance runs/paper/seed1/vadapter --data data/shapes --out
-    reliance.json
+    python -m paper.tables run --data data/shapes --stage0 stage0 --runs runs/paper --seeds 1,2,3 \\
+        --out docs
+    python -m paper.tables reliance runs/paper/seed1/vadapter --data data/shapes --out reliance.json
 """
 
 import argparse
@@ -19,63 +21,19 @@ import json
 import os
 import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation import diagnostics
-from support.readers import write_atomically, write_json
-from support.run_folder import steps_to_reach
+# Reached through this module though not used in it: mark, STAGE2_RUNS and steps_to_reach
+# (tests/test_paper.py reads the whole of make paper through paper.tables).
+from paper.claims import CLAIMS, judge, summarize
+from paper.claims import mark as mark
+from paper.runs import STAGE2_RUNS as STAGE2_RUNS
+from paper.runs import VITS, add_diagnostics, collect, plan, run_jobs, write_reliance
+from support.run_folder import steps_to_reach as steps_to_reach
+from support.writers import write_atomically
 
-VITS = {
-    "toy": "vit.safetensors",
-    "toy-small": "vit_small.safetensors",
-}  # frozen ViT sizes, files in --stage0
-VADAPTER = [
-    "--adapter",
-    "vadapter",
-    "--stage1",
-    "{stage1}",
-]  # {stage1}: the seed's stage-1 run on the same ViT
-PERCEIVER = ["--adapter", "perceiver", "--perceiver-depth", "6"]
-# Each stage-2 run once per seed: name -> (ViT, train_stage2.py flags).
-STAGE2_RUNS = {
-    "vadapter": ("toy", VADAPTER),
-    "perceiver": ("toy", PERCEIVER),
-    "vadapter_random": (
-        "toy",
-        ["--adapter", "vadapter", "--adapter-init", "random", "--tiny-lm", "{tiny_lm}"],
-    ),
-    "vadapter_lm": (
-        "toy",
-        ["--adapter", "vadapter", "--adapter-init", "lm", "--tiny-lm", "{tiny_lm}"],
-    ),
-    "vadapter_pooler": ("toy", VADAPTER + ["--cross-attention", "pooler"]),
-    "vadapter_depth6": ("toy", VADAPTER + ["--resampler-depth", "6"]),
-    "vadapter_no_final_norm": (
-        "toy",
-        VADAPTER + ["--resampler-final-norm", "false"],
-    ),  # not the paper's: the baseline's ending
-    "vadapter_carried": (
-        "toy",
-        VADAPTER + ["--resampler-from-stage1", "true"],
-    ),  # not the paper's: the stage-1 pooler kept
-    "mlp": ("toy", ["--adapter", "mlp"]),
-    "vadapter_small": ("toy-small", VADAPTER),
-    "perceiver_small": ("toy-small", PERCEIVER),
-}
-BASELINE = {
-    "toy": "perceiver",
-    "toy-small": "perceiver_small",
-}  # whose final validation loss the others race to
-GAINS = {
-    "vadapter_gain": ("vadapter", "vadapter_small"),
-    "perceiver_gain": ("perceiver", "perceiver_small"),
-}
 TABLES = {  # table -> (title, [(row name, run)])
     "Table 2": (
         "PaLM2-VAdapter against the perceiver resampler baseline",
@@ -119,12 +77,6 @@ TABLES = {  # table -> (title, [(row name, run)])
         ],
     ),
 }
-SCORES = {
-    "cider_d": ("caption", "cider_d"),
-    "vqa_accuracy": ("vqa", "vqa_accuracy"),
-    "video_cider_d": ("video_caption", "cider_d"),
-    "video_vqa_accuracy": ("video_vqa", "vqa_accuracy"),
-}
 COLUMNS = [
     ("trainable_parameters", "trainable params", "{:,.0f}"),
     ("steps_to_baseline_final_loss", "steps to the perceiver's final val loss", "{:.0f}"),
@@ -135,337 +87,6 @@ COLUMNS = [
     ("video_vqa_accuracy", "video VQA acc", "{:.3f}"),
     ("oracle_fraction", "oracle gap closed", "{:.3f}"),
 ]
-
-
-@dataclass
-class Claim:
-    text: str
-    paper: str  # the paper's own figures (DESIGN.md section 1)
-    table: str
-    ours: str  # the run the paper says is better ...
-    theirs: str  # ... than this one
-    metric: str = "cider_d"  # image CIDEr-D, the paper's headline figure
-    higher_is_better: bool = True
-
-
-HIGHER = "higher (its Table 2)"
-CLAIMS = [
-    Claim(
-        "fewer parameters: the VAdapter trains fewer than the perceiver",
-        "30-70% fewer than comparable LVLMs",
-        "Table 2",
-        "vadapter",
-        "perceiver",
-        "trainable_parameters",
-        higher_is_better=False,
-    ),
-    Claim(
-        "faster convergence: the VAdapter reaches the perceiver's final validation loss in fewer "
-        "steps",
-        "a higher CIDEr in 60K steps than the perceiver in 250K (about 3x)",
-        "Table 2",
-        "vadapter",
-        "perceiver",
-        "steps_to_baseline_final_loss",
-        higher_is_better=False,
-    ),
-    Claim(
-        "higher scores: image CIDEr-D",
-        "83.0 vs 81.4 (ViT-B), 89.6 vs 82.4 (ViT-L)",
-        "Table 2",
-        "vadapter",
-        "perceiver",
-    ),
-    Claim(
-        "higher scores: video CIDEr-D", HIGHER, "Table 2", "vadapter", "perceiver", "video_cider_d"
-    ),
-    Claim(
-        "higher scores: VQA accuracy", HIGHER, "Table 2", "vadapter", "perceiver", "vqa_accuracy"
-    ),
-    Claim(
-        "higher scores: video VQA accuracy",
-        HIGHER,
-        "Table 2",
-        "vadapter",
-        "perceiver",
-        "video_vqa_accuracy",
-    ),
-    Claim(
-        "progressive alignment beats language pretraining only",
-        "83.0 vs 81.3",
-        "Table 3",
-        "vadapter",
-        "vadapter_lm",
-    ),
-    Claim(
-        "language pretraining beats a random tiny LM",
-        "81.3 vs 79.2",
-        "Table 3",
-        "vadapter_lm",
-        "vadapter_random",
-    ),
-    Claim(
-        "a 1-layer perceiver beats the attentional pooler in stage 2",
-        "85.6 vs 81.1",
-        "Table 4",
-        "vadapter",
-        "vadapter_pooler",
-    ),
-    Claim(
-        "a 1-layer perceiver beats a 6-layer one in stage 2",
-        "85.6 vs 70.3",
-        "Table 4",
-        "vadapter",
-        "vadapter_depth6",
-    ),
-    Claim("the VAdapter beats an MLP adapter", "83.0 vs 80.3", "Table 13", "vadapter", "mlp"),
-    Claim(
-        "stronger scaling: the VAdapter gains more CIDEr-D from the larger ViT than the perceiver",
-        "+6.6 vs +1.0 (ViT-B -> ViT-L)",
-        "stronger",
-        "vadapter_gain",
-        "perceiver_gain",
-    ),
-]
-
-# =============================================================================================
-# The runs: what each one runs, and running them
-# =============================================================================================
-
-
-@dataclass
-class Job:
-    folder: Path
-    commands: list  # argv lists, each run as `python <argv>`
-    done: Path  # written last: a finished run
-
-
-def plan(args) -> tuple[list[Job], list[Job]]:
-    """-> (stage-1 jobs, stage-2 jobs), every seed; the stage-2 VAdapters read their seed's stage-1
-    run."""
-    stage0, runs, train_flags = Path(args.stage0), Path(args.runs), shlex.split(args.train_flags)
-    limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    first, second = [], []
-    for seed in args.seeds:
-        common = [
-            "--data",
-            args.data,
-            "--eval-every",
-            str(args.eval_every),
-            "--seed",
-            str(seed),
-            "--resume",
-            "true",
-        ]
-        for vit, vit_file in VITS.items():
-            folder = runs / f"seed{seed}" / f"stage1_{vit}"
-            first.append(
-                Job(
-                    folder,
-                    [
-                        [
-                            "train_stage1.py",
-                            "--vit",
-                            str(stage0 / vit_file),
-                            "--tiny-lm",
-                            str(stage0 / "tiny_lm.safetensors"),
-                            "--out-dir",
-                            str(folder),
-                            "--steps",
-                            str(args.stage1_steps),
-                            *common,
-                            *train_flags,
-                        ],
-                        [
-                            "evaluate.py",
-                            "checkpoint",
-                            str(folder),
-                            "--data",
-                            args.data,
-                            "--split",
-                            "test",
-                            "--tasks",
-                            "caption",
-                            *limit,
-                            "--out",
-                            str(folder / "eval.json"),
-                        ],
-                    ],
-                    folder / "eval.json",
-                )
-            )
-        for name, (vit, flags) in STAGE2_RUNS.items():
-            folder = runs / f"seed{seed}" / name
-            fill = {
-                "stage1": str(runs / f"seed{seed}" / f"stage1_{vit}"),
-                "tiny_lm": str(stage0 / "tiny_lm.safetensors"),
-            }
-            second.append(
-                Job(
-                    folder,
-                    [
-                        [
-                            "train_stage2.py",
-                            *[flag.format(**fill) for flag in flags],
-                            "--vit",
-                            str(stage0 / VITS[vit]),
-                            "--lm",
-                            str(stage0 / "large_lm.safetensors"),
-                            "--out-dir",
-                            str(folder),
-                            "--steps",
-                            str(args.stage2_steps),
-                            *common,
-                            *train_flags,
-                        ],
-                        [
-                            "evaluate.py",
-                            "compare",
-                            str(folder),
-                            "--data",
-                            args.data,
-                            *limit,
-                            "--out",
-                            str(folder / "eval"),
-                        ],
-                        [
-                            "-m",
-                            "paper.tables",
-                            "reliance",
-                            str(folder),
-                            "--data",
-                            args.data,
-                            "--limit",
-                            str(args.reliance_limit),
-                            "--out",
-                            str(folder / "eval" / "reliance.json"),
-                        ],
-                    ],
-                    folder / "eval" / "reliance.json",
-                )
-            )
-    return first, second
-
-
-def run_command(argv: list[str], log: Path, threads: int) -> None:
-    """`python argv`, its output appended to log; a failure names the command and the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"$ python {shlex.join(argv)}\n")
-        f.flush()
-        returncode = subprocess.call(
-            [sys.executable, *argv],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-        )
-    if returncode:
-        raise RuntimeError(
-            f"`python {shlex.join(argv)}` failed (exit {returncode}); its output is in {log}"
-        )
-
-
-def run_jobs(jobs: list[Job], workers: int, threads: int) -> int:
-    """Run the unfinished jobs, `workers` at a time -> how many ran. Every job is tried; then the
-    first failure is raised (the finished ones are kept: rerunning continues from there)."""
-    todo = [job for job in jobs if not job.done.exists()]
-
-    def run(job: Job):
-        started = time.time()
-        for argv in job.commands:
-            run_command(argv, job.folder / "paper.log", threads)
-        print(f"done {job.folder} in {time.time() - started:.0f} s", flush=True)
-
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(run, job) for job in todo]
-    for future in futures:
-        future.result()
-    return len(todo)
-
-
-def write_reliance(args) -> None:
-    write_json(args.out, diagnostics.image_reliance(args.run, args.data, "val", args.limit))
-
-
-# =============================================================================================
-# The tables: one metrics dict per seed, mean ± standard deviation, the claims
-# =============================================================================================
-
-
-def stage2_metrics(folder: Path, baseline: Path) -> dict:
-    """One seed of one row: what evaluate.py compare and the reliance wrote in folder/eval."""
-    row = json.loads((folder / "eval" / "results.json").read_text())["runs"][0]
-    target = json.loads((baseline / "eval" / "results.json").read_text())["runs"][0][
-        "final_val_loss"
-    ]
-    metrics = {
-        "run": str(folder),
-        "steps": row["step"],
-        "trainable_parameters": row["trainable_parameters"],
-        "final_val_loss": row["final_val_loss"],
-        "steps_to_baseline_final_loss": steps_to_reach(row["curve"], target),
-    }
-    metrics.update(
-        {
-            name: row["metrics"][task][metric]
-            for name, (task, metric) in SCORES.items()
-            if task in row["metrics"]
-        }
-    )
-    metrics["oracle_fraction"] = json.loads((folder / "eval" / "reliance.json").read_text())[
-        "oracle_fraction"
-    ]
-    return metrics
-
-
-def gain(larger: dict, smaller: dict) -> dict:
-    """The toy ViT's metrics minus the toy-small ViT's, for one seed."""
-    return {
-        name: larger[name] - smaller[name]
-        for name in ("final_val_loss", "oracle_fraction", *SCORES)
-        if name in larger
-    }
-
-
-def collect(runs: Path, seeds: list[int]) -> dict[str, list[dict]]:
-    """{run name: one metrics dict per seed} for every stage-2 run and gain row."""
-    per_run = {
-        name: [
-            stage2_metrics(runs / f"seed{seed}" / name, runs / f"seed{seed}" / BASELINE[vit])
-            for seed in seeds
-        ]
-        for name, (vit, _) in STAGE2_RUNS.items()
-    }
-    for name, (larger, smaller) in GAINS.items():
-        per_run[name] = [gain(a, b) for a, b in zip(per_run[larger], per_run[smaller])]
-    return per_run
-
-
-def summarize(values: list) -> dict:
-    """Mean and sample standard deviation (n - 1; 0 for one value) of the values that are not
-    None."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return {"mean": None, "std": None, "n": 0}
-    return {
-        "mean": statistics.fmean(present),
-        "std": statistics.stdev(present) if len(present) > 1 else 0.0,
-        "n": len(present),
-    }
-
-
-def mark(ours: list, theirs: list, higher_is_better: bool = True) -> tuple[str, float | None]:
-    """The claim "ours beats theirs" on per-seed values -> (verdict, the noise level used). Within
-    seed noise: the means differ by at most twice the larger of the two rows' standard deviations. A
-    None (a loss never reached) loses to any number."""
-    if None in ours or None in theirs:
-        return ("does not hold" if None in ours else "holds"), None
-    a, b = summarize(ours), summarize(theirs)
-    noise = 2 * max(a["std"], b["std"])
-    difference = (a["mean"] - b["mean"]) * (1 if higher_is_better else -1)
-    if abs(difference) <= noise:
-        return "within seed noise", noise
-    return ("holds" if difference > 0 else "does not hold"), noise
 
 
 def cell(seeds: list[dict], metric: str, form: str) -> str:
@@ -482,36 +103,6 @@ def cell(seeds: list[dict], metric: str, form: str) -> str:
     return text + (
         f" ({summary['n']} of {len(values)} reached)" if summary["n"] < len(values) else ""
     )
-
-
-def judge(claims: list[Claim], per_run: dict) -> list[dict]:
-    """Each claim with both rows' mean ± std, the verdict and the noise level it was judged
-    against."""
-    judged = []
-    for claim in claims:
-        ours, theirs = (
-            [seed.get(claim.metric) for seed in per_run[name]]
-            for name in (claim.ours, claim.theirs)
-        )
-        measured = any(claim.metric in seed for seed in per_run[claim.ours] + per_run[claim.theirs])
-        verdict, noise = (
-            mark(ours, theirs, claim.higher_is_better)
-            if measured
-            else ("not measured (no such task)", None)
-        )
-        judged.append(
-            {
-                "claim": claim.text,
-                "table": claim.table,
-                "paper": claim.paper,
-                "verdict": verdict,
-                "ours": summarize(ours),
-                "theirs": summarize(theirs),
-                "two_std": noise,
-                "metric": claim.metric,
-            }
-        )
-    return judged
 
 
 def markdown(results: dict, per_run: dict) -> str:
@@ -581,44 +172,6 @@ def markdown(results: dict, per_run: dict) -> str:
             f"{claim['verdict']}{noise} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def add_diagnostics(args, runs: Path, seed: int, threads: int) -> dict:
-    """The demo's diagnostics block (evaluate.py diagnostics), on the first seed's toy-ViT runs."""
-    folder = runs / "diagnostics"
-    if not (folder / "results.json").exists() or "diagnostics" not in json.loads(
-        (folder / "results.json").read_text()
-    ):
-        rows = [
-            json.loads((runs / f"seed{seed}" / name / "eval" / "results.json").read_text())["runs"][
-                0
-            ]
-            for name in ("vadapter", "perceiver")
-        ]
-        write_json(folder / "results.json", {"runs": rows})
-        stage0 = Path(args.stage0)
-        run_command(
-            [
-                "evaluate.py",
-                "diagnostics",
-                str(folder / "results.json"),
-                "--data",
-                args.data,
-                "--vit",
-                str(stage0 / VITS["toy"]),
-                "--large-lm",
-                str(stage0 / "large_lm.safetensors"),
-                "--tiny-lm",
-                str(stage0 / "tiny_lm.safetensors"),
-                "--stage1",
-                str(runs / f"seed{seed}" / "stage1_toy"),
-                "--limit",
-                str(args.eval_limit),
-            ],
-            folder / "paper.log",
-            threads,
-        )
-    return json.loads((folder / "results.json").read_text())["diagnostics"]
 
 
 def run_paper(args) -> dict:

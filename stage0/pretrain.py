@@ -4,10 +4,12 @@ The paper starts from a CoCa-pretrained ViT, a large PaLM2 LM and a tiny PaLM2 L
 stand-ins of each (with real pretrained weights a user skips this step):
 
     python -m stage0.pretrain vit --data data/shapes --out-dir runs/pretrain/vit
-    python -m stage0.pretrain lm  --data data/shapes --out-dir runs/pretrain/tiny_lm  --lm-preset
-    toy-tiny python -m stage0.pretrain lm  --data data/shapes --out-dir runs/pretrain/large_lm
-    --lm-preset toy-large python -m stage0.pretrain export --run runs/pretrain/vit --out
-    stage0/vit.safetensors   (what `make pretrain` ships)
+    python -m stage0.pretrain lm --data data/shapes --out-dir runs/pretrain/tiny_lm \
+        --lm-preset toy-tiny
+    python -m stage0.pretrain lm --data data/shapes --out-dir runs/pretrain/large_lm \
+        --lm-preset toy-large
+    python -m stage0.pretrain export --run runs/pretrain/vit --out stage0/vit.safetensors
+(the last one is what `make pretrain` ships, for each of the four runs)
 
 - The ViT learns from the scene labels by default (`--objective labels`, stage0/scenes.py): a linear
   head per cell of the world's grid says its shape, colour and size, another the object count,
@@ -29,8 +31,9 @@ import data
 from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
 from resampler import NUM_LATENTS, ResamplerConfig
 from stage0 import scenes
-from support.checkpoints import ModelSpec, build_vlm, export_weights
+from support.checkpoints import export_weights
 from support.flags import add_config_flags, config_from_args
+from support.model_spec import ModelSpec, build_vlm
 from trainer import TrainConfig, train
 from vit import VIT_CONFIGS, ViT, ViTConfig
 from vlm import caption_loss

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from data import DataError, load_image
+from support.data_checks import DataError
+from support.images import load_image
 
 KINDS = ("shape", "colour", "size")  # per cell, 0 = empty
 EMPTY = "empty"

@@ -16,14 +16,13 @@ class FeatureCache:
     all epochs: in bf16 (half of fp32; the adapter's input is rounded to it, as under bf16
     autocast), on the CPU, at most max_bytes (the least recently used go first; None: no bound).
     Valid only while the encoder stays frozen and images are not augmented; ids must be unique
-    within a modality
-    across the splits sharing a cache (they are in COCO and in the synthetic world)."""
+    within a modality across the splits sharing a cache (they are in COCO and in the synthetic
+    world)."""
 
     def __init__(self, max_bytes: int | None = None):
         self.max_bytes, self.bytes = max_bytes, 0
-        self.features: OrderedDict[tuple[str, int], torch.Tensor] = (
-            OrderedDict()
-        )  # oldest use first
+        # oldest use first
+        self.features: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.features)
@@ -55,9 +54,8 @@ class FeatureCache:
             for (key, row), features in zip(missing.items(), computed):
                 if num_frames is not None:
                     features = features[: int(num_frames[row])]
-                found[key] = features.detach().to(
-                    "cpu", torch.bfloat16, copy=True
-                )  # copy: not a view of the batch
+                # copy: not a view of the batch
+                found[key] = features.detach().to("cpu", torch.bfloat16, copy=True)
         for key in keys:  # newest use last; then evict from the oldest
             self.store(key, found[key])
         rows = [found[key] for key in keys]

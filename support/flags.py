@@ -15,9 +15,8 @@ TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0"
 
 def parse_bool(text: str) -> bool:
     """The one reading of a yes/no flag value: true/yes/on/1 or false/no/off/0, in any case.
-    Anything
-    else is an error that argparse reports with the flag's name (`argument --resume: 'flase' is
-    ...`)."""
+    Anything else is an error that argparse reports with the flag's name (`argument --resume:
+    'flase' is ...`)."""
     word = text.strip().lower()
     if word in TRUE_WORDS:
         return True
@@ -88,7 +87,12 @@ def config_from_args(args, config_class, prefix: str = "", presets: dict | None 
 
 
 def add_data_flags(parser):
-    """The data flags both stage scripts take."""
+    """The flags both stage scripts take: the data, and the frozen ViT it goes through."""
+    parser.add_argument(
+        "--vit",
+        required=True,
+        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, hf:FOLDER (CLIP, SigLIP)",
+    )
     parser.add_argument(
         "--data", required=True, help="data folder (python -m stage0.synthetic --out DIR)"
     )

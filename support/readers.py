@@ -6,23 +6,17 @@ These readers turn COCO captions (official or Karpathy split) and VQAv2 files in
 a video is a folder of frames. Every check names the file, the field and what was expected; a
 bad sample raises `DataError`, or with on_bad_sample="skip" is counted and reported once. Checked
 here, before any training step: fields, ids (unique, known), image paths (present, inside the
-data folder), frame counts; decoding is checked when a sample is loaded (data.py).
+data folder), frame counts; decoding is checked when a sample is loaded (data.py). The checks
+are in support/data_checks.py; writing these formats, in support/writers.py.
 """
 
-import json
 import os
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """A data file is missing, unreadable or lacks a field; the message names file, field and
-    expectation."""
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from support.data_checks import BadSamples, DataError, inside_root, read_json, required, top_level
+from support.images import frame_files
 
 
 @dataclass
@@ -34,96 +28,21 @@ class Example:
     prompt: str  # text before the target: "" for captions, vqa_prompt(question) for VQA
     target: str  # a caption, or the answer
     question_id: int | None = None
-    source: str = (
-        ""  # the file and entry it was read from, for messages: "captions.json: annotations[3]"
-    )
+    # the file and entry it was read from, for messages: "captions.json: annotations[3]"
+    source: str = ""
 
 
 @dataclass
 class Annotations:
     examples: list[Example]  # one per caption, or one per question
     images: dict[int, Path]  # image_id -> image file or frame folder
-    references: dict[
-        int, list[str]
-    ]  # captions per image_id, or the 10 human answers per question_id
+    # captions per image_id, or the 10 human answers per question_id
+    references: dict[int, list[str]]
     skipped: Counter = field(default_factory=Counter)  # bad samples left out, per reason
 
 
 def vqa_prompt(question: str) -> str:
     return f"question: {question} answer:"
-
-
-class BadSamples:
-    """on_bad_sample="error" raises DataError at once; "skip" counts the reason and reports all
-    counts in one warning at the end, so a single bad file never stops a run."""
-
-    def __init__(self, on_bad_sample: str):
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample={on_bad_sample!r}; expected 'error' or 'skip'")
-        self.skip, self.counts = on_bad_sample == "skip", Counter()
-
-    def __call__(self, reason: str, message: str, count: int = 1) -> None:
-        if not self.skip:
-            raise DataError(message)
-        self.counts[reason] += count
-
-    def report(self, source) -> Counter:
-        if self.counts:
-            counts = ", ".join(
-                f"{count} x {reason}" for reason, count in sorted(self.counts.items())
-            )
-            warnings.warn(f"{source}: skipped bad samples: {counts}", stacklevel=3)
-        return self.counts
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; expected a JSON annotation file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-
-
-def top_level(data: dict, key: str, path: Path) -> list:
-    # Without the list itself the whole file is wrong: no "skip" for this.
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise DataError(f"{path}: top-level field '{key}' is missing; expected a list")
-    return data[key]
-
-
-def required(entry, name: str, kind: type, where: str, bad: BadSamples):
-    """entry[name] if it is a `kind` (and not empty for text), else report and return None."""
-    value = entry.get(name) if isinstance(entry, dict) else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        bad(
-            "missing field",
-            f"{where} field '{name}' is missing or not {kind.__name__}; expected {kind.__name__}",
-        )
-        return None
-    if kind is str and not value.strip():
-        bad(f"empty {name}", f"{where} field '{name}' is empty; expected a non-empty {name}")
-        return None
-    return value.strip() if kind is str else value
-
-
-def frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def inside_root(
-    image_root: Path, name: str, where: str, fields: str, bad: BadSamples
-) -> Path | None:
-    """image_root / name, if `name` is a relative path that stays inside image_root; else report.
-    Checked on the text, not on the resolved path, so the image folder itself may be a symlink."""
-    if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
-        bad(
-            "image path outside the data folder",
-            f"{where} field {fields} is {name!r}, outside the data folder "
-            f"{image_root}; expected a path relative to it",
-        )
-        return None
-    return image_root / name
 
 
 def check_file(
@@ -179,9 +98,8 @@ def add_image(
         first[image_id] = (where, file)
         images[image_id] = file if check_file(file, num_frames, where, bad, videos) else None
     elif file != first[image_id][1]:
-        counted = (
-            images[image_id] is None
-        )  # a bad first entry, or an earlier duplicate, was counted already
+        # a bad first entry, or an earlier duplicate, was counted already
+        counted = images[image_id] is None
         bad(
             "duplicate image id",
             f"{where} field 'id' is {image_id}, as in {first[image_id][0]}, with another file "
@@ -418,75 +336,3 @@ def read_vqa(
     return Annotations(
         examples, {e.image_id: e.path for e in examples}, references, bad.report(questions_path)
     )
-
-
-def write_atomically(path: str | Path, write) -> None:
-    """Calls write(temporary_path), then renames the temporary file to `path`: a crash never
-    leaves a torn file. The temporary sits next to `path` (a rename is atomic within one file
-    system)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json(path: Path, content: dict) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(content)))
-
-
-def write_split(out: Path, prefix: str, split: str, items: list[dict], info: dict) -> dict:
-    """The writers' side of the formats above: COCO captions, VQAv2 questions + annotations and the
-    scenes of one split of generated items (stage0/synthetic.py); returns counts."""
-    images = [
-        {"id": i["id"], "file_name": i["file_name"], "width": i["size"], "height": i["size"]}
-        for i in items
-    ]
-    captions = [
-        {"id": i["id"] * 10 + k, "image_id": i["id"], "caption": c}
-        for i in items
-        for k, c in enumerate(i["captions"])
-    ]
-    questions, annotations = [], []
-    for item in items:
-        for k, (question, answer, question_type, answer_type, answers) in enumerate(
-            item["questions"]
-        ):
-            question_id = item["id"] * 1000 + k  # VQAv2's own convention
-            questions.append(
-                {"image_id": item["id"], "question": question, "question_id": question_id}
-            )
-            annotations.append(
-                {
-                    "question_id": question_id,
-                    "image_id": item["id"],
-                    "question_type": question_type,
-                    "answer_type": answer_type,
-                    "multiple_choice_answer": answer,
-                    "answers": answers,
-                }
-            )
-    vqa_header = {"info": info, "data_type": "shapes", "data_subtype": split, "license": {}}
-    write_json(
-        out / f"{prefix}captions_{split}.json",
-        {"info": info, "licenses": [], "images": images, "annotations": captions},
-    )
-    write_json(
-        out / f"{prefix}questions_{split}.json",
-        {**vqa_header, "task_type": "Open-Ended", "questions": questions},
-    )
-    write_json(
-        out / f"{prefix}annotations_{split}.json", {**vqa_header, "annotations": annotations}
-    )
-    write_json(
-        out / f"{prefix}scenes_{split}.json",
-        {
-            "scenes": [
-                {"image_id": i["id"], "file_name": i["file_name"], **i["scene"]} for i in items
-            ]
-        },
-    )
-    return {"items": len(items), "captions": len(captions), "questions": len(questions)}

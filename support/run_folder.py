@@ -13,20 +13,16 @@ import re
 
 import torch.nn as nn
 
-from support.checkpoints import (
-    CHECKPOINT_NAME,
-    CheckpointError,
-    ModelSpec,
-    resume_training,
-    write_synced,
-)
+from support.checkpoints import CHECKPOINT_NAME, CheckpointError, resume_training, write_synced
+from support.model_spec import ModelSpec
 
 METRICS_NAME = "metrics.jsonl"
 KEPT_CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pt")
-RUN_FILE = re.compile(
-    r"metrics\.jsonl|checkpoint(-\d+)?\.pt(\.broken|\.tmp-\d+)?"
-)  # also broken and half-written
-TEMPORARY = re.compile(r".*\.tmp-(\d+)")  # readers.write_atomically's temp files: <name>.tmp-<pid>
+# also broken and half-written
+RUN_FILE = re.compile(r"metrics\.jsonl|checkpoint(-\d+)?\.pt(\.broken|\.tmp-\d+)?")
+TEMPORARY = re.compile(
+    r".*\.tmp-(\d+)"
+)  # support.writers.write_atomically's temp files: <name>.tmp-<pid>
 
 
 def earlier_run_files(out_dir: str) -> list[str]:
@@ -38,8 +34,7 @@ def earlier_run_files(out_dir: str) -> list[str]:
 
 def prepare_run_folder(out_dir: str, resume: bool, overwrite: bool, is_main: bool):
     """Refuse to start over an earlier run unless resuming it or told to overwrite it (then delete
-    its
-    files); on resume, remove the temp files of checkpoint writes that were killed."""
+    its files); on resume, remove the temp files of checkpoint writes that were killed."""
     earlier = earlier_run_files(out_dir)
     if earlier and not resume and not overwrite:
         raise FileExistsError(
@@ -129,8 +124,7 @@ def resume_newest_readable(
 def save_keeping(out_dir: str, payload: dict, keep: int, newest_step: int | None) -> int:
     """Save `payload` as out_dir/checkpoint.pt (through a synced temp file and a rename); the
     checkpoint.pt it replaces, of step newest_step, stays as checkpoint-<step>.pt, and only the keep
-    - 1 newest of
-    those are kept. -> the step of the new checkpoint.pt."""
+    - 1 newest of those are kept. -> the step of the new checkpoint.pt."""
     newest = os.path.join(out_dir, CHECKPOINT_NAME)
     temporary = f"{newest}.tmp-{os.getpid()}"
     try:

@@ -11,7 +11,7 @@ import data
 from palm_decoder import PaLMConfig
 from resampler import ResamplerConfig
 from stage0 import synthetic
-from support.checkpoints import ModelSpec
+from support.model_spec import ModelSpec
 from vit import ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]

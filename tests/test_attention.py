@@ -143,20 +143,19 @@ for length in (1, 7, 8, 24, 40, 100, 129):
     generator = torch.Generator().manual_seed(length)
     q, k, v = (torch.randn(2, heads, length, 16, generator=generator) for heads in (4, 1, 1))
     latents = torch.randn(2, 4, 5, 16, generator=generator)
-    for name, query, mask in (("prefix_lm", q, A.prefix_lm(torch.tensor([min(length, 4), 0]))),
-    ("cross", latents, None)):
+    prefix_lm = A.prefix_lm(torch.tensor([min(length, 4), 0]))
+    for name, query, mask in (("prefix_lm", q, prefix_lm), ("cross", latents, None)):
         with torch.no_grad():
             out = A.attention(query, k, v, mask, backend="flex")
-        errors[f"{name} {length}"] = (out - A.attention(query, k, v, mask,
-        backend="math")).abs().max().item()
+        reference = A.attention(query, k, v, mask, backend="math")
+        errors[f"{name} {length}"] = (out - reference).abs().max().item()
 print(json.dumps(errors))
 """
 
 
 def run_python(code: str, **env) -> str:
     """Run `code` in a fresh process at the repository root: compiled graphs and torch.compile's
-    limits
-    stay out of this process."""
+    limits stay out of this process."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
@@ -175,8 +174,7 @@ def run_python(code: str, **env) -> str:
 def test_flex_matches_math_at_odd_key_lengths_on_cpu(isa):
     """Inductor's CPU FlexAttention, AVX2 code, is wrong (or NaN) at key lengths 8 mod 16; flex pads
     the keys. AVX2 code is forced with ATEN_CPU_CAPABILITY, with its own compile cache: the cache
-    does not
-    tell the ISAs apart, and a graph compiled for one returns garbage under the other."""
+    does not tell the ISAs apart, and a graph compiled for one returns garbage under the other."""
     env = (
         {}
         if isa == "native"

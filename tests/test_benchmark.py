@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import attention
-from bench import kernels as benchmark
+from bench import attention_checks as benchmark_checks
 from bench import tools as benchmark_tools
 from bench.__main__ import main as bench_main
 
@@ -28,24 +28,26 @@ def verdicts(row):
 
 def test_cases_follow_the_model_presets():
     preset = benchmark_tools.PRESETS["cpu"]
-    cases = {case.name: case for case in benchmark.attention_cases(preset)}
+    cases = {case.name: case for case in benchmark_checks.attention_cases(preset)}
     patches, latents = preset.vit.grid_size**2, preset.resampler.num_latents
     vit = cases["vit_self"]
+    # toy ViT
     assert (vit.batch, vit.heads_q, vit.q_len, vit.kv_len, vit.head_dim) == (
         32,
         4,
         64,
         64,
         32,
-    )  # toy ViT
+    )
     assert cases["resampler_image"].kv_len == patches + latents
     assert cases["resampler_video"].kv_len == preset.frames * patches + latents
     for name in ("decoder_causal", "decoder_prefix_lm", "decoder_prefix_lm_long", "decode_step"):
         assert cases[name].heads_kv == preset.lm.num_kv_heads == 1  # PaLM's multi-query attention
     long, short = cases["decoder_prefix_lm_long"], cases["decoder_prefix_lm"]
+    # same token budget
     assert (
         long.q_len == preset.lm.max_seq_len and long.batch * long.q_len <= short.batch * short.q_len
-    )  # same token budget
+    )
     assert cases["decode_step"].q_len == 1 and not cases["decode_step"].backward
 
 
@@ -60,7 +62,7 @@ def test_wrong_backend_is_flagged_incorrect(monkeypatch, tmp_path, capsys):
     assert status == 1
     results = json.loads(report.read_text())["results"]
     assert {row["case"] for row in results} == {
-        case.name for case in benchmark.attention_cases(benchmark_tools.PRESETS["quick"])
+        case.name for case in benchmark_checks.attention_cases(benchmark_tools.PRESETS["quick"])
     }
     for row in results:
         if row["backend"] == "no_scale":

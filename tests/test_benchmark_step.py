@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import step as benchmark_step
+from bench import measure as benchmark_measure
 from bench import tools as benchmark_tools
+from bench import training_step as benchmark_training_step
 from bench.__main__ import main as bench_main
 from vlm import caption_loss
 
@@ -65,9 +66,8 @@ def test_frozen_paths_comparison_reports_three_times(tmp_path, capsys, one_threa
         and not paths["b"]["vision_grads"]
         and not paths["c"]["vision_grads"]
     )
-    assert not paths["a_frozen"][
-        "vision_grads"
-    ]  # grad mode alone records nothing when no weight requires grad
+    # grad mode alone records nothing when no weight requires grad
+    assert not paths["a_frozen"]["vision_grads"]
     assert set(result["ratios"]) >= {"a/c", "b/c"}
     assert "(a)/(c)" in capsys.readouterr().out
 
@@ -75,7 +75,7 @@ def test_frozen_paths_comparison_reports_three_times(tmp_path, capsys, one_threa
 @pytest.mark.parametrize("adapter", ["vadapter", "perceiver"])
 def test_stage2_step_grads_reach_the_adapter_and_no_frozen_parameter(adapter, one_thread):
     preset = benchmark_tools.PRESETS["quick"]
-    setup = benchmark_step.setup_step(
+    setup = benchmark_training_step.setup_step(
         benchmark_tools.stage_spec(preset, 2, adapter, "sdpa"),
         preset,
         torch.device("cpu"),
@@ -91,13 +91,14 @@ def test_stage2_step_grads_reach_the_adapter_and_no_frozen_parameter(adapter, on
     assert trained and all(
         name.startswith("adapter.") and p.grad is not None for name, p in trained
     )
-    assert benchmark_step.check_gradients(model)["adapter_grad_norm"] > 0
+    assert benchmark_training_step.check_gradients(model)["adapter_grad_norm"] > 0
     frozen_weight = next(model.lm.parameters())
-    frozen_weight.grad = torch.zeros_like(
-        frozen_weight
-    )  # as if the frozen LM had been given a gradient
-    with pytest.raises(benchmark_step.GradientCheckError, match="frozen parameters with a .grad"):
-        benchmark_step.check_gradients(model)
+    # as if the frozen LM had been given a gradient
+    frozen_weight.grad = torch.zeros_like(frozen_weight)
+    with pytest.raises(
+        benchmark_training_step.GradientCheckError, match="frozen parameters with a .grad"
+    ):
+        benchmark_training_step.check_gradients(model)
 
 
 @pytest.mark.parametrize("stage,adapter", [(0, "scene-labels"), (1, "resampler"), (2, "vadapter")])
@@ -106,14 +107,13 @@ def test_step_flop_count_matches_a_real_step(stage, adapter, one_thread):
     frozen ViT has no backward, trained parts ~2x their forward, the frozen stage-2 LM ~1x."""
     preset = benchmark_tools.PRESETS["quick"]
     spec = benchmark_tools.stage_spec(preset, stage, adapter, "math")
-    setup = benchmark_step.setup_step(spec, preset, torch.device("cpu"), compiled=False)
+    setup = benchmark_training_step.setup_step(spec, preset, torch.device("cpu"), compiled=False)
     with FlopCounterMode(display=False) as counter:
-        setup.step(benchmark_step.stage_loss(spec))
+        setup.step(benchmark_training_step.stage_loss(spec))
     counts = benchmark_tools.count_step_flops(spec, setup.batch)
     assert counts["total"] == counter.get_total_flops()
-    if (
-        stage == 0
-    ):  # all trained; the patch embedding needs no input gradient (the pixels), so a bit under 2x
+    # all trained; the patch embedding needs no input gradient (the pixels), so a bit under 2x
+    if stage == 0:
         assert 1.5 <= counts["vision"]["backward"] / counts["vision"]["forward"] <= 2.0
         return
     assert counts["vision"]["forward"] > 0 and counts["vision"]["backward"] == 0
@@ -134,11 +134,12 @@ def test_stage2_perceiver_flop_count_equals_a_hand_count():
     vision = 2 * B * N * D * 3 * p * p + vit.depth * (
         2 * B * N * D * 3 * D + 4 * B * N * N * D + 2 * B * N * D * D + 2 * 2 * B * N * D * M
     )
+    # latents see [patches; latents]
     L, R, keys = (
         perceiver.num_latents,
         perceiver.dim,
         N + perceiver.num_latents,
-    )  # latents see [patches; latents]
+    )
     adapter = (
         perceiver.depth
         * (
@@ -171,7 +172,7 @@ def test_stage2_perceiver_flop_count_equals_a_hand_count():
 
 def test_matmul_peak_is_the_best_timing_of_an_n_cubed_product(monkeypatch):
     timings = iter([9.0, 4.0, 2.0, 3.0, 2.5, 5.0])  # ms: the warm-up, then five repeats
-    monkeypatch.setattr(benchmark_tools, "time_calls", lambda fn, calls, device: next(timings))
-    peak, how = benchmark_tools.matmul_peak(torch.device("cpu"), torch.float32, quick=True)
-    size = benchmark_tools.PEAK_MATMUL_SIZE["quick"]
+    monkeypatch.setattr(benchmark_measure, "time_calls", lambda fn, calls, device: next(timings))
+    peak, how = benchmark_measure.matmul_peak(torch.device("cpu"), torch.float32, quick=True)
+    size = benchmark_measure.PEAK_MATMUL_SIZE["quick"]
     assert peak == 2 * size**3 / 2e-3 and f"{size}x{size}" in how and "float32" in how

@@ -7,6 +7,7 @@ import argparse
 import pytest
 import torch
 
+from bench import measure as benchmark_measure
 from bench import tools as benchmark_tools
 from resampler import ResamplerConfig
 
@@ -23,10 +24,10 @@ def test_presets_use_the_stage_scripts_default_adapters():
 
 
 def test_summary_median_and_quartiles():
-    stats = benchmark_tools.summary([4.0, 1.0, 3.0, 2.0, 5.0])
+    stats = benchmark_measure.summary([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (stats["median_ms"], stats["p25_ms"], stats["p75_ms"]) == (3.0, 2.0, 4.0)
     assert (stats["min_ms"], stats["max_ms"], stats["repeats"]) == (1.0, 5.0, 5)
-    assert benchmark_tools.summary([7.0])["p25_ms"] == 7.0  # one sample: no spread
+    assert benchmark_measure.summary([7.0])["p25_ms"] == 7.0  # one sample: no spread
 
 
 def test_device_and_preset_and_backend_names():
@@ -40,7 +41,7 @@ def test_device_and_preset_and_backend_names():
 
 
 def test_peak_memory_sees_an_allocation():
-    memory = benchmark_tools.PeakMemory(torch.device("cpu"))
+    memory = benchmark_measure.PeakMemory(torch.device("cpu"))
     memory.start()
     block = torch.ones(16 * 2**20)  # 64 MiB, every page touched
     assert memory.peak_mib() >= 32, memory.what

@@ -1,6 +1,6 @@
 """checkpoints.py: the typed spec survives a weights-only round trip, a model is rebuilt from the
-file
-alone, saving is atomic, resuming restores everything or names what differs, errors are clear."""
+file alone, saving is atomic, resuming restores everything or names what differs, errors are
+clear."""
 
 import hashlib
 import os
@@ -15,19 +15,16 @@ import data
 from conftest import toy_spec
 from palm_decoder import PaLMConfig
 from support.checkpoints import (
-    ModelSpec,
-    build_vlm,
     check_same_spec,
     frozen_reference,
     load_checkpoint,
-    load_lm,
-    load_tokenizer,
-    load_vision,
     resume_training,
     save_checkpoint,
     submodule_state,
     training_state,
 )
+from support.model_spec import ModelSpec, build_vlm
+from support.models import load_lm, load_tokenizer, load_vision
 
 
 @pytest.mark.parametrize("adapter", ["resampler", "perceiver", "vadapter", "mlp"])

@@ -18,7 +18,8 @@ import data
 import trainer
 from conftest import load_json, toy_spec, world_texts
 from support import flags
-from support.checkpoints import build_vlm
+from support.model_spec import build_vlm
+from support.vlm_training import DataConfig, train_vlm
 
 # --- pixels ----------------------------------------------------------------------------------
 
@@ -63,13 +64,11 @@ def test_short_side_is_resized_and_centre_cropped(tmp_path):
     array[:, 40:] = 255
     array[:, :20] = (255, 0, 0)  # left quarter red: cropped away
     Image.fromarray(array).save(tmp_path / "wide.png")
-    pixels = (
-        data.load_image(tmp_path / "wide.png", 20) * 0.5 + 0.5
-    )  # (3, 20, 20) from the centre 40x40
+    # (3, 20, 20) from the centre 40x40
+    pixels = data.load_image(tmp_path / "wide.png", 20) * 0.5 + 0.5
     assert pixels.shape == (3, 20, 20)
-    assert (
-        pixels[:, :, 1:8].max() < 0.05 and pixels[:, :, 12:].min() > 0.95
-    )  # bicubic may bleed at the edge
+    # bicubic may bleed at the edge
+    assert pixels[:, :, 1:8].max() < 0.05 and pixels[:, :, 12:].min() > 0.95
 
 
 # --- tokenizer, dataset, collate, cache -------------------------------------------------------
@@ -117,19 +116,18 @@ def test_tokenizer_needs_pad_bos_and_eos(tmp_path):
 
 def test_training_puts_the_prompt_evaluation_decodes_after_before_the_target(world, tokenizer):
     """Evaluation decodes after data.prompt_ids(tokenizer, example.prompt); training inputs start
-    with
-    exactly those ids, loss off, the visual tokens at the same place, so the model is asked as it
-    was taught."""
+    with exactly those ids, loss off, the visual tokens at the same place, so the model is asked as
+    it was taught."""
     captions = data.read_captions(world / "captions_val.json").examples
     vqa = data.read_vqa(
         world / "questions_val.json", world / "annotations_val.json", world / "captions_val.json"
     ).examples
     for example in (*captions[:2], *vqa[:3]):
         sample = data.VisionTextDataset([example], tokenizer, 32)[0]
-        prompt, visual_at = data.prompt_ids(tokenizer, example.prompt)
+        prompt, visual_start = data.prompt_ids(tokenizer, example.prompt)
         assert (
             sample["input_ids"][: len(prompt)].tolist() == prompt
-            and sample["visual_at"] == visual_at
+            and sample["visual_start"] == visual_start
         )
         assert (
             not sample["loss_mask"][: len(prompt)].any()
@@ -148,7 +146,7 @@ def test_training_puts_the_prompt_evaluation_decodes_after_before_the_target(wor
         [data.VisionTextDataset([e], tokenizer, 32)[0] for e in (captions[0], vqa[0])],
         tokenizer.pad_id,
     )
-    assert batch["visual_at"].tolist() == [
+    assert batch["visual_start"].tolist() == [
         data.prompt_ids(tokenizer, e.prompt)[1] for e in (captions[0], vqa[0])
     ]
 
@@ -183,10 +181,11 @@ def test_vqa_batches_put_the_loss_on_answer_and_eos_only(world, tokenizer):
         ] * (len(ids) - length)
         assert tokenizer.decode(ids[mask][:-1].tolist()) == example.target
         prompt_end = length - answer_length
+        # after the visual tokens
         assert (
-            tokenizer.decode(ids[batch["visual_at"][row] : prompt_end].tolist())
+            tokenizer.decode(ids[batch["visual_start"][row] : prompt_end].tolist())
             == ": " + example.prompt
-        )  # after the visual tokens
+        )
     assert min(lengths) < max(lengths), "the check above must have covered padding"
 
 
@@ -246,11 +245,12 @@ def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval
     tmp_path, tokenizer
 ):
     karpathy = karpathy_file(tmp_path, splits=("train", "restval", "val", "test", "train"))
+    # as docs/real_data.md says: real files (or symlinks) under the task names
     for split in (
         "train",
         "val",
         "test",
-    ):  # as docs/real_data.md says: real files (or symlinks) under the task names
+    ):
         (tmp_path / f"captions_{split}.json").symlink_to(karpathy)
     images = {
         split: set(data.read_task(tmp_path, "caption", split).images)
@@ -258,9 +258,8 @@ def test_a_karpathy_file_under_the_task_names_gives_disjoint_splits_with_restval
     }
     assert images == {"train": {0, 1, 4}, "val": {2}, "test": {3}}
     train_texts = sorted(text for k in (0, 1, 4) for text in (f"A cat {k}.", f"Cat {k}"))
-    assert (
-        sorted(data.training_texts(tmp_path)) == train_texts
-    )  # the tokenizer's corpus: train only
+    # the tokenizer's corpus: train only
+    assert sorted(data.training_texts(tmp_path)) == train_texts
     [test_set] = data.task_datasets(tmp_path, "test", tokenizer, 16)
     assert [e.image_id for e in test_set.examples] == [3, 3]
 
@@ -333,12 +332,13 @@ def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folder
         data.read_task(world, "video_vqa", "val").examples
     )
     [videos] = data.task_datasets(tmp_path, "val", tokenizer, 32, ["video_caption"])
+    # SMALL_WORLD's 4 frames, read from the folders
     assert videos[0]["pixels"].shape == (
         4,
         3,
         32,
         32,
-    )  # SMALL_WORLD's 4 frames, read from the folders
+    )
 
 
 def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample_is_read(
@@ -397,8 +397,7 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
     tmp_path, tokenizer, one_thread
 ):
     """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's
-    context
-    and two unreadable images neither stop training nor go unreported."""
+    context and two unreadable images neither stop training nor go unreported."""
     folder = tmp_path / "data"
     (folder / "images").mkdir(parents=True)
     for split, ids in (("train", range(1, 7)), ("val", range(7, 10))):
@@ -433,11 +432,12 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = trainer.train_vlm(build_vlm(spec), args, "stage1", spec, config)
+        summary = train_vlm(
+            build_vlm(spec), DataConfig.from_flags(args, None), "stage1", spec, config
+        )
     assert summary["truncated_texts"] == 1 and summary["skipped_samples"] == {"unreadable image": 2}
     assert math.isfinite(summary["train_loss"])
-    too_many = parser.parse_args(
-        ["--data", str(folder), "--max-text-tokens", "125"]
-    )  # 128 positions - 4 visual tokens
+    # 128 positions - 4 visual tokens
+    too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])
     with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):
-        trainer.train_vlm(build_vlm(spec), too_many, "stage1", spec, config)
+        train_vlm(build_vlm(spec), DataConfig.from_flags(too_many, None), "stage1", spec, config)

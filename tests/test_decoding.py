@@ -9,16 +9,17 @@ import torch
 
 from conftest import toy_spec
 from evaluation import decoding
-from support.checkpoints import build_vlm
+from support.model_spec import build_vlm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 2
 PROMPTS = [[BOS, 7, 8, 9], [BOS], [BOS, 5]]  # different lengths: the batch is left-padded
+# the visual tokens inside each prompt (the paper's layout), row 1 after all of it
 VISUAL_AT = [
     2,
     1,
     1,
-]  # the visual tokens inside each prompt (the paper's layout), row 1 after all of it
+]
 
 
 def toy_model(vocab_size=50, seed=0):
@@ -44,16 +45,17 @@ def eos_in_the_middle(model, pixels):
 
 
 def sequence_scores(
-    model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens, visual_at=None
+    model, pixels, prompt, continuations, eos_id, length_penalty, max_new_tokens, visual_start=None
 ):
     """Length-penalised log-prob of each continuation, by a plain forward pass (no cache): one
     shorter than max_new_tokens ended with EOS, which is scored and counted in its length."""
     targets = [c + [eos_id] if len(c) < max_new_tokens else c for c in continuations]
     longest = max(map(len, targets))
     input_ids = torch.tensor([prompt + t + [0] * (longest - len(t)) for t in targets])  # (N, L)
+    # (N, L, V)
     logits, _ = model(
-        input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]), visual_at=visual_at
-    )  # (N, L, V)
+        input_ids, pixels=pixels.expand(len(targets), *pixels.shape[1:]), visual_start=visual_start
+    )
     log_probs = torch.log_softmax(logits.double(), dim=-1)
     scores = []
     for row, target in enumerate(targets):
@@ -109,27 +111,38 @@ def test_every_ended_hypothesis_carries_its_log_prob(monkeypatch):
 
 
 @pytest.mark.parametrize("beam_size", [None, 3])  # None: greedy
-@pytest.mark.parametrize("visual_at", [None, VISUAL_AT])
-def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_at):
+@pytest.mark.parametrize("visual_start", [None, VISUAL_AT])
+def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_start):
+    # a seed whose rows end at different steps
     model, pixels = (
         toy_model(seed=4),
         toy_pixels(3, seed=4),
-    )  # a seed whose rows end at different steps
+    )
     eos = eos_in_the_middle(model, pixels)
 
-    def decode(pixels, prompts, features=None, visual_at=visual_at):
+    def decode(pixels, prompts, features=None, visual_start=visual_start):
         if beam_size is None:
             return decoding.greedy_decode(
-                model, pixels, prompts, 12, eos, features=features, visual_at=visual_at
+                model, pixels, prompts, 12, eos, features=features, visual_start=visual_start
             )
         return decoding.beam_search(
-            model, pixels, prompts, beam_size, 1.0, 12, eos, features=features, visual_at=visual_at
+            model,
+            pixels,
+            prompts,
+            beam_size,
+            1.0,
+            12,
+            eos,
+            features=features,
+            visual_start=visual_start,
         )
 
     batched = decode(pixels, PROMPTS)
     assert batched == [
         decode(
-            pixels[b : b + 1], [prompt], visual_at=None if visual_at is None else [visual_at[b]]
+            pixels[b : b + 1],
+            [prompt],
+            visual_start=None if visual_start is None else [visual_start[b]],
         )[0]
         for b, prompt in enumerate(PROMPTS)
     ]
@@ -139,9 +152,9 @@ def test_batched_decoding_equals_decoding_one_by_one(beam_size, visual_at):
 
 
 @pytest.mark.parametrize(
-    "length_penalty,visual_at", [(0.0, None), (0.7, [1, 1, 2]), (2.0, [2, 0, 1])]
+    "length_penalty,visual_start", [(0.0, None), (0.7, [1, 1, 2]), (2.0, [2, 0, 1])]
 )
-def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty, visual_at):
+def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty, visual_start):
     """Vocabulary 5, 3 new tokens: 85 possible outputs, and a beam of 80 never prunes one (16
     beams x 5 tokens at the last step). So beam search must return the brute-force best, which
     checks the scores, the length penalty, EOS and the bookkeeping at once; and it must score at
@@ -150,13 +163,12 @@ def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty
     model, pixels, eos, steps = toy_model(vocab_size=5, seed=3), toy_pixels(3, seed=3), 3, 3
     prompts = [[BOS, 4, 0], [BOS], [BOS, 1]]
     beam = decoding.beam_search(
-        model, pixels, prompts, 80, length_penalty, steps, eos, visual_at=visual_at
+        model, pixels, prompts, 80, length_penalty, steps, eos, visual_start=visual_start
     )
-    greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos, visual_at=visual_at)
+    greedy = decoding.greedy_decode(model, pixels, prompts, steps, eos, visual_start=visual_start)
     tokens = [t for t in range(5) if t != eos]
-    everything = [
-        list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)
-    ]  # 85
+    # 85
+    everything = [list(c) for n in range(steps + 1) for c in itertools.product(tokens, repeat=n)]
     for b, prompt in enumerate(prompts):
         scores = sequence_scores(
             model,
@@ -166,7 +178,7 @@ def test_beam_as_wide_as_the_search_space_finds_the_best_sequence(length_penalty
             eos,
             length_penalty,
             steps,
-            None if visual_at is None else visual_at[b],
+            None if visual_start is None else visual_start[b],
         )
         best = everything[max(range(len(everything)), key=scores.__getitem__)]
         assert beam[b] == best

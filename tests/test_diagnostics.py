@@ -13,7 +13,9 @@ from evaluation import diagnostics
 from evaluation.metrics import cider_d
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain, synthetic
-from support.checkpoints import ModelSpec, load_lm, save_checkpoint
+from support.checkpoints import save_checkpoint
+from support.model_spec import ModelSpec
+from support.models import load_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,9 +38,8 @@ def test_loss_after_scores_only_the_target_after_its_context():
         ids = torch.tensor([context + target])
         with torch.no_grad():
             log_probs = F.log_softmax(lm(ids)[0][0], dim=-1)  # (L, V)
-        for position in range(
-            len(context) + 1, len(context) + len(target)
-        ):  # every target token but bos
+        # every target token but bos
+        for position in range(len(context) + 1, len(context) + len(target)):
             by_hand_sum -= log_probs[position - 1, ids[0, position]].item()
             by_hand_count += 1
     assert diagnostics.loss_after(lm, contexts, targets, pad_id=0) == pytest.approx(
@@ -93,9 +94,8 @@ def test_an_lm_that_copies_its_context_shows_a_large_drop(world, tmp_path):
         config = PaLMConfig(vocab_size=vocab, dim=8, depth=1, num_heads=1)
 
         def forward(self, input_ids, loss_mask=None, reduction="mean"):
-            seen = torch.cumsum(F.one_hot(input_ids, vocab).float(), dim=1).clamp(
-                max=1
-            )  # (B, L, V)
+            # (B, L, V)
+            seen = torch.cumsum(F.one_hot(input_ids, vocab).float(), dim=1).clamp(max=1)
             logits = 4.0 * seen
             targets = input_ids[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
             loss = F.cross_entropy(

@@ -21,7 +21,8 @@ from evaluation.decoding import Decoding
 from resampler import ResamplerConfig
 from stage0 import synthetic
 from support import checkpoints
-from support.checkpoints import build_vlm, load_vlm
+from support.model_spec import build_vlm
+from support.models import load_vlm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,9 +187,8 @@ def test_caption_one_image_or_video_from_the_command_line(run, capsys):
         ]
     )
     caption, answer = capsys.readouterr().out.splitlines()
-    assert caption == evaluate.caption_one(
-        run_dir, image, world / "tokenizer.model"
-    )  # deterministic
+    # deterministic
+    assert caption == evaluate.caption_one(run_dir, image, world / "tokenizer.model")
     with pytest.raises(SystemExit):
         evaluate.main(["caption", str(image), "--checkpoint", str(run_dir)])  # no tokenizer given
 

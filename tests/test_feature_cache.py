@@ -40,9 +40,8 @@ def test_the_encoder_runs_once_per_image_and_features_come_back_as_bf16_rounds_t
         and torch.equal(second[2], first[0])
         and torch.equal(first[1], first[2])
     )
-    assert torch.equal(
-        second, encode(images([3, 4, 1])).detach().bfloat16().float()
-    )  # exactly the bf16 rounding
+    # exactly the bf16 rounding
+    assert torch.equal(second, encode(images([3, 4, 1])).detach().bfloat16().float())
     assert cache.bytes == 4 * 2 * 5 * 2  # 4 images of (2, 5) bf16 values
 
 
@@ -51,9 +50,10 @@ def test_an_image_and_a_video_with_the_same_id_do_not_collide():
     encode = counting_encoder(encoded)
     cache = FeatureCache()
     image = cache.get_or_compute([7], images([7]), encode)
+    # one 2-frame "video"
     video = cache.get_or_compute(
         [7], torch.full((1, 2, 3), 7.0), encode, num_frames=torch.tensor([2])
-    )  # one 2-frame "video"
+    )
     assert (
         image.shape == (1, 2, 5)
         and video.shape == (1, 2, 2, 5)
@@ -90,7 +90,6 @@ def test_videos_keep_their_real_frames_and_come_back_padded_to_the_batch():
         ("video", 11)
     ].shape == (4, 2, 5)
     assert torch.equal(out[0, 2:], torch.zeros(2, 2, 5))
-    alone = cache.get_or_compute(
-        [10], pixels[:1, :2], encode, num_frames=torch.tensor([2])
-    )  # a batch of 2 frames
+    # a batch of 2 frames
+    alone = cache.get_or_compute([10], pixels[:1, :2], encode, num_frames=torch.tensor([2]))
     assert alone.shape == (1, 2, 2, 5) and torch.equal(alone[0], out[0, :2]) and len(encoded) == 2

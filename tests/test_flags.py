@@ -136,11 +136,12 @@ def options(parser: argparse.ArgumentParser):
             yield action
 
 
+# take no value
 SWITCHES = (
     argparse._StoreTrueAction,
     argparse._StoreFalseAction,
     argparse._HelpAction,
-)  # take no value
+)
 
 
 @pytest.mark.parametrize(
@@ -156,8 +157,7 @@ SWITCHES = (
 )
 def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch, script):
     """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no
-    `type=bool`
-    (any non-empty word is True) and no private reading of "true"."""
+    `type=bool` (any non-empty word is True) and no private reading of "true"."""
     parser = script_parser(monkeypatch, importlib.import_module(script).main)
     boolean = [
         a

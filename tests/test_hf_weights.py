@@ -28,14 +28,11 @@ from evaluation.decoding import generate
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
 from stage0 import synthetic
-from support.checkpoints import build_vlm, load_checkpoint, load_lm, load_vision
-from support.hf_weights import (
-    GEMMA_AND_LLAMA_WEIGHTS,
-    SIGLIP_VISION_WEIGHTS,
-    expand_table,
-    palm_fields_from_hugging_face,
-    vit_fields_from_hugging_face,
-)
+from support.checkpoints import load_checkpoint
+from support.hf_decoder import GEMMA_AND_LLAMA_WEIGHTS, palm_fields_from_hugging_face
+from support.hf_weights import SIGLIP_VISION_WEIGHTS, expand_table, vit_fields_from_hugging_face
+from support.model_spec import build_vlm
+from support.models import load_lm, load_vision
 from vit import ViT, ViTConfig
 from vlm import VAdapter
 
@@ -109,10 +106,11 @@ def test_clip_patch_features_match_transformers(tmp_path, architecture, hidden_a
     ours = ViT.from_pretrained(tmp_path)
     assert ours.config.class_token and ours.config.pre_norm and not ours.config.patch_bias
     tower = getattr(hf, "vision_model", hf)
+    # 48: the patch positions resized bicubically, the class token's kept, on both sides
     for side in (
         32,
         48,
-    ):  # 48: the patch positions resized bicubically, the class token's kept, on both sides
+    ):
         pixels = torch.randn(2, 3, side, side)
         with torch.no_grad():
             # What we match: post_layernorm on every token (CLIP applies it to the class token
@@ -120,17 +118,17 @@ def test_clip_patch_features_match_transformers(tmp_path, architecture, hidden_a
             hidden = tower(
                 pixel_values=pixels, interpolate_pos_encoding=side != 32
             ).last_hidden_state
+            # (2, N, 32)
             torch.testing.assert_close(
                 ours(pixels), tower.post_layernorm(hidden)[:, 1:], atol=ATOL, rtol=0
-            )  # (2, N, 32)
+            )
 
 
 @pytest.mark.parametrize("architecture", ["SiglipVisionModel", "SiglipModel"])
 def test_siglip_patch_features_match_transformers(tmp_path, architecture):
     transformers = transformers_or_skip()
-    vision = transformers.SiglipVisionConfig(
-        **VISION, attn_implementation="eager"
-    )  # with its pooling head
+    # with its pooling head
+    vision = transformers.SiglipVisionConfig(**VISION, attn_implementation="eager")
     if architecture == "SiglipModel":
         config = transformers.SiglipConfig(vision_config=vision.to_dict(), text_config=TEXT)
         config._attn_implementation = "eager"
@@ -250,9 +248,8 @@ def folder_tensors(model, table: dict) -> dict:
     state, tensors = model.state_dict(), {}
     for ours, theirs in table.items():
         names = (theirs,) if isinstance(theirs, str) else theirs
-        tensor = (
-            state[ours][0] if ours == "position_embedding" else state[ours]
-        )  # their table has no batch axis
+        # their table has no batch axis
+        tensor = state[ours][0] if ours == "position_embedding" else state[ours]
         for name, piece in zip(names, tensor.chunk(len(names))):
             tensors[name] = piece.clone()
     return tensors
@@ -308,9 +305,8 @@ def test_a_written_folder_loads_back_exactly(tmp_path, shards):
     assert loaded.config == written.config and not loaded.config.tie_embeddings
     for name, tensor in written.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    assert all(
-        p.requires_grad and p.device.type == "cpu" for p in loaded.parameters()
-    )  # trainable, like any module
+    # trainable, like any module
+    assert all(p.requires_grad and p.device.type == "cpu" for p in loaded.parameters())
     vision = siglip_folder(tmp_path / "siglip")
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -378,9 +374,8 @@ def test_a_vision_folder_of_another_architecture_is_named(tmp_path):
 
 def test_loaders_read_local_files_only(tmp_path):
     for load in (ViT.from_pretrained, PaLMDecoder.from_pretrained):
-        with pytest.raises(
-            FileNotFoundError, match="google/siglip-base-patch16-224"
-        ):  # a hub name is not a folder
+        # a hub name is not a folder
+        with pytest.raises(FileNotFoundError, match="google/siglip-base-patch16-224"):
             load("google/siglip-base-patch16-224")
         with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
             load(tmp_path / "absent")
@@ -407,9 +402,10 @@ def train_tokenizer(path, texts, vocab_size, **ids):
 
 def test_tokenizer_from_a_folder(tmp_path):
     texts = ["a red circle left of a blue square", "what colour is the circle? red"] * 20
+    # Llama's ids, no pad
     train_tokenizer(
         tmp_path / "tokenizer.model", texts, 30, unk_id=0, bos_id=1, eos_id=2, pad_id=-1
-    )  # Llama's ids, no pad
+    )
     tokenizer = data.Tokenizer(f"hf:{tmp_path}")
     assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)  # the file's own ids
     assert tokenizer.pad_id == tokenizer.eos_id  # no pad piece: pads with eos
@@ -493,6 +489,7 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
             str(tmp_path / "stage1"),
         ]
     )
+    # rebuilt from the file alone below
     train_stage2.main(
         [
             *fast,
@@ -510,7 +507,7 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
             "--self-contained",
             "true",
         ]
-    )  # rebuilt from the file alone below
+    )
     checkpoint = load_checkpoint(str(tmp_path / "stage2"), expected_stage="stage2")
     assert (
         checkpoint["spec"].lm.vocab_size == large_vocab
@@ -521,9 +518,8 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
     trained = {name for name, _ in model.trainable_parameters()}
     assert trained and all(name.startswith("adapter.") for name in trained)
     assert "adapter.tiny_lm.output_head.weight" not in trained
-    with pytest.raises(
-        ValueError, match="vocab_size"
-    ):  # the tiny LM's tokenizer with the large LM: refused
+    # the tiny LM's tokenizer with the large LM: refused
+    with pytest.raises(ValueError, match="vocab_size"):
         train_stage2.main(
             [
                 *fast,
@@ -540,13 +536,11 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
                 str(tmp_path / "mismatch"),
             ]
         )
-    train_tokenizer(
-        world / data.TOKENIZER_FILE, texts, 40, pad_id=0, unk_id=1, bos_id=2, eos_id=3
-    )  # the data's own
+    # the data's own
+    train_tokenizer(world / data.TOKENIZER_FILE, texts, 40, pad_id=0, unk_id=1, bos_id=2, eos_id=3)
     assert data.Tokenizer(world / data.TOKENIZER_FILE).vocab_size != large_vocab
-    with pytest.raises(
-        ValueError, match=re.escape(f"give --tokenizer hf:{large} ")
-    ):  # no --tokenizer: the fix is named
+    # no --tokenizer: the fix is named
+    with pytest.raises(ValueError, match=re.escape(f"give --tokenizer hf:{large} ")):
         train_stage2.main(
             [
                 *fast,
@@ -568,8 +562,8 @@ def test_stages_take_hugging_face_folders_with_each_stage_on_its_lms_tokenizer(t
 def test_pixels_match_transformers_image_processor(tmp_path, family, width, height):
     """The folder's preprocessor_config.json (statistics, resize mode) gives the pixels
     transformers' own processor gives: CLIP's short-side resize + centre crop, SigLIP's square
-    resize, each with
-    its folder's mean and std (SigLIP's here not the default 0.5, so the file is what is read)."""
+    resize, each with its folder's mean and std (SigLIP's here not the default 0.5, so the file is
+    what is read)."""
     transformers = transformers_or_skip()
     if family == "clip":
         processor = transformers.CLIPImageProcessor(

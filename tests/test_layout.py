@@ -20,26 +20,45 @@ FOLDERS = ["stage0", "support", "evaluation", "bench", "paper"]
 LIBRARY_ORDER = [
     "attention",  # the one attention function
     "support.hf_weights",  # Hugging Face folders and tensor-name tables (imports no model)
+    "support.hf_decoder",  # Llama / Gemma: the sequential block, RMSNorm, weight tables
     "evaluation.metrics",  # CIDEr-D, BLEU-4, VQA accuracy
+    "support.writers",  # atomic file writes; the COCO / VQAv2 writers of the synthetic world
+    "support.data_checks",  # DataError, bad samples skipped and counted, field checks
+    "support.images",  # image files and frame folders -> normalized pixels
     "support.readers",  # COCO / Karpathy / VQAv2 readers
-    "data",  # images, tokenizer, datasets, collate
+    "support.data_folder",  # which files hold each task of a data folder
+    "data",  # tokenizer, the prompt, datasets, collate
     "support.feature_cache",  # frozen-ViT features kept in bf16, within a budget
     "support.flags",  # command-line flags from config dataclasses
+    "stage0.world",  # the synthetic world's vocabulary, scenes and pixels
+    "stage0.captions",  # the synthetic world's captions, questions and human answers
     "stage0.scenes",  # scene labels: the stand-in ViT's pretraining targets and the linear probe
     "vit",
     "resampler",
     "palm_decoder",  # the models
     "vlm",  # the wiring of Figure 2
     "evaluation.decoding",  # greedy / beam search over the KV cache
-    "support.checkpoints",  # ModelSpec, build_vlm, save / load / resume
+    "support.model_spec",  # ModelSpec, build_vlm
+    "support.checkpoints",  # save / load / resume, frozen models by reference
+    "support.models",  # the frozen ViT / LM, the tokenizer, a trained VLM, loaded from files
     "evaluation.diagnostics",  # probe, LM context, reliance with a text oracle
     "support.run_folder",  # a run's checkpoints kept, metrics.jsonl, refusing to overwrite
+    "support.batches",  # the data order: what each step of each rank reads
     "trainer",  # the one training loop
+    "support.vlm_training",  # stages 1 and 2 on a data folder (train_vlm, DataConfig)
+    "evaluation.tasks",  # evaluate.py's parts: a task scored, one image captioned
+    "evaluation.report",  # results files, the comparison table and validation-loss curves
+    "paper.claims",  # make paper's parts: the claims and the 2-std rule
+    "paper.runs",  # the runs: planned, run, their numbers read back
 ]
 BENCHMARK_ORDER = [
+    "bench.measure",
     "bench.tools",
+    "bench.training_step",
+    "bench.frozen_paths",
     "bench.step",
     "bench.reference",
+    "bench.attention_checks",
     "bench.kernels",
     "bench.__main__",
 ]
@@ -79,9 +98,8 @@ def project_imports(name: str) -> set[str]:
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module)
-            imported |= {
-                f"{node.module}.{alias.name}" for alias in node.names
-            }  # from folder import module
+            # from folder import module
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
     return imported & set(MODULES)
 
 

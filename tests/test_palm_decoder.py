@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from attention import causal
 from conftest import REPO
-from evaluation.decoding import generate
-from palm_decoder import PALM_CONFIGS, KVCache, PaLMBlock, PaLMConfig, PaLMDecoder, apply_rotary
+from evaluation.decoding import KVCache, decode_step, generate, prefill
+from palm_decoder import PALM_CONFIGS, PaLMBlock, PaLMConfig, PaLMDecoder, apply_rotary
 from vit import num_parameters
 
 SMALL = PaLMConfig(vocab_size=50, dim=32, depth=2, num_heads=4, max_seq_len=64)
@@ -66,19 +66,19 @@ def test_embeddings_tied_and_no_biases():
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_projection_widths(kv_heads):
     head_dim, hidden = SMALL.dim // SMALL.num_heads, 4 * SMALL.dim
-    parallel = small_model(num_kv_heads=kv_heads).blocks[
-        0
-    ]  # [q; k; v; gate; up] and [W_out | W_down]
+    # [q; k; v; gate; up] and [W_out | W_down]
+    parallel = small_model(num_kv_heads=kv_heads).blocks[0]
     assert parallel.in_projection.weight.shape == (
         (SMALL.num_heads + 2 * kv_heads) * head_dim + 2 * hidden,
         SMALL.dim,
     )
     assert parallel.out_projection.weight.shape == (SMALL.dim, SMALL.num_heads * head_dim + hidden)
     attention = small_model(num_kv_heads=kv_heads, block="sequential").blocks[0].attention
+    # one k and one v head each
     assert attention.key_value.weight.shape == (
         2 * kv_heads * head_dim,
         SMALL.dim,
-    )  # one k and one v head each
+    )
     assert attention.query.weight.shape == (SMALL.num_heads * head_dim, SMALL.dim)
 
 
@@ -184,8 +184,8 @@ def test_bad_inputs_raise():
         ValueError, match=r"prefix must be \(B, P, 32\) embeddings; got shape \(1, 3, 48\)"
     ):
         model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 48))
-    with pytest.raises(ValueError, match=r"prefix_at=\[3\] must lie in 0..2"):
-        model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 32), prefix_at=3)
+    with pytest.raises(ValueError, match=r"visual_start=\[3\] must lie in 0..2"):
+        model(torch.tensor([[1, 2]]), prefix=torch.randn(1, 3, 32), visual_start=3)
     with pytest.raises(ValueError, match="max_seq_len=64"):
         model(torch.zeros(1, 60, dtype=torch.long), prefix=torch.randn(1, 5, 32))
     with pytest.raises(ValueError, match="loss_mask has shape"):
@@ -209,19 +209,18 @@ def test_rotary_scores_depend_only_on_relative_position():
 
     assert torch.allclose(scores(0), scores(37), atol=1e-4)
     assert not torch.allclose(scores(0), q @ k.transpose(-2, -1), atol=1e-2)  # it does rotate
-    assert torch.allclose(
-        apply_rotary(q, positions).norm(dim=-1), q.norm(dim=-1), atol=1e-5
-    )  # a rotation
+    # a rotation
+    assert torch.allclose(apply_rotary(q, positions).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
 
 
 def test_shifted_positions_give_the_same_forward():
     """Rotary through the whole model: one sequence run at positions p and p + c agrees."""
     model, ids = small_model(), torch.tensor([[5, 9, 2, 7, 1]])
-    x, _, starts = model._embed(ids, None)
+    x, _, starts = model.embed(ids, None)
     positions = torch.arange(5)[None]
-    mask = model._mask(1, 0, starts, None, x.device)
+    mask = model.attention_mask(1, 0, starts, None, x.device)
     assert torch.allclose(
-        model._run_blocks(x, positions, mask), model._run_blocks(x, positions + 11, mask), atol=1e-5
+        model.run_blocks(x, positions, mask), model.run_blocks(x, positions + 11, mask), atol=1e-5
     )
 
 
@@ -235,7 +234,7 @@ def test_loss_matches_hand_computed_cross_entropy():
     loss_mask = torch.rand(3, 6) > 0.4
     loss_mask[0, 0] = True  # token 0 is predicted by the last prefix position
     logits, loss = model(ids, prefix, loss_mask)
-    all_logits = model._logits(model(ids, prefix, return_hidden=True))  # (B, P + L, V)
+    all_logits = model.logits(model(ids, prefix, return_hidden=True))  # (B, P + L, V)
     assert torch.allclose(logits, all_logits[:, 4:], atol=1e-6)
     predicted = all_logits[:, 3:-1]  # slot P - 1 + i predicts token i
     expected = F.cross_entropy(predicted[loss_mask], ids[loss_mask])
@@ -293,9 +292,8 @@ def test_prefix_attention(mode):
     assert torch.allclose(hidden[:, :-1], later[:, :-1], atol=1e-6)  # text never sees future text
     changed_ids[:, 0] = (ids[:, 0] + 1) % 50
     first_changed = model(changed_ids, prefix, return_hidden=True)
-    assert torch.allclose(
-        hidden[:, :4], first_changed[:, :4], atol=1e-6
-    )  # the prefix never sees the text
+    # the prefix never sees the text
+    assert torch.allclose(hidden[:, :4], first_changed[:, :4], atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the visual span inside
@@ -309,32 +307,29 @@ def test_a_span_inside_the_text_equals_the_hand_built_sequence():
     torch.manual_seed(6)
     ids, prefix = torch.randint(0, 50, (3, 5)), torch.randn(3, 4, 32)
     loss_mask = torch.rand(3, 5) > 0.3
-    loss_mask[:, 0] = torch.tensor(
-        [False, True, False]
-    )  # only row 1 has a slot (the prefix) before token 0
+    # only row 1 has a slot (the prefix) before token 0
+    loss_mask[:, 0] = torch.tensor([False, True, False])
     loss_mask[0, 2] = True  # the token right after the span: predicted from the last prefix slot
-    logits, loss = model(ids, prefix, loss_mask, prefix_at=torch.tensor(at_rows))
-    hidden = model(ids, prefix, prefix_at=torch.tensor(at_rows), return_hidden=True)
-    text, terms = model._token_embeddings(ids), []
+    logits, loss = model(ids, prefix, loss_mask, visual_start=torch.tensor(at_rows))
+    hidden = model(ids, prefix, visual_start=torch.tensor(at_rows), return_hidden=True)
+    text, terms = model.embed_tokens(ids), []
     for b, at in enumerate(at_rows):
         alone = model(
             prefix=torch.cat([text[b, :at], prefix[b], text[b, at:]])[None], return_hidden=True
         )[0]  # (9, D)
         assert torch.allclose(hidden[b], alone, atol=1e-5)
-        every_logit = model._logits(alone)  # (9, V)
-        slots = [i if i < at else i + 4 for i in range(5)] + [
-            9
-        ]  # where each text token sits (and one past)
+        every_logit = model.logits(alone)  # (9, V)
+        # where each text token sits (and one past)
+        slots = [i if i < at else i + 4 for i in range(5)] + [9]
         for i in range(5):
-            assert torch.allclose(
-                logits[b, i], every_logit[slots[i + 1] - 1], atol=1e-5
-            )  # predicts token i + 1
+            # predicts token i + 1
+            assert torch.allclose(logits[b, i], every_logit[slots[i + 1] - 1], atol=1e-5)
             if loss_mask[b, i]:
                 terms.append(F.cross_entropy(every_logit[slots[i] - 1], ids[b, i]))
     assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
     loss_mask[0, 0] = True
     with pytest.raises(ValueError, match="no slot comes before token 0"):
-        model(ids, prefix, loss_mask, prefix_at=torch.tensor(at_rows))
+        model(ids, prefix, loss_mask, visual_start=torch.tensor(at_rows))
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
@@ -342,19 +337,17 @@ def test_bidirectional_attention_stays_inside_the_span(mode):
     model = small_model(prefix_attention=mode)
     torch.manual_seed(7)
     ids, prefix = torch.randint(0, 50, (2, 5)), torch.randn(2, 4, 32)
-    hidden = model(
-        ids, prefix, prefix_at=2, return_hidden=True
-    )  # slots: text 0-1, prefix 2-5, text 6-8
+    # slots: text 0-1, prefix 2-5, text 6-8
+    hidden = model(ids, prefix, visual_start=2, return_hidden=True)
     changed_prefix = prefix.clone()
     changed_prefix[:, -1] = torch.randn(2, 32)
-    changed = model(ids, changed_prefix, prefix_at=2, return_hidden=True)
-    assert torch.allclose(
-        hidden[:, :2], changed[:, :2], atol=1e-6
-    )  # the text before never sees the span
+    changed = model(ids, changed_prefix, visual_start=2, return_hidden=True)
+    # the text before never sees the span
+    assert torch.allclose(hidden[:, :2], changed[:, :2], atol=1e-6)
     assert torch.allclose(hidden[:, 2:5], changed[:, 2:5], atol=1e-6) == (mode == "causal")
     changed_ids = ids.clone()
     changed_ids[:, 2] = (ids[:, 2] + 1) % 50  # the first token after the span
-    later = model(changed_ids, prefix, prefix_at=2, return_hidden=True)
+    later = model(changed_ids, prefix, visual_start=2, return_hidden=True)
     assert torch.allclose(hidden[:, :6], later[:, :6], atol=1e-6)  # nothing before it sees it
 
 
@@ -370,10 +363,11 @@ def left_pad(prompts, pad_id=0):
     return ids, torch.tensor([longest - len(p) for p in prompts])
 
 
+# the visual tokens before the prompt, or inside it (row 2: after all of it)
 SPANS = [
     None,
     [2, 1, 3],
-]  # the visual tokens before the prompt, or inside it (row 2: after all of it)
+]
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
@@ -383,16 +377,16 @@ def test_left_padded_prefill_equals_each_sample_alone(mode, backend, span):
     model = small_model(prefix_attention=mode, attention_backend=backend)
     prefix = torch.randn(3, 4, 32)
     ids, pads = left_pad(PROMPTS, pad_id=11)
-    logits, cache = model.prefill(ids, prefix, pads, span)
+    logits, cache = prefill(model, ids, prefix, pads, span)
     for b, prompt in enumerate(PROMPTS):
         at = None if span is None else span[b]
-        alone_logits, alone_cache = model.prefill(
-            torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at
+        alone_logits, alone_cache = prefill(
+            model, torch.tensor([prompt]), prefix[b : b + 1], visual_start=at
         )
         assert torch.allclose(logits[b], alone_logits[0], atol=1e-5)
         assert torch.allclose(
             logits[b],
-            model(torch.tensor([prompt]), prefix[b : b + 1], prefix_at=at)[0][0, -1],
+            model(torch.tensor([prompt]), prefix[b : b + 1], visual_start=at)[0][0, -1],
             atol=1e-5,
         )
         for layer in range(SMALL.depth):  # every real slot's keys and values, at every layer
@@ -410,19 +404,20 @@ def test_cached_decoding_equals_recomputing(mode, span):
     model = small_model(seed=3, prefix_attention=mode)
     prefix = torch.randn(3, 4, 32)
     ids, pads = left_pad(PROMPTS)
-    logits, cache = model.prefill(ids, prefix, pads, span)
+    logits, cache = prefill(model, ids, prefix, pads, span)
     for _ in range(6):
         token = logits.argmax(-1)
         ids = torch.cat([ids, token[:, None]], dim=1)
-        logits = model.decode_step(token, cache)
-        recomputed, _ = model.prefill(ids, prefix, pads, span)  # no cache: the whole sequence again
+        logits = decode_step(model, token, cache)
+        # no cache: the whole sequence again
+        recomputed, _ = prefill(model, ids, prefix, pads, span)
         assert torch.allclose(logits, recomputed, atol=1e-4)
         assert torch.equal(logits.argmax(-1), recomputed.argmax(-1))
         for b, prompt in enumerate(PROMPTS):  # and each sample alone, unpadded, through forward
             alone, _ = model(
                 ids[b : b + 1, pads[b] :],
                 prefix[b : b + 1],
-                prefix_at=None if span is None else span[b],
+                visual_start=None if span is None else span[b],
             )
             assert torch.allclose(logits[b], alone[0, -1], atol=1e-4)
     assert cache.length == 4 + ids.shape[1]  # prefix + every token fed so far
@@ -432,21 +427,20 @@ def test_cached_decoding_equals_recomputing(mode, span):
 def test_batched_generate_equals_generating_alone(span):
     model = small_model(seed=4, prefix_attention="bidirectional")
     prefix = torch.randn(3, 4, 32)
-    batched = generate(model, PROMPTS, prefix, max_new_tokens=8, prefix_at=span)
+    batched = generate(model, PROMPTS, prefix, max_new_tokens=8, visual_start=span)
     for b, prompt in enumerate(PROMPTS):
         alone = generate(
             model,
             [prompt],
             prefix[b : b + 1],
             max_new_tokens=8,
-            prefix_at=None if span is None else [span[b]],
+            visual_start=None if span is None else [span[b]],
         )
         assert batched[b] == alone[0]
     assert all(len(row) == 8 for row in batched)
-    only_prefix = generate(
-        model, [[], [], []], prefix, max_new_tokens=3
-    )  # captioning: no prompt at all
-    first_tokens = model._logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
+    # captioning: no prompt at all
+    only_prefix = generate(model, [[], [], []], prefix, max_new_tokens=3)
+    first_tokens = model.logits(model(prefix=prefix, return_hidden=True)[:, -1]).argmax(-1)
     assert [row[0] for row in only_prefix] == first_tokens.tolist()
 
 
@@ -475,12 +469,12 @@ def test_generate_stops_at_eos_and_samples_reproducibly():
 def test_cache_reorder():
     model = small_model()
     ids, pads = left_pad(PROMPTS)
-    _, cache = model.prefill(ids, None, pads)
+    _, cache = prefill(model, ids, None, pads)
     keys = [k.clone() for k in cache.keys]
     cache.reorder(torch.tensor([2, 2, 0]))
     assert isinstance(cache, KVCache) and torch.equal(cache.pad_lengths, pads[[2, 2, 0]])
     assert torch.equal(cache.keys[1], keys[1][[2, 2, 0]])
-    next_logits = model.decode_step(torch.tensor([6, 6, 6]), cache)
+    next_logits = decode_step(model, torch.tensor([6, 6, 6]), cache)
     assert torch.allclose(next_logits[0], next_logits[1], atol=1e-6)
     alone, _ = model(torch.tensor([PROMPTS[0] + [6]]))
     assert torch.allclose(next_logits[2], alone[0, -1], atol=1e-5)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from paper import runs
 from paper import tables as paper
 
 
@@ -42,24 +43,27 @@ def test_steps_to_reach_is_the_first_validation_step_at_or_below_the_target():
         ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], True, "does not hold"),
         ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], False, "holds"),  # fewer steps / parameters is better
         ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], False, "does not hold"),
+        # 0.5 < 2 x 0.5 (ours, the larger std)
         (
             [1.5, 1.0, 2.0],
             [1.0, 1.1, 0.9],
             True,
             "within seed noise",
-        ),  # 0.5 < 2 x 0.5 (ours, the larger std)
+        ),
+        # the same the other way round
         (
             [1.0, 1.1, 0.9],
             [1.5, 1.0, 2.0],
             True,
             "within seed noise",
-        ),  # the same the other way round
+        ),
+        # ours never reached the target once
         (
             [100.0, None, 50.0],
             [100.0, 100.0, 100.0],
             False,
             "does not hold",
-        ),  # ours never reached the target once
+        ),
         ([100.0, 75.0, 50.0], [None, 100.0, 100.0], False, "holds"),
     ],
 )
@@ -100,9 +104,8 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
-        raise Parsed(
-            original(self, args, namespace)
-        )  # an unknown flag or bad value exits with code 2 instead
+        # an unknown flag or bad value exits with code 2 instead
+        raise Parsed(original(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     first, second = paper.plan(plan_args(tmp_path))
@@ -164,7 +167,7 @@ def fake_outputs(argv: list[str], log: Path, threads: int):
 def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_nothing(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(paper, "run_command", fake_outputs)
+    monkeypatch.setattr(runs, "run_command", fake_outputs)
     fake_outputs.calls = []
     argv = [
         "run",
@@ -187,11 +190,12 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     table2 = {row["name"]: row["seeds"] for row in results["tables"]["Table 2"]}
     vadapter, perceiver = table2["PaLM2-VAdapter"], table2["perceiver resampler (6 layers)"]
     assert [seed["cider_d"] for seed in vadapter] == pytest.approx([1.81, 1.82, 1.83])
+    # 0.55 <= the perceiver's 0.6
     assert [seed["steps_to_baseline_final_loss"] for seed in vadapter] == [
         50,
         50,
         50,
-    ]  # 0.55 <= the perceiver's 0.6
+    ]
     assert [seed["steps_to_baseline_final_loss"] for seed in perceiver] == [100, 100, 100]
     gains = {row["name"]: row["seeds"] for row in results["tables"]["stronger"]}["VAdapter gain"]
     assert [seed["cider_d"] for seed in gains] == pytest.approx([0.8, 0.8, 0.8])

@@ -387,16 +387,14 @@ def test_vqa_takes_its_images_from_every_split_of_a_karpathy_file(tmp_path):
 def test_duplicate_image_ids_name_both_entries_or_are_skipped_and_counted(tmp_path):
     path = official_coco(tmp_path)  # images 9, 25, 30
     content = load_json(path)
-    content["images"][2]["id"] = (
-        9  # COCO_train2014_000000000030.jpg now claims id 9: whose captions are 9's?
-    )
+    # COCO_train2014_000000000030.jpg now claims id 9: whose captions are 9's?
+    content["images"][2]["id"] = 9
     content["annotations"] = [
         {**a, "image_id": 9 if a["image_id"] == 30 else a["image_id"]}
         for a in content["annotations"]
     ]
-    content["images"].append(
-        dict(content["images"][1])
-    )  # listed twice with the same file: harmless
+    # listed twice with the same file: harmless
+    content["images"].append(dict(content["images"][1]))
     path.write_text(json.dumps(content))
     root = tmp_path / "train2014"
     with pytest.raises(readers.DataError) as error:
@@ -498,9 +496,8 @@ def write_png_header(path: Path, width: int, height: int) -> None:
 def test_decompression_bomb_is_a_data_error_naming_file_and_field(tmp_path, tokenizer):
     path = official_coco(tmp_path)
     read = readers.read_captions(path, image_root=tmp_path / "train2014")
-    write_png_header(
-        read.images[25], 20_000, 20_000
-    )  # 400M pixels: over twice PIL's MAX_IMAGE_PIXELS
+    # 400M pixels: over twice PIL's MAX_IMAGE_PIXELS
+    write_png_header(read.images[25], 20_000, 20_000)
     with pytest.raises(readers.DataError) as error:
         data.VisionTextDataset(read.examples, tokenizer, 32)[1]
     for text in (
@@ -567,9 +564,8 @@ def test_video_folders_of_any_frame_count_are_read_and_long_ones_sampled_to_max_
         16,
         16,
     )
-    sampled = data.load_pixels(
-        read.images[2], 16, max_frames=5
-    )  # frames 0, 2, 4, 6, 8 of 9: evenly spread
+    # frames 0, 2, 4, 6, 8 of 9: evenly spread
+    sampled = data.load_pixels(read.images[2], 16, max_frames=5)
     every = data.load_pixels(read.images[2], 16)
     assert every.shape == (9, 3, 16, 16) and torch.equal(sampled, every[[0, 2, 4, 6, 8]])
     assert torch.equal(

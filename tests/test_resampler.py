@@ -49,9 +49,8 @@ def test_frame_order_matters_once_time_embeddings_are_learned():
     resampler = make()
     video = torch.randn(2, 3, 7, 24)
     with torch.no_grad():
-        torch.testing.assert_close(
-            resampler(video.flip(1)), resampler(video), atol=1e-5, rtol=1e-5
-        )  # zero at init: a set of frames
+        # zero at init: a set of frames
+        torch.testing.assert_close(resampler(video.flip(1)), resampler(video), atol=1e-5, rtol=1e-5)
         resampler.time_embedding.normal_()
         assert (resampler(video.flip(1)) - resampler(video)).abs().max() > 1e-3
 
@@ -225,6 +224,7 @@ def test_the_pooler_is_one_cross_attention_over_the_features_then_a_layernorm():
         ).transpose(0, 1)  # (N, B, D)
         queries = cross.latent_norm(pooler.latents)[:, None].expand(-1, 2, -1)  # (L, B, D)
         key_weight, value_weight = cross.key_value.weight.chunk(2)
+        # (L, B, D)
         attended, _ = F.multi_head_attention_forward(
             queries,
             keys,
@@ -245,15 +245,16 @@ def test_the_pooler_is_one_cross_attention_over_the_features_then_a_layernorm():
             q_proj_weight=cross.query.weight,
             k_proj_weight=key_weight,
             v_proj_weight=value_weight,
-        )  # (L, B, D)
+        )
         expected = pooler.final_norm(pooler.latents + attended.transpose(0, 1))
         torch.testing.assert_close(pooler(features), expected, atol=1e-5, rtol=1e-5)
+    # latents, input projection, time embeddings, 2 LayerNorms, q, kv, out, final LayerNorm
     L, Din, D, T = (
         5,
         24,
         32,
         8,
-    )  # latents, input projection, time embeddings, 2 LayerNorms, q, kv, out, final LayerNorm
+    )
     assert num_parameters(pooler) == L * D + Din * D + T * D + 2 * 2 * D + 4 * D * D + 2 * D
 
 

@@ -51,9 +51,8 @@ def test_real_data_without_scene_labels_is_a_clear_error(tmp_path):
 
 
 def test_pool_cells_averages_the_patches_whose_centres_lie_in_each_cell():
-    features = torch.arange(36, dtype=torch.float).view(
-        1, 36, 1
-    )  # a 6 x 6 patch grid, value = index
+    # a 6 x 6 patch grid, value = index
+    features = torch.arange(36, dtype=torch.float).view(1, 36, 1)
     pooled = scenes.pool_cells(features, 2, 3)  # cells of 3 x 2 patches
     top_left = torch.tensor([0, 1, 6, 7, 12, 13], dtype=torch.float).mean()
     bottom_right = torch.tensor([22, 23, 28, 29, 34, 35], dtype=torch.float).mean()

@@ -77,9 +77,8 @@ def test_splits_are_disjoint_and_dataset_json_counts_them(world):
                 == summary["counts"][prefix + split]["captions"]
             )
             ids += [image["id"] for image in captions["images"]]
-            for image in captions[
-                "images"
-            ]:  # a video's frames may repeat inside it, not across videos
+            # a video's frames may repeat inside it, not across videos
+            for image in captions["images"]:
                 files = sorted((world / image["file_name"]).glob("*.png")) or [
                     world / image["file_name"]
                 ]

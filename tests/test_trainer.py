@@ -13,7 +13,9 @@ import trainer
 from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain
-from support.checkpoints import ModelSpec, build_vlm, load_checkpoint
+from support.batches import StepBatches
+from support.checkpoints import load_checkpoint
+from support.model_spec import ModelSpec, build_vlm
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -50,10 +52,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
     groups = [10, 6]
-    whole = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=0, end_step=7))
+    whole = list(StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=0, end_step=7))
     split = [
-        trainer.StepBatches(groups, 4, 2, rank, 2, seed=3, start_step=0, end_step=7)
-        for rank in (0, 1)
+        StepBatches(groups, 4, 2, rank, 2, seed=3, start_step=0, end_step=7) for rank in (0, 1)
     ]
     pieces = [list(s) for s in split]
     for step in range(7):
@@ -65,14 +66,14 @@ def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
         )
         assert rebuilt == whole[step]
         assert len({i >= 10 for i in whole[step]}) == 1, "a batch never mixes groups"
-    resumed = list(trainer.StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=4, end_step=7))
+    resumed = list(StepBatches(groups, 4, 1, 0, 1, seed=3, start_step=4, end_step=7))
     assert resumed == whole[4:]
     group_0 = sorted(i for batch in whole for i in batch if i < 10)
     assert all(group_0.count(i) <= group_0.count(j) + 1 for i in range(10) for j in range(10)), (
         "epochs are permutations"
     )
     with pytest.raises(ValueError, match="multiple of world_size"):
-        trainer.StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)
+        StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
@@ -198,9 +199,8 @@ def test_weight_decay_applies_to_the_weights_of_linear_layers_only():
             )
             for name in kept
         ), kept
-    assert (
-        "lm.token_embedding.weight" in kept
-    )  # stage 1 trains the LM: its tied embedding is not decayed
+    # stage 1 trains the LM: its tied embedding is not decayed
+    assert "lm.token_embedding.weight" in kept
 
 
 def test_a_second_run_into_the_same_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
@@ -227,9 +227,8 @@ def test_a_broken_newest_checkpoint_falls_back_to_the_one_kept_before_it(tmp_pat
     straight = tmp_path / "straight"
     straight.mkdir()
     tiny_lm_run(straight, steps=8)
-    tiny_lm_run(
-        tmp_path, steps=6
-    )  # keeps checkpoint.pt (step 6) and checkpoint-4.pt; step 2's is gone
+    # keeps checkpoint.pt (step 6) and checkpoint-4.pt; step 2's is gone
+    tiny_lm_run(tmp_path, steps=6)
     run = tmp_path / "run"
     assert sorted(path.name for path in run.iterdir()) == [
         "checkpoint-4.pt",

@@ -20,14 +20,9 @@ import trainer
 from conftest import REPO
 from stage0 import pretrain
 from support import checkpoints
-from support.checkpoints import (
-    build_vlm,
-    load_checkpoint,
-    load_lm,
-    load_vision,
-    load_vlm,
-    submodule_state,
-)
+from support.checkpoints import load_checkpoint, submodule_state
+from support.model_spec import build_vlm
+from support.models import load_lm, load_vision, load_vlm
 
 FAST = [
     "--steps",
@@ -230,11 +225,12 @@ def test_stage2_trains_only_the_adapter_and_frozen_models_stay_bit_identical(cha
     for key, tensor in vit.items():
         if key.startswith("vision."):
             assert torch.equal(model[key], tensor), f"frozen ViT tensor {key} changed"
+    # the optimizer holds exactly the adapter's trainable parameters
     for name in (
         "vadapter",
         "perceiver",
         "mlp",
-    ):  # the optimizer holds exactly the adapter's trainable parameters
+    ):
         checkpoint = load_checkpoint(str(runs[name]))
         rebuilt = build_vlm(checkpoint["spec"])
         trainable = [p for n, p in rebuilt.named_parameters() if p.requires_grad]
@@ -263,8 +259,7 @@ def test_checkpoints_reference_the_frozen_models_and_give_the_numbers_of_a_self_
     """Stage-2 checkpoints reference the frozen ViT and large LM (path, size, sha256), smaller by
     their size; resuming and evaluating one give the numbers a self-contained one gives, and
     `evaluate.py bundle` writes that self-contained file. A moved or changed frozen file is an error
-    naming both
-    files. Stage 2 reads its stage-1 checkpoint once."""
+    naming both files. Stage 2 reads its stage-1 checkpoint once."""
     data_dir, runs, common, frozen, resampler = chain
     reads, read = [], checkpoints.read_checkpoint_file
     monkeypatch.setattr(
@@ -321,9 +316,8 @@ def test_checkpoints_reference_the_frozen_models_and_give_the_numbers_of_a_self_
     ]
     assert scores[0]["metrics"] == scores[1]["metrics"] == scores[2]["metrics"]
     assert scores[0]["samples"] == scores[1]["samples"] == scores[2]["samples"]
-    moved_lm = (
-        tmp_path / "moved" / "large_lm.pt"
-    )  # a frozen file moved: the resumed run gives its new path
+    # a frozen file moved: the resumed run gives its new path
+    moved_lm = tmp_path / "moved" / "large_lm.pt"
     moved_lm.parent.mkdir()
     os.replace(runs["large_lm"] / "checkpoint.pt", moved_lm)
     try:
@@ -536,6 +530,7 @@ def test_resampler_flags_with_a_stage1_adapter_are_refused_or_honoured(chain, tm
             ]
         )
     assert not (tmp_path / "refused").exists()
+    # stage 1's value
     train_stage2.main(
         [
             *stage2,
@@ -546,7 +541,7 @@ def test_resampler_flags_with_a_stage1_adapter_are_refused_or_honoured(chain, tm
             "--out-dir",
             str(tmp_path / "same"),
         ]
-    )  # stage 1's value
+    )
     train_stage2.main(
         [*stage2, "--resampler-num-latents", "8", "--out-dir", str(tmp_path / "fresh")]
     )
@@ -619,8 +614,8 @@ def test_stage2_front_is_fresh_unless_carried_over(chain):
 def test_bf16_and_compile_on_cpu_follow_fp32_eager_and_resume_eagerly(chain, tmp_path):
     """The CUDA defaults, bf16 autocast and torch.compile, run on CPU too: a few steps of stage 1
     and stage 2 follow fp32 eager within bf16's precision, and an eager fp32 run resumes the
-    compiled run's
-    checkpoint. Images only, one validation batch: each compiled graph costs 10-30 s here."""
+    compiled run's checkpoint. Images only, one validation batch: each compiled graph costs 10-30 s
+    here."""
     data_dir, runs, _, frozen, resampler = chain
     common = [
         "--data",

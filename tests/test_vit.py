@@ -32,9 +32,10 @@ def test_patch_embedding_is_local(model):
     changed = pixels.clone()
     changed[0, :, 9, 17] += 1.0  # row 9, column 17: patch (1, 2) of the 4 x 4 grid
     with torch.no_grad():
+        # (16,)
         difference = (
             (model.patch_embedding(changed) - model.patch_embedding(pixels)).abs().sum(1).flatten()
-        )  # (16,)
+        )
     assert difference.nonzero().flatten().tolist() == [1 * 4 + 2]
 
 
@@ -46,9 +47,8 @@ def test_resizing_the_position_embedding_to_its_own_grid_is_the_identity(model):
 def test_resizing_keeps_rows_as_rows():
     """An embedding that varies only down the rows of the patch grid still does after resizing to a
     non-square grid (catches height/width mix-ups in the reshapes), and keeps increasing."""
-    rows = (
-        torch.arange(4.0).repeat_interleave(4).view(1, 16, 1).expand(1, 16, 3)
-    )  # value = row index
+    # value = row index
+    rows = torch.arange(4.0).repeat_interleave(4).view(1, 16, 1).expand(1, 16, 3)
     resized = resize_position_embedding(rows, (4, 4), (6, 3)).view(6, 3, 3)  # (rows, columns, D)
     torch.testing.assert_close(resized, resized[:, :1].expand(6, 3, 3))
     assert (resized[1:, 0, 0] > resized[:-1, 0, 0]).all()

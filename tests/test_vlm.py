@@ -10,7 +10,7 @@ from conftest import toy_spec
 from evaluation.decoding import greedy_decode
 from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import PerceiverResampler, ResamplerConfig
-from support.checkpoints import build_vlm
+from support.model_spec import build_vlm
 from vlm import MLPAdapter, VAdapter
 
 VOCAB, CAPTION_LEN = 64, 6
@@ -53,9 +53,8 @@ def pretrain_frozen_lm_to_copy(lm, steps=300):
 @pytest.mark.parametrize("adapter", ["perceiver", "vadapter", "mlp"])
 def test_adapter_learns_to_carry_the_image_and_frozen_parts_stay_put(adapter):
     torch.manual_seed(0)
-    model = build_vlm(
-        toy_spec(adapter, num_latents=CAPTION_LEN)
-    )  # mlp: one visual token per patch (16)
+    # mlp: one visual token per patch (16)
+    model = build_vlm(toy_spec(adapter, num_latents=CAPTION_LEN))
     pretrain_frozen_lm_to_copy(model.lm)
     frozen_before = {
         n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad
@@ -158,9 +157,8 @@ def test_mlp_adapter_reads_every_patch_and_a_video_as_its_frame_mean():
     torch.testing.assert_close(adapter(image), expected, atol=1e-6, rtol=1e-6)
     assert adapter(video).shape == (2, 9, 64)
     torch.testing.assert_close(adapter(video), adapter(video.mean(dim=1)), atol=0, rtol=0)
-    padded = torch.cat(
-        [video, torch.randn(2, 2, 9, 48)], dim=1
-    )  # 2 padding frames (collate's), counted out
+    # 2 padding frames (collate's), counted out
+    padded = torch.cat([video, torch.randn(2, 2, 9, 48)], dim=1)
     torch.testing.assert_close(
         adapter(padded, torch.tensor([3, 3])), adapter(video), atol=1e-6, rtol=0
     )
@@ -168,11 +166,12 @@ def test_mlp_adapter_reads_every_patch_and_a_video_as_its_frame_mean():
         adapter(torch.randn(2, 9, 40))
     model = build_vlm(toy_spec("mlp"))
     assert model.num_trainable_parameters() == 48 * 64 + 64 + 64 * 64 + 64
+    # 4 x 4 patches of 8 pixels
     assert model.visual_tokens(torch.randn(2, 4, 3, 32, 32)).shape == (
         2,
         16,
         64,
-    )  # 4 x 4 patches of 8 pixels
+    )
 
 
 @pytest.mark.parametrize("adapter", ["perceiver", "vadapter"])
@@ -181,9 +180,8 @@ def test_a_short_video_padded_in_a_batch_gives_the_visual_tokens_it_gives_alone(
     frames (whatever the ViT makes of them) are left out, so each row equals the video alone."""
     torch.manual_seed(0)
     model = build_vlm(toy_spec(adapter, max_frames=5))
-    torch.nn.init.normal_(
-        model.adapter.resampler.time_embedding, std=0.5
-    )  # learned ones: frame t gets its own
+    # learned ones: frame t gets its own
+    torch.nn.init.normal_(model.adapter.resampler.time_embedding, std=0.5)
     videos = [torch.randn(frames, 3, 32, 32) for frames in (5, 3, 5)]
     batch = data.collate(
         [
@@ -205,7 +203,6 @@ def test_a_short_video_padded_in_a_batch_gives_the_visual_tokens_it_gives_alone(
             torch.testing.assert_close(
                 batched[row], model.visual_tokens(video[None])[0], atol=1e-5, rtol=0
             )
-        unmasked = model.visual_tokens(
-            batch["pixels"]
-        )  # the padding read as frames: another result
+        # the padding read as frames: another result
+        unmasked = model.visual_tokens(batch["pixels"])
     assert (unmasked[1] - batched[1]).abs().max() > 1e-3

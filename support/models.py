@@ -1,0 +1,152 @@
+"""Loading the models of Figure 2 (PaLM2-VAdapter, arXiv 2402.10896) from the files runs wrote:
+the frozen ViT and LM (a stage-0 file, a stage-1/2 checkpoint, or a local Hugging Face folder given
+as `hf:FOLDER`) in the dtype they run in, the tokenizer whose ids the LM reads, and a trained
+stage-1/2 model with the frozen models its checkpoint references read back in (or copied in, for a
+self-contained file). Writing and reading the files themselves is support/checkpoints.py.
+"""
+
+import os
+
+import torch
+import torch.nn as nn
+
+import data
+from palm_decoder import PaLMDecoder
+from support.checkpoints import (
+    HUGGING_FACE_PREFIX,
+    check_reference,
+    load_checkpoint,
+    save_checkpoint,
+    submodule_state,
+)
+from support.model_spec import build_vlm
+from vit import ViT
+from vlm import VisionLanguageModel
+
+# ---------------------------------------------------------------------------------------------
+# Frozen weights: the dtype they run in, and a model filled without a random initialisation
+# ---------------------------------------------------------------------------------------------
+
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def frozen_dtype(name: str | None, device: str = "auto", bf16: bool | None = None) -> torch.dtype:
+    """--frozen-dtype: the frozen ViT's and LM's weights; None: bf16 on CUDA, fp32 on CPU. bf16
+    needs bf16 autocast (--bf16), under which the fp32 adapter meets the bf16 frozen weights."""
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    name = name or ("bf16" if cuda else "fp32")
+    if name == "bf16" and not (cuda if bf16 is None else bf16):
+        raise ValueError(
+            "--frozen-dtype bf16 needs bf16 autocast (--bf16 true, the default on CUDA only): the "
+            "trained "
+            "adapter stays fp32 and meets the frozen bf16 weights under autocast; or "
+            "--frozen-dtype fp32"
+        )
+    return FROZEN_DTYPES[name]
+
+
+def loaded(model_class, config, state: dict, dtype) -> nn.Module:
+    """A model filled from `state` without a throwaway random initialisation: built on the meta
+    device (no memory), the checkpoint's tensors assigned in place, then cast to `dtype`."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(state, assign=True)
+    return model.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts a later stage starts from
+# ---------------------------------------------------------------------------------------------
+
+
+def load_vision(path: str, dtype=torch.float32) -> ViT:
+    """The ViT of a stage-0 checkpoint (stage0/pretrain.py vit) or of any stage-1/2 checkpoint, or
+    with `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder
+    (ViT.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX) :], dtype=dtype)
+    checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
+    # a stage-1/2 checkpoint that references its ViT
+    if reference := checkpoint.get("frozen", {}).get("vision"):
+        check_reference(reference, path)
+        return load_vision(reference["source"], dtype)
+    return loaded(
+        ViT, checkpoint["spec"].vision, submodule_state(checkpoint["model"], "vision."), dtype
+    )
+
+
+def load_lm(path: str, dtype=torch.float32) -> PaLMDecoder:
+    """A language model: from stage0/pretrain.py lm, or the tiny LM a stage-1 run trained as its
+    decoder, or with `hf:FOLDER` a local Hugging Face Gemma / Llama folder
+    (PaLMDecoder.from_pretrained)."""
+    if path.startswith(HUGGING_FACE_PREFIX):
+        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX) :], dtype=dtype)
+    return lm_of(load_checkpoint(path, expected_stage=("pretrain-lm", "stage1")), dtype)
+
+
+def lm_of(checkpoint: dict, dtype=torch.float32) -> PaLMDecoder:
+    """The LM of a loaded pretrain-lm or stage-1 checkpoint (stage 1 trains it: never a
+    reference)."""
+    state = (
+        checkpoint["model"]
+        if checkpoint["stage"] == "pretrain-lm"
+        else submodule_state(checkpoint["model"], "lm.")
+    )
+    return loaded(PaLMDecoder, checkpoint["spec"].lm, state, dtype)
+
+
+def load_tokenizer(path, vocab_size: int, lm_source: str | None = None) -> data.Tokenizer:
+    """The sentencepiece model at `path`, checked against the vocab_size of the LM that will read
+    its ids; lm_source (the LM's flag value): an `hf:FOLDER` LM's error names its own tokenizer."""
+    tokenizer = data.Tokenizer(path)
+    if tokenizer.vocab_size != vocab_size:
+        fix = (
+            f"--tokenizer {lm_source} (the LM's own tokenizer.model)"
+            if str(lm_source).startswith(HUGGING_FACE_PREFIX)
+            else "the tokenizer the run was trained with (--tokenizer)"
+        )
+        raise ValueError(
+            f"{path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size "
+            f"{vocab_size}: "
+            f"give {fix}"
+        )
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained model, with the frozen models its checkpoint references read back in
+# ---------------------------------------------------------------------------------------------
+
+
+def full_state(checkpoint: dict, path) -> dict:
+    """A checkpoint's model state with the frozen models it references read back in (hashes
+    checked)."""
+    state = dict(checkpoint["model"])
+    for name, reference in checkpoint.get("frozen", {}).items():
+        check_reference(reference, path)
+        frozen_model = {"vision": load_vision, "lm": load_lm}[name](reference["source"])
+        state.update({f"{name}.{key}": tensor for key, tensor in frozen_model.state_dict().items()})
+    return state
+
+
+def load_vlm(path, device="cpu") -> tuple[VisionLanguageModel, dict]:
+    """A stage-1 or stage-2 checkpoint -> (the model rebuilt from its spec, in eval mode; the
+    checkpoint)."""
+    checkpoint = load_checkpoint(str(path), expected_stage=("stage1", "stage2"))
+    model = build_vlm(checkpoint["spec"])
+    model.load_state_dict(full_state(checkpoint, path))
+    return model.to(device).eval(), checkpoint
+
+
+def bundle_checkpoint(path, out) -> dict:
+    """A self-contained copy of a stage-1/2 checkpoint (the frozen models it references copied in),
+    for sharing -> {"bytes" of the copy}."""
+    checkpoint = load_checkpoint(str(path), expected_stage=("stage1", "stage2"))
+    bundled = {
+        **checkpoint,
+        "model": full_state(checkpoint, path),
+        "frozen": {},
+        "spec": checkpoint["spec"].to_dict(),
+    }
+    save_checkpoint(str(out), bundled)
+    return {"bytes": os.path.getsize(out)}
