@@ -33,6 +33,11 @@ def main(argv=None):
     )
     add_data_flags(parser)
     parser.add_argument(
+        "--vit",
+        required=True,
+        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, hf:FOLDER (CLIP, SigLIP)",
+    )
+    parser.add_argument(
         "--tiny-lm",
         required=True,
         help="language-pretrained tiny LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER "

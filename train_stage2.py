@@ -40,6 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     add_data_flags(parser)
     parser.add_argument(
+        "--vit",
+        required=True,
+        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, hf:FOLDER (CLIP, SigLIP)",
+    )
+    parser.add_argument(
         "--lm",
         required=True,
         help="frozen large LM: a stage0/pretrain.py lm checkpoint, or hf:FOLDER (Gemma / Llama)",

@@ -87,12 +87,7 @@ def config_from_args(args, config_class, prefix: str = "", presets: dict | None 
 
 
 def add_data_flags(parser):
-    """The flags both stage scripts take: the data, and the frozen ViT it goes through."""
-    parser.add_argument(
-        "--vit",
-        required=True,
-        help="frozen vision encoder: a stage0/pretrain.py vit checkpoint, hf:FOLDER (CLIP, SigLIP)",
-    )
+    """The data flags both stage scripts take."""
     parser.add_argument(
         "--data", required=True, help="data folder (python -m stage0.synthetic --out DIR)"
     )
