@@ -41,6 +41,9 @@ class Annotations:
     skipped: Counter = field(default_factory=Counter)  # bad samples left out, per reason
 
 
+HUMAN_ANSWERS = 10  # per VQAv2 question: VQA accuracy is min(matches / 3, 1) over them
+
+
 def vqa_prompt(question: str) -> str:
     return f"question: {question} answer:"
 
@@ -293,6 +296,13 @@ def read_vqa(
                     "missing field",
                     f"{where} field 'answers' is missing or malformed; expected a list of "
                     f"{{answer}}",
+                )
+            elif len(humans) != HUMAN_ANSWERS:
+                bad(
+                    "not 10 answers",
+                    f"{where} (question_id {question_id}) field 'answers' has {len(humans)} "
+                    f"answers; expected {HUMAN_ANSWERS}, the human answers VQA accuracy is "
+                    "defined over",
                 )
             elif question_id is not None and answer is not None:
                 answers[question_id] = (answer, [h["answer"] for h in humans])
