@@ -310,7 +310,7 @@ def task_datasets(
     [captions + VQA on images, captions + VQA on videos], leaving out what the folder lacks.
     pixel_options: load_pixels' mean, std, resize and max_frames (the ViT's and the resampler's).
     Each dataset's `skipped` counts the bad samples its files' readers left out."""
-    present = available_tasks(folder, split)
+    present = available_tasks(folder, split, tasks)
     tasks = tasks or present
     missing = [task for task in tasks if task not in present]
     if missing or not tasks:
@@ -387,3 +387,10 @@ class TextDataset(Dataset):
             ids += [self.tokenizer.bos_id] + tokens
             loss_mask += [False] + [True] * len(tokens)
         return {"input_ids": torch.tensor(ids), "loss_mask": torch.tensor(loss_mask)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "data.py is a library: the data box of Figure 2, read by the training and evaluation "
+        "scripts. To write the synthetic world, run: python -m stage0.synthetic --out DIR"
+    )

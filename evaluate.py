@@ -54,6 +54,7 @@ from evaluation.tasks import (
 )
 from evaluation.tasks import encode_once as encode_once
 from evaluation.tasks import generate_texts as generate_texts
+from support.flags import COUNT, NON_NEGATIVE, NON_NEGATIVE_REAL
 from support.model_spec import ModelSpec
 from support.models import bundle_checkpoint, load_tokenizer, load_vlm
 from support.run_folder import steps_to_reach
@@ -89,7 +90,7 @@ def evaluate_checkpoint(
     model, checkpoint = load_vlm(checkpoint_path, device)
     tokenizer_path = tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE
     tokenizer = load_tokenizer(tokenizer_path, model.lm.config.vocab_size)
-    present = data.available_tasks(data_dir, split)
+    present = data.available_tasks(data_dir, split, tasks)
     tasks = list(tasks or present)
     if not tasks or set(tasks) - set(present):
         raise data.DataError(
@@ -222,9 +223,9 @@ def main(argv=None) -> None:
         "--tasks", help=f"comma-separated, from {list(data.TASK_FILES)} (default: all in DATA)"
     )
     checkpoint.add_argument(
-        "--limit", type=int, help="at most N images (captions) / questions (VQA) per task"
+        "--limit", type=COUNT, help="at most N images (captions) / questions (VQA) per task"
     )
-    checkpoint.add_argument("--batch-size", type=int, default=32)
+    checkpoint.add_argument("--batch-size", type=COUNT, default=32)
     checkpoint.add_argument(
         "--out", type=Path, help="results JSON (default: RUN_DIR/results_<split>.json)"
     )
@@ -248,9 +249,9 @@ def main(argv=None) -> None:
         help="run whose final validation loss the others race to (default: first perceiver)",
     )
     compare.add_argument(
-        "--limit", type=int, help="at most N images / questions per task (0 or none: all)"
+        "--limit", type=NON_NEGATIVE, help="at most N images / questions per task (0: all)"
     )
-    compare.add_argument("--batch-size", type=int, default=32)
+    compare.add_argument("--batch-size", type=COUNT, default=32)
     compare.add_argument(
         "--out",
         type=Path,
@@ -266,7 +267,7 @@ def main(argv=None) -> None:
         help="stage0/pretrain.py vit run (or any stage-1/2 run, or hf:FOLDER)",
     )
     probe.add_argument("--data", required=True, help="a synthetic world (it has scene labels)")
-    probe.add_argument("--train-limit", type=int, help="fit on at most N training images")
+    probe.add_argument("--train-limit", type=COUNT, help="fit on at most N training images")
     context = commands.add_parser(
         "context", help="an LM's caption loss after nothing / the same image's / another's caption"
     )
@@ -285,7 +286,7 @@ def main(argv=None) -> None:
     report.add_argument("--tiny-lm", required=True)
     report.add_argument("--stage1", required=True)
     report.add_argument(
-        "--limit", type=int, help="at most N test images for the stage-1 CIDEr-D (0 or none: all)"
+        "--limit", type=NON_NEGATIVE, help="at most N test images for the stage-1 CIDEr-D (0: all)"
     )
     bundle = commands.add_parser(
         "bundle", help="a self-contained copy of a checkpoint: its frozen models copied in"
@@ -300,18 +301,21 @@ def main(argv=None) -> None:
         command.add_argument("--data", required=True)
         command.add_argument("--split", default=split)
         command.add_argument(
-            "--limit", type=int, default=limit, help="images, one target caption each"
+            "--limit", type=COUNT, default=limit, help="images, one target caption each"
         )
         command.add_argument("--tokenizer")
     for command in (checkpoint, one):
         command.add_argument(
             "--tokenizer", help=f"sentencepiece model (default: DATA/{data.TOKENIZER_FILE})"
         )
-        command.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+        command.add_argument("--beam", type=COUNT, default=1, help="beam size (1: greedy)")
         command.add_argument(
-            "--length-penalty", type=float, default=1.0, help="beam search: score / length ** this"
+            "--length-penalty",
+            type=NON_NEGATIVE_REAL,
+            default=1.0,
+            help="beam search: score / length ** this",
         )
-        command.add_argument("--max-new-tokens", type=int, default=32)
+        command.add_argument("--max-new-tokens", type=COUNT, default=32)
         command.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args(argv)
     if args.command == "caption":

@@ -26,7 +26,7 @@ import torch.nn as nn
 from palm_decoder import PaLMDecoder
 from resampler import PERCEIVER_DEPTH, PERCEIVER_HEADS, PerceiverResampler, ResamplerConfig
 from support.checkpoints import frozen_reference, load_checkpoint, submodule_state
-from support.flags import add_config_flags, add_data_flags, config_from_args, parse_bool
+from support.flags import COUNT, add_config_flags, add_data_flags, config_from_args, parse_bool
 from support.model_spec import ModelSpec
 from support.models import frozen_dtype, lm_of, load_lm, load_vision
 from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
@@ -70,11 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--resampler-* "
         "flag that changes it is refused) instead of a fresh one (default false)",
     )
-    parser.add_argument("--perceiver-depth", type=int, default=PERCEIVER_DEPTH)
+    parser.add_argument("--perceiver-depth", type=COUNT, default=PERCEIVER_DEPTH)
     parser.add_argument(
-        "--perceiver-dim", type=int, help="latent width of the baseline (default: the ViT's)"
+        "--perceiver-dim", type=COUNT, help="latent width of the baseline (default: the ViT's)"
     )
-    parser.add_argument("--perceiver-heads", type=int, default=PERCEIVER_HEADS)
+    parser.add_argument("--perceiver-heads", type=COUNT, default=PERCEIVER_HEADS)
     add_config_flags(parser, ResamplerConfig, "resampler-")
     add_config_flags(parser, TrainConfig)
     return parser.parse_args(argv)

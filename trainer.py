@@ -376,7 +376,11 @@ def stop_on_non_finite(
     spoil the weights; non-finite weights are never saved."""
     if is_main:
         append_metrics(metrics_path, {"step": step, "error": what})
-    raise FloatingPointError(
-        f"[{stage}] {what} at step {step}; stopping. The last good checkpoint is "
-        f"{checkpoint_path} (resume with --resume true after lowering --lr)"
-    )
+    if os.path.exists(checkpoint_path):
+        advice = (
+            f"The last good checkpoint is {checkpoint_path} (resume with --resume true after "
+            "lowering --lr)"
+        )
+    else:
+        advice = "No checkpoint was saved before it: start the run again with a lower --lr"
+    raise FloatingPointError(f"[{stage}] {what} at step {step}; stopping. {advice}")

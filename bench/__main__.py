@@ -13,6 +13,7 @@ import sys
 import torch
 
 from bench import kernels, reference, step
+from support.flags import COUNT
 
 
 def main(argv=None) -> int:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         command.add_argument("--device", help="default: cuda when available")
         command.add_argument(
             "--threads",
-            type=int,
+            type=COUNT,
             help="CPU threads (torch.set_num_threads); 1 is steadier when "
             "other processes keep the cores busy",
         )

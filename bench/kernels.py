@@ -44,6 +44,7 @@ from bench.attention_checks import (
 )
 from bench.measure import machine, matmul_peak, summary, time_calls
 from bench.tools import DTYPES, backend_names, device_and_preset
+from support.flags import COUNT
 
 # FLOP convention (FlashAttention's benchmarks): forward = 4 * B * Hq * Sq * Sk * Dh, the two
 # matmuls, masked-out entries counted as if computed; backward = 2.5 x forward (five matmuls, one of
@@ -314,7 +315,7 @@ def add_attention_flags(parser: argparse.ArgumentParser) -> None:
         "all)",
     )
     parser.add_argument(
-        "--repeats", type=int, help="timed repeats per backend (default 15; 2 with --quick)"
+        "--repeats", type=COUNT, help="timed repeats per backend (default 15; 2 with --quick)"
     )
     parser.add_argument(
         "--dtype", choices=list(DTYPES), help="default: the preset's (float32 cpu, bfloat16 cuda)"

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.measure import machine, matmul_peak, summary, time_calls
 from palm_decoder import PaLMConfig, PaLMDecoder
+from support.flags import COUNT, NON_NEGATIVE
 from vit import num_parameters
 
 
@@ -58,21 +59,21 @@ def hugging_face_decoder(config: PaLMConfig):
 
 
 def add_flags(parser) -> None:
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dim", type=COUNT, default=256)
+    parser.add_argument("--depth", type=COUNT, default=4)
+    parser.add_argument("--heads", type=COUNT, default=8)
+    parser.add_argument("--vocab", type=COUNT, default=1024)
+    parser.add_argument("--seq", type=COUNT, default=128)
+    parser.add_argument("--batch", type=COUNT, default=8)
     parser.add_argument("--backend", default="auto", help="our attention backend (default auto)")
     parser.add_argument(
         "--runs",
-        type=int,
+        type=COUNT,
         default=3,
         help="runs of --repeats; the verdict is the median run's ratio",
     )
-    parser.add_argument("--repeats", type=int, default=10, help="alternating steps per run")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=COUNT, default=10, help="alternating steps per run")
+    parser.add_argument("--warmup", type=NON_NEGATIVE, default=3)
     parser.add_argument(
         "--compile",
         action="store_true",

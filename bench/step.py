@@ -40,6 +40,7 @@ from bench.training_step import (
     setup_step,
     stage_loss,
 )
+from support.flags import COUNT, NON_NEGATIVE
 
 FLOPS_HELP = (
     "model FLOPs per step: every matmul, convolution and attention product the step runs "
@@ -208,11 +209,11 @@ def add_flags(parser) -> None:
         help="eager, torch.compile or both (default both; off with --quick)",
     )
     parser.add_argument(
-        "--steps", type=int, help="timed steps per row (default 20; 2 with --quick)"
+        "--steps", type=COUNT, help="timed steps per row (default 20; 2 with --quick)"
     )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=NON_NEGATIVE,
         help="untimed steps first, the first one timed apart (default 3; 1 with --quick)",
     )
     parser.add_argument(

@@ -31,6 +31,7 @@ from paper.claims import CLAIMS, judge, summarize
 from paper.claims import mark as mark
 from paper.runs import STAGE2_RUNS as STAGE2_RUNS
 from paper.runs import VITS, add_diagnostics, collect, plan, run_jobs, write_reliance
+from support.flags import COUNT, NON_NEGATIVE
 from support.run_folder import steps_to_reach as steps_to_reach
 from support.writers import write_atomically
 
@@ -263,22 +264,25 @@ def main(argv=None) -> None:
     run.add_argument("--runs", default="runs/paper", help="folder for every run (seed<N>/<run>)")
     run.add_argument("--out", default="docs", help="folder for results.md and results.json")
     run.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3], metavar="1,2,3")
-    run.add_argument("--stage1-steps", type=int, default=300)
-    run.add_argument("--stage2-steps", type=int, default=200)
+    run.add_argument("--stage1-steps", type=COUNT, default=300)
+    run.add_argument("--stage2-steps", type=COUNT, default=200)
     run.add_argument(
         "--eval-every",
-        type=int,
+        type=COUNT,
         default=25,
         help="validation loss every N steps (the convergence curve)",
     )
     run.add_argument(
-        "--eval-limit", type=int, default=100, help="test images / questions per task (0: all)"
+        "--eval-limit",
+        type=NON_NEGATIVE,
+        default=100,
+        help="test images / questions per task (0: all)",
     )
     run.add_argument(
-        "--reliance-limit", type=int, default=128, help="validation images for the oracle gap"
+        "--reliance-limit", type=COUNT, default=128, help="validation images for the oracle gap"
     )
-    run.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    run.add_argument("--threads", type=int, help="threads per run (default: CPU cores / jobs)")
+    run.add_argument("--jobs", type=COUNT, default=2, help="runs at a time")
+    run.add_argument("--threads", type=COUNT, help="threads per run (default: CPU cores / jobs)")
     run.add_argument(
         "--train-flags",
         default="",
@@ -289,7 +293,7 @@ def main(argv=None) -> None:
     )
     reliance.add_argument("run", metavar="RUN_DIR")
     reliance.add_argument("--data", required=True)
-    reliance.add_argument("--limit", type=int, default=128)
+    reliance.add_argument("--limit", type=COUNT, default=128)
     reliance.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "reliance":

@@ -32,7 +32,7 @@ from palm_decoder import PALM_CONFIGS, PaLMConfig, PaLMDecoder
 from resampler import NUM_LATENTS, ResamplerConfig
 from stage0 import scenes
 from support.checkpoints import export_weights
-from support.flags import add_config_flags, config_from_args
+from support.flags import COUNT, add_config_flags, config_from_args
 from support.model_spec import ModelSpec, build_vlm
 from trainer import TrainConfig, train
 from vit import VIT_CONFIGS, ViT, ViTConfig
@@ -144,11 +144,11 @@ def main(argv=None):
     )
     parser.add_argument(
         "--num-latents",
-        type=int,
+        type=COUNT,
         default=NUM_LATENTS,
         help="vit: visual tokens the throwaway decoder reads",
     )
-    parser.add_argument("--max-frames", type=int, default=8)
+    parser.add_argument("--max-frames", type=COUNT, default=8)
     parser.add_argument(
         "--objective",
         choices=["labels", "caption"],
@@ -157,7 +157,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--texts-per-document",
-        type=int,
+        type=COUNT,
         default=5,
         help="lm: texts of one image per training sequence",
     )

@@ -44,13 +44,31 @@ from stage0.world import (
     draw_shape,
     sample_objects,
 )
-from support.writers import write_json, write_split
+from support.flags import COUNT, NON_NEGATIVE, Number, parse_bool
+from support.writers import (
+    existing_targets,
+    refuse_foreign_files,
+    write_json,
+    write_manifest,
+    write_split,
+)
 
 GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_ITEM = 5  # as in COCO
 QUESTIONS_PER_IMAGE, QUESTIONS_PER_VIDEO = 5, 3
 ID_BLOCK = 1_000_000  # ids of (images|videos, split) live in separate blocks, unique across splits
+# What this command writes into --out: it replaces these (and images/, videos/ whole) only when
+# they are its own earlier output, listed in the folder's manifest with their hashes.
+OUTPUT_NAMES = [
+    f"{prefix}{kind}_{split}.json"
+    for prefix in ("", "video_")
+    for kind in ("captions", "questions", "annotations", "scenes")
+    for split in SPLITS
+] + ["dataset.json", TOKENIZER_FILE]
+OUTPUT_FOLDERS = ["images", "videos"]
+# The world flags' ranges; the others are counts (and the seed) that may be 0.
+WORLD_RANGES = {"image_size": Number(int, low=16), "num_frames": Number(int, low=2)}
 
 __all__ = ["GENERATOR_VERSION", "SPLITS", "CAPTIONS_PER_ITEM", "WorldConfig", "generate", "main"]
 # The world's whole vocabulary is public here too: the tests check the written files against it.
@@ -152,20 +170,19 @@ def make_video(out: Path, split: str, item_id: int, config: WorldConfig) -> dict
     }
 
 
-def generate(out: str | Path, config: WorldConfig | None = None) -> dict:
-    """Writes the world under `out`; returns the content of its dataset.json."""
+def generate(out: str | Path, config: WorldConfig | None = None, overwrite: bool = False) -> dict:
+    """Writes the world under `out`; returns the content of its dataset.json. Files already in
+    `out` that this command did not write are refused (named), unless overwrite."""
     out, config = Path(out), config or WorldConfig()
     if config.num_frames < 2 or config.image_size < 16:
         raise ValueError(
             "need num_frames >= 2 (to see motion) and image_size >= 16 (to tell shapes apart)"
         )
-    for folder in ("images", "videos"):
-        if (out / folder).exists():
-            if not (out / "dataset.json").exists():
-                raise FileExistsError(
-                    f"{out / folder} exists but {out}/dataset.json does not; not overwriting"
-                )
-            # Our own earlier output: stale files would join the new splits.
+    if not overwrite and not written_before_manifests(out):
+        targets = existing_targets(out, OUTPUT_NAMES, OUTPUT_FOLDERS)
+        refuse_foreign_files(out, targets, "python -m stage0.synthetic")
+    for folder in OUTPUT_FOLDERS:
+        if (out / folder).exists():  # stale files would join the new splits
             shutil.rmtree(out / folder)
     counts = {}
     for block, (kind, prefix, make) in enumerate(
@@ -200,7 +217,19 @@ def generate(out: str | Path, config: WorldConfig | None = None) -> dict:
         "scene_vocabulary": vocabulary,
     }
     write_json(out / "dataset.json", summary)
+    write_manifest(out, existing_targets(out, OUTPUT_NAMES, OUTPUT_FOLDERS))
     return summary
+
+
+def written_before_manifests(out: Path) -> bool:
+    """A world this command wrote before it kept a manifest: its dataset.json, and no manifest."""
+    dataset = out / "dataset.json"
+    if (out / "manifest.json").exists() or not dataset.is_file():
+        return False
+    try:
+        return "generator_version" in json.loads(dataset.read_text())
+    except (ValueError, TypeError):
+        return False
 
 
 def main() -> None:
@@ -211,26 +240,37 @@ def main() -> None:
     for option in dataclasses.fields(WorldConfig):
         parser.add_argument(
             f"--{option.name.replace('_', '-')}",
-            type=int,
+            type=WORLD_RANGES.get(option.name, NON_NEGATIVE),
             default=option.default,
             help=f"{option.metadata['help']} (default {option.default})",
         )
     parser.add_argument(
         "--vocab-size",
-        type=int,
+        type=COUNT,
         default=1000,
         help="sentencepiece vocabulary asked for; a small corpus gives fewer (default 1000)",
     )
     parser.add_argument(
         "--tokenizer", help="copy this sentencepiece model instead of training one (default: train)"
     )
+    parser.add_argument(
+        "--overwrite",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="replace files in --out that this command did not write (default false: refused)",
+    )
     arguments, start = vars(parser.parse_args()), time.perf_counter()
-    out, vocab_size, arguments_tokenizer = (
+    out, vocab_size, arguments_tokenizer, overwrite = (
         Path(arguments.pop("out")),
         arguments.pop("vocab_size"),
         arguments.pop("tokenizer"),
+        arguments.pop("overwrite"),
     )
-    summary = generate(out, WorldConfig(**arguments))
+    try:
+        summary = generate(out, WorldConfig(**arguments), overwrite=overwrite)
+    except FileExistsError as error:
+        raise SystemExit(f"error: {error}") from None
     if arguments_tokenizer:  # the tokenizer the shipped stand-ins were pretrained with
         shutil.copyfile(arguments_tokenizer, out / TOKENIZER_FILE)
     tokenizer = (
@@ -238,6 +278,7 @@ def main() -> None:
         if arguments_tokenizer
         else Tokenizer.train(training_texts(out), out / TOKENIZER_FILE, vocab_size)
     )
+    write_manifest(out, existing_targets(out, OUTPUT_NAMES, OUTPUT_FOLDERS))  # with the tokenizer
     print(
         f"{json.dumps(summary['counts'])}\ntokenizer: {out / TOKENIZER_FILE} "
         f"({tokenizer.vocab_size} pieces)"

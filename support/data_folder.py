@@ -25,12 +25,40 @@ TASK_FILES = {
 }
 
 
-def available_tasks(folder: str | Path, split: str) -> list[str]:
-    return [
-        task
-        for task, files in TASK_FILES.items()
-        if all((Path(folder) / name.format(split=split)).exists() for name in files.values())
-    ]
+SPLITS = ("train", "val", "test")
+
+
+def available_tasks(
+    folder: str | Path, split: str, requested: list[str] | None = None
+) -> list[str]:
+    """The tasks of `split` whose files are all in `folder`, of `requested` (None: every task).
+
+    With requested=None every task the folder holds in any split is asked for: one whose first
+    file (captions, or questions) exists for some split but that lacks a file of this split is an
+    error naming the missing file, never a task silently left out."""
+    folder, complete = Path(folder), []
+    for task, files in TASK_FILES.items():
+        if requested is not None and task not in requested:
+            continue
+        paths = [folder / name.format(split=split) for name in files.values()]
+        missing = [path.name for path in paths if not path.exists()]
+        if not missing:
+            complete.append(task)
+            continue
+        first = next(iter(files.values()))
+        held = [
+            first.format(split=other)
+            for other in SPLITS
+            if (folder / first.format(split=other)).exists()
+        ]
+        if requested is None and held:
+            needed = ", ".join(path.name for path in paths)
+            raise DataError(
+                f"{folder}: {', '.join(missing)} missing; the folder holds task {task!r} "
+                f"({', '.join(held)}), whose split {split!r} needs {needed}. Add the file, or "
+                "name the tasks to use (--tasks)"
+            )
+    return complete
 
 
 def read_task(

@@ -1,12 +1,15 @@
-"""Command-line flags shared by the scripts: every config field a flag, one way to read yes/no.
+"""Command-line flags shared by the scripts: every config field a flag, one way to read yes/no,
+and every number read with its range.
 
 Each config dataclass (ViTConfig, PaLMConfig, ResamplerConfig, TrainConfig) becomes a group of
 flags, `--{prefix}{field}`, optionally starting from a named preset; a script's config is the
-preset (or its defaults) with the flags given on top.
+preset (or its defaults) with the flags given on top. A numeric flag is read by a `Number`, so a
+value out of its range is an argparse error naming the flag, the value and the range.
 """
 
 import argparse
-from dataclasses import fields, replace
+import math
+from dataclasses import dataclass, fields, replace
 
 import data
 
@@ -43,13 +46,72 @@ def parse_value(text: str):
     return None if text.lower() == "none" else text
 
 
+@dataclass(frozen=True)
+class Number:
+    """A numeric flag's reader (argparse `type=`) with its range: low (open or closed), high."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the low end itself is out (a rate must be > 0)
+    none: bool = False  # "none" reads as None (a field whose None means "the default")
+
+    def __call__(self, text: str):
+        if self.none and text.strip().lower() == "none":
+            return None
+        try:
+            value = self.kind(text)
+        except ValueError:
+            kind = "an integer" if self.kind is int else "a number"
+            message = f"{text!r} is not {kind}: expected {self.describe()}"
+            raise argparse.ArgumentTypeError(message) from None
+        below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        above = self.high is not None and value > self.high
+        if below or above or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: expected {self.describe()}")
+        return value
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low}"
+        return what
+
+
+COUNT, NON_NEGATIVE = Number(int, low=1), Number(int, low=0)  # sizes, counts; seeds, budgets
+POSITIVE_REAL, NON_NEGATIVE_REAL = Number(float, low=0, low_open=True), Number(float, low=0)
+FRACTION = Number(float, low=0, high=1)
+
+# The range of every numeric config field, by name (a name means the same in every config).
+FIELD_RANGES = {
+    **dict.fromkeys(
+        ["image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "channels"], COUNT
+    ),
+    **dict.fromkeys(["vocab_size", "num_kv_heads", "max_seq_len", "input_dim"], COUNT),
+    **dict.fromkeys(["num_latents", "mlp_ratio", "max_frames"], COUNT),
+    **dict.fromkeys(["head_dim", "mlp_hidden_dim"], replace(COUNT, none=True)),
+    **dict.fromkeys(["norm_eps", "rope_base", "lr", "grad_clip"], POSITIVE_REAL),
+    **dict.fromkeys(["steps", "batch_size", "grad_accum", "keep_checkpoints"], COUNT),
+    **dict.fromkeys(["eval_every", "eval_batches", "log_every", "save_every"], COUNT),
+    **dict.fromkeys(["warmup_steps", "seed", "num_workers"], NON_NEGATIVE),
+    "weight_decay": NON_NEGATIVE_REAL,
+    "min_lr_ratio": FRACTION,
+}
+
+
 def flag_parser(field) -> tuple:
     """-> (the parser of a config field's flag values, its metavar): boolean fields go through
-    parse_bool."""
+    parse_bool, numeric ones through their range in FIELD_RANGES."""
     if field.type is bool:
         return parse_bool, "BOOL"
     if field.type == bool | None:
         return parse_optional_bool, "BOOL|none"
+    if field.type in (int, float, int | None, float | None):
+        if field.name not in FIELD_RANGES:
+            raise KeyError(f"numeric field {field.name!r} has no range in flags.FIELD_RANGES")
+        return FIELD_RANGES[field.name], "N"
     return parse_value, "VALUE"
 
 
@@ -106,7 +168,7 @@ def add_data_flags(parser):
     )
     parser.add_argument(
         "--feature-cache-gb",
-        type=float,
+        type=NON_NEGATIVE_REAL,
         default=8.0,
         metavar="GB",
         help="the most the feature cache holds (bf16); least recently used go first (default 8)",
@@ -119,7 +181,7 @@ def add_data_flags(parser):
     )
     parser.add_argument(
         "--max-text-tokens",
-        type=int,
+        type=Number(int, low=2),
         metavar="N",
         help="text positions per sample, [bos] prompt target [eos]; longer texts are cut to N and "
         "counted (default: the LM's max_seq_len minus the visual tokens)",

@@ -83,8 +83,7 @@ def load_pixels(
 ) -> torch.Tensor:
     """An image file -> (3, S, S); a folder of frames -> (T, 3, S, S), frames in file-name order,
     T <= max_frames: a longer video gives max_frames frames spread evenly over it (first and last
-    kept).
-    The keyword arguments are a ViTConfig's pixel_options()."""
+    kept). The keyword arguments are a ViTConfig's pixel_options()."""
     if Path(path).is_dir():
         frames = frame_files(Path(path))
         if max_frames is not None and len(frames) > max_frames:

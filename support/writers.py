@@ -1,11 +1,15 @@
-"""Writing files so that a crash never leaves a torn one (a temp file, then a rename), and the
-writers' side of the formats support/readers.py reads: COCO captions and VQAv2 questions and
-annotations of one split of generated items (stage0/synthetic.py).
+"""Writing files so that a crash never leaves a torn one (a temp file, then a rename), and never
+over files a command did not write (a manifest of its own files, with their hashes); the writers'
+side of the formats support/readers.py reads: COCO captions and VQAv2 questions and annotations
+of one split of generated items (stage0/synthetic.py).
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
+
+MANIFEST = "manifest.json"  # in a folder a command writes into: its files, with their sha256
 
 
 def write_atomically(path: str | Path, write) -> None:
@@ -24,6 +28,43 @@ def write_atomically(path: str | Path, write) -> None:
 
 def write_json(path: Path, content: dict) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(json.dumps(content)))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def existing_targets(folder: Path, names: list[str], subfolders: list[str]) -> list[Path]:
+    """What a command would write or replace in `folder` that is already there: the files
+    `names`, and every file under `subfolders` (replaced whole)."""
+    files = [folder / name for name in names if (folder / name).is_file()]
+    for subfolder in subfolders:
+        files += sorted(path for path in (folder / subfolder).rglob("*") if path.is_file())
+    return files
+
+
+def refuse_foreign_files(folder: Path, targets: list[Path], command: str) -> None:
+    """A command never overwrites what it did not write: each of `targets` must be listed in the
+    folder's manifest with its current hash (the command's own earlier output), else a
+    FileExistsError names them and the flag that allows it."""
+    manifest = folder / MANIFEST
+    own = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    foreign = [
+        path for path in targets if own.get(path.relative_to(folder).as_posix()) != sha256(path)
+    ]
+    if foreign:
+        shown = ", ".join(str(path.relative_to(folder)) for path in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise FileExistsError(
+            f"{folder}: {command} would replace {len(foreign)} file(s) it did not write: "
+            f"{shown}{more}. Choose another folder, or pass --overwrite true to replace them"
+        )
+
+
+def write_manifest(folder: Path, files: list[Path]) -> None:
+    """Record `files` (written by this command) in the folder's manifest, with their sha256."""
+    own = {path.relative_to(folder).as_posix(): sha256(path) for path in files}
+    write_json(folder / MANIFEST, dict(sorted(own.items())))
 
 
 def write_split(out: Path, prefix: str, split: str, items: list[dict], info: dict) -> dict:

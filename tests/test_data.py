@@ -4,6 +4,8 @@ collate and feature cache behave as the training and evaluation scripts expect."
 import argparse
 import json
 import math
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -16,7 +18,7 @@ from test_readers import karpathy_file, official_coco
 
 import data
 import trainer
-from conftest import load_json, toy_spec, world_texts
+from conftest import REPO, load_json, toy_spec, world_texts
 from support import flags
 from support.model_spec import build_vlm
 from support.vlm_training import DataConfig, train_vlm
@@ -307,10 +309,13 @@ def test_a_task_without_a_usable_sample_is_named(tmp_path, tokenizer):
         data.DataError, match="task 'caption' of split 'train' has no usable sample"
     ):
         data.task_datasets(tmp_path, "train", tokenizer, 16, ["caption"])
+    # a split without the files of a task the folder holds: the missing file is named
+    with pytest.raises(data.DataError, match="captions_val.json missing.* split 'val'"):
+        data.task_datasets(tmp_path, "val", tokenizer, 16)
     with pytest.raises(
         data.DataError, match="no files for task.* of split 'val'; expected captions_val.json"
     ):
-        data.task_datasets(tmp_path, "val", tokenizer, 16)
+        data.task_datasets(tmp_path, "val", tokenizer, 16, ["caption"])
 
 
 def test_video_folders_without_dataset_json_read_the_frame_count_from_the_folders(
@@ -441,3 +446,13 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
     too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])
     with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):
         train_vlm(build_vlm(spec), DataConfig.from_flags(too_many, None), "stage1", spec, config)
+
+
+def test_the_data_library_run_as_a_script_names_the_command_and_writes_nothing(tmp_path):
+    """`python data.py --out DIR` was the command of earlier READMEs."""
+    out = tmp_path / "world"
+    run = subprocess.run(
+        [sys.executable, "data.py", "--out", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode != 0 and "python -m stage0.synthetic --out DIR" in run.stderr
+    assert not out.exists()

@@ -223,6 +223,22 @@ def test_wrong_stage_or_missing_task_raise(run, tmp_path):
         evaluate.evaluate_checkpoint(run_dir, world, "nosuchsplit", tasks=["video_vqa"])
 
 
+def test_a_task_file_missing_for_the_split_is_named_not_dropped(run, tmp_path):
+    """The folder holds captions for train and val but not test: evaluating test names the
+    missing file (the caption and VQA tasks need it) instead of scoring the video tasks alone."""
+    run_dir, world = run
+    partial = tmp_path / "data"
+    shutil.copytree(world, partial)
+    (partial / "captions_test.json").unlink()
+    with pytest.raises(data.DataError, match="captions_test.json missing.*'caption'"):
+        evaluate.evaluate_checkpoint(run_dir, partial, "test", limit=1)
+    # asked for by name, the tasks whose files are all there still run
+    results = evaluate.evaluate_checkpoint(
+        run_dir, partial, "test", tasks=["video_caption"], limit=1, max_new_tokens=2
+    )
+    assert set(results["metrics"]) == {"video_caption"}
+
+
 def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
     """Two stage-2 runs (VAdapter, perceiver baseline) with their validation curves: the table,
     the files next to it, and the reliance losses of both."""

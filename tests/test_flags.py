@@ -10,6 +10,7 @@ import train_stage1
 import train_stage2
 from stage0 import pretrain
 from support.flags import (
+    Number,
     add_config_flags,
     add_data_flags,
     config_from_args,
@@ -247,3 +248,69 @@ def test_a_misspelt_boolean_is_an_error_naming_the_flag_in_every_stage_script(
     with pytest.raises(SystemExit):
         main([*argv, flag, "flase"])
     assert f"argument {flag}: 'flase' is not a yes/no value" in capsys.readouterr().err
+
+
+SCRIPTS = [
+    "stage0.pretrain",
+    "train_stage1",
+    "train_stage2",
+    "evaluate",
+    "bench.__main__",
+    "stage0.synthetic",
+    "paper.tables",
+]
+
+
+def owned_options(parser: argparse.ArgumentParser):
+    """(the parser or subcommand parser that reads it, option) for every option."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subcommand in action.choices.values():
+                yield from owned_options(subcommand)
+        elif action.option_strings:
+            yield parser, action
+
+
+def outside(number: Number) -> list[str]:
+    """Values just outside a Number's range, and not-a-number."""
+    values = ["nan"]
+    if number.low is not None:
+        values.append(str(number.low if number.low_open else number.low - 1))
+    if number.high is not None:
+        values.append(str(number.high + 1))
+    return values
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_flag_of_every_script_refuses_a_value_out_of_its_range(
+    monkeypatch, capsys, script
+):
+    """Sizes and counts positive, budgets non-negative, rates and fractions in their intervals:
+    each numeric flag is read with its range, and argparse names the flag, the value and the
+    range. A flag read as a bare int or float has no range: that is the failure."""
+    parse_args = argparse.ArgumentParser.parse_args  # script_parser replaces it
+    parser = script_parser(monkeypatch, importlib.import_module(script).main)
+    checked = 0
+    for owner, action in owned_options(parser):
+        flag = action.option_strings[0]
+        assert action.type not in (int, float), f"{script} {flag} reads a number with no range"
+        if not isinstance(action.type, Number):
+            continue
+        for value in outside(action.type):
+            with pytest.raises(SystemExit):
+                parse_args(owner, [flag, value])
+            error = capsys.readouterr().err
+            assert f"argument {flag}: " in error and value in error and "expected" in error
+        inside = action.type.low + (1 if action.type.low_open else 0)
+        assert action.type(str(inside)) == inside
+        checked += 1
+    assert checked > 0
+
+
+def test_a_negative_feature_cache_budget_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train_stage1.main(
+            ["--data", "d", "--vit", "v", "--tiny-lm", "t", "--feature-cache-gb", "-1"]
+        )
+    error = capsys.readouterr().err
+    assert "argument --feature-cache-gb: -1 is out of range: expected a number >= 0" in error

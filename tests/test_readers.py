@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import data
-from conftest import load_json
+from conftest import REPO, load_json
 from support import readers
 
 # --- readers ---------------------------------------------------------------------------------
@@ -574,3 +574,33 @@ def test_video_folders_of_any_frame_count_are_read_and_long_ones_sampled_to_max_
     with pytest.raises(readers.DataError) as error:  # an image task meeting a frame folder
         readers.read_captions(path)
     assert "this is a folder" in str(error.value) and "num_frames" not in str(error.value)
+
+
+@pytest.mark.parametrize("count", [9, 11])
+def test_a_vqa_annotation_without_ten_answers_is_a_bad_sample_named_by_question_id(tmp_path, count):
+    """VQA accuracy is min(matches / 3, 1) averaged over the 10 human answers' leave-one-out
+    subsets: another count is not VQAv2, so the annotation is refused (or skipped and counted)."""
+    questions, annotations = official_vqa(tmp_path)
+    content = load_json(annotations)
+    content["annotations"][1]["answers"] = content["annotations"][1]["answers"][:1] * count
+    annotations.write_text(json.dumps(content))
+    with pytest.raises(
+        readers.DataError, match=rf"question_id 73001\) field 'answers' has {count}"
+    ):
+        readers.read_vqa(questions, annotations, image_root=tmp_path / "val2014")
+    with pytest.warns(UserWarning, match="1 x not 10 answers"):
+        read = readers.read_vqa(
+            questions, annotations, image_root=tmp_path / "val2014", on_bad_sample="skip"
+        )
+    assert [e.question_id for e in read.examples] == [42000]
+    assert read.skipped["not 10 answers"] == 1
+
+
+def test_the_data_guide_says_what_the_video_reader_does():
+    """docs/real_data.md once said a video folder with another frame count is a bad sample; the
+    reader takes any count (test_video_folders_of_any_frame_count_...)."""
+    guide = (REPO / "docs" / "real_data.md").read_text()
+    assert (
+        "another count is a bad sample" not in guide and "agreed\n  number of frames" not in guide
+    )
+    assert "with any number of frames" in guide

@@ -49,7 +49,8 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         synthetic.generate(tmp_path / name, synthetic.WorldConfig(seed=seed, **tiny))
     first, second, other = (file_hashes(tmp_path / name) for name in "abc")
-    assert len(first) == 10 + 4 * 3 + 25 and first == second  # images, frames, JSON
+    # images, frames, JSON files, the manifest
+    assert len(first) == 10 + 4 * 3 + 25 + 1 and first == second
     assert other.keys() == first.keys()
     changed = [name for name in first if first[name] != other[name]]
     assert "captions_train.json" in changed and "images/train/000000000001.png" in changed
@@ -426,3 +427,62 @@ def test_pixels_show_the_scene(world):
                     tuple(np.asarray(Image.open(frame))[(y0 + y1) // 2, (x0 + x1) // 2])
                     == synthetic.COLOURS[colour]
                 )
+
+
+TINY_WORLD_FLAGS = (
+    "--train-images 3 --val-images 1 --test-images 1 --train-videos 1 --val-videos 1 "
+    "--test-videos 1 --num-frames 2 --image-size 32 --tokenizer stage0/tokenizer.model"
+).split()
+
+
+def write_world(out: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "stage0.synthetic", "--out", str(out), *TINY_WORLD_FLAGS]
+    return subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True)
+
+
+def test_a_folder_of_someone_elses_dataset_is_refused_and_left_as_it_was(tmp_path):
+    """A COCO-style folder (images under train2014/, its own annotation files and tokenizer):
+    the command names every file it would replace, writes nothing, and with --overwrite true
+    replaces them."""
+    theirs = {
+        "captions_train.json": '{"images": [], "annotations": ["mine"]}',
+        "questions_train.json": '{"questions": ["mine"]}',
+        "annotations_train.json": '{"annotations": ["mine"]}',
+        "tokenizer.model": "their sentencepiece model",
+    }
+    for name, text in theirs.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "train2014").mkdir()
+    (tmp_path / "train2014" / "COCO_train2014_000000000001.jpg").write_bytes(b"their image")
+    before = file_hashes(tmp_path)
+    refused = write_world(tmp_path)
+    assert refused.returncode != 0
+    assert all(name in refused.stderr for name in theirs), refused.stderr
+    assert "--overwrite true" in refused.stderr
+    assert file_hashes(tmp_path) == before, "nothing written, nothing replaced"
+    assert write_world(tmp_path, "--overwrite", "true").returncode == 0
+    assert load_json(tmp_path / "captions_train.json")["annotations"] != ["mine"]
+    assert (
+        tmp_path / "train2014" / "COCO_train2014_000000000001.jpg"
+    ).read_bytes() == b"their image"
+
+
+def test_its_own_earlier_output_is_replaced_but_not_a_file_edited_since(tmp_path):
+    config = synthetic.WorldConfig(**SMALL_WORLD)
+    synthetic.generate(tmp_path, config)
+    synthetic.generate(tmp_path, config)  # its own files, as the manifest lists them
+    (tmp_path / "captions_val.json").write_text('{"edited": true}')
+    (tmp_path / "videos" / "notes.txt").write_text("someone's notes")
+    with pytest.raises(FileExistsError, match="2 file.*captions_val.json, videos/notes.txt"):
+        synthetic.generate(tmp_path, config)
+    assert load_json(tmp_path / "captions_val.json") == {"edited": True}
+    synthetic.generate(tmp_path, config, overwrite=True)
+    assert "images" in load_json(tmp_path / "captions_val.json")
+
+
+def test_a_world_written_before_manifests_is_still_its_own(tmp_path):
+    config = synthetic.WorldConfig(**SMALL_WORLD)
+    synthetic.generate(tmp_path, config)
+    (tmp_path / "manifest.json").unlink()  # as an earlier version of the command left it
+    synthetic.generate(tmp_path, config)
+    assert (tmp_path / "manifest.json").exists()

@@ -141,8 +141,8 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_step(tmp_path
 
 def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
     """An update that overflows (here: an optimizer step that leaves an inf in the weights at step
-    3)
-    after a finite loss and gradient: the run stops, the checkpoint of step 2 stays the newest."""
+    3) after a finite loss and gradient: the run stops; the checkpoint of step 2 stays the
+    newest."""
 
     class OverflowingAdamW(torch.optim.AdamW):
         def step(self, closure=None):
@@ -275,3 +275,15 @@ def test_compile_is_on_by_default_where_it_pays_for_itself():
     assert not trainer.compile_pays(600, use_cuda=False)
     assert trainer.compile_pays(trainer.CPU_COMPILE_MIN_STEPS, use_cuda=False)
     assert trainer.CPU_COMPILE_MIN_STEPS * 0.020 > 30  # the steps it takes to save the compile time
+
+
+def test_a_non_finite_loss_before_any_save_says_there_is_no_checkpoint(tmp_path):
+    def loss_fn(m, batch):
+        loss_sum, count = pretrain.lm_loss(m, batch)
+        return loss_sum * float("nan"), count
+
+    with pytest.raises(FloatingPointError, match="step 0") as error:
+        tiny_lm_run(tmp_path, loss_fn, steps=4)
+    assert "No checkpoint was saved" in str(error.value)
+    assert "last good checkpoint" not in str(error.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
