@@ -125,6 +125,24 @@ def evaluate_captions(
 
 
 @torch.no_grad()
+def spread_over_images(examples: list, limit: int | None) -> list:
+    """At most `limit` questions, spread over as many images as there are: every image's first
+    question, then every image's second, ... (the first 100 questions by id would be about 20
+    images, 5 questions each). Returned with one image's questions side by side, so that a batch
+    encodes each image once."""
+    by_image = {}
+    for example in sorted(examples, key=lambda e: (e.image_id, e.question_id)):
+        by_image.setdefault(example.image_id, []).append(example)
+    rounds = [
+        example
+        for depth in range(max((len(q) for q in by_image.values()), default=0))
+        for questions in by_image.values()
+        if depth < len(questions)
+        for example in [questions[depth]]
+    ]
+    return sorted(rounds[:limit], key=lambda e: (e.image_id, e.question_id))
+
+
 def evaluate_vqa(
     model,
     tokenizer,
@@ -136,8 +154,7 @@ def evaluate_vqa(
     description="vqa",
 ) -> tuple[dict, list]:
     """VQA accuracy, the mean over questions -> (metrics, samples)."""
-    # Questions of one image side by side, so that a batch encodes each image once.
-    examples = sorted(annotations.examples, key=lambda e: (e.image_id, e.question_id))[:limit]
+    examples = spread_over_images(annotations.examples, limit)
     predictions = []
     for batch in tqdm(batches(examples, batch_size), desc=description, leave=False):
         predictions += generate_texts(

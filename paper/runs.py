@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation import diagnostics
+from paper.stats import curve_area
 from support.run_folder import steps_to_reach
 from support.writers import write_json
 
@@ -295,7 +296,10 @@ def stage2_metrics(folder: Path, baseline: Path) -> dict:
         "trainable_parameters": row["trainable_parameters"],
         "final_val_loss": row["final_val_loss"],
         "steps_to_baseline_final_loss": steps_to_reach(row["curve"], target),
+        "curve": row["curve"],  # (step, val loss): results.json keeps every run's curve
     }
+    if len(row["curve"]) > 1:
+        metrics["val_loss_area"] = curve_area(row["curve"])
     metrics.update(
         {
             name: row["metrics"][task][metric]
@@ -313,7 +317,7 @@ def gain(larger: dict, smaller: dict) -> dict:
     """The toy ViT's metrics minus the toy-small ViT's, for one seed."""
     return {
         name: larger[name] - smaller[name]
-        for name in ("final_val_loss", "oracle_fraction", *SCORES)
+        for name in ("final_val_loss", "val_loss_area", "oracle_fraction", *SCORES)
         if name in larger
     }
 

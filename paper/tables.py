@@ -6,7 +6,8 @@ evaluate.py (test metrics, validation curve, trainable parameters) and diagnosti
 runs them (`--jobs 2`: two at a time, one thread each), skips the finished ones (a run is finished
 when its evaluation output exists; an unfinished one resumes from its checkpoint), and writes
 docs/results.md and docs/results.json: each cell the mean ± sample standard deviation over the
-seeds, each paper claim marked holds / does not hold / within seed noise. Rows reuse runs: the
+seeds, each paper claim judged on the seeds' paired differences: holds, fails, level or
+undecided (paper/stats.py). Rows reuse runs: the
 VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger". This file holds the tables
 and the command; the runs are in paper/runs.py, the claims and how one is judged in
 paper/claims.py.
@@ -25,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-# Reached through this module though not used in it: mark, STAGE2_RUNS and steps_to_reach
+# Reached through this module though not used in it: STAGE2_RUNS and steps_to_reach
 # (tests/test_paper.py reads the whole of make paper through paper.tables).
 from paper.claims import CLAIMS, judge, summarize
-from paper.claims import mark as mark
 from paper.runs import STAGE2_RUNS as STAGE2_RUNS
 from paper.runs import VITS, add_diagnostics, collect, plan, run_jobs, write_reliance
 from support.flags import COUNT, NON_NEGATIVE
@@ -82,6 +82,7 @@ COLUMNS = [
     ("trainable_parameters", "trainable params", "{:,.0f}"),
     ("steps_to_baseline_final_loss", "steps to the perceiver's final val loss", "{:.0f}"),
     ("final_val_loss", "val loss", "{:.4f}"),
+    ("val_loss_area", "mean val loss over the run", "{:.4f}"),
     ("cider_d", "CIDEr-D", "{:.3f}"),
     ("vqa_accuracy", "VQA acc", "{:.3f}"),
     ("video_cider_d", "video CIDEr-D", "{:.3f}"),
@@ -112,23 +113,18 @@ def markdown(results: dict, per_run: dict) -> str:
     lines = [
         "# The paper's tables at toy scale (`make paper`)",
         "",
-        f"Written by `{results['command']}` on {results['machine']}: {results['wall_s'] / 60:.1f} "
-        "minutes of wall "
-        f"time for the {results['runs_run']} runs this invocation ran ({results['runs_skipped']} "
-        "already finished "
-        f"were skipped). Seeds {', '.join(map(str, settings['seeds']))} (stage 1 and stage 2 "
-        "reseeded; stage 0 "
-        "and the data shared); "
-        f"stage 1 {settings['stage1_steps']} steps, stage 2 {settings['stage2_steps']} steps, "
-        "validation every "
-        f"{settings['eval_every']}; test metrics on the first {settings['eval_limit'] or 'all'} "
-        "images / questions "
-        "per task. Each cell: mean ± sample standard deviation (n - 1) over the seeds. CIDEr-D is "
-        "on the COCO "
-        "tool's scale (the paper's figures are x100). \"steps to the perceiver's final val "
-        'loss": the first '
-        "validation step at or below the final validation loss of the perceiver of the same seed "
-        "and ViT.",
+        f"Written by `{results['command']}` on {results['machine']}: "
+        f"{results['wall_s'] / 60:.1f} minutes of wall time for the {results['runs_run']} runs "
+        f"this invocation ran ({results['runs_skipped']} already finished were skipped). "
+        f"Seeds {', '.join(map(str, settings['seeds']))} (stage 1 and stage 2 reseeded; stage 0 "
+        f"and the data shared); stage 1 {settings['stage1_steps']} steps, stage 2 "
+        f"{settings['stage2_steps']} steps, validation every {settings['eval_every']}; test "
+        f"metrics on the first {settings['eval_limit'] or 'all'} images / questions per task. "
+        "Each cell: mean ± sample standard deviation (n - 1) over the seeds. CIDEr-D is on the "
+        "COCO tool's scale (the paper's figures are x100). \"steps to the perceiver's final val "
+        'loss": the first validation step at or below the final validation loss of the '
+        'perceiver of the same seed and ViT; "mean val loss over the run": the area under the '
+        "validation curve divided by the steps it spans.",
         "",
         "Stage 1 (the tiny LM as the decoder), image CIDEr-D: "
         + ", ".join(
@@ -154,25 +150,39 @@ def markdown(results: dict, per_run: dict) -> str:
     lines += [
         "## The paper's claims",
         "",
-        "Within seed noise: the two means differ by at most twice the larger of "
-        "the two rows' sample standard deviations.",
+        "Each claim on the seeds' paired differences (ours - theirs, signed so that > 0 favours "
+        "the claim; the rows of one seed share data order and stage 1), with a 95% t-interval: "
+        "**holds** or **fails** when it excludes zero, **level** when it lies inside ±5% of the "
+        "baseline's mean, **undecided** otherwise, with the seeds the observed spread would need. "
+        "A run that never reaches a target loss counts as the run length (censored): a bound.",
         "",
-        "| claim | table | paper | ours | verdict |",
-        "|---|---|---|---|---|",
+        "| claim | table | paper | ours vs theirs | difference [95% interval] | verdict |",
+        "|---|---|---|---|---|---|",
     ]
-    for claim in results["claims"]:
-        form = next(form for metric, _, form in COLUMNS if metric == claim["metric"])
-        missing = "not reached" if claim["metric"] == "steps_to_baseline_final_loss" else "-"
-        ours = " vs ".join(
-            missing if s["mean"] is None else f"{form.format(s['mean'])} ± {form.format(s['std'])}"
-            for s in (claim["ours"], claim["theirs"])
-        )
-        noise = "" if claim["two_std"] is None else f" (2 std = {form.format(claim['two_std'])})"
-        lines.append(
-            f"| {claim['claim']} | {claim['table']} | {claim['paper']} | {ours} | "
-            f"{claim['verdict']}{noise} |"
-        )
+    lines += [claim_line(claim) for claim in results["claims"]]
     return "\n".join(lines) + "\n"
+
+
+def claim_line(claim: dict) -> str:
+    """One row of the claims table."""
+    form = next(form for metric, _, form in COLUMNS if metric == claim["metric"])
+    missing = "not reached" if claim["metric"] == "steps_to_baseline_final_loss" else "-"
+    rows = " vs ".join(
+        missing if s["mean"] is None else f"{form.format(s['mean'])} ± {form.format(s['std'])}"
+        for s in (claim["ours"], claim["theirs"])
+    )
+    verdict, interval = claim["verdict"], "-"
+    if "interval" in claim:
+        low, high = claim["interval"]
+        interval = f"{form.format(claim['difference'])} [{form.format(low)}, {form.format(high)}]"
+        censored = claim["censored"]["ours"] + claim["censored"]["theirs"]
+        if censored:
+            interval += f" ({censored} censored)"
+        if verdict == "undecided":
+            needed = claim["seeds_needed"]
+            verdict += f" (needs {needed} seeds)" if needed else " (needs over 1000 seeds)"
+    paper, table = claim["paper"], claim["table"]
+    return f"| {claim['claim']} | {table} | {paper} | {rows} | {interval} | **{verdict}** |"
 
 
 def run_paper(args) -> dict:
@@ -223,7 +233,7 @@ def run_paper(args) -> dict:
             table: [{"name": name, "seeds": per_run[run]} for name, run in rows]
             for table, (_, rows) in TABLES.items()
         },
-        "claims": judge(CLAIMS, per_run),
+        "claims": judge(CLAIMS, per_run, run_length=args.stage2_steps),
     }
     out = Path(args.out)
     write_atomically(

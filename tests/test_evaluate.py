@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ import evaluate
 from conftest import REPO, toy_spec
 from evaluation import diagnostics, metrics
 from evaluation.decoding import Decoding
+from evaluation.tasks import spread_over_images
 from resampler import ResamplerConfig
 from stage0 import synthetic
 from support import checkpoints
@@ -354,3 +356,16 @@ def test_validation_curve_skips_a_torn_last_line(tmp_path):
         '{"step": 10, "val_loss": 2.5}\n{"step": 20, "loss": 1.0}\n{"step": 30, "val_lo'
     )
     assert evaluate.validation_curve(tmp_path) == [(10, 2.5)]
+
+
+def test_a_vqa_limit_takes_questions_spread_over_the_images():
+    """3 images with 3 questions each, limit 4: one question of every image first, then a
+    second question of the first image; returned image by image."""
+    questions = [
+        SimpleNamespace(image_id=image, question_id=10 * image + k)
+        for image in (3, 1, 2)
+        for k in (2, 0, 1)
+    ]
+    chosen = spread_over_images(questions, 4)
+    assert [(q.image_id, q.question_id) for q in chosen] == [(1, 10), (1, 11), (2, 20), (3, 30)]
+    assert len(spread_over_images(questions, None)) == 9

@@ -48,6 +48,7 @@ LIBRARY_ORDER = [
     "support.vlm_training",  # stages 1 and 2 on a data folder (train_vlm, DataConfig)
     "evaluation.tasks",  # evaluate.py's parts: a task scored, one image captioned
     "evaluation.report",  # results files, the comparison table and validation-loss curves
+    "paper.stats",  # paired 95% intervals and verdicts
     "paper.claims",  # make paper's parts: the claims and the 2-std rule
     "paper.runs",  # the runs: planned, run, their numbers read back
 ]
