@@ -9,7 +9,9 @@ the other. Each is measured here with a small command (evaluate.py probe / conte
   same image, and after a caption of another image (each text as pretrained: [bos] text [eos]);
 - `image_reliance`: a stage-2 model's caption loss with true, blanked and shuffled images, and
   the frozen large LM's loss when another reference caption stands where the visual tokens were
-  (the text oracle): the fraction of the gap from blanked (0) to the oracle (1) the adapter closes.
+  (the text oracle): the fraction of the gap from blanked (0) to the oracle (1) the adapter closes;
+- `token_scales`: the visual tokens' size against the LM's text embeddings', which the adapter
+  must learn to match (the LM's embeddings start at std 0.02; nothing rescales the visual tokens).
 """
 
 import random
@@ -187,3 +189,20 @@ def reference_ceiling(data_dir, split: str = "test", task: str = "caption") -> f
         references = {image_id: texts[:k] + texts[k + 1 :] for image_id, texts in by_image.items()}
         scores.append(cider_d(candidates, references)[0])
     return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def token_scales(model, batch: dict) -> dict:
+    """{"visual": RMS of the visual tokens of `batch`'s images, "text": RMS of the LM's token
+    embeddings}: what the LM reads in the visual slots against what it reads in the text's."""
+    was_training = model.training
+    model.eval()
+    device = model.lm.token_embedding.weight.device
+    num_frames = batch.get("num_frames")
+    tokens = model.visual_tokens(
+        batch["pixels"].to(device), num_frames=None if num_frames is None else num_frames.to(device)
+    )
+    model.train(was_training)
+    rms = {"visual": tokens.float().pow(2).mean().sqrt().item()}
+    rms["text"] = model.lm.token_embedding.weight.float().pow(2).mean().sqrt().item()
+    return rms

@@ -6,6 +6,7 @@ videos), optionally keeps the frozen ViT's features (support/feature_cache.py), 
 training loop (trainer.train) with the captioning loss (vlm.caption_loss).
 """
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -13,6 +14,7 @@ from functools import partial
 import torch.distributed as dist
 
 import data
+from evaluation.diagnostics import token_scales
 from support.feature_cache import FeatureCache
 from support.model_spec import ModelSpec
 from support.models import load_tokenizer
@@ -113,17 +115,19 @@ def train_vlm(
         unreadable.update(batch.get("unreadable", ()))
         return caption_loss(model, batch, feature_cache=cache)
 
-    summary = train(
-        model,
-        loss_fn,
-        train_set,
-        val_set,
-        partial(data.collate, pad_id=tokenizer.pad_id),
-        train_config,
-        stage,
-        spec,
-        frozen,
-    )
+    collate = partial(data.collate, pad_id=tokenizer.pad_id)
+    # the same few validation images before and after: how the visual tokens' scale moved
+    probe = collate([val_set[0][i] for i in range(min(8, len(val_set[0])))])
+    start = token_scales(model, probe)
+    summary = train(model, loss_fn, train_set, val_set, collate, train_config, stage, spec, frozen)
+    end = token_scales(model, probe)
+    summary["visual_token_rms"] = {"start": start["visual"], "end": end["visual"]}
+    summary["text_embedding_rms"] = end["text"]
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(
+            f"[{stage}] visual tokens' RMS {start['visual']:.4f} at step 0, "
+            f"{end['visual']:.4f} at the end; the LM's text embeddings' {end['text']:.4f}"
+        )
     everywhere = [unreadable]
     if dist.is_initialized():
         everywhere = [set() for _ in range(dist.get_world_size())]

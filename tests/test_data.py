@@ -442,6 +442,10 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
         )
     assert summary["truncated_texts"] == 1 and summary["skipped_samples"] == {"unreadable image": 2}
     assert math.isfinite(summary["train_loss"])
+    # the visual tokens' scale at step 0 and at the end, against the LM's text embeddings
+    assert set(summary["visual_token_rms"]) == {"start", "end"}
+    assert summary["visual_token_rms"]["end"] != summary["visual_token_rms"]["start"]
+    assert summary["text_embedding_rms"] > 0
     # 128 positions - 4 visual tokens
     too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])
     with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):

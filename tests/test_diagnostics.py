@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import data
-from conftest import REPO, SMALL_WORLD
+from conftest import REPO, SMALL_WORLD, toy_spec
 from evaluation import diagnostics
 from evaluation.metrics import cider_d
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain, synthetic
 from support.checkpoints import save_checkpoint
-from support.model_spec import ModelSpec
+from support.model_spec import ModelSpec, build_vlm
 from support.models import load_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,3 +206,20 @@ def test_a_saved_spec_round_trips_through_an_exported_safetensors_file(tmp_path)
         # bf16 storage: the weights round to 8 bits of mantissa, the logits stay close
         assert torch.allclose(loaded(ids)[0], lm(ids)[0], atol=0.05)
     assert loaded.config == lm.config
+
+
+def test_token_scales_measure_the_visual_tokens_against_the_text_embeddings():
+    torch.manual_seed(0)
+    model = build_vlm(toy_spec("vadapter")).train()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.lm.token_embedding.weight.fill_(-0.5)  # every entry 0.5 in size: RMS 0.5
+        model.adapter.projection.weight.mul_(3.0)  # the visual tokens, 3x what they were
+    before = model.visual_tokens(pixels).detach()
+    scales = diagnostics.token_scales(model, {"pixels": pixels})
+    assert scales["text"] == pytest.approx(0.5)
+    assert scales["visual"] == pytest.approx(before.pow(2).mean().sqrt().item(), rel=1e-5)
+    assert model.training, "the model's mode is restored"
+    with torch.no_grad():
+        model.adapter.projection.weight.zero_()
+    assert diagnostics.token_scales(model, {"pixels": pixels})["visual"] == 0.0
