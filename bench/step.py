@@ -15,7 +15,7 @@ Measured numbers and how to read them: docs/benchmarks.md.
 """
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
@@ -217,6 +217,11 @@ def add_flags(parser) -> None:
         help="untimed steps first, the first one timed apart (default 3; 1 with --quick)",
     )
     parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        help="train in float32, or bfloat16 autocast (default: the preset's; float32 on CPU)",
+    )
+    parser.add_argument(
         "--compare-frozen-paths",
         action="store_true",
         help="instead: the stage-2 step (eager) with the frozen ViT under autograd, under no_grad, "
@@ -226,6 +231,7 @@ def add_flags(parser) -> None:
 
 def main(args) -> int:
     device, preset_name, preset = device_and_preset(args)
+    preset = replace(preset, dtype=args.dtype or preset.dtype)
     args.steps = args.steps or (2 if args.quick else 20)
     # the first step is timed apart
     args.warmup = (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)
