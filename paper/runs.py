@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation import diagnostics
-from paper.stats import curve_area
+from paper.stats import curve_area, late_change
 from support.run_folder import steps_to_reach
 from support.writers import write_json
 
@@ -300,6 +300,7 @@ def stage2_metrics(folder: Path, baseline: Path) -> dict:
     }
     if len(row["curve"]) > 1:
         metrics["val_loss_area"] = curve_area(row["curve"])
+        metrics["late_change"] = late_change(row["curve"])
     metrics.update(
         {
             name: row["metrics"][task][metric]

@@ -128,3 +128,15 @@ def curve_area(curve: list[tuple[int, float]]) -> float:
         for (step_a, loss_a), (step_b, loss_b) in zip(curve, curve[1:])
     )
     return area / (curve[-1][0] - curve[0][0])
+
+
+def late_change(curve: list[tuple[int, float]], fraction: float = 0.2) -> float:
+    """How much the validation loss still fell over the last `fraction` of the run, relative to
+    where that stretch began: (loss at its start - final loss) / loss at its start. A run past its
+    drop changes little (make paper's bar: under 2%); one stopped mid-drop does not."""
+    last_step = curve[-1][0]
+    start = min(
+        (point for point in curve if point[0] >= last_step - fraction * (last_step - curve[0][0])),
+        key=lambda point: point[0],
+    )
+    return (start[1] - curve[-1][1]) / start[1]

@@ -83,12 +83,16 @@ COLUMNS = [
     ("steps_to_baseline_final_loss", "steps to the perceiver's final val loss", "{:.0f}"),
     ("final_val_loss", "val loss", "{:.4f}"),
     ("val_loss_area", "mean val loss over the run", "{:.4f}"),
+    ("late_change", "val loss fall in the last 20% of steps", "{:.1%}"),
     ("cider_d", "CIDEr-D", "{:.3f}"),
     ("vqa_accuracy", "VQA acc", "{:.3f}"),
     ("video_cider_d", "video CIDEr-D", "{:.3f}"),
     ("video_vqa_accuracy", "video VQA acc", "{:.3f}"),
     ("oracle_fraction", "oracle gap closed", "{:.3f}"),
 ]
+
+
+LATE_CHANGE_BAR = 0.02  # a run past its drop: its val loss falls less than this in its last 20%
 
 
 def cell(seeds: list[dict], metric: str, form: str) -> str:
@@ -147,6 +151,21 @@ def markdown(results: dict, per_run: dict) -> str:
             for name, run in rows
         ]
         lines.append("")
+    falling = [
+        f"{run} seed {seed} ({values['late_change']:.1%})"
+        for run, per_seed in per_run.items()
+        for seed, values in zip(settings["seeds"], per_seed)
+        if values.get("late_change", 0) >= LATE_CHANGE_BAR
+    ]
+    lines += [
+        "## Past the drop?",
+        "",
+        f"Runs whose validation loss still fell {LATE_CHANGE_BAR:.0%} or more over their last 20% "
+        "of steps (a claim on them reads a curve mid-drop): "
+        + (", ".join(falling) if falling else "none")
+        + ".",
+        "",
+    ]
     lines += [
         "## The paper's claims",
         "",

@@ -201,6 +201,10 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     assert verdicts["higher scores: video CIDEr-D"] == "not measured (no such task)"
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert "1.820 ± 0.010" in markdown and "## Table 13" in markdown
+    assert (
+        "still fell 2% or more over their last 20% of steps (a claim on them reads a curve "
+        "mid-drop): none." in markdown.replace("\n", " ")
+    )
     assert len(fake_outputs.calls) == 3 * (2 * 2 + 3 * len(paper.STAGE2_RUNS)) + 1
     (tmp_path / "runs" / "seed2" / "mlp" / "eval" / "reliance.json").unlink()  # an interrupted run
     fake_outputs.calls = []

@@ -86,3 +86,11 @@ def test_curve_area_is_the_mean_loss_over_the_steps():
     assert stats.curve_area([(25, 0.8), (50, 0.6)]) == pytest.approx(0.7)
     with pytest.raises(ValueError, match="two or more"):
         stats.curve_area([(25, 0.8)])
+
+
+def test_late_change_is_the_relative_fall_over_the_last_fifth_of_the_run():
+    curve = [(0, 1.0), (50, 0.8), (100, 0.7), (150, 0.65), (200, 0.6), (250, 0.59)]
+    # the last 20% of steps 0..250 starts at step 200: (0.6 - 0.59) / 0.6
+    assert stats.late_change(curve) == pytest.approx(0.01 / 0.6)
+    # still dropping: from 0.8 at step 160 to 0.6 at 200, a quarter
+    assert stats.late_change([(0, 1.0), (160, 0.8), (200, 0.6)]) == pytest.approx(0.25)
