@@ -43,6 +43,11 @@ class ResamplerConfig:
     latents_in_keys: bool = True
     # a LayerNorm on the output latents (the pooler's; the paper's baseline has none)
     final_norm: bool = True
+    # Init std of the query and key projections. None: 1/sqrt(dim), attention logits of std ~1 at
+    # step 0; 0.02 (the other projections' std) gives logits of std ~0.05, a uniform attention
+    # that every latent reads as the same patch average, and a long plateau before the latents
+    # learn where to look (q.k is a product of two small factors: its gradient is small too).
+    query_key_std: float | None = None
 
     def __post_init__(self):
         check_config(self)
@@ -204,6 +209,11 @@ class PerceiverResampler(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.02)
+        query_key_std = config.query_key_std or config.dim**-0.5
+        for layer in self.layers:
+            nn.init.normal_(layer.attention.query.weight, 0.0, query_key_std)
+            keys = layer.attention.key_value.weight[: config.dim]  # (D, D): the keys' half
+            nn.init.normal_(keys, 0.0, query_key_std)
 
     def forward(self, features, num_frames=None):
         """Image features (B, N, Din) or video features (B, T, N, Din) -> latents (B, num_latents,

@@ -199,9 +199,13 @@ def token_scales(model, batch: dict) -> dict:
     model.eval()
     device = model.lm.token_embedding.weight.device
     num_frames = batch.get("num_frames")
-    tokens = model.visual_tokens(
-        batch["pixels"].to(device), num_frames=None if num_frames is None else num_frames.to(device)
-    )
+    # frozen weights in bf16 run under bf16 autocast, as in training (--frozen-dtype bf16)
+    bf16 = next(model.vision.parameters()).dtype == torch.bfloat16
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        tokens = model.visual_tokens(
+            batch["pixels"].to(device),
+            num_frames=None if num_frames is None else num_frames.to(device),
+        )
     model.train(was_training)
     rms = {"visual": tokens.float().pow(2).mean().sqrt().item()}
     rms["text"] = model.lm.token_embedding.weight.float().pow(2).mean().sqrt().item()

@@ -96,6 +96,7 @@ FIELD_RANGES = {
     **dict.fromkeys(["steps", "batch_size", "grad_accum", "keep_checkpoints"], COUNT),
     **dict.fromkeys(["eval_every", "eval_batches", "log_every", "save_every"], COUNT),
     **dict.fromkeys(["warmup_steps", "seed", "num_workers"], NON_NEGATIVE),
+    "query_key_std": replace(POSITIVE_REAL, none=True),
     "weight_decay": NON_NEGATIVE_REAL,
     "min_lr_ratio": FRACTION,
 }

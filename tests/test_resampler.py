@@ -291,3 +291,33 @@ def test_the_baseline_has_no_final_layernorm():
         output = baseline(features)
         torch.testing.assert_close(output, latents, atol=0, rtol=0)
         assert (output.std(-1) - 1).abs().max() > 0.1, "a LayerNorm would make every latent's std 1"
+
+
+def initial_attention_logits(config: ResamplerConfig) -> torch.Tensor:
+    """The first layer's pre-softmax logits at initialisation, latents over [features; latents],
+    computed from the layer's projections (B, H, L, M + L)."""
+    torch.manual_seed(0)
+    model = PerceiverResampler(config)
+    attention = model.layers[0].attention
+    features = attention.feature_norm(torch.randn(4, 64, config.dim))
+    latents = attention.latent_norm(model.latents.expand(4, -1, -1))
+    heads, head_dim = attention.num_heads, config.dim // attention.num_heads
+    q = attention.query(latents).view(4, -1, heads, head_dim).transpose(1, 2)
+    keys = attention.key_value(torch.cat([features, latents], dim=1))[..., : config.dim]
+    k = keys.reshape(4, -1, heads, head_dim).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / head_dim**0.5
+
+
+def test_fresh_attention_starts_with_unit_logits_not_a_uniform_average():
+    """With every projection at std 0.02 the logits start at std ~0.05: each latent reads the
+    same average of the patches. The query and key projections start at 1/sqrt(dim) instead."""
+    with torch.no_grad():
+        unit = initial_attention_logits(ResamplerConfig(input_dim=128, dim=128, num_heads=4))
+        small = initial_attention_logits(
+            ResamplerConfig(input_dim=128, dim=128, num_heads=4, query_key_std=0.02)
+        )
+    assert 0.8 < unit.std().item() < 1.25
+    assert small.std().item() < 0.1
+    uniform = torch.log(torch.tensor(float(unit.shape[-1])))
+    entropy = -(unit.softmax(-1) * unit.log_softmax(-1)).sum(-1).mean()
+    assert entropy < uniform - 0.3  # each latent prefers some patches from the first step
