@@ -87,9 +87,19 @@ class Job:
     done: Path  # written last: a finished run
 
 
-def plan(args) -> tuple[list[Job], list[Job]]:
-    """-> (stage-1 jobs, stage-2 jobs), every seed; the stage-2 VAdapters read their seed's stage-1
-    run."""
+def needed_runs(names: list[str]) -> list[str]:
+    """The stage-2 runs that rows `names` (runs or gain rows) read: theirs, their gain rows'
+    parts, and the baseline each races to, in STAGE2_RUNS order."""
+    wanted = set()
+    for name in names:
+        wanted |= set(GAINS.get(name, (name,)))
+    wanted |= {BASELINE[STAGE2_RUNS[name][0]] for name in wanted}
+    return [name for name in STAGE2_RUNS if name in wanted]
+
+
+def plan(args, names: list[str]) -> tuple[list[Job], list[Job]]:
+    """-> (stage-1 jobs, stage-2 jobs) for the stage-2 runs `names` (needed_runs), every seed;
+    the stage-2 VAdapters read their seed's stage-1 run on the same ViT."""
     stage0, runs, train_flags = Path(args.stage0), Path(args.runs), shlex.split(args.train_flags)
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     first, second = [], []
@@ -104,7 +114,8 @@ def plan(args) -> tuple[list[Job], list[Job]]:
             "--resume",
             "true",
         ]
-        for vit, vit_file in VITS.items():
+        for vit in dict.fromkeys(STAGE2_RUNS[name][0] for name in names):
+            vit_file = VITS[vit]
             folder = runs / f"seed{seed}" / f"stage1_{vit}"
             first.append(
                 Job(
@@ -141,7 +152,8 @@ def plan(args) -> tuple[list[Job], list[Job]]:
                     folder / "eval.json",
                 )
             )
-        for name, (vit, flags) in STAGE2_RUNS.items():
+        for name in names:
+            vit, flags = STAGE2_RUNS[name]
             folder = runs / f"seed{seed}" / name
             fill = {
                 "stage1": str(runs / f"seed{seed}" / f"stage1_{vit}"),
@@ -323,15 +335,20 @@ def gain(larger: dict, smaller: dict) -> dict:
     }
 
 
-def collect(runs: Path, seeds: list[int]) -> dict[str, list[dict]]:
-    """{run name: one metrics dict per seed} for every stage-2 run and gain row."""
+def collect(runs: Path, seeds: list[int], names: list[str]) -> dict[str, list[dict]]:
+    """{run name: one metrics dict per seed} for the stage-2 runs `names` and the gain rows whose
+    parts are among them."""
     per_run = {
         name: [
-            stage2_metrics(runs / f"seed{seed}" / name, runs / f"seed{seed}" / BASELINE[vit])
+            stage2_metrics(
+                runs / f"seed{seed}" / name,
+                runs / f"seed{seed}" / BASELINE[STAGE2_RUNS[name][0]],
+            )
             for seed in seeds
         ]
-        for name, (vit, _) in STAGE2_RUNS.items()
+        for name in names
     }
     for name, (larger, smaller) in GAINS.items():
-        per_run[name] = [gain(a, b) for a, b in zip(per_run[larger], per_run[smaller])]
+        if larger in per_run and smaller in per_run:
+            per_run[name] = [gain(a, b) for a, b in zip(per_run[larger], per_run[smaller])]
     return per_run

@@ -30,7 +30,15 @@ from pathlib import Path
 # (tests/test_paper.py reads the whole of make paper through paper.tables).
 from paper.claims import CLAIMS, judge, summarize
 from paper.runs import STAGE2_RUNS as STAGE2_RUNS
-from paper.runs import VITS, add_diagnostics, collect, plan, run_jobs, write_reliance
+from paper.runs import (
+    VITS,
+    add_diagnostics,
+    collect,
+    needed_runs,
+    plan,
+    run_jobs,
+    write_reliance,
+)
 from support.flags import COUNT, NON_NEGATIVE
 from support.run_folder import steps_to_reach as steps_to_reach
 from support.writers import write_atomically
@@ -137,7 +145,8 @@ def markdown(results: dict, per_run: dict) -> str:
         ),
         "",
     ]
-    for table, (title, rows) in TABLES.items():
+    for table in results["tables"]:
+        title, rows = TABLES[table]
         lines += [
             f"## {table}: {title}",
             "",
@@ -208,11 +217,16 @@ def run_paper(args) -> dict:
     """Every run (the unfinished ones), then the tables -> results.json's content."""
     started, load = time.time(), os.getloadavg()[0]
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    first, second = plan(args)
+    tables = {table: TABLES[table] for table in args.tables}
+    names = needed_runs([run for _, rows in tables.values() for _, run in rows])
+    first, second = plan(args, names)
     ran = run_jobs(first, args.jobs, threads) + run_jobs(second, args.jobs, threads)
     runs = Path(args.runs)
-    block = add_diagnostics(args, runs, args.seeds[0], args.threads or os.cpu_count() or 1)
-    per_run = collect(runs, args.seeds)
+    block = None
+    if {"vadapter", "perceiver"} <= set(names):
+        block = add_diagnostics(args, runs, args.seeds[0], args.threads or os.cpu_count() or 1)
+    per_run = collect(runs, args.seeds, names)
+    claims = [claim for claim in CLAIMS if claim.table in tables]
     settings = {
         key: getattr(args, key)
         for key in (
@@ -224,6 +238,7 @@ def run_paper(args) -> dict:
             "reliance_limit",
             "jobs",
             "train_flags",
+            "tables",
         )
     }
     results = {
@@ -247,12 +262,13 @@ def run_paper(args) -> dict:
                 for seed in args.seeds
             ]
             for vit in VITS
+            if (runs / f"seed{args.seeds[0]}" / f"stage1_{vit}" / "eval.json").exists()
         },
         "tables": {
             table: [{"name": name, "seeds": per_run[run]} for name, run in rows]
-            for table, (_, rows) in TABLES.items()
+            for table, (_, rows) in tables.items()
         },
-        "claims": judge(CLAIMS, per_run, run_length=args.stage2_steps),
+        "claims": judge(claims, per_run, run_length=args.stage2_steps),
     }
     out = Path(args.out)
     write_atomically(
@@ -260,6 +276,21 @@ def run_paper(args) -> dict:
     )
     (out / "results.md").write_text(markdown(results, per_run))
     return results
+
+
+def parse_tables(text: str) -> list[str]:
+    """--tables: "all", or comma-separated names of TABLES ("Table 2" or just "2", "stronger")."""
+    if text.strip().lower() == "all":
+        return list(TABLES)
+    chosen = []
+    for name in (part.strip() for part in text.split(",")):
+        table = f"Table {name}" if name.isdigit() else name
+        if table not in TABLES:
+            raise argparse.ArgumentTypeError(
+                f"{name!r}: expected all, or tables from {', '.join(TABLES)} (2 for Table 2)"
+            )
+        chosen.append(table)
+    return chosen
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -292,9 +323,16 @@ def main(argv=None) -> None:
     )
     run.add_argument("--runs", default="runs/paper", help="folder for every run (seed<N>/<run>)")
     run.add_argument("--out", default="docs", help="folder for results.md and results.json")
-    run.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3], metavar="1,2,3")
+    run.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3, 4, 5], metavar="1,2,3")
+    run.add_argument(
+        "--tables",
+        type=parse_tables,
+        default=["Table 2"],
+        metavar="2,3,4,13,stronger|all",
+        help="the tables to run and judge (default: Table 2, the paper's main claims)",
+    )
     run.add_argument("--stage1-steps", type=COUNT, default=300)
-    run.add_argument("--stage2-steps", type=COUNT, default=200)
+    run.add_argument("--stage2-steps", type=COUNT, default=300)
     run.add_argument(
         "--eval-every",
         type=COUNT,

@@ -100,7 +100,7 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
         raise Parsed(original(self, args, namespace))
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    first, second = paper.plan(plan_args(tmp_path))
+    first, second = paper.plan(plan_args(tmp_path), list(paper.STAGE2_RUNS))
     assert len(first) == 3 * len(paper.VITS) and len(second) == 3 * len(paper.STAGE2_RUNS)
     for job in first + second:
         for argv in job.commands:
@@ -173,6 +173,8 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
         "1,2,3",
         "--jobs",
         "2",
+        "--tables",
+        "all",
     ]
     paper.main(argv)
     results = json.loads((tmp_path / "docs" / "results.json").read_text())
@@ -218,3 +220,24 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
         "--resume" in fake_outputs.calls[0]
         and str(tmp_path / "runs" / "seed2" / "mlp") in fake_outputs.calls[0]
     )
+
+
+def test_the_default_runs_and_judges_table_2_alone(tmp_path, monkeypatch):
+    """make paper's default: stage 1 and the two adapters per seed, Table 2's claims only."""
+    monkeypatch.setattr(runs, "run_command", fake_outputs)
+    fake_outputs.calls = []
+    folders = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "docs")]
+    paper.main(["run", "--data", str(tmp_path / "data"), *folders, "--seeds", "1,2"])
+    results = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert list(results["tables"]) == ["Table 2"] and results["settings"]["tables"] == ["Table 2"]
+    assert {claim["table"] for claim in results["claims"]} == {"Table 2"}
+    trained = sorted(
+        Path(call[call.index("--out-dir") + 1]).name
+        for call in fake_outputs.calls
+        if "--out-dir" in call
+    )
+    assert trained == ["perceiver"] * 2 + ["stage1_toy"] * 2 + ["vadapter"] * 2
+    assert paper.parse_tables("2,stronger") == ["Table 2", "stronger"]
+    assert paper.parse_tables("all") == list(paper.TABLES)
+    with pytest.raises(argparse.ArgumentTypeError, match="'5'"):
+        paper.parse_tables("2,5")
