@@ -61,13 +61,15 @@ class Tokenizer:
                     "only sentencepiece (a tokenizer.json-only model such as Llama 3 is not "
                     "supported)"
                 )
-        self.model = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
-        self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
-            self.model.pad_id(),
-            self.model.unk_id(),
-            self.model.bos_id(),
-            self.model.eos_id(),
-        )
+        try:
+            self.model = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+        except (OSError, RuntimeError) as error:  # missing, a folder, not a sentencepiece model
+            raise DataError(
+                f"{model_path}: cannot load the tokenizer ({error}); expected a sentencepiece "
+                ".model file, as Tokenizer.train writes"
+            ) from None
+        self.pad_id, self.unk_id = self.model.pad_id(), self.model.unk_id()
+        self.bos_id, self.eos_id = self.model.bos_id(), self.model.eos_id()
         if hugging_face and self.pad_id < 0:
             self.pad_id = self.eos_id
         if min(self.pad_id, self.bos_id, self.eos_id) < 0:

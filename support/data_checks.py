@@ -45,7 +45,11 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; expected a JSON annotation file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except OSError as error:  # a folder, say
+        raise DataError(f"{path}: cannot read ({error.strerror}); expected a JSON file") from None
+    # ValueError: not JSON, not UTF-8, or an integer of over 4300 digits (Python's limit);
+    # RecursionError: arrays or objects nested too deep for the parser
+    except (ValueError, RecursionError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
 
 

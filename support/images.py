@@ -53,8 +53,9 @@ def load_image(
         OSError,
         SyntaxError,
         ValueError,
+        NotImplementedError,
         Image.DecompressionBombError,
-    ) as error:  # missing/truncated/corrupt/huge
+    ) as error:  # missing/truncated/corrupt/huge, or a variant of a format PIL cannot decode
         raise DataError(
             f"{path}: cannot read image ({error}); expected a complete image file"
         ) from error

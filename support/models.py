@@ -105,7 +105,7 @@ def load_tokenizer(path, vocab_size: int, lm_source: str | None = None) -> data.
             if str(lm_source).startswith(HUGGING_FACE_PREFIX)
             else "the tokenizer the run was trained with (--tokenizer)"
         )
-        raise ValueError(
+        raise data.DataError(
             f"{path} has {tokenizer.vocab_size} pieces but the model's LM has vocab_size "
             f"{vocab_size}: "
             f"give {fix}"

@@ -54,20 +54,21 @@ def check_file(
     """Cheap checks up front (existence, frame count); decoding errors surface in the dataset.
     An image unless `videos`; a video's frame count is num_frames, or any when None (collate pads
     a batch's videos to its longest, data.load_pixels samples long ones down to max_frames)."""
+    # os.path, not Path.is_file: False, not OSError, for a name too long for the file system
     if not videos:
-        if path.is_file():
+        if os.path.isfile(path):
             return True
         bad(
             "missing image file",
             f"{path}: image file not found ({where} field 'file_name'); expected an image file"
             + (
                 " (this is a folder: videos are read by the video tasks, video_*.json)"
-                if path.is_dir()
+                if os.path.isdir(path)
                 else ""
             ),
         )
         return False
-    if not path.is_dir():
+    if not os.path.isdir(path):
         bad(
             "missing video folder",
             f"{path}: video folder not found ({where} field 'file_name'); expected a folder of "
@@ -223,7 +224,8 @@ def read_karpathy(
             bad,
         )
         file_name = required(entry, "filename", str, where, bad)
-        sentences, folder = entry.get("sentences"), entry.get("filepath") or ""
+        fields = entry if isinstance(entry, dict) else {}  # not a dict: its fields are missing
+        sentences, folder = fields.get("sentences"), fields.get("filepath") or ""
         if not isinstance(sentences, list) or not isinstance(folder, str):
             bad(
                 "missing field",
@@ -278,8 +280,10 @@ def read_vqa(
         )
     else:
         image_root = Path(image_root) if image_root is not None else questions_path.parent
-        coco_name = f"COCO_{questions_data.get('data_subtype', '')}_{{:012d}}.jpg"
-    answers = {}  # question_id -> (multiple_choice_answer, the human answers)
+        # no str.format on a template: a data_subtype holding braces would be read as fields
+        coco_prefix = f"COCO_{questions_data.get('data_subtype', '')}_"
+    # question_id -> (multiple_choice_answer, the human answers); None: two annotations differ
+    answers = {}
     if annotations_path is not None:
         annotations_path = Path(annotations_path)
         for index, annotation in enumerate(
@@ -305,7 +309,16 @@ def read_vqa(
                     "defined over",
                 )
             elif question_id is not None and answer is not None:
-                answers[question_id] = (answer, [h["answer"] for h in humans])
+                found = (answer, [h["answer"] for h in humans])
+                if answers.setdefault(question_id, found) != found:
+                    # two annotations of one question that differ: either could be the truth
+                    bad(
+                        "duplicate question id",
+                        f"{where} field 'question_id' is {question_id}, as in an earlier "
+                        "annotation, with other answers; expected one annotation per question",
+                        count=1 if answers[question_id] is None else 2,
+                    )
+                    answers[question_id] = None
     examples, references = [], {}
     for index, entry in enumerate(questions):
         where = f"{questions_path}: questions[{index}]"
@@ -317,7 +330,7 @@ def read_vqa(
             continue
         question_id, image_id, question = values
         if images_path is None:
-            image_file = image_root / coco_name.format(image_id)
+            image_file = image_root / f"{coco_prefix}{image_id:012d}.jpg"
             if not check_file(
                 image_file, num_frames, f"{where} (file named after field 'image_id')", bad, videos
             ):
@@ -338,6 +351,8 @@ def read_vqa(
                 f"({where}); expected one per question",
             )
             continue
+        if annotations_path is not None and answers[question_id] is None:
+            continue  # its annotations differ: counted there
         answer, humans = answers.get(question_id, ("", []))
         references[question_id] = humans
         examples.append(
