@@ -127,14 +127,20 @@ def script_parser(monkeypatch, main) -> argparse.ArgumentParser:
     return seen[0]
 
 
-def options(parser: argparse.ArgumentParser):
-    """Every option of a parser and of its subcommands."""
+def owned_options(parser: argparse.ArgumentParser):
+    """(the parser or subcommand parser that reads it, option) for every option of a parser and
+    of its subcommands."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subcommand in action.choices.values():
-                yield from options(subcommand)
+                yield from owned_options(subcommand)
         elif action.option_strings:
-            yield action
+            yield parser, action
+
+
+def options(parser: argparse.ArgumentParser):
+    """Every option of a parser and of its subcommands."""
+    return (action for _, action in owned_options(parser))
 
 
 # take no value
@@ -259,16 +265,6 @@ SCRIPTS = [
     "stage0.synthetic",
     "paper.tables",
 ]
-
-
-def owned_options(parser: argparse.ArgumentParser):
-    """(the parser or subcommand parser that reads it, option) for every option."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for subcommand in action.choices.values():
-                yield from owned_options(subcommand)
-        elif action.option_strings:
-            yield parser, action
 
 
 def outside(number: Number) -> list[str]:
