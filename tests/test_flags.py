@@ -151,17 +151,19 @@ SWITCHES = (
 )
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        "stage0.pretrain",
-        "train_stage1",
-        "train_stage2",
-        "evaluate",
-        "bench.__main__",
-        "stage0.synthetic",
-    ],
-)
+# every script with a command line
+SCRIPTS = [
+    "stage0.pretrain",
+    "train_stage1",
+    "train_stage2",
+    "evaluate",
+    "bench.__main__",
+    "stage0.synthetic",
+    "paper.tables",
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_every_boolean_flag_of_every_script_reads_yes_no_the_one_way(monkeypatch, script):
     """A flag that takes a yes/no value goes through parse_bool (or parse_optional_bool): no
     `type=bool` (any non-empty word is True) and no private reading of "true"."""
@@ -254,17 +256,6 @@ def test_a_misspelt_boolean_is_an_error_naming_the_flag_in_every_stage_script(
     with pytest.raises(SystemExit):
         main([*argv, flag, "flase"])
     assert f"argument {flag}: 'flase' is not a yes/no value" in capsys.readouterr().err
-
-
-SCRIPTS = [
-    "stage0.pretrain",
-    "train_stage1",
-    "train_stage2",
-    "evaluate",
-    "bench.__main__",
-    "stage0.synthetic",
-    "paper.tables",
-]
 
 
 def outside(number: Number) -> list[str]:
