@@ -46,6 +46,7 @@ from stage0.world import (
 )
 from support.flags import COUNT, NON_NEGATIVE, Number, parse_bool
 from support.writers import (
+    MANIFEST,
     existing_targets,
     refuse_foreign_files,
     write_json,
@@ -224,7 +225,7 @@ def generate(out: str | Path, config: WorldConfig | None = None, overwrite: bool
 def written_before_manifests(out: Path) -> bool:
     """A world this command wrote before it kept a manifest: its dataset.json, and no manifest."""
     dataset = out / "dataset.json"
-    if (out / "manifest.json").exists() or not dataset.is_file():
+    if (out / MANIFEST).exists() or not dataset.is_file():
         return False
     try:
         return "generator_version" in json.loads(dataset.read_text())
@@ -278,7 +279,7 @@ def main() -> None:
         if arguments_tokenizer
         else Tokenizer.train(training_texts(out), out / TOKENIZER_FILE, vocab_size)
     )
-    write_manifest(out, existing_targets(out, OUTPUT_NAMES, OUTPUT_FOLDERS))  # with the tokenizer
+    write_manifest(out, [out / TOKENIZER_FILE], add=True)
     print(
         f"{json.dumps(summary['counts'])}\ntokenizer: {out / TOKENIZER_FILE} "
         f"({tokenizer.vocab_size} pieces)"

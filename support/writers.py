@@ -47,8 +47,7 @@ def refuse_foreign_files(folder: Path, targets: list[Path], command: str) -> Non
     """A command never overwrites what it did not write: each of `targets` must be listed in the
     folder's manifest with its current hash (the command's own earlier output), else a
     FileExistsError names them and the flag that allows it."""
-    manifest = folder / MANIFEST
-    own = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    own = read_manifest(folder)
     foreign = [
         path for path in targets if own.get(path.relative_to(folder).as_posix()) != sha256(path)
     ]
@@ -61,9 +60,17 @@ def refuse_foreign_files(folder: Path, targets: list[Path], command: str) -> Non
         )
 
 
-def write_manifest(folder: Path, files: list[Path]) -> None:
-    """Record `files` (written by this command) in the folder's manifest, with their sha256."""
-    own = {path.relative_to(folder).as_posix(): sha256(path) for path in files}
+def read_manifest(folder: Path) -> dict:
+    """{relative path: sha256} of the files the folder's manifest lists; {} without one."""
+    manifest = folder / MANIFEST
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+def write_manifest(folder: Path, files: list[Path], add: bool = False) -> None:
+    """Record `files` (written by this command) in the folder's manifest, with their sha256;
+    add: keep the entries already there (a later step of the same command)."""
+    own = read_manifest(folder) if add else {}
+    own.update({path.relative_to(folder).as_posix(): sha256(path) for path in files})
     write_json(folder / MANIFEST, dict(sorted(own.items())))
 
 
