@@ -242,15 +242,26 @@ BACKENDS: dict[str, Callable] = {
 }
 
 
+# The largest score matrix (query length x key length) that `auto` hands to `math` on the CPU
+MATH_ON_CPU_MAX_SCORES = 1 << 16
+
+
 def choose_backend(q, k, v) -> str:
     """`auto`: FlexAttention on CUDA for full sequences; SDPA for one-token decoding steps (a new
     key length every step would mean a new compiled graph and block mask every step) and on CPU,
     where FlexAttention has no backward and, forward only, is slower than SDPA at our sizes
-    (see `python -m bench attention`)."""
+    (see `python -m bench attention`). One exception on CPU: in bf16 with a backward to come,
+    `math`, for SDPA's CPU kernel takes 3x as long as `math` for that backward (20.5 vs 6.6 ms at
+    the toy LM's shape, docs/benchmarks.md); up to MATH_ON_CPU_MAX_SCORES scores per head, past
+    which math's dense scores would cost too much memory."""
     head_dim = q.shape[-1]
     flex_can_run = q.is_cuda and head_dim >= 16 and head_dim & (head_dim - 1) == 0
     if flex_can_run and q.shape[2] > 16:
         return "flex"
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    small = q.shape[2] * k.shape[2] <= MATH_ON_CPU_MAX_SCORES
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and backward and small:
+        return "math"
     return "sdpa"
 
 

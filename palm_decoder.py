@@ -12,7 +12,6 @@ read from Hugging Face folders (Llama, Gemma) reuse this class through the last 
 PaLMConfig; their block, norm and weight tables live in support/hf_decoder.py.
 """
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -154,6 +153,7 @@ class PaLMDecoder(nn.Module):
         *,
         visual_start=None,
         return_hidden=False,
+        return_logits=True,
         reduction="mean",
     ):
         """input_ids (B, L) long; prefix (B, P, D): the visual tokens, placed before text position
@@ -165,7 +165,8 @@ class PaLMDecoder(nn.Module):
         is a target, predicted from the slot before it (a visual slot for the token right after
         the visual tokens). loss is None without loss_mask; with reduction="sum" it is the sum
         over the target tokens (trainer.forward_backward explains the normalisation), with
-        "mean" their mean."""
+        "mean" their mean. return_logits=False (training): logits is None, and the output layer
+        runs at the target tokens' slots only."""
         self.check_inputs(input_ids, prefix, visual_start, loss_mask, reduction)
         x, prefix_len, visual_start = self.embed(input_ids, prefix, visual_start)
         B, S, D = x.shape
@@ -175,26 +176,24 @@ class PaLMDecoder(nn.Module):
         if return_hidden:
             return hidden
         text = torch.arange(S - prefix_len, device=x.device)  # (L,)
-        # (B, L): each token's slot
-        text_slots = text + prefix_len * (text >= visual_start[:, None])
+        text_slots = text + prefix_len * (text >= visual_start[:, None])  # (B, L): token slots
         # The slot that predicts each text token, then the last slot (what follows the text).
         last = torch.full((B, 1), S - 1, device=x.device)
         predicting = torch.cat([text_slots - 1, last], dim=1)  # (B, L + 1)
-        gather_index = predicting.clamp(min=0)[..., None].expand(-1, -1, D)
-        predictions = self.logits(hidden.gather(1, gather_index))  # (B, L + 1, V)
+        predictions = None
+        if return_logits or loss_mask is None:
+            gather_index = predicting.clamp(min=0)[..., None].expand(-1, -1, D)
+            predictions = self.logits(hidden.gather(1, gather_index))  # (B, L + 1, V)
         if loss_mask is None:
             return predictions[:, 1:], None
-        loss_mask = loss_mask.bool()
-        if (loss_mask & (predicting[:, :-1] < 0)).any():
-            raise ValueError(
-                "loss_mask[:, 0] is True but no slot comes before token 0 to predict it "
-                "(no visual tokens before it)"
-            )
-        # ignore_index rather than gathering the selected rows: no copy of the logits
-        targets = input_ids.masked_fill(~loss_mask, -100)
-        logits = predictions[:, :-1].flatten(0, 1).float()  # (B * L, V)
-        loss = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction=reduction)
-        return predictions[:, 1:], loss
+        rows, columns = loss_mask.bool().nonzero(as_tuple=True)  # (N,) each: the target tokens
+        if return_logits:
+            target_logits = predictions[rows, columns]  # (N, V)
+        else:  # the output layer at the N slots that predict a target, not at every text slot
+            target_logits = self.logits(hidden[rows, predicting[rows, columns]])
+        targets = input_ids[rows, columns]  # (N,)
+        loss = F.cross_entropy(target_logits.float(), targets, reduction=reduction)
+        return (predictions[:, 1:] if return_logits else None), loss
 
     def embed_tokens(self, input_ids):
         """(B, L) -> (B, L, D). Gemma scales by sqrt(dim), the factor first rounded to the model
@@ -306,6 +305,14 @@ class PaLMDecoder(nn.Module):
                 f"loss_mask has shape {tuple(loss_mask.shape)} but input_ids has shape "
                 f"{None if input_ids is None else tuple(input_ids.shape)}"
             )
+        if loss_mask is not None and L > 0:
+            # token 0 has a slot to be predicted from only when the visual tokens come first
+            first_ok = (start == 0) & (prefix_len > 0)  # (B,)
+            if (loss_mask[:, 0].bool() & ~first_ok.to(loss_mask.device)).any():
+                raise ValueError(
+                    "loss_mask[:, 0] is True but no slot comes before token 0 to predict it "
+                    "(no visual tokens before it)"
+                )
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction={reduction!r}; choose 'mean' or 'sum'")
 
@@ -389,10 +396,5 @@ def preset_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="PaLM decoder presets")
-    parser.add_argument("--list", action="store_true", help="print every preset's parameter count")
-    if parser.parse_args().list:
-        print(preset_table())
-    else:
-        parser.print_help()
+if __name__ == "__main__":  # python palm_decoder.py: every preset's shape and parameter count
+    print(preset_table())

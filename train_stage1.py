@@ -54,9 +54,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    vision = load_vision(
-        args.vit, frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16)
-    )
+    vision = load_vision(args.vit, frozen_dtype(args.frozen_dtype, train_config.uses_bf16()))
     tiny_lm = load_lm(args.tiny_lm)  # trained here: fp32
     preset = (
         ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm

@@ -175,7 +175,7 @@ def main(argv=None):
     args = parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    dtype = frozen_dtype(args.frozen_dtype, train_config.device, train_config.bf16)
+    dtype = frozen_dtype(args.frozen_dtype, train_config.uses_bf16())
     vision, lm = load_vision(args.vit, dtype), load_lm(args.lm, dtype)
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
     spec = ModelSpec(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from support.batches import move_to, step_loader
 from support.checkpoints import CHECKPOINT_NAME, training_state
 from support.model_spec import ModelSpec
+from support.models import bf16_by_default
 from support.run_folder import (
     METRICS_NAME,
     append_metrics,
@@ -55,7 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool | None = None  # None: where it pays for itself within the run (compile_pays)
-    bf16: bool | None = None  # bf16 autocast; None: on for CUDA only
+    # bf16 autocast; None: on for CUDA and for CPUs with native bf16 matmuls (bf16_by_default)
+    bf16: bool | None = None
     num_workers: int = 0
     resume: bool = False
     # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
@@ -64,6 +66,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # checkpoints hold the frozen models too (to share), not a reference to their files
     self_contained: bool = False
+
+    def uses_bf16(self, device: str | None = None) -> bool:
+        """bf16 autocast on `device` (default: the configured one): --bf16, else its default."""
+        return bf16_by_default(device or self.device) if self.bf16 is None else self.bf16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +264,7 @@ def train(
     torch.manual_seed(config.seed)
     model.to(device)
     use_cuda = device.type == "cuda"
-    process = Process(
-        rank, world_size, device, bf16=use_cuda if config.bf16 is None else config.bf16
-    )
+    process = Process(rank, world_size, device, config.uses_bf16(device.type))
     optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, config)

@@ -333,12 +333,5 @@ def preset_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="ViT presets")
-    parser.add_argument("--list", action="store_true", help="print every preset's parameter count")
-    if parser.parse_args().list:
-        print(preset_table())
-    else:
-        parser.print_help()
+if __name__ == "__main__":  # python vit.py: every preset's shape and parameter count
+    print(preset_table())

@@ -161,10 +161,12 @@ class VisionLanguageModel(nn.Module):
         reduction="mean",
         visual_start=None,
         num_frames=None,
+        return_logits=True,
     ):
         """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens).
         The visual tokens go before text position visual_start[b] ((B,) or int; None: before the
-        text)."""
+        text). return_logits=False: logits is None, the LM's output layer runs at the targets
+        only (PaLMDecoder.forward)."""
         prefix = self.visual_tokens(pixels, features, num_frames)
         return self.lm(
             input_ids,
@@ -172,6 +174,7 @@ class VisionLanguageModel(nn.Module):
             loss_mask=loss_mask,
             visual_start=visual_start,
             reduction=reduction,
+            return_logits=return_logits,
         )
 
 
@@ -195,5 +198,6 @@ def caption_loss(model, batch: dict, feature_cache=None):
         reduction="sum",
         visual_start=batch.get("visual_start"),
         num_frames=batch.get("num_frames"),
+        return_logits=False,
     )
     return loss_sum, batch["loss_mask"].sum()

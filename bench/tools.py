@@ -218,6 +218,7 @@ def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
     with torch.device("meta"):
         model = build_stage_model(with_backend(spec, "math"))
     model.train()
+    targets = int(batch["loss_mask"].sum()) if "loss_mask" in batch else 0
     batch = to_device(batch, "meta")
     counts = {}
 
@@ -237,9 +238,13 @@ def count_step_flops(spec: ModelSpec, batch: dict) -> dict:
         # no_grad: no backward
         features = counted("vision", "forward", lambda: model.encode_images(batch["pixels"]))
         visual_tokens = counted("adapter", "forward", lambda: model.adapter(features))
-        logits, _ = counted(
-            "lm", "forward", lambda: model.lm(batch["input_ids"], prefix=visual_tokens)
-        )
+
+        # the output layer at the target tokens only, as caption_loss runs it (return_logits=False)
+        def lm_forward():
+            hidden = model.lm(batch["input_ids"], prefix=visual_tokens, return_hidden=True)
+            return model.lm.logits(hidden.flatten(0, 1)[:targets])  # (targets, V)
+
+        logits = counted("lm", "forward", lm_forward)
         # Backward one part at a time, LM first, as autograd runs it: the gradient that reaches the
         # visual tokens is carried into the adapter's backward.
         lm_trained = [p for p in model.lm.parameters() if p.requires_grad]

@@ -44,7 +44,9 @@ DEFAULTS = TrainConfig(
 
 
 def lm_loss(model, batch):
-    _, loss_sum = model(batch["input_ids"], loss_mask=batch["loss_mask"], reduction="sum")
+    _, loss_sum = model(
+        batch["input_ids"], loss_mask=batch["loss_mask"], reduction="sum", return_logits=False
+    )
     return loss_sum, batch["loss_mask"].sum()
 
 

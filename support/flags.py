@@ -178,7 +178,7 @@ def add_data_flags(parser):
     parser.add_argument(
         "--frozen-dtype",
         choices=["fp32", "bf16"],
-        help="weights of the frozen ViT and LM (default: bf16 on CUDA, fp32 on CPU)",
+        help="weights of the frozen ViT and LM (default: bf16 under bf16 autocast, else fp32)",
     )
     parser.add_argument(
         "--max-text-tokens",

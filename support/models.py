@@ -24,23 +24,35 @@ from vit import ViT
 from vlm import VisionLanguageModel
 
 # ---------------------------------------------------------------------------------------------
-# Frozen weights: the dtype they run in, and a model filled without a random initialisation
+# bf16 or not; frozen weights in the dtype they run in, filled without a random initialisation
 # ---------------------------------------------------------------------------------------------
 
 FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def frozen_dtype(name: str | None, device: str = "auto", bf16: bool | None = None) -> torch.dtype:
-    """--frozen-dtype: the frozen ViT's and LM's weights; None: bf16 on CUDA, fp32 on CPU. bf16
-    needs bf16 autocast (--bf16), under which the fp32 adapter meets the bf16 frozen weights."""
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: bf16 matmuls at about 2.2x the fp32 rate (measured on the 2-core EPYC of
+    docs/benchmarks.md). A CPU without them has no fast bf16 matmul, so fp32 stays its default."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def bf16_by_default(device: str = "auto") -> bool:
+    """--bf16's default: on for CUDA, and on the CPU where it has native bf16 matmuls."""
     cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    name = name or ("bf16" if cuda else "fp32")
-    if name == "bf16" and not (cuda if bf16 is None else bf16):
+    return cuda or cpu_has_native_bf16()
+
+
+def frozen_dtype(name: str | None, bf16: bool) -> torch.dtype:
+    """--frozen-dtype: the frozen ViT's and LM's weights; None: bf16 under bf16 autocast (`bf16`,
+    trainer.TrainConfig.uses_bf16), else fp32. Under autocast the fp32 adapter meets the bf16 frozen
+    weights; without it they would meet fp32 activations, so bf16 weights need autocast."""
+    name = name or ("bf16" if bf16 else "fp32")
+    if name == "bf16" and not bf16:
         raise ValueError(
-            "--frozen-dtype bf16 needs bf16 autocast (--bf16 true, the default on CUDA only): the "
-            "trained "
-            "adapter stays fp32 and meets the frozen bf16 weights under autocast; or "
-            "--frozen-dtype fp32"
+            "--frozen-dtype bf16 needs bf16 autocast (--bf16 true; the default on CUDA and on CPUs "
+            "with native bf16 matmuls): the trained adapter stays fp32 and meets the frozen bf16 "
+            "weights under autocast; or --frozen-dtype fp32"
         )
     return FROZEN_DTYPES[name]
 

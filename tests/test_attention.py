@@ -268,3 +268,17 @@ def test_unknown_backend_names_the_choices():
     q, k, v = make_qkv(1, 1, 1, 2, 2)
     with pytest.raises(ValueError, match="'sdpa'"):
         A.attention(q, k, v, backend="nope")
+
+
+def test_auto_takes_math_on_cpu_for_a_bf16_backward_of_a_small_score_matrix():
+    """SDPA's CPU backward in bf16 is 3x math's at our sizes (docs/benchmarks.md): auto takes math
+    there, and SDPA without a backward, in fp32, or past MATH_ON_CPU_MAX_SCORES scores."""
+    q, k, v = (t.bfloat16() for t in make_qkv(2, 4, 1, 19, 19))
+    assert A.choose_backend(q, k, v) == "sdpa"  # no backward to come
+    assert A.choose_backend(q.requires_grad_(), k, v) == "math"
+    with torch.no_grad():
+        assert A.choose_backend(q, k, v) == "sdpa"
+    assert A.choose_backend(q.float(), k.float(), v.float()) == "sdpa"
+    side = int(A.MATH_ON_CPU_MAX_SCORES**0.5) + 1
+    long_q, long_k, long_v = (t.bfloat16() for t in make_qkv(1, 1, 1, side, side))
+    assert A.choose_backend(long_q.requires_grad_(), long_k, long_v) == "sdpa"

@@ -158,9 +158,12 @@ def test_stage2_perceiver_flop_count_equals_a_hand_count():
         + 2 * B * S * (H * Dh + hidden) * lm.dim
     )
     lm_attention = lm.depth * 4 * B * S * S * H * Dh
-    logits = 2 * B * (T + 1) * lm.dim * lm.vocab_size  # from the last visual token on
     spec = benchmark_tools.stage_spec(preset, 2, "perceiver", "math")
-    counts = benchmark_tools.count_step_flops(spec, benchmark_tools.synthetic_batch(preset, spec))
+    batch = benchmark_tools.synthetic_batch(preset, spec)
+    # the output layer at the target tokens only
+    logits = 2 * int(batch["loss_mask"].sum()) * lm.dim * lm.vocab_size
+    assert 0 < batch["loss_mask"].sum() < B * T
+    counts = benchmark_tools.count_step_flops(spec, batch)
     assert counts["vision"] == {"forward": vision, "backward": 0}
     assert counts["adapter"] == {"forward": adapter, "backward": 2 * adapter}
     assert counts["lm"] == {

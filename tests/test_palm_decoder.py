@@ -41,7 +41,7 @@ def test_tiny_108m_parameter_count():
 
 def test_list_prints_every_preset():
     result = subprocess.run(
-        [sys.executable, "palm_decoder.py", "--list"],
+        [sys.executable, "palm_decoder.py"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -241,6 +241,31 @@ def test_loss_matches_hand_computed_cross_entropy():
     assert torch.allclose(loss, expected, atol=1e-6)
     _, summed = model(ids, prefix, loss_mask, reduction="sum")
     assert torch.allclose(summed, expected * loss_mask.sum(), atol=1e-5)
+
+
+def test_the_output_layer_at_the_targets_only_gives_the_same_loss_and_gradients():
+    """return_logits=False (training) runs the output layer at the N slots that predict a target:
+    the loss and the gradient reaching the visual tokens equal the all-positions path's, with the
+    visual tokens inside the text at a different position per row."""
+    model = small_model()
+    torch.manual_seed(2)
+    ids, prefix = torch.randint(0, 50, (3, 7)), torch.randn(3, 4, 32, requires_grad=True)
+    loss_mask, visual_start = torch.rand(3, 7) > 0.5, torch.tensor([0, 2, 5])
+    loss_mask[1:, 0] = False  # token 0 has no slot before it where the text comes first
+    results, rows_seen = [], []
+    original = model.logits
+    model.logits = lambda hidden: rows_seen.append(hidden.shape[:-1].numel()) or original(hidden)
+    for return_logits in (True, False):
+        logits, loss = model(
+            ids, prefix, loss_mask, visual_start=visual_start, return_logits=return_logits
+        )
+        (gradient,) = torch.autograd.grad(loss, prefix)
+        results.append((logits, loss, gradient))
+    (full_logits, full_loss, full_gradient), (none, loss, gradient) = results
+    assert full_logits.shape == (3, 7, 50) and none is None
+    assert rows_seen == [3 * 8, int(loss_mask.sum())]
+    assert torch.allclose(loss, full_loss, atol=1e-6)
+    assert torch.allclose(gradient, full_gradient, atol=1e-6)
 
 
 def test_loss_without_prefix_shifts_by_one():

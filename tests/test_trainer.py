@@ -13,6 +13,7 @@ import trainer
 from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain
+from support import models
 from support.batches import StepBatches
 from support.checkpoints import load_checkpoint
 from support.model_spec import ModelSpec, build_vlm
@@ -311,3 +312,20 @@ def test_validation_reads_the_same_batches_whatever_the_run_seed(tmp_path):
     }
     assert losses[0] == losses[1] == losses[7]
     assert trainer.VALIDATION_SEED == 1  # seed 0's order before: earlier curves stay comparable
+
+
+def test_bf16_is_the_default_on_cuda_and_on_cpus_with_bf16_matmuls(monkeypatch):
+    """--bf16 none: on for CUDA and for a CPU with avx512_bf16 or AMX, fp32 elsewhere; an explicit
+    value wins; the frozen weights follow (bf16 only under autocast)."""
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert models.bf16_by_default("cpu") is native and models.bf16_by_default("cuda")
+        assert trainer.TrainConfig(device="cpu").uses_bf16() is native
+        assert trainer.TrainConfig(device="cpu", bf16=not native).uses_bf16() is not native
+        frozen = models.frozen_dtype(None, trainer.TrainConfig(device="cpu").uses_bf16())
+        assert frozen == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older torch: fp32
+    assert not models.bf16_by_default("cpu")
+    with pytest.raises(ValueError, match="--frozen-dtype bf16 needs bf16 autocast"):
+        models.frozen_dtype("bf16", bf16=False)

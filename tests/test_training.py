@@ -24,7 +24,11 @@ from support.checkpoints import load_checkpoint, submodule_state
 from support.model_spec import build_vlm
 from support.models import load_lm, load_vision, load_vlm
 
+# fp32 on every CPU (the default is bf16 where the CPU has bf16 matmuls): the frozen models stay
+# bit-identical to their files. tests/test_trainer.py checks the default itself.
 FAST = [
+    "--bf16",
+    "false",
     "--steps",
     "4",
     "--batch-size",
@@ -725,7 +729,9 @@ def test_frozen_bf16_weights_need_autocast_and_train_the_fp32_adapter_like_fp32(
         train_stage2.main(
             [*stage2, "--frozen-dtype", "bf16", "--out-dir", str(tmp_path / "refused")]
         )
-    train_stage2.main([*stage2, "--bf16", "true", "--out-dir", str(tmp_path / "fp32")])
+    train_stage2.main(
+        [*stage2, "--bf16", "true", "--frozen-dtype", "fp32", "--out-dir", str(tmp_path / "fp32")]
+    )
     train_stage2.main(
         [*stage2, "--bf16", "true", "--frozen-dtype", "bf16", "--out-dir", str(tmp_path / "bf16")]
     )
