@@ -2,19 +2,23 @@
 
 The paper reports captioning as CIDEr (COCO, MSRVTT, ...) and question answering as VQA accuracy
 (VQAv2, MSRVTT-QA, ...): the metrics are in `evaluation/metrics.py`, the decoders in
-`evaluation/decoding.py`, scoring a task and captioning one image in `evaluation/tasks.py`, the
-results files and the comparison's table and curves in `evaluation/report.py`. This file is the
-command that evaluates a stage-1 or stage-2 checkpoint on a data folder, compares stage-2 runs (the
-paper's table at our scale, with validation-loss curves), measures how much a model reads its
-images, and captions one image. Evaluation decodes greedily unless told otherwise, with fixed
-prompts ([bos] for captions, [bos] + "question: ... answer:" for VQA, as in training), so the same
-checkpoint always gives the same numbers.
+`evaluation/decoding.py`, scoring a task and captioning one image in `evaluation/tasks.py`, every
+task of a checkpoint in `evaluation/scoring.py`, the results files and the comparison's table and
+curves in `evaluation/report.py`, the sheet of examples and the attention maps in
+`evaluation/show.py`. This file is the command that evaluates a stage-1 or stage-2 checkpoint on a
+data folder, compares stage-2 runs (the paper's table at our scale, with validation-loss curves),
+measures how much a model reads its images, captions one image, and draws test items with what
+each run says about them (the paper's Figures 3 and 4). Evaluation decodes greedily unless told
+otherwise, with fixed prompts ([bos] for captions, [bos] + "question: ... answer:" for VQA, as in
+training), so the same checkpoint always gives the same numbers.
 
     python evaluate.py checkpoint runs/stage2 --data data/shapes --split val [--beam 1] [--limit N]
     python evaluate.py caption data/shapes/images/val/000001000001.png --checkpoint runs/stage2 \\
         --data data/shapes [--question "what color is the circle?"]
     python evaluate.py compare runs/stage2_vadapter runs/stage2_perceiver --data data/shapes \\
         --out runs/results
+    python evaluate.py show runs/stage2_vadapter runs/stage2_perceiver --data data/shapes \\
+        --out docs [--items 4] [--seed 0] [--attention]
     python evaluate.py reliance runs/stage2_vadapter --data data/shapes
     python evaluate.py probe runs/pretrain/vit --data data/shapes
     python evaluate.py context runs/pretrain/large_lm --data data/shapes
@@ -29,7 +33,7 @@ import json
 from pathlib import Path
 
 import data
-from evaluation import diagnostics
+from evaluation import diagnostics, show
 from evaluation.decoding import Decoding
 
 # Reached through this module though not used in it, as before these parts moved to evaluation/:
@@ -45,93 +49,14 @@ from evaluation.report import (
     write_comparison,
     write_json,
 )
-from evaluation.tasks import (
-    CAPTION_TASKS,
-    caption_one,
-    evaluate_captions,
-    evaluate_vqa,
-    pick_device,
-)
+from evaluation.scoring import evaluate_checkpoint
+from evaluation.tasks import caption_one
 from evaluation.tasks import encode_once as encode_once
 from evaluation.tasks import generate_texts as generate_texts
 from support.flags import COUNT, NON_NEGATIVE, NON_NEGATIVE_REAL
 from support.model_spec import ModelSpec
-from support.models import bundle_checkpoint, load_tokenizer, load_vlm
+from support.models import bundle_checkpoint
 from support.run_folder import steps_to_reach
-
-# =============================================================================================
-# Evaluating a checkpoint on a data folder
-# =============================================================================================
-# Which files hold each task is `data.TASK_FILES` (the one table, shared with training): real
-# COCO / VQAv2 files are evaluated by giving them those names in one folder. Scores are as the
-# metric functions return them (CIDEr-D on pycocoevalcap's scale; papers print it times 100).
-
-
-def evaluate_checkpoint(
-    checkpoint_path,
-    data_dir,
-    split,
-    tasks=None,
-    limit=None,
-    beam=1,
-    batch_size=32,
-    *,
-    tokenizer_path=None,
-    length_penalty=1.0,
-    max_new_tokens=32,
-    device="auto",
-) -> dict:
-    """Decode every task of the split present in data_dir (or `tasks`) and score it.
-
-    limit: at most this many images (captioning) or questions (VQA) per task, the first by id.
-    Returns what results.json holds: metrics and sample predictions per task, the stage, step,
-    spec and training config of the checkpoint, and how it was decoded."""
-    device = pick_device(device)
-    model, checkpoint = load_vlm(checkpoint_path, device)
-    tokenizer_path = tokenizer_path or Path(data_dir) / data.TOKENIZER_FILE
-    tokenizer = load_tokenizer(tokenizer_path, model.lm.config.vocab_size)
-    present = data.available_tasks(data_dir, split, tasks)
-    tasks = list(tasks or present)
-    if not tasks or set(tasks) - set(present):
-        raise data.DataError(
-            f"{data_dir}: no files for task(s) {sorted(set(tasks) - set(present)) or 'any'} of "
-            f"split {split!r}; the task files are {data.TASK_FILES}"
-        )
-    decoding = Decoding(beam, length_penalty, max_new_tokens)
-    results = {
-        "checkpoint": str(checkpoint_path),
-        "stage": checkpoint["stage"],
-        "step": checkpoint.get("step"),
-        "data": str(data_dir),
-        "split": split,
-        "tokenizer": str(tokenizer_path),
-        "decoding": {
-            **vars(decoding),
-            "prompts": {
-                kind: "[bos] {} <visual tokens> {}".format(*data.prompt_texts(prompt))
-                for kind, prompt in (("caption", ""), ("vqa", data.vqa_prompt("{question}")))
-            },
-        },
-        "spec": checkpoint["spec"].to_dict(),
-        "train_config": checkpoint.get("train_config"),
-        "trainable_parameters": model.num_trainable_parameters(),
-        "metrics": {},
-        "samples": {},
-    }
-    for task in tasks:
-        evaluate_task = evaluate_captions if task in CAPTION_TASKS else evaluate_vqa
-        results["metrics"][task], results["samples"][task] = evaluate_task(
-            model,
-            tokenizer,
-            data.read_task(data_dir, task, split),
-            decoding,
-            limit,
-            batch_size,
-            device,
-            task,
-        )
-    return results
-
 
 # =============================================================================================
 # Comparing adapters: the paper's table at our scale, and the validation-loss curves
@@ -293,6 +218,19 @@ def main(argv=None) -> None:
     )
     bundle.add_argument("checkpoint_path", metavar="RUN_DIR_OR_FILE")
     bundle.add_argument("--out", type=Path, required=True, help="the file to write")
+    sheet = commands.add_parser(
+        "show", help="test items with each run's captions and answers, as a PNG (Figures 3, 4)"
+    )
+    sheet.add_argument("runs", nargs="+", metavar="RUN", type=show.existing_run)
+    sheet.add_argument("--data", required=True)
+    sheet.add_argument("--out", type=Path, required=True, help=f"folder for {show.SHEET}")
+    sheet.add_argument("--items", type=COUNT, default=4, help="test items, half of them videos")
+    sheet.add_argument("--seed", type=NON_NEGATIVE, default=0, help="which items")
+    sheet.add_argument(
+        "--attention",
+        action="store_true",
+        help=f"also {show.ATTENTION_MAPS}: where each cross-attention latent looks",
+    )
     reliance = commands.add_parser(
         "reliance", help="caption loss with true, blanked and shuffled images, and a text oracle"
     )
@@ -332,6 +270,12 @@ def main(argv=None) -> None:
                 args.device,
             )
         )
+        return
+    if args.command == "show":
+        for path in show.show_runs(
+            args.runs, args.data, args.out, args.items, args.seed, args.attention
+        ):
+            print(f"wrote {path}")
         return
     if args.command == "reliance":
         for run in args.runs:

@@ -141,6 +141,9 @@ class LatentCrossAttention(nn.Module):
         self.query = nn.Linear(config.dim, config.dim, bias=False)
         self.key_value = nn.Linear(config.dim, 2 * config.dim, bias=False)
         self.out = nn.Linear(config.dim, config.dim, bias=False)
+        # Set True to keep the attention weights of each forward in `last_attention`
+        # (B, H, L, M [+ L]), for drawing where the latents look (evaluation/attention_maps.py).
+        self.record_attention, self.last_attention = False, None
 
     def forward(self, features, latents, mask=None):  # (B, M, D), (B, L, D) -> (B, L, D)
         B, L, D = latents.shape
@@ -156,8 +159,24 @@ class LatentCrossAttention(nn.Module):
             .view(B, -1, 2, self.num_heads, D // self.num_heads)
             .permute(2, 0, 3, 1, 4)
         )
-        out = attention(q, k, v, mask, backend=self.backend)  # (B, H, L, Dh)
+        if self.record_attention:
+            out, self.last_attention = attention_with_weights(q, k, v, mask)
+        else:
+            out = attention(q, k, v, mask, backend=self.backend)  # (B, H, L, Dh)
         return self.out(out.transpose(1, 2).reshape(B, L, D))
+
+
+def attention_with_weights(q, k, v, mask=None):
+    """Attention in plain math that also returns its weights, softmax(q k^T / sqrt(Dh)) with the
+    mask applied: (out (B, H, L, Dh), weights (B, H, L, S), each row summing to one over the keys
+    the mask allows, zero on the others). The drawn weights are then the ones that made the
+    output, whatever kernel `attention` would have chosen."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, L, S)
+    if mask is not None:
+        allowed = mask.dense(q.shape[0], q.shape[2], k.shape[2], q.device)  # (B or 1, 1, L, S)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return weights @ v, weights.detach()
 
 
 class FeedForward(nn.Module):

@@ -47,7 +47,11 @@ LIBRARY_ORDER = [
     "trainer",  # the one training loop
     "support.vlm_training",  # stages 1 and 2 on a data folder (train_vlm, DataConfig)
     "evaluation.tasks",  # evaluate.py's parts: a task scored, one image captioned
+    "evaluation.scoring",  # every task of a checkpoint scored, as results.json holds it
     "evaluation.report",  # results files, the comparison table and validation-loss curves
+    "evaluation.pictures",  # Pillow: pixels back to pictures, upscaled; readable text
+    "evaluation.attention_maps",  # where the cross-attention latents look, drawn over the image
+    "evaluation.show",  # the sheet: test items, each run's captions and answers
     "paper.stats",  # paired 95% intervals and verdicts
     "paper.claims",  # make paper's parts: the claims and the 2-std rule
     "paper.runs",  # the runs: planned, run, their numbers read back

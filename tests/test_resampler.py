@@ -1,11 +1,12 @@
 """resampler.py: shapes, video frames and time embeddings, attention against a hand-written
 reference, the CoCa pooler against torch's multi-head attention, the baseline without a final
-LayerNorm, permutation invariance, gradients, errors."""
+LayerNorm, permutation invariance, gradients, errors, the recorded attention weights."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import resampler as resampler_module
 from resampler import PerceiverResampler, ResamplerConfig
 from vit import num_parameters
 
@@ -321,3 +322,47 @@ def test_fresh_attention_starts_with_unit_logits_not_a_uniform_average():
     uniform = torch.log(torch.tensor(float(unit.shape[-1])))
     entropy = -(unit.softmax(-1) * unit.log_softmax(-1)).sum(-1).mean()
     assert entropy < uniform - 0.3  # each latent prefers some patches from the first step
+
+
+def test_recorded_attention_is_the_weights_that_made_the_output(monkeypatch):
+    """record_attention keeps softmax(q k^T / sqrt(Dh)) per head: each latent's weights sum to one
+    over [features; latents], and weights @ v is what the backend returns for the same q, k, v."""
+    resampler = make(depth=1, attention_backend="sdpa")
+    cross = resampler.layers[0].attention
+    backend_calls, attention = [], resampler_module.attention
+    monkeypatch.setattr(
+        resampler_module,
+        "attention",
+        lambda q, k, v, mask, backend: (
+            backend_calls.append((q, k, v)) or attention(q, k, v, mask, backend)
+        ),
+    )
+    features = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        unrecorded = resampler(features)
+        cross.record_attention = True
+        recorded = resampler(features)
+    ((q, k, v),) = backend_calls  # recording computes the weights itself
+    weights = cross.last_attention  # (B, H, L, N + L)
+    assert weights.shape == (2, 4, 5, 9 + 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5))
+    torch.testing.assert_close(weights @ v, attention(q, k, v, None, "sdpa"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded, unrecorded, atol=1e-5, rtol=1e-5)
+
+
+def test_recorded_attention_gives_padded_frames_zero_weight():
+    """A batch of a 2-frame video padded to 4 frames: no latent's weight falls on the padding, and
+    the recorded forward gives the output of the masked backend."""
+    resampler = make(depth=1)
+    cross = resampler.layers[0].attention
+    video, num_frames = torch.randn(2, 4, 7, 24), torch.tensor([2, 4])
+    with torch.no_grad():
+        unrecorded = resampler(video, num_frames)
+        cross.record_attention = True
+        recorded = resampler(video, num_frames)
+    weights = cross.last_attention  # (B, H, L, T * N + L)
+    assert weights.shape == (2, 4, 5, 4 * 7 + 5)
+    assert (weights[0, :, :, 2 * 7 : 4 * 7] == 0).all() and (weights[0, :, :, : 2 * 7] > 0).all()
+    assert (weights[1] > 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5))
+    torch.testing.assert_close(recorded, unrecorded, atol=1e-5, rtol=1e-5)
