@@ -16,6 +16,7 @@ Measured numbers and how to read them: docs/benchmarks.md.
 
 import json
 from dataclasses import asdict, replace
+from itertools import product
 
 import torch
 
@@ -64,34 +65,33 @@ def stage_rows(
     backends: list[str],
     compile_modes: list[bool],
     memory: PeakMemory,
+    dtypes: list[str],
 ) -> list[dict]:
-    """One stage's rows (backend x eager/compiled). Each model is built, stepped once (compiling,
-    when compiled; timed apart) and warmed up alone, which is when its peak memory is taken; then
-    the rows take turns step by step, so that machine noise falls on all of them alike (how much
-    rows timed one after the other vary: docs/benchmarks.md)."""
+    """One stage's rows (dtype x backend x eager/compiled). Each model is built, stepped once
+    (compiling, when compiled; timed apart) and warmed up alone, which is when its peak memory is
+    taken; then the rows take turns step by step, so that machine noise falls on all of them alike
+    (how much rows timed one after the other vary: docs/benchmarks.md)."""
     loss_fn = stage_loss(stage_spec(preset, stage, adapter, "math"))
     rows, setups = [], []
-    for backend in backends:
-        for compiled in compile_modes:
-            row = {"stage": stage, "adapter": adapter, "backend": backend, "compile": compiled}
-            rows.append(row)
-            try:
-                memory.start()
-                setup = setup_step(
-                    stage_spec(preset, stage, adapter, backend), preset, device, compiled
-                )
-                row["first_step_s"] = setup.timed_step(loss_fn) / 1e3
-                for _ in range(args.warmup - 1):
-                    setup.step(loss_fn)
-                row["peak_memory_mib"] = memory.peak_mib()
-                check_gradients(setup.model)
-                setups.append((row, setup, []))
-            except GradientCheckError as error:
-                row["error"] = f"GRADIENT CHECK FAILED: {error}"
-            except (
-                Exception
-            ) as error:  # a backend that cannot train this model is reported, not fatal
-                row["error"] = short_error(error)
+    for dtype, backend, compiled in product(dtypes, backends, compile_modes):
+        row = {"stage": stage, "adapter": adapter, "dtype": dtype, "backend": backend}
+        row["compile"] = compiled
+        rows.append(row)
+        try:
+            memory.start()
+            in_dtype = replace(preset, dtype=dtype)
+            spec = stage_spec(in_dtype, stage, adapter, backend)
+            setup = setup_step(spec, in_dtype, device, compiled)
+            row["first_step_s"] = setup.timed_step(loss_fn) / 1e3
+            for _ in range(args.warmup - 1):
+                setup.step(loss_fn)
+            row["peak_memory_mib"] = memory.peak_mib()
+            check_gradients(setup.model)
+            setups.append((row, setup, []))
+        except GradientCheckError as error:
+            row["error"] = f"GRADIENT CHECK FAILED: {error}"
+        except Exception as error:  # a backend that cannot train this model: reported, not fatal
+            row["error"] = short_error(error)
     for _ in range(args.steps):
         for _, setup, times in setups:
             times.append(setup.timed_step(loss_fn))
@@ -110,7 +110,7 @@ def step_rows(
     stages: list[str],
     backends: list[str],
     compile_modes: list[bool],
-    peak: float,
+    peaks: dict[str, float],
 ) -> tuple[list[dict], dict]:
     memory = PeakMemory(device)
     rows, flops = [], {}
@@ -141,8 +141,8 @@ def step_rows(
             + f" = {flops[name]['total'] / 1e9:.3g}"
         )
         print(
-            f"  {'backend':<8} {'mode':<8} {'ms/step [p25-p75]':<26} {'target tok/s':>12} "
-            f"{'LM pos/s':>10} "
+            f"  {'dtype':<9} {'backend':<8} {'mode':<8} {'ms/step [p25-p75]':<26} "
+            f"{'target tok/s':>12} {'LM pos/s':>10} "
             f"{'peak MiB':>9} {'GFLOP/s':>8} {'of peak':>7} {'1st step s':>10}"
         )
         # A warm AOTAutograd cache (compiled graphs kept on disk from an earlier run) hands the
@@ -151,20 +151,20 @@ def step_rows(
         # pytorch/pytorch#185630): compile with that cache off; inductor's FX graph cache stays on.
         with torch._functorch.config.patch(enable_autograd_cache=False):
             stage_results = stage_rows(
-                args, preset, device, stage, adapter, backends, compile_modes, memory
+                args, preset, device, stage, adapter, backends, compile_modes, memory, list(peaks)
             )
         for row in stage_results:
             row.update(target_tokens=tokens["target"], sequence_tokens=tokens["sequence"])
             mode = "compile" if row["compile"] else "eager"
             if "error" in row:
-                print(f"  {row['backend']:<8} {mode:<8} n/a: {row['error']}")
+                print(f"  {row['dtype']:<9} {row['backend']:<8} {mode:<8} n/a: {row['error']}")
             else:
                 seconds = row["median_ms"] / 1e3
                 row.update(
                     target_tokens_per_s=tokens["target"] / seconds,
                     sequence_tokens_per_s=tokens["sequence"] / seconds,
                     model_gflops_per_s=flops[name]["total"] / seconds / 1e9,
-                    fraction_of_peak=flops[name]["total"] / seconds / peak,
+                    fraction_of_peak=flops[name]["total"] / seconds / peaks[row["dtype"]],
                 )
                 spread = f"{row['median_ms']:.1f} [{row['p25_ms']:.1f}-{row['p75_ms']:.1f}]"
                 per_s = (
@@ -173,7 +173,7 @@ def step_rows(
                     else f"{'-':>12} {'-':>10}"
                 )
                 print(
-                    f"  {row['backend']:<8} {mode:<8} {spread:<26} {per_s} "
+                    f"  {row['dtype']:<9} {row['backend']:<8} {mode:<8} {spread:<26} {per_s} "
                     f"{row['peak_memory_mib']:>9.1f} "
                     f"{row['model_gflops_per_s']:>8.1f} {row['fraction_of_peak']:>7.1%} "
                     f"{row['first_step_s']:>10.1f}"
@@ -218,8 +218,9 @@ def add_flags(parser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=list(DTYPES),
-        help="train in float32, or bfloat16 autocast (default: the preset's; float32 on CPU)",
+        help="float32, or bfloat16 autocast with the frozen weights in bfloat16, as training runs "
+        "it; comma-separated for rows side by side (default: the trainer's on the device: "
+        "bfloat16 on CUDA and on CPUs with bf16 matmuls)",
     )
     parser.add_argument(
         "--compare-frozen-paths",
@@ -231,7 +232,11 @@ def add_flags(parser) -> None:
 
 def main(args) -> int:
     device, preset_name, preset = device_and_preset(args)
-    preset = replace(preset, dtype=args.dtype or preset.dtype)
+    dtypes = args.dtype.split(",") if args.dtype else [preset.dtype]
+    if unknown := [name for name in dtypes if name not in DTYPES]:
+        raise SystemExit(
+            f"--dtype {args.dtype}: unknown {unknown}; expected some of {list(DTYPES)}"
+        )
     args.steps = args.steps or (2 if args.quick else 20)
     # the first step is timed apart
     args.warmup = (1 if args.quick else 3) if args.warmup is None else max(1, args.warmup)
@@ -247,51 +252,50 @@ def main(args) -> int:
     ]
     # what --compare-frozen-paths reads
     args.adapter = "vadapter" if args.adapter == "both" else args.adapter
-    peak, peak_how = matmul_peak(device, DTYPES[preset.dtype], args.quick)
+    measured = {name: matmul_peak(device, DTYPES[name], args.quick) for name in dtypes}
+    peaks = {name: peak for name, (peak, _) in measured.items()}
 
+    autocast = {"float32": "float32", "bfloat16": "bfloat16 autocast, frozen weights in bfloat16"}
     print(
-        f"step benchmark: preset {preset_name}, "
-        f"{preset.dtype}{' autocast' if preset.dtype == 'bfloat16' else ''}; "
-        f"{machine(device)}"
+        f"step benchmark: preset {preset_name}; "
+        f"{' and '.join(autocast.get(name, name) for name in dtypes)}; {machine(device)}"
     )
-    print(
-        f"peak: {peak / 1e9:,.1f} GFLOP/s, measured now ({peak_how}); 'of peak': model FLOP/s / "
-        "that peak"
-        f"{' (MFU)' if device.type == 'cuda' else ''}"
-    )
+    for name, (peak, how) in measured.items():
+        print(f"peak {name}: {peak / 1e9:,.1f} GFLOP/s, measured now ({how})")
+    mfu = " (MFU)" if device.type == "cuda" else ""
+    print(f"'of peak': model FLOP/s / the peak in the row's dtype{mfu}")
     print(
         f"batch {preset.batch}: {preset.resampler.num_latents} visual tokens + "
-        f"{preset.text_len // 2}-{preset.text_len} "
-        f"text tokens (right-padded to {preset.text_len}), random pixels, ids and labels; a step "
-        "is zero_grad, the "
-        "loss (stage 0: scene labels; then captions, the frozen ViT under no_grad, no feature "
-        "cache), backward, clip, "
-        f"AdamW\n"
+        f"{preset.text_len // 2}-{preset.text_len} text tokens (right-padded to "
+        f"{preset.text_len}), random pixels, ids and labels; a step is zero_grad, the loss (stage "
+        "0: scene labels; then captions, the frozen ViT under no_grad, no feature cache), "
+        "backward, clip, AdamW\n"
         "tokens/s: target tokens (the loss's: text minus the prompt token) and LM positions "
-        "(visual tokens + padded "
-        f"text); {FLOPS_HELP}"
+        f"(visual tokens + padded text); {FLOPS_HELP}"
     )
     report = {
         "meta": {
             "preset": preset_name,
             "preset_config": asdict(preset),
+            "dtypes": dtypes,
             "machine": machine(device),
             "steps": args.steps,
             "warmup": args.warmup,
-            "peak_flops_per_s": peak,
-            "peak_measured": peak_how,
+            "peak_flops_per_s": peaks,
+            "peak_measured": {name: how for name, (_, how) in measured.items()},
         }
     }
     failed = False
     if args.compare_frozen_paths:
         backend = args.backends.split(",")[0] if args.backends else "auto"
         try:
-            report["frozen_paths"] = compare_frozen_paths(args, preset, device, backend)
+            in_dtype = replace(preset, dtype=dtypes[0])
+            report["frozen_paths"] = compare_frozen_paths(args, in_dtype, device, backend)
         except GradientCheckError as error:
             print(f"GRADIENT CHECK FAILED: {error}")
             failed = True
     else:
-        rows, extra = step_rows(args, preset, device, stages, backends, compile_modes, peak)
+        rows, extra = step_rows(args, preset, device, stages, backends, compile_modes, peaks)
         report.update(rows=rows, **extra)
         print(
             f"\nms/step: median [p25-p75] over {args.steps} steps per row, the rows of a stage "

@@ -16,6 +16,7 @@ from palm_decoder import PALM_CONFIGS, PaLMConfig
 from resampler import ResamplerConfig
 from stage0 import scenes
 from support.model_spec import ModelSpec, build_vlm
+from support.models import bf16_by_default
 from vit import VIT_CONFIGS, ViT, ViTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,7 +37,9 @@ class Preset:
     batch: int
     text_len: int  # caption / question + answer tokens after the visual tokens
     frames: int  # video frames, each frame's patches enter the resampler together
-    dtype: str  # what training runs in on that device (bf16 autocast on CUDA)
+    # what training runs in on that device: bf16 autocast on CUDA; on CPU the trainer's default
+    # (device_and_preset)
+    dtype: str
     tiny_lm: PaLMConfig  # step: the stage-1 decoder, then the VAdapter's tiny LM
     perceiver: ResamplerConfig  # step: the stage-2 baseline adapter
 
@@ -273,7 +276,10 @@ def device_and_preset(args) -> tuple[torch.device, str, Preset]:
     --quick)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = "quick" if args.quick else args.preset or ("cuda" if device.type == "cuda" else "cpu")
-    return device, name, PRESETS[name]
+    preset = PRESETS[name]
+    if name == "cpu":  # what the trainer runs in by default on this machine's CPU
+        preset = replace(preset, dtype="bfloat16" if bf16_by_default("cpu") else "float32")
+    return device, name, preset
 
 
 def backend_names(flag: str | None, default: list[str]) -> list[str]:

@@ -106,6 +106,11 @@ def setup_step(spec: ModelSpec, preset: Preset, device: torch.device, compiled: 
     torch.manual_seed(0)
     model = build_stage_model(spec).to(device)
     model.train()
+    if DTYPES[preset.dtype] == torch.bfloat16 and isinstance(model, VisionLanguageModel):
+        # the frozen models' weights in bf16, as the stage scripts load them under bf16 autocast
+        frozen = [model.vision] * (not model.train_vision) + [model.lm] * (not model.train_lm)
+        for part in frozen:
+            part.to(torch.bfloat16)
     optimizer = build_optimizer(model, TrainConfig(), device)
     bf16 = DTYPES[preset.dtype] == torch.bfloat16
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
