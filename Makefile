@@ -71,6 +71,8 @@ EVAL_CODE = $(MODEL_CODE) data.py evaluate.py $(wildcard evaluation/*.py) stage0
 STAGE1_FLAGS = --data $(DATA) --vit $(STAGE0)/vit.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --steps $(STAGE1_STEPS) $(TRAIN_FLAGS)
 STAGE2_FLAGS = --data $(DATA) $(FROZEN) --steps $(STAGE2_STEPS) --eval-every $(EVAL_EVERY) $(TRAIN_FLAGS)
 EVAL_FLAGS = --data $(DATA) --limit $(EVAL_LIMIT)
+# where the demo's pictures go: the sheet of test items (show.png) and the attention maps
+DEMO_PICTURES ?= docs
 # $(call flags_file,FLAGS): keep $@ holding FLAGS, touching it only when they change.
 flags_file = @mkdir -p $(@D); printf '%s\n' '$(1)' | cmp -s - $@ || printf '%s\n' '$(1)' > $@
 # $(start): a stage resumes the run it was interrupted in when nothing it depends on has changed
@@ -101,6 +103,7 @@ $(RUNS)/results/done: $(RUNS)/stage2_vadapter/done $(RUNS)/stage2_perceiver/done
 	$(PY) evaluate.py compare $(RUNS)/stage2_vadapter $(RUNS)/stage2_perceiver $(EVAL_FLAGS) --out $(@D)
 	$(PY) evaluate.py diagnostics $(@D)/results.json $(EVAL_FLAGS) --vit $(STAGE0)/vit.safetensors \
 		--large-lm $(STAGE0)/large_lm.safetensors --tiny-lm $(STAGE0)/tiny_lm.safetensors --stage1 $(RUNS)/stage1
+	$(PY) evaluate.py show $(RUNS)/stage2_vadapter $(RUNS)/stage2_perceiver --data $(DATA) --attention --out $(DEMO_PICTURES)
 	touch $@
 
 # Stages that do not depend on each other (stage 1 and the perceiver) run side by side, one thread
@@ -113,7 +116,7 @@ demo:
 # A reduced demo for the test suite: same commands, tiny data and step counts.
 QUICK_STAGE2_STEPS ?= 10
 demo-quick:
-	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) STAGE1_STEPS=10 STAGE2_STEPS=$(QUICK_STAGE2_STEPS) EVAL_EVERY=5 EVAL_LIMIT=8 \
+	$(MAKE) demo DATA=$(RUNS)/data RUNS=$(RUNS) DEMO_PICTURES=$(RUNS)/pictures STAGE1_STEPS=10 STAGE2_STEPS=$(QUICK_STAGE2_STEPS) EVAL_EVERY=5 EVAL_LIMIT=8 \
 		TRAIN_FLAGS="--batch-size 8 --eval-batches 1" \
 		DATA_FLAGS="--train-images 40 --val-images 16 --test-images 8 --train-videos 16 --val-videos 8 --test-videos 4"
 

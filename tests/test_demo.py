@@ -53,6 +53,8 @@ def test_demo_quick_writes_every_metric_for_both_adapters(tmp_path):
     csv = (tmp_path / "results" / "val_loss.csv").read_text().splitlines()
     assert csv[0] == "adapter,step,val_loss" and len(csv) > 2
     assert (tmp_path / "results" / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
+    for picture in ("show.png", "attention_maps.png"):  # evaluate.py show, into DEMO_PICTURES
+        assert (tmp_path / "pictures" / picture).read_bytes()[:4] == b"\x89PNG"
     diagnostics = json.loads((tmp_path / "results" / "results.json").read_text())["diagnostics"]
     assert set(diagnostics["vit_probe"]) == {"shape", "colour", "count"}
     assert all(0 <= accuracy <= 1 for accuracy in diagnostics["vit_probe"].values())

@@ -53,6 +53,7 @@ LIBRARY_ORDER = [
     "evaluation.attention_maps",  # where the cross-attention latents look, drawn over the image
     "evaluation.show",  # the sheet: test items, each run's captions and answers
     "paper.stats",  # paired 95% intervals and verdicts
+    "paper.versus",  # two results of the same seeds: do they agree?
     "paper.claims",  # make paper's parts: the claims and the 2-std rule
     "paper.runs",  # the runs: planned, run, their numbers read back
 ]
