@@ -15,6 +15,8 @@ import data
 from support.model_spec import ModelSpec
 from support.run_folder import parse_metrics_line
 
+COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]  # one per curve
+
 
 def write_json(path: Path, content: dict) -> None:
     """Indented JSON; data.write_atomically, so a killed evaluation leaves no torn results file."""
@@ -128,9 +130,8 @@ def plot_curves(rows: list[dict], path: Path, size=(720, 440)) -> None:
         draw.text((4, y(loss) - 6), f"{loss:.3f}", fill="black")
         draw.text((x(step) - 10, height - bottom + 6), f"{step:.0f}", fill="black")
     draw.text((width // 2 - 60, height - 24), "step (validation loss)", fill="black")
-    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
     for index, row in enumerate(rows):
-        colour = colours[index % len(colours)]
+        colour = COLOURS[index % len(COLOURS)]
         points = [(x(step), y(loss)) for step, loss in row["curve"]]
         draw.line(points, fill=colour, width=2) if len(points) > 1 else None
         draw.text((width - right - 220, top + 16 * index), row["adapter"], fill=colour)

@@ -7,13 +7,15 @@ runs them (`--jobs 2`: two at a time, one thread each), skips the finished ones 
 when its evaluation output exists; an unfinished one resumes from its checkpoint), and writes
 docs/results.md and docs/results.json: each cell the mean ± sample standard deviation over the
 seeds, each paper claim judged on the seeds' paired differences: holds, fails, level or
-undecided (paper/stats.py). Rows reuse runs: the
+undecided (paper/stats.py); and docs/results_curves.png, every run's validation curve
+(paper/curves.py; `plot` draws it again from a results.json). Rows reuse runs: the
 VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger". This file holds the tables
 and the command; the runs are in paper/runs.py, the claims and how one is judged in
 paper/claims.py.
 
     python -m paper.tables run --data data/shapes --stage0 stage0 --runs runs/paper --seeds 1,2,3 \\
         --out docs
+    python -m paper.tables plot docs/results.json --out docs/results_curves.png
     python -m paper.tables reliance runs/paper/seed1/vadapter --data data/shapes --out reliance.json
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 # Reached through this module though not used in it: STAGE2_RUNS and steps_to_reach
 # (tests/test_paper.py reads the whole of make paper through paper.tables).
 from paper.claims import CLAIMS, judge, summarize
+from paper.curves import plot, plot_file
 from paper.runs import STAGE2_RUNS as STAGE2_RUNS
 from paper.runs import (
     VITS,
@@ -86,6 +89,7 @@ TABLES = {  # table -> (title, [(row name, run)])
         ],
     ),
 }
+TITLES = {table: title for table, (title, _) in TABLES.items()}
 COLUMNS = [
     ("trainable_parameters", "trainable params", "{:,.0f}"),
     ("steps_to_baseline_final_loss", "steps to the perceiver's final val loss", "{:.0f}"),
@@ -275,6 +279,7 @@ def run_paper(args) -> dict:
         out / "results.json", lambda temporary: temporary.write_text(json.dumps(results, indent=1))
     )
     (out / "results.md").write_text(markdown(results, per_run))
+    plot(results, out / "results_curves.png", TITLES)
     return results
 
 
@@ -308,7 +313,7 @@ def main(argv=None) -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
-        "run", help="every run of every table, then docs/results.md and .json"
+        "run", help="every run of every table, then docs/results.md, .json and _curves.png"
     )
     run.add_argument(
         "--data",
@@ -362,7 +367,15 @@ def main(argv=None) -> None:
     reliance.add_argument("--data", required=True)
     reliance.add_argument("--limit", type=COUNT, default=128)
     reliance.add_argument("--out", type=Path, required=True)
+    redraw = commands.add_parser("plot", help="the curves' PNG again from a results.json")
+    redraw.add_argument("results", metavar="RESULTS_JSON", type=Path)
+    redraw.add_argument("--out", type=Path, required=True, metavar="PNG")
     args = parser.parse_args(argv)
+    if args.command == "plot":
+        try:
+            return plot_file(args.results, args.out, TITLES)
+        except ValueError as error:
+            parser.error(str(error))
     if args.command == "reliance":
         write_reliance(args)
         return
@@ -372,7 +385,7 @@ def main(argv=None) -> None:
         )
     results = run_paper(args)
     print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {args.out}/results.md and results.json in {results['wall_s'] / 60:.1f} minutes")
+    print(f"wrote {args.out}/results.md, .json, _curves.png in {results['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
