@@ -2,23 +2,22 @@
 
 The adapters learn captioning, and VQA as "question: ... answer:" with the loss on the answer
 only; videos are folders of frames that go through the same ViT. This file holds, top to bottom:
-1. a sentencepiece tokenizer;
-2. `prompt_ids`, the one place training and evaluation build what the model reads before the
-   target; the dataset, `collate`, and a frozen-feature cache;
-3. a data folder: the datasets a stage trains on, the text corpus.
-Image loading (any PIL mode -> normalized (3,S,S)) is in support/images.py, which files hold each
-task in support/data_folder.py, the file readers (COCO captions, Karpathy, VQAv2) in
-support/readers.py; the synthetic world that writes a data folder offline is stage0/synthetic.py
-(`python -m stage0.synthetic --out data/shapes`).
+1. `prompt_ids`, the one place training and evaluation build what the model reads before the
+   target; the dataset (which skips decoding a batch whose frozen features are all cached) and
+   `collate`;
+2. a data folder: the datasets a stage trains on, the text corpus.
+The sentencepiece tokenizer is in support/tokenizer.py, image loading (any PIL mode -> normalized
+(3,S,S)) in support/images.py, which files hold each task in support/data_folder.py, the file
+readers (COCO captions, Karpathy, VQAv2) in support/readers.py, the frozen-feature cache in
+support/feature_cache.py; the synthetic world that writes a data folder offline is
+stage0/synthetic.py (`python -m stage0.synthetic --out data/shapes`).
 """
 
-import io
 import random
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import sentencepiece
 import torch
 from torch.utils.data import Dataset
 
@@ -34,88 +33,11 @@ from support.readers import Example
 from support.readers import read_captions as read_captions
 from support.readers import read_vqa as read_vqa
 from support.readers import vqa_prompt as vqa_prompt
-from support.writers import write_atomically
+from support.tokenizer import Tokenizer as Tokenizer
+from support.writers import write_atomically as write_atomically
 
 # ---------------------------------------------------------------------------------------------
-# 1. Tokens
-# ---------------------------------------------------------------------------------------------
-
-
-class Tokenizer:
-    """Sentencepiece. Models trained here fix pad=0, unk=1, bos=2, eos=3 inside the model file; a
-    given .model keeps its own ids, but must define pad, bos and eos.
-
-    model_path: a .model file, or `hf:FOLDER` for the tokenizer.model of a local Hugging Face model
-    folder (as `--lm hf:FOLDER`). Such a file may have no pad piece (Llama's has none; transformers
-    users pad with eos): it then pads with eos, which is safe because padding is never a target and
-    never attended to."""
-
-    def __init__(self, model_path: str | Path):
-        hugging_face = str(model_path).startswith("hf:")
-        if hugging_face:
-            folder = Path(str(model_path)[len("hf:") :])
-            model_path = folder / "tokenizer.model"
-            if not model_path.is_file():
-                raise FileNotFoundError(
-                    f"{folder} has no tokenizer.model (a sentencepiece file); data.Tokenizer reads "
-                    "only sentencepiece (a tokenizer.json-only model such as Llama 3 is not "
-                    "supported)"
-                )
-        try:
-            self.model = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
-        except (OSError, RuntimeError) as error:  # missing, a folder, not a sentencepiece model
-            raise DataError(
-                f"{model_path}: cannot load the tokenizer ({error}); expected a sentencepiece "
-                ".model file, as Tokenizer.train writes"
-            ) from None
-        self.pad_id, self.unk_id = self.model.pad_id(), self.model.unk_id()
-        self.bos_id, self.eos_id = self.model.bos_id(), self.model.eos_id()
-        if hugging_face and self.pad_id < 0:
-            self.pad_id = self.eos_id
-        if min(self.pad_id, self.bos_id, self.eos_id) < 0:
-            raise DataError(
-                f"{model_path}: pad_id, bos_id, eos_id are {self.pad_id}, {self.bos_id}, "
-                f"{self.eos_id}; "
-                "expected all three defined (>= 0), as in models made by Tokenizer.train"
-            )
-
-    @classmethod
-    def train(cls, texts, model_path: str | Path, vocab_size: int) -> "Tokenizer":
-        """Trains on `texts` (an iterable of strings); the same texts give the same model file."""
-        model = io.BytesIO()
-        # one thread: the same input always gives the same model
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type="unigram",
-            hard_vocab_limit=False,  # a small repetitive corpus may support fewer pieces than asked
-            character_coverage=1.0,
-            pad_id=0,
-            unk_id=1,
-            bos_id=2,
-            eos_id=3,
-            num_threads=1,
-            minloglevel=2,
-        )
-        write_atomically(model_path, lambda temporary: temporary.write_bytes(model.getvalue()))
-        return cls(model_path)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.get_piece_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self.model.encode(text)
-
-    def decode(self, ids) -> str:
-        return self.model.decode(
-            [int(i) for i in ids if int(i) not in (self.pad_id, self.bos_id, self.eos_id)]
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. The prompt, dataset, batches, feature cache
+# 1. The prompt, the dataset, batches
 # ---------------------------------------------------------------------------------------------
 
 # The paper's prompt, "[bos] Describe the following: <visual tokens> :" then the caption ([bos] at
@@ -140,10 +62,10 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], int]:
 
 
 class VisionTextDataset(Dataset):
-    """Samples {pixels (3,S,S) or (T,3,S,S), input_ids (L,), loss_mask (L,), visual_start,
-    image_id[, question_id]} with input_ids = prompt_ids + target + [eos], the visual tokens before
-    position visual_start, and loss_mask True on target + eos: the token at i is predicted from the
-    slot before it.
+    """Samples {pixels (3,S,S) or (T,3,S,S) (or their cached features: __getitems__), input_ids
+    (L,), loss_mask (L,), visual_start, image_id[, question_id]} with input_ids = prompt_ids +
+    target + [eos], the visual tokens before position visual_start, and loss_mask True on target +
+    eos: the token at i is predicted from the slot before it.
 
     max_text_tokens: the most text positions a sample may have (the LM's context minus the visual
     tokens). Longer texts are cut to it, keeping their beginning, and counted (`truncated`) here,
@@ -174,6 +96,7 @@ class VisionTextDataset(Dataset):
             raise DataError("no examples: the annotation files gave no usable sample")
         self.examples = examples
         self.unreadable: set[Path] = set()
+        self.feature_cache = None  # see __getitems__
 
     def fit_texts(
         self, examples: list[Example], max_text_tokens: int, bad: BadSamples
@@ -214,10 +137,7 @@ class VisionTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         found = []  # images this call found unreadable
-        for offset in range(len(self.examples)):
-            example = self.examples[(index + offset) % len(self.examples)]
-            if example.path in self.unreadable:
-                continue
+        while (example := self.next_readable(index)) is not None:
             try:
                 pixels = load_pixels(example.path, self.image_size, **self.pixel_options)
             except DataError as error:
@@ -230,16 +150,57 @@ class VisionTextDataset(Dataset):
                 self.unreadable.add(example.path)
                 found.append(str(example.path))
                 continue
-            return {**self.sample(example, pixels), **({"unreadable": found} if found else {})}
+            sample = self.sample(example, {"pixels": pixels})
+            return {**sample, **({"unreadable": found} if found else {})}
         raise DataError(f"none of the {len(self.examples)} images could be read")
 
-    def sample(self, example: Example, pixels: torch.Tensor) -> dict:
+    def next_readable(self, index: int) -> Example | None:
+        """The example sample `index` shows: its own, or the next one not known to be unreadable
+        (skip mode); None when every image is."""
+        for offset in range(len(self.examples)):
+            example = self.examples[(index + offset) % len(self.examples)]
+            if example.path not in self.unreadable:
+                return example
+        return None
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch's samples, as [self[i] for i in indices] (PyTorch's DataLoader fetches a batch
+        through this hook), but where `feature_cache` holds the frozen ViT's features of every
+        sample's image or video, no pixels are decoded: each sample carries its features
+        ("cached_features", and "num_frames" for a video) in their place, and vlm.caption_loss
+        takes them through FeatureCache.fetched. Only features of a decoded image are cached, so
+        each sample shows the example __getitem__ would and finds nothing new unreadable: the batch
+        trains exactly as a decoded one. One uncached sample and the whole batch is decoded as
+        before: collate and the cache take pixels for every row or for none (decoding only the
+        uncached samples would pay earlier in a run, at the price of batches of both kinds).
+
+        feature_cache (a FeatureCache, or None) is set by support/vlm_training.py only when batches
+        are fetched in the training process (num_workers=0): a worker process holds a copy of the
+        dataset, whose cache would be a stale snapshot. There a batch is fetched just before its
+        loss; the cache can change in between only when an earlier micro-batch of the same step
+        encodes new images, and the batch holds its features, not just their keys
+        (FeatureCache.fetched)."""
+        if self.feature_cache is not None:
+            examples = [self.next_readable(index) for index in indices]
+            if None not in examples:
+                keys = [("video" if e.path.is_dir() else "image", e.image_id) for e in examples]
+                if (cached := self.feature_cache.lookup(keys)) is not None:
+                    samples = []
+                    for example, (modality, _), features in zip(examples, keys, cached):
+                        visual = {"cached_features": features}
+                        if modality == "video":  # its real frames, as collate pads videos
+                            visual["num_frames"] = len(features)
+                        samples.append(self.sample(example, visual))
+                    return samples
+        return [self[index] for index in indices]
+
+    def sample(self, example: Example, visual: dict) -> dict:
         prompt, visual_start = prompt_ids(self.tokenizer, example.prompt)
         target = self.tokenizer.encode(example.target) + [self.tokenizer.eos_id]
         input_ids, loss_mask = prompt + target, [False] * len(prompt) + [True] * len(target)
         end = self.max_text_tokens  # None keeps all; fit_texts kept only prompts shorter than it
         sample = {
-            "pixels": pixels,
+            **visual,  # pixels, or the cached features
             "input_ids": torch.tensor(input_ids[:end], dtype=torch.long),
             "loss_mask": torch.tensor(loss_mask[:end]),
             "visual_start": visual_start,
@@ -253,7 +214,9 @@ class VisionTextDataset(Dataset):
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
     (B,L) (False on padding), lengths (B,), visual_start (B,) when the samples have it, image_ids
-    (and question_ids if any) as lists."""
+    (and question_ids if any) as lists. A batch fetched from the feature cache has no pixels but
+    cached_features, a list of B tensors (and num_frames (B,) for videos), which
+    FeatureCache.fetched stacks and pads as it does the features it computes."""
     if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
         raise ValueError(
             "collate: the batch mixes images (3,H,W) and videos (T,3,H,W); "
@@ -266,8 +229,13 @@ def collate(samples: list[dict], pad_id: int) -> dict:
         input_ids[row, : lengths[row]] = sample["input_ids"]
         loss_mask[row, : lengths[row]] = sample["loss_mask"]
     batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
-    if "pixels" in samples[0]:  # text-only samples (LM pretraining) have none
+    if "pixels" in samples[0]:
         batch["pixels"] = pad_frames([s["pixels"] for s in samples], batch)
+    elif "cached_features" in samples[0]:  # VisionTextDataset.__getitems__ decoded nothing
+        batch["cached_features"] = [s["cached_features"] for s in samples]
+        if "num_frames" in samples[0]:
+            batch["num_frames"] = torch.tensor([s["num_frames"] for s in samples])
+    if "image_id" in samples[0]:  # text-only samples (LM pretraining) have none
         batch["image_ids"] = [s["image_id"] for s in samples]
     if "visual_start" in samples[0]:
         batch["visual_start"] = torch.tensor([s["visual_start"] for s in samples])
@@ -292,7 +260,7 @@ def pad_frames(pixels: list[torch.Tensor], batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. A data folder: the tokenizer's file, the datasets a stage trains on, the text corpus
+# 2. A data folder: the tokenizer's file, the datasets a stage trains on, the text corpus
 # ---------------------------------------------------------------------------------------------
 
 TOKENIZER_FILE = "tokenizer.model"

@@ -183,9 +183,18 @@ def caption_loss(model, batch: dict, feature_cache=None):
     tokens); trainer.forward_backward explains how the sums are normalised.
 
     With a feature cache (support/feature_cache.py) the frozen encoder runs once per image over
-    the run. `model` may be wrapped (DDP, torch.compile): the forward goes through the wrapper."""
+    the run, and a batch whose features were all cached when it was fetched comes without pixels
+    (data.VisionTextDataset.__getitems__). `model` may be wrapped (DDP, torch.compile): the
+    forward goes through the wrapper."""
     features = None
-    if feature_cache is not None:
+    if feature_cache is not None and "cached_features" in batch:
+        features = feature_cache.fetched(
+            batch["image_ids"],
+            batch["cached_features"],
+            batch.get("num_frames"),
+            batch["input_ids"].device,
+        )
+    elif feature_cache is not None:
         encoder = getattr(model, "module", model).encode_images  # DDP keeps the model in .module
         features = feature_cache.get_or_compute(
             batch["image_ids"], batch["pixels"], encoder, batch.get("num_frames")

@@ -5,6 +5,7 @@ more processes, reads exactly what an uninterrupted single-process run reads. Th
 (trainer.py) iterates `step_loader`; checkpoints need no data state beyond the step.
 """
 
+import bisect
 from functools import lru_cache
 from typing import Callable
 
@@ -32,10 +33,25 @@ def stream_indices(position: int, count: int, dataset_len: int, seed: int) -> li
     return indices
 
 
+class Groups(torch.utils.data.ConcatDataset):
+    """The groups as one indexable dataset. A micro-batch lies inside one group (StepBatches), and
+    its fetch goes to that group's `__getitems__` where it has one: PyTorch's DataLoader fetches a
+    batch through that hook, which ConcatDataset lacks (data.VisionTextDataset's skips decoding a
+    batch whose features are all cached)."""
+
+    def __getitems__(self, indices: list[int]) -> list:
+        group = bisect.bisect_right(self.cumulative_sizes, indices[0])
+        start = self.cumulative_sizes[group - 1] if group else 0
+        dataset, local = self.datasets[group], [index - start for index in indices]
+        if hasattr(dataset, "__getitems__") and all(0 <= i < len(dataset) for i in local):
+            return dataset.__getitems__(local)
+        return [self[index] for index in indices]
+
+
 def as_dataset(groups) -> tuple[torch.utils.data.Dataset, list[int]]:
     """One dataset or a list of groups -> (one indexable dataset, group sizes)."""
     groups = list(groups) if isinstance(groups, (list, tuple)) else [groups]
-    return torch.utils.data.ConcatDataset(groups), [len(g) for g in groups]
+    return Groups(groups), [len(g) for g in groups]
 
 
 class StepBatches:

@@ -56,15 +56,40 @@ class FeatureCache:
                     features = features[: int(num_frames[row])]
                 # copy: not a view of the batch
                 found[key] = features.detach().to("cpu", torch.bfloat16, copy=True)
+        frames = pixels.shape[1] if modality == "video" else None
+        return self.use(keys, found, frames).to(pixels.device, torch.float32)
+
+    def lookup(self, keys: list[tuple[str, int]]) -> list[torch.Tensor] | None:
+        """The features of every (modality, id) key, or None if one is not cached. Reading only:
+        the order of use is left alone, and `fetched` updates it when the batch is trained on, as
+        get_or_compute would have."""
+        if all(key in self.features for key in keys):
+            return [self.features[key] for key in keys]
+        return None
+
+    def fetched(
+        self, image_ids: list[int], features: list[torch.Tensor], num_frames, device
+    ) -> torch.Tensor:
+        """A batch whose pixels were never decoded (data.VisionTextDataset.__getitems__): the
+        features `lookup` gave when it was fetched -> (B, ...) as get_or_compute returns them, and
+        marked used as get_or_compute marks them, so the same entries are evicted as in a run that
+        decodes every batch. The batch holds the features, not just their keys, so an entry evicted
+        after the fetch (an earlier micro-batch of the same step encoding new images) is put back,
+        not lost."""
+        keys = [("image" if num_frames is None else "video", image_id) for image_id in image_ids]
+        frames = None if num_frames is None else int(num_frames.max())
+        return self.use(keys, dict(zip(keys, features)), frames).to(device, torch.float32)
+
+    def use(self, keys, found: dict, frames: int | None) -> torch.Tensor:
+        """The rows of a batch (B, ...) in bf16, each marked used; videos padded to `frames`."""
         for key in keys:  # newest use last; then evict from the oldest
             self.store(key, found[key])
         rows = [found[key] for key in keys]
-        if modality == "video":  # (B, T, ...) padded back to the batch's T
-            frames = pixels.shape[1]
+        if frames is not None:  # (B, T, ...) padded back to the batch's T
             rows = [
                 torch.cat([row, row.new_zeros(frames - len(row), *row.shape[1:])]) for row in rows
             ]
-        return torch.stack(rows).to(pixels.device, torch.float32)
+        return torch.stack(rows)
 
     def store(self, key, features: torch.Tensor):
         if key in self.features:

@@ -108,6 +108,9 @@ def train_vlm(
     if data_config.cache_features:
         cache = FeatureCache(max_bytes=int(data_config.feature_cache_gb * 2**30))
         print(cache.describe())
+        if train_config.num_workers == 0:  # a worker's copy of the cache would be stale
+            for dataset in train_set + val_set:  # a batch all cached is not decoded
+                dataset.feature_cache = cache
     # images skip mode left out, as the batches list them (from any worker process)
     unreadable = set()
 

@@ -4,14 +4,18 @@ collate and feature cache behave as the training and evaluation scripts expect."
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import warnings
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece
 import torch
 from PIL import Image
 from test_readers import karpathy_file, official_coco
@@ -20,6 +24,8 @@ import data
 import trainer
 from conftest import REPO, load_json, toy_spec, world_texts
 from support import flags
+from support.batches import as_dataset
+from support.feature_cache import FeatureCache
 from support.model_spec import build_vlm
 from support.vlm_training import DataConfig, train_vlm
 
@@ -104,7 +110,7 @@ def test_tokenizer_round_trip_special_ids_and_determinism(world, tokenizer, tmp_
 def test_tokenizer_needs_pad_bos_and_eos(tmp_path):
     model = tmp_path / "no_pad.model"
     with open(model, "wb") as out:
-        data.sentencepiece.SentencePieceTrainer.train(
+        sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=iter(["a red circle"] * 20),
             model_writer=out,
             vocab_size=12,
@@ -222,6 +228,72 @@ def test_caption_and_video_batches(world, tokenizer):
     assert batch["pixels"].shape == (4, 4, 3, 32, 32) and "question_ids" not in batch
     with pytest.raises(ValueError, match="mixes images"):
         data.collate([sample, videos[0]], tokenizer.pad_id)
+
+
+def test_a_batch_whose_features_are_all_cached_is_fetched_without_decoding(
+    world, tokenizer, tmp_path, monkeypatch
+):
+    """VisionTextDataset.__getitems__, reached through the DataLoader and the groups' dataset of
+    support/batches.py: no pixels read for a batch whose images or videos are all in the feature
+    cache, the usual decoding when one is not; skip mode and videos of different lengths too."""
+    loads = []
+
+    def counted(path, *args, **kwargs):
+        loads.append(path)
+        return load_pixels(path, *args, **kwargs)
+
+    load_pixels = data.load_pixels
+    monkeypatch.setattr(data, "load_pixels", counted)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    captions = data.read_captions(world / "captions_train.json").examples[:12]
+    broken = replace(captions[0], image_id=999, path=tmp_path / "broken.png")
+    images = data.VisionTextDataset([broken, *captions], tokenizer, 32, on_bad_sample="skip")
+    video_captions = data.read_captions(world / "video_captions_train.json", num_frames=4)
+    long, short = video_captions.examples[::5][:2]  # 5 captions per video
+    (tmp_path / "short").mkdir()
+    for frame in data.frame_files(short.path)[:2]:
+        shutil.copy(frame, tmp_path / "short" / frame.name)
+    videos = data.VisionTextDataset([long, replace(short, path=tmp_path / "short")], tokenizer, 32)
+    cache = FeatureCache()
+    images.feature_cache = videos.feature_cache = cache
+    dataset, _ = as_dataset([images, videos])
+
+    def fetch(indices: list[int]) -> dict:
+        loads.clear()
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=[indices], collate_fn=partial(data.collate, pad_id=0)
+        )
+        return next(iter(loader))
+
+    def encode(pixels):  # (n, 3, S, S) -> (n, 1, 6); (n, T, 3, S, S) -> (n, T, 1, 6)
+        return pixels.flatten(-3)[..., None, :6]
+
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        decoded = fetch([0, 1, 6, 7])
+    assert len(loads) == 5 and decoded["unreadable"] == [str(tmp_path / "broken.png")]
+    computed = cache.get_or_compute(decoded["image_ids"], decoded["pixels"], encode)
+    cached = fetch([0, 1, 6, 7])
+    assert loads == [] and "pixels" not in cached and "unreadable" not in cached
+    assert cached["image_ids"] == decoded["image_ids"] and torch.equal(
+        cached["input_ids"], decoded["input_ids"]
+    )
+    features = cache.fetched(cached["image_ids"], cached["cached_features"], None, "cpu")
+    assert torch.equal(features, computed)
+    # one image not cached yet: the batch is decoded as usual
+    assert captions[11].image_id not in decoded["image_ids"]
+    assert "pixels" in fetch([1, 12]) and len(loads) == 2
+    # videos: 4 and 2 frames
+    decoded = fetch([13, 14])
+    assert len(loads) == 2 and decoded["num_frames"].tolist() == [4, 2]
+    computed = cache.get_or_compute(
+        decoded["image_ids"], decoded["pixels"], encode, decoded["num_frames"]
+    )
+    cached = fetch([14, 13])
+    assert loads == [] and "pixels" not in cached and cached["num_frames"].tolist() == [2, 4]
+    features = cache.fetched(
+        cached["image_ids"], cached["cached_features"], cached["num_frames"], "cpu"
+    )
+    assert torch.equal(features, computed[[1, 0]])
 
 
 def test_write_atomically_replaces_whole_files_and_a_failed_write_keeps_the_old_one(tmp_path):

@@ -93,3 +93,40 @@ def test_videos_keep_their_real_frames_and_come_back_padded_to_the_batch():
     # a batch of 2 frames
     alone = cache.get_or_compute([10], pixels[:1, :2], encode, num_frames=torch.tensor([2]))
     assert alone.shape == (1, 2, 2, 5) and torch.equal(alone[0], out[0, :2]) and len(encoded) == 2
+
+
+def test_a_batch_fetched_from_the_cache_comes_back_and_ages_as_a_computed_one():
+    """data.VisionTextDataset.__getitems__ reads a batch's features with `lookup` and decodes no
+    pixels; `fetched` then gives what get_or_compute would, and marks the same entries used."""
+    encoded = Counter()
+    encode = counting_encoder(encoded)
+    per_image = 2 * 5 * 2
+    computed, fetched = FeatureCache(3 * per_image), FeatureCache(3 * per_image)
+    for cache in (computed, fetched):
+        cache.get_or_compute([1, 2, 3], images([1, 2, 3]), encode)
+    assert fetched.lookup([("image", 1), ("image", 4)]) is None
+    found = fetched.lookup([("image", 1), ("image", 3), ("image", 1)])
+    assert [key[1] for key in fetched.features] == [1, 2, 3]  # lookup only reads
+    assert torch.equal(
+        fetched.fetched([1, 3, 1], found, None, "cpu"),
+        computed.get_or_compute([1, 3, 1], images([1, 3, 1]), encode),
+    )
+    assert list(fetched.features) == list(computed.features) and len(encoded) == 3
+    # evicted between the fetch and the loss (an earlier micro-batch of the step encoded a new
+    # image): the batch still holds its features, and they go back in
+    found = fetched.lookup([("image", 2)])
+    fetched.get_or_compute([4], images([4]), encode)
+    assert ("image", 2) not in fetched.features
+    assert torch.equal(fetched.fetched([2], found, None, "cpu")[0], found[0].float())
+    assert [key[1] for key in fetched.features] == [1, 4, 2] and fetched.bytes == 3 * per_image
+    # videos come back padded to the batch's longest real frame count
+    videos = FeatureCache()
+    pixels = torch.zeros(2, 4, 3)
+    pixels[0, :2], pixels[1] = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 1.0, 1.0])
+    out = videos.get_or_compute([10, 11], pixels, encode, num_frames=torch.tensor([2, 4]))
+    again = videos.fetched(
+        [11, 10], videos.lookup([("video", 11), ("video", 10)]), torch.tensor([4, 2]), "cpu"
+    )
+    assert torch.equal(again, out[[1, 0]])
+    shorter = videos.fetched([10], videos.lookup([("video", 10)]), torch.tensor([2]), "cpu")
+    assert shorter.shape == (1, 2, 2, 5) and torch.equal(shorter[0], out[0, :2])

@@ -27,7 +27,8 @@ LIBRARY_ORDER = [
     "support.images",  # image files and frame folders -> normalized pixels
     "support.readers",  # COCO / Karpathy / VQAv2 readers
     "support.data_folder",  # which files hold each task of a data folder
-    "data",  # tokenizer, the prompt, datasets, collate
+    "support.tokenizer",  # sentencepiece, trained here or read from a Hugging Face folder
+    "data",  # the prompt, datasets, collate
     "support.feature_cache",  # frozen-ViT features kept in bf16, within a budget
     "support.flags",  # command-line flags from config dataclasses
     "stage0.world",  # the synthetic world's vocabulary, scenes and pixels

@@ -1,28 +1,34 @@
 """The stage scripts (pretrain.py, train_stage1.py, train_stage2.py) on the trainer: the chain runs,
 boundaries hold, DDP and resume keep the curve."""
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import data
 import evaluate
 import train_stage1
 import train_stage2
 import trainer
-from conftest import REPO
-from stage0 import pretrain
-from support import checkpoints
+from conftest import REPO, toy_spec
+from stage0 import pretrain, synthetic
+from support import checkpoints, flags
 from support.checkpoints import load_checkpoint, submodule_state
+from support.feature_cache import FeatureCache
 from support.model_spec import build_vlm
 from support.models import load_lm, load_vision, load_vlm
+from support.vlm_training import DataConfig, train_vlm
 
 # fp32 on every CPU (the default is bf16 where the CPU has bf16 matmuls): the frozen models stay
 # bit-identical to their files. tests/test_trainer.py checks the default itself.
@@ -742,3 +748,64 @@ def test_frozen_bf16_weights_need_autocast_and_train_the_fp32_adapter_like_fp32(
     assert sorted(got) == [1, 2, 3] and all(
         got[s] == pytest.approx(expected[s], rel=2e-2) for s in got
     )
+
+
+def test_batches_all_in_the_feature_cache_are_not_decoded_and_train_the_same(
+    tmp_path, tokenizer, monkeypatch, one_thread
+):
+    """Once the feature cache holds every image or video of a batch, train_vlm fetches it without
+    decoding pixels (data.VisionTextDataset.__getitems__), and the run's losses are those of a run
+    that decodes every batch, bit for bit: images, videos of 2 and 3 frames, two micro-batches a
+    step, an unreadable image skipped (--on-bad-sample skip)."""
+    folder = tmp_path / "data"
+    sizes = dict(train_images=4, val_images=2, test_images=1, train_videos=2, val_videos=1)
+    synthetic.generate(
+        folder, synthetic.WorldConfig(**sizes, test_videos=1, num_frames=3, image_size=32, seed=1)
+    )
+    (folder / data.TOKENIZER_FILE).write_bytes(tokenizer.model.serialized_model_proto())
+    sorted((folder / "images" / "train").iterdir())[0].write_bytes(b"not an image")
+    sorted(sorted((folder / "videos" / "train").iterdir())[0].iterdir())[-1].unlink()
+    parser = argparse.ArgumentParser()
+    flags.add_data_flags(parser)
+    data_config = DataConfig.from_flags(
+        parser.parse_args(["--data", str(folder), "--on-bad-sample", "skip"]), None
+    )
+    spec = toy_spec("perceiver", vocab_size=tokenizer.vocab_size)
+    loads, undecoded = [], Counter()
+    load_pixels, fetched = data.load_pixels, FeatureCache.fetched
+
+    def counted_load(path, *args, **kwargs):
+        loads.append(path)
+        return load_pixels(path, *args, **kwargs)
+
+    def counted_fetch(cache, image_ids, features, num_frames, device):
+        undecoded["image" if num_frames is None else "video"] += len(image_ids)
+        return fetched(cache, image_ids, features, num_frames, device)
+
+    monkeypatch.setattr(data, "load_pixels", counted_load)
+    monkeypatch.setattr(FeatureCache, "fetched", counted_fetch)
+
+    def run(name: str) -> tuple[dict, dict, int]:
+        loads.clear()
+        torch.manual_seed(0)
+        config = trainer.TrainConfig(
+            out_dir=str(tmp_path / name),
+            **dict(steps=12, batch_size=8, grad_accum=2, eval_every=4, eval_batches=1),
+            **dict(log_every=1, save_every=100, device="cpu", compile=False, bf16=False),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unreadable image, named
+            summary = train_vlm(build_vlm(spec), data_config, "stage2", spec, config)
+        return summary, losses(tmp_path / name), len(loads)
+
+    skipping, skipping_losses, skipping_loads = run("skipping")
+    with monkeypatch.context() as decode_all:
+        decode_all.setattr(
+            data.VisionTextDataset, "__getitems__", lambda self, indices: [self[i] for i in indices]
+        )
+        decoding, decoding_losses, decoding_loads = run("decoding")
+    assert undecoded["image"] > 0 and undecoded["video"] > 0
+    assert decoding_loads - skipping_loads == undecoded.total()
+    assert skipping_losses == decoding_losses and sorted(skipping_losses) == list(range(1, 13))
+    assert skipping["val_loss"] == decoding["val_loss"] and len(skipping["val_loss"]) == 3
+    assert skipping["skipped_samples"] == decoding["skipped_samples"] == {"unreadable image": 1}
