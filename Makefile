@@ -123,8 +123,9 @@ demo-quick:
 # --- make paper: the paper's tables at toy scale, each row over the seeds PAPER_SEEDS, each claim
 # judged on the seeds' paired differences (python -m paper.tables run --help). TABLES picks them:
 # 2 (the default: the paper's main claims, Table 2), or e.g. TABLES=2,3,4,13,stronger or all.
-# Resumable: a run whose evaluation exists is skipped, an unfinished one resumes. Writes
-# $(PAPER_OUT)/results.md and results.json. The stronger table needs $(STAGE0)/vit_small.safetensors.
+# Resumable: a run whose evaluation exists is skipped (one evaluated before the blank-image scores
+# existed gets only those), an unfinished one resumes. Writes $(PAPER_OUT)/results.md and
+# results.json. The stronger table needs $(STAGE0)/vit_small.safetensors.
 TABLES ?= 2
 PAPER_RUNS ?= runs/paper
 PAPER_OUT ?= docs

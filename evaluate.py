@@ -10,13 +10,17 @@ data folder, compares stage-2 runs (the paper's table at our scale, with validat
 measures how much a model reads its images, captions one image, and draws test items with what
 each run says about them (the paper's Figures 3 and 4). Evaluation decodes greedily unless told
 otherwise, with fixed prompts ([bos] for captions, [bos] + "question: ... answer:" for VQA, as in
-training), so the same checkpoint always gives the same numbers.
+training), so the same checkpoint always gives the same numbers. `compare` also scores every run
+with each image blank (pixels zero after the ViT's normalisation: a uniform image of its mean
+colour; the same items, prompts and decoding): what the frozen LM answers without seeing, a row
+under each adapter; `blank` adds those scores to a comparison made before they existed.
 
     python evaluate.py checkpoint runs/stage2 --data data/shapes --split val [--beam 1] [--limit N]
     python evaluate.py caption data/shapes/images/val/000001000001.png --checkpoint runs/stage2 \\
         --data data/shapes [--question "what color is the circle?"]
     python evaluate.py compare runs/stage2_vadapter runs/stage2_perceiver --data data/shapes \\
         --out runs/results
+    python evaluate.py blank runs/results/results.json --data data/shapes
     python evaluate.py show runs/stage2_vadapter runs/stage2_perceiver --data data/shapes \\
         --out docs [--items 4] [--seed 0] [--attention]
     python evaluate.py reliance runs/stage2_vadapter --data data/shapes
@@ -42,6 +46,7 @@ from evaluation.metrics import bleu4 as bleu4
 from evaluation.metrics import cider_d as cider_d
 from evaluation.metrics import vqa_accuracy as vqa_accuracy
 from evaluation.report import (
+    add_blank_scores,
     default_results_path,
     print_metrics,
     run_name,
@@ -67,13 +72,18 @@ def compare_runs(
     run_dirs: list, data_dir, split="test", baseline=None, limit=None, batch_size=32
 ) -> list[dict]:
     """One row per stage-2 run: adapter, trainable parameters, final validation loss, steps to reach
-    the baseline's final validation loss, and the test metrics of every task. The baseline is
-    `baseline` or the first perceiver run."""
+    the baseline's final validation loss, and the test metrics of every task, with the real images
+    and with each image blank. The baseline is `baseline` or the first perceiver run."""
     rows = []
     for run_dir in run_dirs:
         # reads it once
         results = evaluate_checkpoint(
-            run_dir, data_dir, split, limit=limit or None, batch_size=batch_size
+            run_dir,
+            data_dir,
+            split,
+            limit=limit or None,
+            batch_size=batch_size,
+            images=("real", "blank"),
         )
         curve = validation_curve(run_dir)
         rows.append(
@@ -86,6 +96,8 @@ def compare_runs(
                 "final_val_loss": curve[-1][1],
                 "metrics": results["metrics"],
                 "samples": results["samples"],
+                "blank_metrics": results["blank_metrics"],
+                "blank_samples": results["blank_samples"],
             }
         )
     reference = next(
@@ -231,6 +243,12 @@ def main(argv=None) -> None:
         action="store_true",
         help=f"also {show.ATTENTION_MAPS}: where each cross-attention latent looks",
     )
+    blank = commands.add_parser(
+        "blank", help="add the blank-image scores to a `compare` results.json made without them"
+    )
+    blank.add_argument("results", type=Path, metavar="RESULTS_JSON")
+    blank.add_argument("--data", required=True, help="the data folder `compare` was given")
+    blank.add_argument("--split", default="test", help="the split `compare` was given")
     reliance = commands.add_parser(
         "reliance", help="caption loss with true, blanked and shuffled images, and a text oracle"
     )
@@ -304,6 +322,10 @@ def main(argv=None) -> None:
             f"{losses['same_image']:.4f}, of another image {losses['other_image']:.4f}: "
             f"the same-image text lowers it by {100 * losses['drop']:.1f}%"
         )
+        return
+    if args.command == "blank":
+        scored = add_blank_scores(args.results, args.data, args.split)
+        print(f"{args.results}: blank-image scores added to {scored} run(s)")
         return
     if args.command == "diagnostics":
         print(json.dumps(add_diagnostics(args), indent=2))

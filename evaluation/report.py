@@ -4,6 +4,7 @@ scale, with their validation-loss curves.
 The box after Figure 2's model, behind evaluate.py: each compared run is named by its adapter (the
 VAdapter's front when it is not the paper's 1-layer perceiver), its curve is read from the run's
 metrics.jsonl, and the rows are written as results.json, table.md, val_loss.csv and val_loss.png.
+A comparison made before the blank-image scores existed gets them added (`evaluate.py blank`).
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 import data
+from evaluation.scoring import evaluate_checkpoint
 from support.model_spec import ModelSpec
 from support.run_folder import parse_metrics_line
 
@@ -68,7 +70,8 @@ def validation_curve(run_dir) -> list[tuple[int, float]]:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown, like the paper's comparison: one row per adapter."""
+    """Markdown, like the paper's comparison: one row per adapter, and under it the same model's
+    scores with every image blank (its text prior), where the run has them."""
     columns = [
         ("caption", "cider_d", "CIDEr-D"),
         ("vqa", "vqa_accuracy", "VQA acc"),
@@ -86,6 +89,13 @@ def comparison_table(rows: list[dict]) -> str:
         "| " + " | ".join(header + [title for *_, title in columns]) + " |",
         "|" + "---|" * (len(header) + len(columns)),
     ]
+
+    def scores(metrics: dict) -> list[str]:
+        return [
+            f"{metrics[task][metric]:.3f}" if task in metrics else "-"
+            for task, metric, _ in columns
+        ]
+
     for row in rows:
         reached = row["steps_to_baseline_final_loss"]
         cells = [
@@ -96,11 +106,10 @@ def comparison_table(rows: list[dict]) -> str:
             if reached is not None
             else f"not reached in {row['step']}",
         ]
-        cells += [
-            f"{row['metrics'][task][metric]:.3f}" if task in row["metrics"] else "-"
-            for task, metric, _ in columns
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells + scores(row["metrics"])) + " |")
+        if "blank_metrics" in row:
+            blank = [f"{row['adapter']}, blank image", "", "", ""]
+            lines.append("| " + " | ".join(blank + scores(row["blank_metrics"])) + " |")
     return "\n".join(lines)
 
 
@@ -152,3 +161,39 @@ def write_comparison(rows: list[dict], out_dir) -> str:
         )
     plot_curves(rows, out_dir / "val_loss.png")
     return table
+
+
+def scored_items(metrics: dict, samples: list[dict]) -> tuple:
+    """Which test items a task scored: how many, and its samples' question ids (VQA) or image ids
+    (captions)."""
+    count = metrics.get("images", metrics.get("questions"))
+    return count, [sample.get("question_id", sample["image_id"]) for sample in samples]
+
+
+def add_blank_scores(results_path: Path, data_dir, split="test") -> int:
+    """A `compare` results.json made before the blank-image scores existed: each row lacking them
+    gets them -> how many rows were scored; table.md beside it is rewritten. The same items: a
+    limit of the largest count a task scored takes what compare's limit took (a task with fewer
+    items scored them all), checked against the counts and the sample ids."""
+    results = json.loads(Path(results_path).read_text())
+    missing = [row for row in results["runs"] if "blank_metrics" not in row]
+    for row in missing:
+        limit = max(scored_items(metrics, [])[0] for metrics in row["metrics"].values())
+        blank = evaluate_checkpoint(
+            row["run"], data_dir, split, list(row["metrics"]), limit, images=("blank",)
+        )
+        for task, metrics in row["metrics"].items():
+            if scored_items(metrics, row["samples"][task]) != scored_items(
+                blank["blank_metrics"][task], blank["blank_samples"][task]
+            ):
+                raise data.DataError(
+                    f"{row['run']}: {task} with blank images scored other items than "
+                    f"{results_path} did (is it split {split!r} of {data_dir}?)"
+                )
+        row["blank_metrics"], row["blank_samples"] = blank["blank_metrics"], blank["blank_samples"]
+    if missing:
+        write_json(Path(results_path), results)
+        (Path(results_path).parent / "table.md").write_text(
+            comparison_table(results["runs"]) + "\n"
+        )
+    return len(missing)

@@ -4,7 +4,11 @@ The box after Figure 2's model, behind evaluate.py: each batch of (image or fram
 prompt) pairs runs the frozen ViT once per distinct path and is decoded with fixed prompts ([bos]
 for captions, [bos] + "question: ... answer:" for VQA, as in training). Captions are scored with
 CIDEr-D and BLEU-4, answers with VQA accuracy; evaluate.py runs every task of a split and writes
-what they return, the metrics and a few sample predictions.
+what they return, the metrics and a few sample predictions. `blank=True` scores the same items
+with every image (every video frame) blank: its pixels all zero after the ViT's normalisation, a
+uniform image of the ViT's mean colour (mid-grey for the stand-ins, whose mean is 0.5; the same
+input as `evaluate.py reliance`'s blanked images), so what is left is what the frozen LM answers
+without seeing (the text prior).
 """
 
 from pathlib import Path
@@ -30,12 +34,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def encode_once(
-    model: VisionLanguageModel, paths: list, device
+    model: VisionLanguageModel, paths: list, device, blank: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Patch features of each row's image or frame folder, the ViT run once per distinct path (VQA
     has several questions per image): (B, N, Dv) or (B, T, N, Dv), and each video's real frames (B,)
     (padded to the longest, as in training: the resampler leaves the padding out), None for
-    images."""
+    images. blank: every pixel zero, the files still read for their frame counts."""
     distinct = list(dict.fromkeys(paths))
     config = model.vision.config
     max_frames = next(
@@ -51,17 +55,19 @@ def encode_once(
         ],
         batch,
     )
+    if blank:
+        pixels = torch.zeros_like(pixels)  # (B, 3, S, S) or (B, T, 3, S, S)
     rows = [distinct.index(path) for path in paths]
     features = model.encode_images(pixels.to(device))[rows]  # (B, ...)
     return features, batch["num_frames"][rows].to(device) if "num_frames" in batch else None
 
 
 def generate_texts(
-    model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device
+    model, tokenizer, paths: list, prompts: list[str], decoding: Decoding, device, blank=False
 ) -> list[str]:
-    """The decoded text for each (image, text prompt) pair of a batch."""
+    """The decoded text for each (image, text prompt) pair of a batch; blank: every image blank."""
     ids, visual_start = zip(*[data.prompt_ids(tokenizer, prompt) for prompt in prompts])
-    features, num_frames = encode_once(model, paths, device)
+    features, num_frames = encode_once(model, paths, device, blank)
     new_ids = decode(
         model,
         None,
@@ -92,8 +98,10 @@ def evaluate_captions(
     batch_size=32,
     device="cpu",
     description="caption",
+    blank=False,
 ) -> tuple[dict, list]:
-    """One caption per image, scored against all of its reference captions -> (metrics, samples)."""
+    """One caption per image, scored against all of its reference captions -> (metrics, samples).
+    blank: the same images, each one blank."""
     image_ids = sorted(annotations.references)[:limit]
     predictions = {}
     for batch in tqdm(batches(image_ids, batch_size), desc=description, leave=False):
@@ -104,6 +112,7 @@ def evaluate_captions(
             [""] * len(batch),
             decoding,
             device,
+            blank,
         )
         predictions.update(zip(batch, texts))
     references = {image_id: annotations.references[image_id] for image_id in image_ids}
@@ -152,13 +161,21 @@ def evaluate_vqa(
     batch_size=32,
     device="cpu",
     description="vqa",
+    blank=False,
 ) -> tuple[dict, list]:
-    """VQA accuracy, the mean over questions -> (metrics, samples)."""
+    """VQA accuracy, the mean over questions -> (metrics, samples). blank: the same questions, each
+    image blank."""
     examples = spread_over_images(annotations.examples, limit)
     predictions = []
     for batch in tqdm(batches(examples, batch_size), desc=description, leave=False):
         predictions += generate_texts(
-            model, tokenizer, [e.path for e in batch], [e.prompt for e in batch], decoding, device
+            model,
+            tokenizer,
+            [e.path for e in batch],
+            [e.prompt for e in batch],
+            decoding,
+            device,
+            blank,
         )
     accuracies = [
         vqa_accuracy(prediction, annotations.references[e.question_id])

@@ -1,12 +1,13 @@
 """`make paper`'s runs: what each one runs, running them, and reading back their numbers.
 
 After Figure 2's model, beside evaluate.py. Every run is a command of the project's own scripts:
-train_stage1.py, train_stage2.py, then evaluate.py (test metrics, validation curve, trainable
-parameters) and diagnostics.image_reliance (the fraction of the blanked -> text-oracle gap each
-adapter closes). `--jobs 2` runs two at a time, one thread each; a run is finished when its
-evaluation output exists, and an unfinished one resumes from its checkpoint. Rows reuse runs: the
-VAdapter of Table 2 is the same run in Tables 3, 4, 13 and "stronger". paper/tables.py turns the
-numbers read back here into the tables.
+train_stage1.py, train_stage2.py, then evaluate.py (test metrics with the real and with blank
+images, validation curve, trainable parameters) and diagnostics.image_reliance (the fraction of
+the blanked -> text-oracle gap each adapter closes). `--jobs 2` runs two at a time, one thread
+each; a run is finished when its evaluation output exists, and an unfinished one resumes from its
+checkpoint; a finished one evaluated before the blank-image scores existed gets only those
+(evaluate.py blank). Rows reuse runs: the VAdapter of Table 2 is the same run in Tables 3, 4, 13
+and "stronger". paper/tables.py turns the numbers read back here into the tables.
 """
 
 import json
@@ -85,6 +86,21 @@ class Job:
     folder: Path
     commands: list  # argv lists, each run as `python <argv>`
     done: Path  # written last: a finished run
+    add_blank: list | None = None  # stage 2: the command adding the blank-image scores
+
+    def todo(self) -> list:
+        """The commands still to run: all of an unfinished run's; of a finished stage-2 run
+        evaluated before the blank-image scores existed, the one adding them."""
+        if not self.done.exists():
+            return self.commands
+        if self.add_blank and "blank_metrics" not in evaluation_row(self.folder):
+            return [self.add_blank]
+        return []
+
+
+def evaluation_row(folder: Path) -> dict:
+    """A stage-2 run's row of its `evaluate.py compare` results.json."""
+    return json.loads((folder / "eval" / "results.json").read_text())["runs"][0]
 
 
 def needed_runs(names: list[str]) -> list[str]:
@@ -201,6 +217,13 @@ def plan(args, names: list[str]) -> tuple[list[Job], list[Job]]:
                         ],
                     ],
                     folder / "eval" / "reliance.json",
+                    [
+                        "evaluate.py",
+                        "blank",
+                        str(folder / "eval" / "results.json"),
+                        "--data",
+                        args.data,
+                    ],
                 )
             )
     return first, second
@@ -225,18 +248,19 @@ def run_command(argv: list[str], log: Path, threads: int) -> None:
 
 
 def run_jobs(jobs: list[Job], workers: int, threads: int) -> int:
-    """Run the unfinished jobs, `workers` at a time -> how many ran. Every job is tried; then the
-    first failure is raised (the finished ones are kept: rerunning continues from there)."""
-    todo = [job for job in jobs if not job.done.exists()]
+    """Run what each job has still to do, `workers` at a time -> how many jobs ran. Every job is
+    tried; then the first failure is raised (the finished ones are kept: rerunning continues from
+    there)."""
+    todo = [(job, commands) for job in jobs if (commands := job.todo())]
 
-    def run(job: Job):
+    def run(job: Job, commands: list):
         started = time.time()
-        for argv in job.commands:
+        for argv in commands:
             run_command(argv, job.folder / "paper.log", threads)
         print(f"done {job.folder} in {time.time() - started:.0f} s", flush=True)
 
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(run, job) for job in todo]
+        futures = [pool.submit(run, job, commands) for job, commands in todo]
     for future in futures:
         future.result()
     return len(todo)
@@ -252,12 +276,7 @@ def add_diagnostics(args, runs: Path, seed: int, threads: int) -> dict:
     if not (folder / "results.json").exists() or "diagnostics" not in json.loads(
         (folder / "results.json").read_text()
     ):
-        rows = [
-            json.loads((runs / f"seed{seed}" / name / "eval" / "results.json").read_text())["runs"][
-                0
-            ]
-            for name in ("vadapter", "perceiver")
-        ]
+        rows = [evaluation_row(runs / f"seed{seed}" / name) for name in ("vadapter", "perceiver")]
         write_json(folder / "results.json", {"runs": rows})
         stage0 = Path(args.stage0)
         run_command(
@@ -294,14 +313,13 @@ SCORES = {
     "video_cider_d": ("video_caption", "cider_d"),
     "video_vqa_accuracy": ("video_vqa", "vqa_accuracy"),
 }
+BLANK = "blank_"  # the same score with every image blank: blank_cider_d, ...
 
 
 def stage2_metrics(folder: Path, baseline: Path) -> dict:
     """One seed of one row: what evaluate.py compare and the reliance wrote in folder/eval."""
-    row = json.loads((folder / "eval" / "results.json").read_text())["runs"][0]
-    target = json.loads((baseline / "eval" / "results.json").read_text())["runs"][0][
-        "final_val_loss"
-    ]
+    row = evaluation_row(folder)
+    target = evaluation_row(baseline)["final_val_loss"]
     metrics = {
         "run": str(folder),
         "steps": row["step"],
@@ -315,9 +333,10 @@ def stage2_metrics(folder: Path, baseline: Path) -> dict:
         metrics["late_change"] = late_change(row["curve"])
     metrics.update(
         {
-            name: row["metrics"][task][metric]
+            prefix + name: row[prefix + "metrics"][task][metric]
+            for prefix in ("", BLANK)
             for name, (task, metric) in SCORES.items()
-            if task in row["metrics"]
+            if task in row.get(prefix + "metrics", {})
         }
     )
     metrics["oracle_fraction"] = json.loads((folder / "eval" / "reliance.json").read_text())[

@@ -1,10 +1,11 @@
 """`make paper`: the paper's tables (2, 3, 4, 13 and "stronger") at toy scale, with seeds.
 
 Every run is a command of the project's own scripts: train_stage1.py, train_stage2.py, then
-evaluate.py (test metrics, validation curve, trainable parameters) and diagnostics.image_reliance
-(the fraction of the blanked -> text-oracle gap each adapter closes). This command plans the runs,
-runs them (`--jobs 2`: two at a time, one thread each), skips the finished ones (a run is finished
-when its evaluation output exists; an unfinished one resumes from its checkpoint), and writes
+evaluate.py (test metrics, also with blank images; validation curve, trainable parameters) and
+diagnostics.image_reliance (the fraction of the blanked -> text-oracle gap each adapter closes).
+This command plans the runs, runs them (`--jobs 2`: two at a time, one thread each), skips the
+finished ones (a run is finished when its evaluation output exists; an unfinished one resumes
+from its checkpoint; a finished one lacking the blank-image scores gets only those), and writes
 docs/results.md and docs/results.json: each cell the mean ± sample standard deviation over the
 seeds, each paper claim judged on the seeds' paired differences: holds, fails, level or
 undecided (paper/stats.py); and docs/results_curves.png, every run's validation curve
@@ -32,8 +33,9 @@ from pathlib import Path
 # (tests/test_paper.py reads the whole of make paper through paper.tables).
 from paper.claims import CLAIMS, judge, summarize
 from paper.curves import plot, plot_file
-from paper.runs import STAGE2_RUNS as STAGE2_RUNS
 from paper.runs import (
+    BLANK,
+    SCORES,
     VITS,
     add_diagnostics,
     collect,
@@ -42,6 +44,7 @@ from paper.runs import (
     run_jobs,
     write_reliance,
 )
+from paper.runs import STAGE2_RUNS as STAGE2_RUNS
 from support.flags import COUNT, NON_NEGATIVE
 from support.run_folder import steps_to_reach as steps_to_reach
 from support.writers import write_atomically
@@ -123,6 +126,18 @@ def cell(seeds: list[dict], metric: str, form: str) -> str:
     )
 
 
+def table_line(name: str, seeds: list[dict], prefix: str = "") -> str:
+    """One row of a table; with a prefix (BLANK), its scores alone, under that prefix."""
+    return (
+        f"| {name} | "
+        + " | ".join(
+            cell(seeds, prefix + metric, form) if not prefix or metric in SCORES else ""
+            for metric, _, form in COLUMNS
+        )
+        + " |"
+    )
+
+
 def markdown(results: dict, per_run: dict) -> str:
     """docs/results.md: how it was run, the stage-1 scores, every table, the claims."""
     settings = results["settings"]
@@ -140,7 +155,9 @@ def markdown(results: dict, per_run: dict) -> str:
         "COCO tool's scale (the paper's figures are x100). \"steps to the perceiver's final val "
         'loss": the first validation step at or below the final validation loss of the '
         'perceiver of the same seed and ViT; "mean val loss over the run": the area under the '
-        "validation curve divided by the steps it spans.",
+        'validation curve divided by the steps it spans. Under each row, "blank image": the same '
+        "models' scores with every image blank (zero pixels after the ViT's normalisation, the "
+        "same items): what the frozen LM answers without seeing.",
         "",
         "Stage 1 (the tiny LM as the decoder), image CIDEr-D: "
         + ", ".join(
@@ -157,12 +174,10 @@ def markdown(results: dict, per_run: dict) -> str:
             "| row | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
             "|---" * (len(COLUMNS) + 1) + "|",
         ]
-        lines += [
-            f"| {name} | "
-            + " | ".join(cell(per_run[run], metric, form) for metric, _, form in COLUMNS)
-            + " |"
-            for name, run in rows
-        ]
+        for name, run in rows:
+            lines.append(table_line(name, per_run[run]))
+            if any(BLANK + score in seed for seed in per_run[run] for score in SCORES):
+                lines.append(table_line(f"{name}, blank image", per_run[run], BLANK))
         lines.append("")
     falling = [
         f"{run} seed {seed} ({values['late_change']:.1%})"

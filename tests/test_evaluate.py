@@ -18,13 +18,15 @@ import data
 import evaluate
 from conftest import REPO, toy_spec
 from evaluation import diagnostics, metrics
-from evaluation.decoding import Decoding
+from evaluation.decoding import Decoding, decode
+from evaluation.report import scored_items
 from evaluation.tasks import spread_over_images
 from resampler import ResamplerConfig
 from stage0 import synthetic
 from support import checkpoints
 from support.model_spec import build_vlm
 from support.models import load_vlm
+from vlm import VisionLanguageModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -241,6 +243,41 @@ def test_a_task_file_missing_for_the_split_is_named_not_dropped(run, tmp_path):
     assert set(results["metrics"]) == {"video_caption"}
 
 
+def test_blank_scores_are_the_same_items_decoded_from_zero_pixels(run, monkeypatch):
+    """images=("real", "blank"): the real scores as without the blank ones; the blank ones on the
+    same items, every image or frame the ViT reads all zeros (same shape, so the same frame counts),
+    and a blank caption is what decoding from zero pixels directly gives."""
+    run_dir, world = run
+    common = dict(tasks=["caption", "video_vqa"], limit=4, max_new_tokens=4)
+    real = evaluate.evaluate_checkpoint(run_dir, world, "val", **common)
+    seen, encode = [], VisionLanguageModel.encode_images
+    monkeypatch.setattr(
+        VisionLanguageModel,
+        "encode_images",
+        lambda self, pixels: seen.append(pixels) or encode(self, pixels),
+    )
+    both = evaluate.evaluate_checkpoint(run_dir, world, "val", images=("real", "blank"), **common)
+    assert both["metrics"] == real["metrics"] and both["samples"] == real["samples"]
+    for task in common["tasks"]:
+        assert scored_items(both["metrics"][task], both["samples"][task]) == scored_items(
+            both["blank_metrics"][task], both["blank_samples"][task]
+        )
+    blank = [pixels for pixels in seen if not pixels.any()]
+    assert len(blank) == len(seen) / 2 and all(pixels.std() > 0 for pixels in seen if pixels.any())
+    assert sorted(p.shape for p in blank) == sorted(p.shape for p in seen if p.any())
+    model, _ = load_vlm(run_dir)
+    tokenizer = data.Tokenizer(world / data.TOKENIZER_FILE)
+    ids, visual_start = data.prompt_ids(tokenizer, "")
+    size = model.vision.config.image_size
+    with torch.no_grad():
+        (direct,) = decode(
+            model, torch.zeros(1, 3, size, size), [ids], 1, 1.0, 4, tokenizer.eos_id,
+            pad_id=tokenizer.pad_id, visual_start=[visual_start],
+        )  # fmt: skip
+    predictions = {s["prediction"] for s in both["blank_samples"]["caption"]}
+    assert predictions == {tokenizer.decode(direct)}, "every blank image is the same image"
+
+
 def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
     """Two stage-2 runs (VAdapter, perceiver baseline) with their validation curves: the table,
     the files next to it, and the reliance losses of both."""
@@ -296,6 +333,27 @@ def test_compare_and_reliance_commands(run, tmp_path, capsys, monkeypatch):
     assert [row["steps_to_baseline_final_loss"] for row in rows] == [20, 30]
     assert (out / "val_loss.csv").read_text().splitlines()[1] == "vadapter (stage1),10,3.000000"
     assert (out / "val_loss.png").stat().st_size > 0
+    for row in rows:  # the blank-image scores: a row under each adapter, new fields beside
+        assert {task: set(m) for task, m in row["blank_metrics"].items()} == {
+            task: set(m) for task, m in row["metrics"].items()
+        }
+        scores = " | ".join(
+            f"{row['blank_metrics'][task][metric]:.3f}"
+            for task, metric in [("caption", "cider_d"), ("vqa", "vqa_accuracy")]
+        )
+        assert f"| {row['adapter']}, blank image |  |  |  | {scores} |" in table
+    assert table.splitlines()[3].startswith("| vadapter (stage1), blank image |")
+    # made before the blank scores existed: `blank` adds them, the same numbers, and only once
+    results = json.loads((out / "results.json").read_text())
+    for row in results["runs"]:
+        del row["blank_metrics"], row["blank_samples"]
+    evaluate.write_json(out / "results.json", results)
+    with pytest.raises(data.DataError, match="other items"):
+        evaluate.main(["blank", str(out / "results.json"), "--data", str(world)])  # not val
+    evaluate.main(["blank", str(out / "results.json"), "--data", str(world), "--split", "val"])
+    assert json.loads((out / "results.json").read_text())["runs"] == rows
+    assert (out / "table.md").read_text() == table
+    assert evaluate.add_blank_scores(out / "results.json", world, "val") == 0
     capsys.readouterr()
     evaluate.main(["reliance", *runs, "--data", str(world), "--limit", "4"])
     lines = capsys.readouterr().out.splitlines()

@@ -103,7 +103,7 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
     first, second = paper.plan(plan_args(tmp_path), list(paper.STAGE2_RUNS))
     assert len(first) == 3 * len(paper.VITS) and len(second) == 3 * len(paper.STAGE2_RUNS)
     for job in first + second:
-        for argv in job.commands:
+        for argv in job.commands + ([job.add_blank] if job.add_blank else []):
             with pytest.raises(Parsed) as parsed:
                 script = argv[1] if argv[0] == "-m" else argv[0].removesuffix(".py")
                 importlib.import_module(script).main(argv[2 if argv[0] == "-m" else 1 :])
@@ -113,6 +113,9 @@ def test_every_command_paper_runs_parses_with_its_scripts_own_parser(tmp_path, m
                     job.folder.parent.name[4:]
                 )
                 assert namespace["batch_size"] == 8  # --train-flags reach the training scripts
+
+
+BLANK_METRICS = {"caption": {"cider_d": 0.25}, "vqa": {"vqa_accuracy": 0.375}}
 
 
 def fake_outputs(argv: list[str], log: Path, threads: int):
@@ -141,9 +144,14 @@ def fake_outputs(argv: list[str], log: Path, threads: int):
             else [(50, 0.55), (100, 0.5)],
             "final_val_loss": final,
             "metrics": {"caption": {"cider_d": cider}, "vqa": {"vqa_accuracy": 0.5}},
+            "blank_metrics": BLANK_METRICS,
         }
         Path(value("--out")).mkdir(parents=True, exist_ok=True)
         (Path(value("--out")) / "results.json").write_text(json.dumps({"runs": [row]}))
+    elif argv[:2] == ["evaluate.py", "blank"]:
+        results = json.loads(Path(argv[2]).read_text())
+        results["runs"][0]["blank_metrics"] = BLANK_METRICS
+        Path(argv[2]).write_text(json.dumps(results))
     elif argv[:3] == ["-m", "paper.tables", "reliance"]:
         Path(value("--out")).write_text(json.dumps({"oracle_fraction": 0.9}))
     elif argv[:2] == ["evaluate.py", "diagnostics"]:
@@ -203,6 +211,9 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     assert verdicts["higher scores: video CIDEr-D"] == "not measured (no such task)"
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert "1.820 ± 0.010" in markdown and "## Table 13" in markdown
+    assert [seed["blank_cider_d"] for seed in vadapter] == [0.25] * 3
+    blank_line = "| PaLM2-VAdapter, blank image |  |  |  |  |  | 0.250 | 0.375 | - | - |  |"
+    assert markdown.count(blank_line) == 2 and "VAdapter gain, blank image" not in markdown
     assert (
         "still fell 2% or more over their last 20% of steps (a claim on them reads a curve "
         "mid-drop): none." in markdown.replace("\n", " ")
@@ -220,6 +231,19 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
         "--resume" in fake_outputs.calls[0]
         and str(tmp_path / "runs" / "seed2" / "mlp") in fake_outputs.calls[0]
     )
+    # evaluated before the blank-image scores existed: only those are added, then nothing
+    evaluation = tmp_path / "runs" / "seed3" / "perceiver" / "eval" / "results.json"
+    results = json.loads(evaluation.read_text())
+    del results["runs"][0]["blank_metrics"]
+    evaluation.write_text(json.dumps(results))
+    fake_outputs.calls = []
+    paper.main(argv)
+    assert fake_outputs.calls == [
+        ["evaluate.py", "blank", str(evaluation), "--data", str(tmp_path / "data")]
+    ]
+    fake_outputs.calls = []
+    paper.main(argv)
+    assert fake_outputs.calls == []
 
 
 def test_the_default_runs_and_judges_table_2_alone(tmp_path, monkeypatch):
