@@ -1,8 +1,9 @@
-"""Where a run trains: one process, or one per GPU under `torchrun` (DDP).
+"""Where a run trains: one process, or one per GPU under `torchrun` (DDP), and which of them speaks.
 
 torchrun starts one process per GPU and tells each its RANK (among all processes) and LOCAL_RANK
 (its GPU on this machine). Each process binds its GPU before joining the process group, so NCCL
-never guesses the device.
+never guesses the device. Every rank reads the same files and builds the same model, so a line
+that every rank would print is printed by rank 0 alone: one start-up line per run, not per rank.
 """
 
 import atexit
@@ -12,6 +13,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a run without torchrun; read from torchrun's RANK before the process group
+    exists."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def setup_distributed(device_choice: str = "auto"):
