@@ -166,23 +166,24 @@ def forward_backward(
 VALIDATION_SEED = 1  # the validation batches' order, the same for every run
 
 
+def validation_loader(
+    val_set, collate: Callable, config: TrainConfig, process: Process
+) -> torch.utils.data.DataLoader:
+    """This rank's share of the eval_batches global batches of the validation set: built once per
+    run and read at every evaluation, since the batches never change. Their order does not depend
+    on the run's seed, so runs of different seeds (and the rows `make paper` pairs) are measured on
+    the same samples."""
+    return step_loader(val_set, collate, config, process, 0, config.eval_batches, VALIDATION_SEED)
+
+
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module,
-    loss_fn: Callable,
-    val_set,
-    collate: Callable,
-    config: TrainConfig,
-    process: Process,
+    model: nn.Module, loss_fn: Callable, batches: torch.utils.data.DataLoader, process: Process
 ) -> float:
-    """Mean token loss over the same eval_batches global batches of the validation set every
-    time, and in every run: their order does not depend on the run's seed, so runs of different
-    seeds (and the rows `make paper` pairs) are measured on the same samples."""
+    """Mean token loss over the validation batches (validation_loader), over all ranks."""
     model.eval()
     total = torch.zeros(2, device=process.device)  # (loss sum, tokens)
-    for batch in step_loader(
-        val_set, collate, config, process, 0, config.eval_batches, seed=VALIDATION_SEED
-    ):
+    for batch in batches:
         with process.autocast():
             loss_sum, count = loss_fn(model, move_to(batch, process.device))
         total += torch.stack(
@@ -263,6 +264,7 @@ def train(
     micro_batches = iter(
         step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed)
     )
+    validation_batches = validation_loader(val_set, collate, config, process)
     progress = tqdm(
         range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True
     )
@@ -300,7 +302,7 @@ def train(
         }
         if done % config.eval_every == 0 or done == config.steps:
             record["val_loss"] = summary["val_loss"][done] = validation_loss(
-                model, loss_fn, val_set, collate, config, process
+                model, loss_fn, validation_batches, process
             )
         if is_main and (
             done % config.log_every == 0 or "val_loss" in record or done == start_step + 1
