@@ -9,7 +9,6 @@ run needs to continue the same curve: model, optimizer, scheduler, step and RNG 
 position follows from the step.
 """
 
-import atexit
 import math
 import os
 import time
@@ -27,6 +26,7 @@ from support.batches import move_to, step_loader
 from support.checkpoints import CHECKPOINT_NAME, training_state
 from support.model_spec import ModelSpec
 from support.models import bf16_by_default
+from support.processes import Process, all_reduce_sum, setup_distributed
 from support.run_folder import (
     METRICS_NAME,
     append_metrics,
@@ -70,47 +70,6 @@ class TrainConfig:
     def uses_bf16(self, device: str | None = None) -> bool:
         """bf16 autocast on `device` (default: the configured one): --bf16, else its default."""
         return bf16_by_default(device or self.device) if self.bf16 is None else self.bf16
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices and processes
-# ---------------------------------------------------------------------------------------------
-
-
-def setup_distributed(device_choice: str = "auto"):
-    """-> (rank, world_size, device). Starts the process group when launched by torchrun."""
-    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
-    if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        # gloo threads may abort a bare exit
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return rank, world_size, torch.device("cuda", local_rank)
-    return rank, world_size, torch.device("cpu")
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-@dataclass
-class Process:
-    """Where this process trains and how: its rank among world_size, its device, bf16 or not."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    bf16: bool
-
-    def autocast(self):
-        return (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,23 +166,24 @@ def forward_backward(
 VALIDATION_SEED = 1  # the validation batches' order, the same for every run
 
 
+def validation_loader(
+    val_set, collate: Callable, config: TrainConfig, process: Process
+) -> torch.utils.data.DataLoader:
+    """This rank's share of the eval_batches global batches of the validation set: built once per
+    run and read at every evaluation, since the batches never change. Their order does not depend
+    on the run's seed, so runs of different seeds (and the rows `make paper` pairs) are measured on
+    the same samples."""
+    return step_loader(val_set, collate, config, process, 0, config.eval_batches, VALIDATION_SEED)
+
+
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module,
-    loss_fn: Callable,
-    val_set,
-    collate: Callable,
-    config: TrainConfig,
-    process: Process,
+    model: nn.Module, loss_fn: Callable, batches: torch.utils.data.DataLoader, process: Process
 ) -> float:
-    """Mean token loss over the same eval_batches global batches of the validation set every
-    time, and in every run: their order does not depend on the run's seed, so runs of different
-    seeds (and the rows `make paper` pairs) are measured on the same samples."""
+    """Mean token loss over the validation batches (validation_loader), over all ranks."""
     model.eval()
     total = torch.zeros(2, device=process.device)  # (loss sum, tokens)
-    for batch in step_loader(
-        val_set, collate, config, process, 0, config.eval_batches, seed=VALIDATION_SEED
-    ):
+    for batch in batches:
         with process.autocast():
             loss_sum, count = loss_fn(model, move_to(batch, process.device))
         total += torch.stack(
@@ -304,6 +264,7 @@ def train(
     micro_batches = iter(
         step_loader(train_set, collate, config, process, start_step, config.steps, seed=config.seed)
     )
+    validation_batches = validation_loader(val_set, collate, config, process)
     progress = tqdm(
         range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True
     )
@@ -341,7 +302,7 @@ def train(
         }
         if done % config.eval_every == 0 or done == config.steps:
             record["val_loss"] = summary["val_loss"][done] = validation_loss(
-                model, loss_fn, val_set, collate, config, process
+                model, loss_fn, validation_batches, process
             )
         if is_main and (
             done % config.log_every == 0 or "val_loss" in record or done == start_step + 1

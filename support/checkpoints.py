@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from support.model_spec import ModelSpec
+from support.processes import is_main_process
 from support.writers import write_atomically
 
 # a run's newest checkpoint (support/run_folder.py keeps the ones before it)
@@ -249,17 +250,30 @@ def check_reference(reference: dict, checkpoint_path) -> None:
 
 
 def rng_state() -> dict:
+    """The RNGs a resumed run continues: torch's CPU generator, Python's, and on CUDA this
+    process's own GPU's generator (every rank seeds and draws alike, so rank 0's stands for all)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict):
+    """Restore rng_state on any number of visible GPUs: the saved CUDA state goes to this process's
+    own GPU. Older checkpoints hold a list, every GPU visible to the saving process, its own (GPU 0,
+    rank 0's) first: that first one is restored. Without a GPU the CUDA state is dropped, said in
+    one line."""
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        cuda = cuda[0] if cuda else None
+    if cuda is None:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+    elif is_main_process():
+        print("the checkpoint's CUDA RNG state is not restored: no GPU is visible")
 
 
 def training_state(

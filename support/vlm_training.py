@@ -6,7 +6,7 @@ videos), optionally keeps the frozen ViT's features (support/feature_cache.py), 
 training loop (trainer.train) with the captioning loss (vlm.caption_loss).
 """
 
-import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +18,7 @@ from evaluation.diagnostics import token_scales
 from support.feature_cache import FeatureCache
 from support.model_spec import ModelSpec
 from support.models import load_tokenizer
+from support.processes import is_main_process
 from trainer import TrainConfig, train
 from vlm import VisionLanguageModel, caption_loss
 
@@ -91,23 +92,28 @@ def train_vlm(
         )
     max_frames = spec.resampler.max_frames if spec.resampler is not None else None
     pixel_options = {**model.vision.config.pixel_options(), "max_frames": max_frames}
-    train_set, val_set = (
-        data.task_datasets(
-            data_config.folder,
-            split,
-            tokenizer,
-            image_size,
-            tasks,
-            data_config.on_bad_sample,
-            max_text_tokens,
-            **pixel_options,
-        )
-        for split in ("train", "val")
-    )
+    main = is_main_process()  # every rank reads the same files: rank 0 alone says what it found
+    with warnings.catch_warnings():
+        if not main:
+            warnings.simplefilter("ignore")
+        train_set, val_set = [
+            data.task_datasets(
+                data_config.folder,
+                split,
+                tokenizer,
+                image_size,
+                tasks,
+                data_config.on_bad_sample,
+                max_text_tokens,
+                **pixel_options,
+            )
+            for split in ("train", "val")
+        ]
     cache = None
     if data_config.cache_features:
         cache = FeatureCache(max_bytes=int(data_config.feature_cache_gb * 2**30))
-        print(cache.describe())
+        if main:
+            print(cache.describe())
         if train_config.num_workers == 0:  # a worker's copy of the cache would be stale
             for dataset in train_set + val_set:  # a batch all cached is not decoded
                 dataset.feature_cache = cache
@@ -126,7 +132,7 @@ def train_vlm(
     end = token_scales(model, probe)
     summary["visual_token_rms"] = {"start": start["visual"], "end": end["visual"]}
     summary["text_embedding_rms"] = end["text"]
-    if int(os.environ.get("RANK", 0)) == 0:
+    if main:
         print(
             f"[{stage}] visual tokens' RMS {start['visual']:.4f} at step 0, "
             f"{end['visual']:.4f} at the end; the LM's text embeddings' {end['text']:.4f}"

@@ -470,11 +470,9 @@ def test_texts_longer_than_max_text_tokens_are_cut_and_counted_before_any_sample
     )
 
 
-def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_summary(
-    tmp_path, tokenizer, one_thread
-):
-    """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's
-    context and two unreadable images neither stop training nor go unreported."""
+def folder_with_a_long_caption_and_broken_images(tmp_path, tokenizer) -> Path:
+    """Captions of 9 images, 6 train and 3 val: one train caption longer than the LM's context,
+    and train images 2 and 3 unreadable."""
     folder = tmp_path / "data"
     (folder / "images").mkdir(parents=True)
     for split, ids in (("train", range(1, 7)), ("val", range(7, 10))):
@@ -490,6 +488,15 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
     for broken in (2, 3):
         (folder / f"images/{broken}.png").write_bytes(b"not an image")
     (folder / "tokenizer.model").write_bytes(tokenizer.model.serialized_model_proto())
+    return folder
+
+
+def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_summary(
+    tmp_path, tokenizer, one_thread
+):
+    """The whole path of --max-text-tokens and --on-bad-sample skip: a caption longer than the LM's
+    context and two unreadable images neither stop training nor go unreported."""
+    folder = folder_with_a_long_caption_and_broken_images(tmp_path, tokenizer)
     spec = toy_spec("resampler", vocab_size=tokenizer.vocab_size)
     parser = argparse.ArgumentParser()
     flags.add_data_flags(parser)
@@ -522,6 +529,30 @@ def test_a_run_cuts_long_texts_skips_unreadable_images_and_counts_both_in_its_su
     too_many = parser.parse_args(["--data", str(folder), "--max-text-tokens", "125"])
     with pytest.raises(ValueError, match="--max-text-tokens 125: expected 2 to 124"):
         train_vlm(build_vlm(spec), DataConfig.from_flags(too_many, None), "stage1", spec, config)
+
+
+def test_start_up_lines_come_from_rank_0_only(tmp_path, tokenizer, monkeypatch, capsys):
+    """Under torchrun every rank reads the same folder: the feature cache's line and the data's
+    warnings (a text cut) come once per run, from rank 0, not once per rank."""
+    folder = folder_with_a_long_caption_and_broken_images(tmp_path, tokenizer)
+    parser = argparse.ArgumentParser()
+    flags.add_data_flags(parser)
+    args = parser.parse_args(["--data", str(folder), "--on-bad-sample", "skip"])
+    spec = toy_spec("resampler", vocab_size=tokenizer.vocab_size)
+    # the loop itself is not run: a rank without its process group cannot join one
+    monkeypatch.setattr("support.vlm_training.train", lambda *arguments: {})
+    said = {}
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_vlm(build_vlm(spec), DataConfig.from_flags(args, None), "stage1", spec, None)
+        said[rank] = (capsys.readouterr().out, [str(warning.message) for warning in caught])
+    printed, warned = said["1"]
+    assert printed == "" and not any("cut to it" in message for message in warned)
+    printed, warned = said["0"]
+    assert printed.startswith("feature cache: at most 8 GB") and "visual tokens' RMS" in printed
+    assert any("cut to it" in message for message in warned)
 
 
 def test_the_data_library_run_as_a_script_names_the_command_and_writes_nothing(tmp_path):

@@ -40,6 +40,7 @@ LIBRARY_ORDER = [
     "vlm",  # the wiring of Figure 2
     "evaluation.decoding",  # greedy / beam search over the KV cache
     "support.model_spec",  # ModelSpec, build_vlm
+    "support.processes",  # torchrun's processes, their GPUs, which one prints
     "support.checkpoints",  # save / load / resume, frozen models by reference
     "support.models",  # the frozen ViT / LM, the tokenizer, a trained VLM, loaded from files
     "evaluation.diagnostics",  # probe, LM context, reliance with a text oracle

@@ -1,12 +1,14 @@
 """trainer.py: the data order over ranks and micro-steps, the learning-rate schedule, the NaN stop.
 The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
 
+import atexit
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import data
 import trainer
@@ -303,15 +305,74 @@ def test_validation_reads_the_same_batches_whatever_the_run_seed(tmp_path):
         seed: trainer.validation_loss(
             model,
             pretrain.lm_loss,
-            dataset,
-            lambda s: data.collate(s, tokenizer.pad_id),
-            trainer.TrainConfig(batch_size=4, eval_batches=2, seed=seed),
+            trainer.validation_loader(
+                dataset,
+                lambda s: data.collate(s, tokenizer.pad_id),
+                trainer.TrainConfig(batch_size=4, eval_batches=2, seed=seed),
+                process,
+            ),
             process,
         )
         for seed in (0, 1, 7)
     }
     assert losses[0] == losses[1] == losses[7]
     assert trainer.VALIDATION_SEED == 1  # seed 0's order before: earlier curves stay comparable
+
+
+def test_the_validation_loader_is_built_once_and_gives_what_a_fresh_one_gives(
+    tmp_path, monkeypatch
+):
+    """Three evaluations read one DataLoader, and each gets the loss that a loader built afresh
+    gives (what the loader rebuilt at every evaluation gave before)."""
+    built, evaluated = [], []
+    build, evaluate = trainer.validation_loader, trainer.validation_loss
+
+    def validation_loader(*arguments):
+        built.append(arguments)
+        return build(*arguments)
+
+    def validation_loss(model, loss_fn, batches, process):
+        fresh = build(*built[0])
+        evaluated.append(
+            (evaluate(model, loss_fn, batches, process), evaluate(model, loss_fn, fresh, process))
+        )
+        return evaluated[-1][0]
+
+    monkeypatch.setattr(trainer, "validation_loader", validation_loader)
+    monkeypatch.setattr(trainer, "validation_loss", validation_loss)
+    summary = tiny_lm_run(tmp_path, steps=6, eval_every=2, eval_batches=2)
+    assert len(built) == 1 and len(evaluated) == 3
+    assert all(reused == fresh for reused, fresh in evaluated)
+    assert list(summary["val_loss"].values()) == [reused for reused, _ in evaluated]
+
+
+def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
+    """torchrun's LOCAL_RANK 3 on CUDA: set_device(3), then init_process_group("nccl",
+    device_id=cuda:3), so NCCL never starts on GPU 0; on CPU gloo, no device_id."""
+    calls, joined = [], []
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda device: calls.append(("set_device", device))
+    )
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(joined))
+
+    def init_process_group(backend, **options):
+        calls.append(("init_process_group", backend, options))
+        joined.append(True)
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "get_rank", lambda: 11)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 16)
+    monkeypatch.setattr(atexit, "register", lambda function: None)
+    monkeypatch.setenv("RANK", "11")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert trainer.setup_distributed("cuda") == (11, 16, torch.device("cuda", 3))
+    assert calls == [
+        ("set_device", 3),
+        ("init_process_group", "nccl", {"device_id": torch.device("cuda", 3)}),
+    ]
+    calls.clear(), joined.clear()
+    assert trainer.setup_distributed("cpu") == (11, 16, torch.device("cpu"))
+    assert calls == [("init_process_group", "gloo", {"device_id": None})]
 
 
 def test_bf16_is_the_default_on_cuda_and_on_cpus_with_bf16_matmuls(monkeypatch):

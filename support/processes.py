@@ -1,0 +1,63 @@
+"""Where a run trains: one process, or one per GPU under `torchrun` (DDP), and which of them speaks.
+
+torchrun starts one process per GPU and tells each its RANK (among all processes) and LOCAL_RANK
+(its GPU on this machine). Each process binds its GPU before joining the process group, so NCCL
+never guesses the device. Every rank reads the same files and builds the same model, so a line
+that every rank would print is printed by rank 0 alone: one start-up line per run, not per rank.
+"""
+
+import atexit
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a run without torchrun; read from torchrun's RANK before the process group
+    exists."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def setup_distributed(device_choice: str = "auto"):
+    """-> (rank, world_size, device). Starts the process group when launched by torchrun: on CUDA
+    after binding this rank's GPU (set_device, then init_process_group(device_id=...)), so that
+    NCCL's communicator and every barrier use that GPU, never GPU 0 by default."""
+    use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
+        )
+        # gloo threads may abort a bare exit
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return rank, world_size, device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@dataclass
+class Process:
+    """Where this process trains and how: its rank among world_size, its device, bf16 or not."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    bf16: bool
+
+    def autocast(self):
+        return (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        )
