@@ -58,6 +58,7 @@ LIBRARY_ORDER = [
     "paper.versus",  # two results of the same seeds: do they agree?
     "paper.claims",  # make paper's parts: the claims and the 2-std rule
     "paper.runs",  # the runs: planned, run, their numbers read back
+    "paper.page",  # docs/results.md from the numbers: tables, runs still falling, claims
     "paper.curves",  # every run's validation curve, one panel per table (results_curves.png)
 ]
 BENCHMARK_ORDER = [
