@@ -546,7 +546,8 @@ def test_start_up_lines_come_from_rank_0_only(tmp_path, tokenizer, monkeypatch, 
         monkeypatch.setenv("RANK", rank)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_vlm(build_vlm(spec), DataConfig.from_flags(args, None), "stage1", spec, None)
+            data_config = DataConfig.from_flags(args, None)
+            train_vlm(build_vlm(spec), data_config, "stage1", spec, trainer.TrainConfig())
         said[rank] = (capsys.readouterr().out, [str(warning.message) for warning in caught])
     printed, warned = said["1"]
     assert printed == "" and not any("cut to it" in message for message in warned)
