@@ -16,17 +16,17 @@ from paper import tables as paper
 
 
 def test_summarize_is_the_mean_and_sample_standard_deviation_of_the_numbers_given():
-    summary = paper.summarize([1.0, 2.0, 4.0])
+    summary = paper_claims.summarize([1.0, 2.0, 4.0])
     assert summary["mean"] == pytest.approx(7 / 3)
     # by hand: squared deviations 16/9, 1/9, 25/9 -> 42/9, over n - 1 = 2 -> 7/3
     assert summary["std"] == pytest.approx(math.sqrt(7 / 3)) and summary["n"] == 3
-    assert paper.summarize([5.0, None, 7.0]) == {
+    assert paper_claims.summarize([5.0, None, 7.0]) == {
         "mean": 6.0,
         "std": pytest.approx(math.sqrt(2)),
         "n": 2,
     }
-    assert paper.summarize([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1}
-    assert paper.summarize([None]) == {"mean": None, "std": None, "n": 0}
+    assert paper_claims.summarize([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1}
+    assert paper_claims.summarize([None]) == {"mean": None, "std": None, "n": 0}
 
 
 def test_steps_to_reach_is_the_first_validation_step_at_or_below_the_target():
