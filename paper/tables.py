@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     )
     run.add_argument("--runs", default="runs/paper", help="folder for every run (seed<N>/<run>)")
     run.add_argument("--out", default="docs", help="folder for results.md and results.json")
-    run.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3, 4, 5, 6, 7, 8], metavar="1,2,3")
+    run.add_argument("--seeds", type=parse_seeds, default=list(range(1, 17)), metavar="1,2,3")
     run.add_argument(
         "--tables",
         type=parse_tables,
