@@ -26,11 +26,17 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 @dataclass(frozen=True, eq=False)
 class Mask:
-    """A mask rule. `mask_mod(b, h, q_idx, kv_idx)` works on integer tensors that broadcast."""
+    """A mask rule. `mask_mod(b, h, q_idx, kv_idx)` works on integer tensors that broadcast.
 
-    kind: str  # names the rule; with `tensors` it keys the block-mask cache
+    A rule reads its per-sample values (visual spans, padding lengths) from tensors it holds, never
+    from Python numbers taken out of them: no host sync, and one compiled graph serves every batch
+    of the same shape. A decoder makes one Mask per forward and hands it to every layer, so the
+    block mask FlexAttention needs is built once per forward (`block_masks`, block_mask_for)."""
+
+    kind: str  # names the rule; for a rule without tensors it keys the block-mask cache
     mask_mod: Callable
     tensors: tuple = field(default=())  # the per-sample tensors the rule reads, e.g. lengths (B,)
+    block_masks: dict = field(default_factory=dict, repr=False)  # (shape) -> this rule's BlockMask
 
     @property
     def per_sample(self) -> bool:
@@ -139,50 +145,50 @@ _compiled_flex_attention = {
     "cpu": torch.compile(flex_attention, dynamic=False),
     "cuda": torch.compile(flex_attention),
 }
-_block_mask_cache: OrderedDict = OrderedDict()
+_block_mask_cache: OrderedDict = OrderedDict()  # rules without tensors, across forwards
 _BLOCK_MASK_CACHE_SIZE = 64
 # Inductor's CPU FlexAttention kernel (torch 2.13, AVX2 code) is wrong when the key length is 8 mod
-# 16
-# (pytorch/pytorch#159247's family): off by up to 2.6 at 24 and 40 keys, NaN at 8. On CPU the keys
-# are padded with zeros to a multiple of 16 and the padding masked out, so the kernel only sees
+# 16 (pytorch/pytorch#159247's family): off by up to 2.6 at 24 and 40 keys, NaN at 8. On CPU the
+# keys are padded with zeros to a multiple of 16 and the padding masked out, so the kernel only sees
 # lengths it gets right (tests/test_attention.py and python -m bench attention check odd lengths).
 FLEX_CPU_KEY_MULTIPLE = 16
 _flex_cpu_graphs: set = set()  # what torch.compile specializes on, per call on CPU (dynamic=False)
 
 
-def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, device):
-    """FlexAttention's block mask for this rule and shape, built once and reused: rebuilding it
-    every step can cost more than the attention itself."""
-    key = (
-        mask.kind,
-        tuple(tuple(t.tolist()) for t in mask.tensors),
-        batch,
-        q_len,
-        kv_len,
-        str(device),
-    )
-    if key not in _block_mask_cache:
-        B = batch if mask.per_sample else None
-        _block_mask_cache[key] = create_block_mask(
-            mask.mask_mod, B, None, q_len, kv_len, device=device
-        )
+def block_mask_for(mask: Mask, batch: int, q_len: int, kv_len: int, real_keys: int, device):
+    """FlexAttention's block mask for this rule and shape; keys from real_keys on are padding
+    (pad_keys_for_cpu_flex) and masked out.
+
+    Built once per Mask and shape (mask.block_masks): a decoder's layers share one. Inside a
+    compiled model that is one create_block_mask per forward, traced into the same graph: it reads
+    the rule's tensors on the device, so no host sync and no graph break (tests/test_compile.py).
+    Eagerly, a rule without per-sample tensors (causal) is also kept across forwards, keyed by
+    its kind and shape: rebuilding it every step can cost more than the attention itself."""
+    key = (batch, q_len, kv_len, real_keys, str(device))
+    if key in mask.block_masks:
+        return mask.block_masks[key]
+    shared = not mask.per_sample and not torch.compiler.is_compiling()
+    if shared and (mask.kind, *key) in _block_mask_cache:
+        _block_mask_cache.move_to_end((mask.kind, *key))
+        return _block_mask_cache[(mask.kind, *key)]
+    rule = mask.mask_mod
+    if real_keys < kv_len:
+        rule = and_masks(mask, Mask("real_keys", lambda b, h, q, kv: kv < real_keys)).mask_mod
+    B = batch if mask.per_sample else None
+    block_mask = create_block_mask(rule, B, None, q_len, kv_len, device=device)
+    mask.block_masks[key] = block_mask
+    if shared:
+        _block_mask_cache[(mask.kind, *key)] = block_mask
         if len(_block_mask_cache) > _BLOCK_MASK_CACHE_SIZE:
             _block_mask_cache.popitem(last=False)
-    _block_mask_cache.move_to_end(key)
-    return _block_mask_cache[key]
+    return block_mask
 
 
-def pad_keys_for_cpu_flex(k, v, mask: Mask | None):
-    """-> (k, v, mask) with the key length padded to FLEX_CPU_KEY_MULTIPLE, the padding masked
-    out."""
-    B, _, Sk, _ = k.shape
-    padding = -Sk % FLEX_CPU_KEY_MULTIPLE
-    if padding == 0:
-        return k, v, mask
-    real_keys = key_padding(torch.full((B,), Sk, device=k.device))
-    # (B, Hkv, Sk + padding, Dh), zeros at the end
-    k, v = (F.pad(t, (0, 0, 0, padding)) for t in (k, v))
-    return k, v, real_keys if mask is None else and_masks(mask, real_keys)
+def pad_keys_for_cpu_flex(k, v):
+    """-> (k, v) with the key length padded with zeros to FLEX_CPU_KEY_MULTIPLE (the caller masks
+    the padding out: block_mask_for's real_keys)."""
+    padding = -k.shape[2] % FLEX_CPU_KEY_MULTIPLE
+    return (k, v) if padding == 0 else tuple(F.pad(t, (0, 0, 0, padding)) for t in (k, v))
 
 
 def warn_once_past_recompile_limit(q, k, v, mask: Mask | None):
@@ -217,6 +223,7 @@ def warn_once_past_recompile_limit(q, k, v, mask: Mask | None):
 def flex_attention_backend(q, k, v, mask: Mask | None = None):
     """FlexAttention compiled by torch.compile: the mask becomes a sparse block mask, so fully
     masked blocks are skipped. No backward on CPU."""
+    real_keys = k.shape[2]
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             # Said here, before torch.compile sees the call: a compile that fails there leaves
@@ -225,11 +232,14 @@ def flex_attention_backend(q, k, v, mask: Mask | None = None):
                 "FlexAttention has no backward on CPU (torch 2.13): call it under "
                 "torch.no_grad(), or use backend 'sdpa'"
             )
-        k, v, mask = pad_keys_for_cpu_flex(k, v, mask)
-        warn_once_past_recompile_limit(q, k, v, mask)
-    block_mask = (
-        None if mask is None else block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
-    )
+        k, v = pad_keys_for_cpu_flex(k, v)
+        if mask is None and k.shape[2] > real_keys:
+            mask = Mask("all", lambda b, h, q, kv: kv >= 0)
+        if not torch.compiler.is_compiling():
+            warn_once_past_recompile_limit(q, k, v, mask)
+    block_mask = None
+    if mask is not None:
+        block_mask = block_mask_for(mask, q.shape[0], q.shape[2], k.shape[2], real_keys, q.device)
     return _compiled_flex_attention[q.device.type](
         q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1]
     )

@@ -213,7 +213,8 @@ class VisionTextDataset(Dataset):
 
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
-    (B,L) (False on padding), lengths (B,), visual_start (B,) when the samples have it, image_ids
+    (B,L) (False on padding), lengths (B,), num_targets (an int: loss_mask's True count),
+    visual_start (B,) when the samples have it, image_ids
     (and question_ids if any) as lists. A batch fetched from the feature cache has no pixels but
     cached_features, a list of B tensors (and num_frames (B,) for videos), which
     FeatureCache.fetched stacks and pads as it does the features it computes."""
@@ -228,7 +229,13 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     for row, sample in enumerate(samples):
         input_ids[row, : lengths[row]] = sample["input_ids"]
         loss_mask[row, : lengths[row]] = sample["loss_mask"]
-    batch = {"input_ids": input_ids, "loss_mask": loss_mask, "lengths": lengths}
+    # num_targets: counted here on the host, so the model finds its targets without a host sync
+    batch = {
+        "input_ids": input_ids,
+        "loss_mask": loss_mask,
+        "lengths": lengths,
+        "num_targets": int(loss_mask.sum()),
+    }
     if "pixels" in samples[0]:
         batch["pixels"] = pad_frames([s["pixels"] for s in samples], batch)
     elif "cached_features" in samples[0]:  # VisionTextDataset.__getitems__ decoded nothing

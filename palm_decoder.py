@@ -7,7 +7,8 @@ head; grouped-query allowed); rotary position embeddings; no biases; LayerNorm w
 input and output embeddings shared.
 
 Reading order: the config, the block, the decoder (the training forward and the parts that
-evaluation/decoding.py's prefill / decode_step reuse), the argument checks, the presets. Decoders
+evaluation/decoding.py's prefill / decode_step reuse), the config checks, the presets; the
+argument checks live in support/decoder_inputs.py. Decoders
 read from Hugging Face folders (Llama, Gemma) reuse this class through the last fields of
 PaLMConfig; their block, norm and weight tables live in support/hf_decoder.py.
 """
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
-from support import hf_decoder
+from support import decoder_inputs, hf_decoder
 
 
 @dataclass
@@ -155,6 +156,7 @@ class PaLMDecoder(nn.Module):
         return_hidden=False,
         return_logits=True,
         reduction="mean",
+        num_targets=None,
     ):
         """input_ids (B, L) long; prefix (B, P, D): the visual tokens, placed before text position
         visual_start (an int or (B,); default 0, before all the text).
@@ -166,8 +168,10 @@ class PaLMDecoder(nn.Module):
         the visual tokens). loss is None without loss_mask; with reduction="sum" it is the sum
         over the target tokens (trainer.forward_backward explains the normalisation), with
         "mean" their mean. return_logits=False (training): logits is None, and the output layer
-        runs at the target tokens' slots only."""
-        self.check_inputs(input_ids, prefix, visual_start, loss_mask, reduction)
+        runs at the target tokens' slots only. num_targets: loss_mask's number of targets, when the
+        caller knows it without asking the device (data.collate counts them on the host): the
+        targets are then found without a host sync, and a compiled model needs no graph break."""
+        self.check_inputs(input_ids, prefix, visual_start, loss_mask, reduction, num_targets)
         x, prefix_len, visual_start = self.embed(input_ids, prefix, visual_start)
         B, S, D = x.shape
         positions = torch.arange(S, device=x.device).expand(B, S)
@@ -186,7 +190,10 @@ class PaLMDecoder(nn.Module):
             predictions = self.logits(hidden.gather(1, gather_index))  # (B, L + 1, V)
         if loss_mask is None:
             return predictions[:, 1:], None
-        rows, columns = loss_mask.bool().nonzero(as_tuple=True)  # (N,) each: the target tokens
+        if num_targets is None:  # (N,) each: the target tokens; N is read from the device
+            rows, columns = loss_mask.bool().nonzero(as_tuple=True)
+        else:  # the same N indices, in the same order, into a buffer whose size the host knows
+            rows, columns = torch.nonzero_static(loss_mask.bool(), size=num_targets).unbind(1)
         if return_logits:
             target_logits = predictions[rows, columns]  # (N, V)
         else:  # the output layer at the N slots that predict a target, not at every text slot
@@ -268,53 +275,13 @@ class PaLMDecoder(nn.Module):
         `data.Tokenizer("hf:" + folder)`."""
         return hf_decoder.load_lm(folder, lambda fields: cls(PaLMConfig(**fields)), dtype)
 
-    def check_inputs(self, input_ids, prefix, visual_start, loss_mask=None, reduction="mean"):
-        """Every argument check of forward and prefill, in one place."""
-        if prefix is not None and (prefix.dim() != 3 or prefix.shape[-1] != self.config.dim):
-            raise ValueError(
-                f"prefix must be (B, P, {self.config.dim}) embeddings; "
-                f"got shape {tuple(prefix.shape)}"
-            )
-        if input_ids is not None and input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids must be (B, L) token ids; got shape {tuple(input_ids.shape)}"
-            )
-        if input_ids is None and prefix is None:
-            raise ValueError("give input_ids, a prefix, or both")
-        if input_ids is not None and prefix is not None and prefix.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"prefix has batch {prefix.shape[0]} but input_ids has batch {input_ids.shape[0]}"
-            )
-        reference = input_ids if input_ids is not None else prefix
-        B, L = reference.shape[0], 0 if input_ids is None else input_ids.shape[1]
-        start = torch.as_tensor(0 if visual_start is None else visual_start).long().expand(B)
-        # only where it costs no host sync and no graph break
-        checkable = start.device.type == "cpu" and not torch.compiler.is_compiling()
-        if checkable and ((start < 0) | (start > L)).any():
-            raise ValueError(
-                f"visual_start={start.tolist()} must lie in 0..{L} (the number of text positions)"
-            )
-        prefix_len = 0 if prefix is None else prefix.shape[1]
-        if prefix_len + L > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {prefix_len} visual + {L} text positions is longer than "
-                f"max_seq_len={self.config.max_seq_len}"
-            )
-        if loss_mask is not None and (input_ids is None or loss_mask.shape != input_ids.shape):
-            raise ValueError(
-                f"loss_mask has shape {tuple(loss_mask.shape)} but input_ids has shape "
-                f"{None if input_ids is None else tuple(input_ids.shape)}"
-            )
-        if loss_mask is not None and L > 0:
-            # token 0 has a slot to be predicted from only when the visual tokens come first
-            first_ok = (start == 0) & (prefix_len > 0)  # (B,)
-            if (loss_mask[:, 0].bool() & ~first_ok.to(loss_mask.device)).any():
-                raise ValueError(
-                    "loss_mask[:, 0] is True but no slot comes before token 0 to predict it "
-                    "(no visual tokens before it)"
-                )
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction={reduction!r}; choose 'mean' or 'sum'")
+    def check_inputs(
+        self, input_ids, prefix, visual_start, loss_mask=None, reduction="mean", num_targets=None
+    ):
+        """Every argument check of forward and prefill, in one place (support/decoder_inputs.py)."""
+        decoder_inputs.check(
+            self.config, input_ids, prefix, visual_start, loss_mask, reduction, num_targets
+        )
 
 
 def make_block(config: PaLMConfig) -> nn.Module:

@@ -260,14 +260,13 @@ class PerceiverResampler(nn.Module):
         features = features.flatten(1, 2)  # (B, T * N, D): one set over all frames
         latents = self.latents.expand(features.shape[0], -1, -1)  # (B, L, D)
         mask = None
-        if num_frames is not None and bool((num_frames < frames).any()):
-            real_keys, padded_end = (
-                num_frames.long() * (features.shape[1] // frames),
-                features.shape[1],
-            )
+        if num_frames is not None:  # a video batch: masked whether or not a video is padded,
+            # since asking would be a host sync (and a graph break in a compiled model)
+            real_keys = num_frames.to(features.device).long() * (features.shape[1] // frames)
+            padded_end = features.shape[1]  # a shape, not data: the latents' keys come after
             # Keys are [T * N frame features; L latents]: the padded frames' keys are left out.
             mask = Mask(
-                f"frame_padding@{padded_end}",
+                "frame_padding",
                 lambda b, h, q, kv: (kv < real_keys[b]) | (kv >= padded_end),
                 (real_keys,),
             )

@@ -130,8 +130,17 @@ def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -
         # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a
         # crash.
         torch._functorch.config.enable_autograd_cache = False
-        model = torch.compile(model)
+        model = compile_for_training(model)
     return model
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """torch.compile with every size symbolic from the first graph on (dynamic=True): text
+    lengths, frame counts, batch sizes and target counts vary from batch to batch, and each kind
+    of batch (images or videos, training or validation) is then one graph, not one per shape
+    (tests/test_compile.py). Sizes 0 and 1 are still specialised: a batch whose longest video has
+    one frame is a kind of its own."""
+    return torch.compile(model, dynamic=True)
 
 
 def forward_backward(

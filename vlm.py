@@ -162,6 +162,7 @@ class VisionLanguageModel(nn.Module):
         visual_start=None,
         num_frames=None,
         return_logits=True,
+        num_targets=None,
     ):
         """input_ids (B, L), loss_mask (B, L) -> (logits (B, L, V), loss on the selected tokens).
         The visual tokens go before text position visual_start[b] ((B,) or int; None: before the
@@ -175,6 +176,7 @@ class VisionLanguageModel(nn.Module):
             visual_start=visual_start,
             reduction=reduction,
             return_logits=return_logits,
+            num_targets=num_targets,
         )
 
 
@@ -208,5 +210,6 @@ def caption_loss(model, batch: dict, feature_cache=None):
         visual_start=batch.get("visual_start"),
         num_frames=batch.get("num_frames"),
         return_logits=False,
+        num_targets=batch.get("num_targets"),  # counted on the host by data.collate
     )
     return loss_sum, batch["loss_mask"].sum()

@@ -117,20 +117,34 @@ def test_math_matches_explicit_softmax():
             assert torch.allclose(out[0, head, i], expected, atol=1e-6)
 
 
-def test_flex_forward_matches_math_on_cpu():
-    """One compiled graph per mask kind and shape: keep the cases few (each costs seconds here)."""
+def test_flex_forward_matches_math_on_cpu(monkeypatch):
+    """One compiled graph per mask kind and shape: keep the cases few (each costs seconds here).
+    Two visual spans of the same shape give their own results: the block mask serves one Mask,
+    never a stale one of the same shape."""
+    built = []
+    real_create = A.create_block_mask
+    monkeypatch.setattr(
+        A, "create_block_mask", lambda *a, **kw: built.append(1) or real_create(*a, **kw)
+    )
     for name in ["prefix_lm_mqa", "cross_resampler"]:
         hq, hkv, sq, sk, mask = SHAPES[name]
         q, k, v = make_qkv(2, hq, hkv, sq, sk)
         with torch.no_grad():
             out = A.attention(q, k, v, mask, backend="flex")
         assert (out - A.attention(q, k, v, mask, backend="math")).abs().max() < 1e-5
-    before = len(A._block_mask_cache)
+    hq, hkv, sq, sk, _ = SHAPES["prefix_lm_mqa"]
+    q, k, v = make_qkv(2, hq, hkv, sq, sk, seed=1)
+    other_span = A.prefix_lm(torch.tensor([12, 2]))  # same kind and shape, other values
     with torch.no_grad():
-        A.attention(q, k, v, None, backend="flex")
-        hq, hkv, sq, sk, mask = SHAPES["prefix_lm_mqa"]
-        A.attention(*make_qkv(2, hq, hkv, sq, sk, seed=1), mask, backend="flex")
-    assert len(A._block_mask_cache) == before, "the block mask of a known rule and shape is reused"
+        out = A.attention(q, k, v, other_span, backend="flex")
+    assert (out - A.attention(q, k, v, other_span, backend="math")).abs().max() < 1e-5
+
+    built.clear()
+    with torch.no_grad():
+        for _layer in range(3):  # a decoder's layers share one Mask: one block mask for them
+            A.attention(q, k, v, other_span, backend="flex")
+            A.attention(q, k, v, A.causal(), backend="flex")  # a new Mask each call, no tensors
+    assert len(built) == 1, "the causal rule's block mask of this shape was kept across Masks"
 
 
 ODD_LENGTHS_CHECK = """

@@ -21,6 +21,7 @@ LIBRARY_ORDER = [
     "attention",  # the one attention function
     "support.hf_weights",  # Hugging Face folders and tensor-name tables (imports no model)
     "support.hf_decoder",  # Llama / Gemma: the sequential block, RMSNorm, weight tables
+    "support.decoder_inputs",  # the PaLM decoder's argument checks
     "evaluation.metrics",  # CIDEr-D, BLEU-4, VQA accuracy
     "support.writers",  # atomic file writes; the COCO / VQAv2 writers of the synthetic world
     "support.data_checks",  # DataError, bad samples skipped and counted, field checks
