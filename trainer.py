@@ -136,9 +136,10 @@ def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -
 
 def forward_backward(
     model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process
-) -> tuple[float, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradients of one global batch -> (its mean token loss, its number of text
-    tokens).
+    tokens), both 0-dim tensors on the device: reading them waits for the device, which the loop
+    does once per log interval (train).
 
     The loss, in one place. The decoder returns the SUM of the next-token cross-entropies over the
     target tokens of a micro-batch (palm_decoder.PaLMDecoder.forward, reduction="sum"; the targets
@@ -160,7 +161,34 @@ def forward_backward(
             # DDP averages gradients over ranks: scale back up by world_size.
             (loss_sum * process.world_size / global_tokens).backward()
         step_loss += loss_sum.detach().float()
-    return (all_reduce_sum(step_loss) / global_tokens).item(), global_tokens
+    return all_reduce_sum(step_loss) / global_tokens, global_tokens
+
+
+class NonFiniteWatch:
+    """The first step whose loss or gradient norm was NaN or infinite, and both values at that
+    step, kept on the device: updating it never waits for the device, so the loop learns of a
+    non-finite step at its next host sync (train), not at the step itself."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # -1: none yet
+        self.values = torch.zeros(2, dtype=torch.float64, device=device)  # (loss, grad norm)
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor):
+        values = torch.stack([loss.double(), grad_norm.double()])  # (2,)
+        first = torch.isfinite(values).all().logical_not() & (self.first_step < 0)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.values = torch.where(first, values, self.values)
+
+    def readable(self) -> torch.Tensor:
+        """(first step or -1, its loss, its gradient norm), to read in the same sync as the step's
+        metrics."""
+        return torch.cat([self.first_step.double().reshape(1), self.values])
+
+
+def non_finite_cause(loss: float, grad_norm: float) -> str:
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    return f"gradient norm is {grad_norm} (loss {loss:.4f})"  # a finite loss, a gradient that isn't
 
 
 VALIDATION_SEED = 1  # the validation batches' order, the same for every run
@@ -215,6 +243,8 @@ def train(
 
     `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint, and `frozen`
     ({"vision" / "lm": checkpoints.frozen_reference}): the frozen models it references, not copies.
+    The loss, gradient norm and token count stay on the device between log steps: the host waits
+    for the device once per log, evaluation or save step, never at the other steps.
     Returns a summary: last train loss, validation losses, wall time."""
     if config.keep_checkpoints < 1:
         raise ValueError(f"--keep-checkpoints {config.keep_checkpoints}: expected 1 or more")
@@ -269,52 +299,64 @@ def train(
         range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True
     )
     started = time.time()
+    watch = NonFiniteWatch(device)
     for step in progress:
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
         train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
-        if not math.isfinite(train_loss):
-            stop_on_non_finite(
-                f"loss is {train_loss}", step, stage, checkpoint_path, metrics_path, is_main
-            )
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
-        if not math.isfinite(grad_norm):  # the loss can be finite while a gradient is not
-            stop_on_non_finite(
-                f"gradient norm is {grad_norm} (loss {train_loss:.4f})",
-                step,
-                stage,
-                checkpoint_path,
-                metrics_path,
-                is_main,
-            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
+        # A non-finite step is not stopped here, which would wait for the device at every step:
+        # its update spoils the weights, and the run stops at the next sync, before any save.
+        watch.update(step, train_loss, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
         done = step + 1
-        summary["train_loss"] = train_loss
+        log = done % config.log_every == 0 or done == start_step + 1
+        evaluate = done % config.eval_every == 0 or done == config.steps
+        save = done % config.save_every == 0 or done == config.steps
+        if not (log or evaluate or save):
+            continue  # the device runs ahead: the host waits for it once per log interval
+        # the one host sync of the interval: this step's metrics and the watch
+        metrics = torch.cat(
+            [
+                torch.stack([train_loss.double(), grad_norm.double(), global_tokens.double()]),
+                watch.readable(),
+            ]
+        ).tolist()
+        loss, norm, tokens, first_bad_step, bad_loss, bad_norm = metrics
+        if first_bad_step >= 0:
+            stop_on_non_finite(
+                non_finite_cause(bad_loss, bad_norm),
+                int(first_bad_step),
+                stage,
+                checkpoint_path,
+                metrics_path,
+                is_main,
+            )
+        summary["train_loss"] = loss
         record = {
             "step": done,
-            "loss": train_loss,
+            "loss": loss,
             "lr": scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "tokens": int(global_tokens.item()),
+            "grad_norm": norm,
+            "tokens": int(tokens),
             "elapsed_s": round(time.time() - started, 3),
         }
-        if done % config.eval_every == 0 or done == config.steps:
+        if evaluate:
             record["val_loss"] = summary["val_loss"][done] = validation_loss(
                 model, loss_fn, validation_batches, process
             )
-        if is_main and (
-            done % config.log_every == 0 or "val_loss" in record or done == start_step + 1
-        ):
+        if is_main and (log or evaluate):
             append_metrics(metrics_path, record)
             progress.set_postfix(
-                loss=f"{train_loss:.4f}",
-                **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}),
+                loss=f"{loss:.4f}",
+                **({"val": f"{record['val_loss']:.4f}"} if evaluate else {}),
             )
-        if done % config.save_every == 0 or done == config.steps:
-            # every rank holds the same weights
-            if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        if save:
+            # every rank holds the same weights; one sync for all of them
+            finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
+            if not finite.item():
                 stop_on_non_finite(
                     "weights are not finite (not saved)",
                     done,
@@ -341,8 +383,10 @@ def train(
 def stop_on_non_finite(
     what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool
 ):
-    """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could
-    spoil the weights; non-finite weights are never saved."""
+    """A NaN or infinite loss or gradient ends the run, logged under the step where it first
+    happened. The loop reads it at its first host sync after that step (the next log, evaluation
+    or save step: train), and always before saving, so the weights its updates spoiled, or any
+    non-finite weights, are never saved."""
     if is_main:
         append_metrics(metrics_path, {"step": step, "error": what})
     if os.path.exists(checkpoint_path):
