@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from support.batches import move_to, step_loader
+from support.batches import move_to, step_loader, workers_by_default
 from support.checkpoints import CHECKPOINT_NAME, training_state
 from support.model_spec import ModelSpec
 from support.models import bf16_by_default
@@ -58,7 +58,8 @@ class TrainConfig:
     compile: bool | None = None  # None: where it pays for itself within the run (compile_pays)
     # bf16 autocast; None: on for CUDA and for CPUs with native bf16 matmuls (bf16_by_default)
     bf16: bool | None = None
-    num_workers: int = 0
+    # DataLoader worker processes per rank; None: 0 on the CPU, min(4, its CPUs) on CUDA (workers)
+    num_workers: int | None = None
     resume: bool = False
     # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
     overwrite: bool = False
@@ -70,6 +71,13 @@ class TrainConfig:
     def uses_bf16(self, device: str | None = None) -> bool:
         """bf16 autocast on `device` (default: the configured one): --bf16, else its default."""
         return bf16_by_default(device or self.device) if self.bf16 is None else self.bf16
+
+    def workers(self, device: str | None = None) -> int:
+        """DataLoader worker processes per rank on `device` (default: the configured one):
+        --num-workers, else its default (support.batches.workers_by_default)."""
+        if self.num_workers is None:
+            return workers_by_default(device or self.device)
+        return self.num_workers
 
 
 # ---------------------------------------------------------------------------------------------

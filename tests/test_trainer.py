@@ -3,6 +3,7 @@ The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain
 from support import models
-from support.batches import StepBatches
+from support.batches import StepBatches, step_loader
 from support.checkpoints import load_checkpoint
 from support.model_spec import ModelSpec, build_vlm
 
@@ -79,6 +80,52 @@ def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
     )
     with pytest.raises(ValueError, match="multiple of world_size"):
         StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)
+
+
+def test_worker_processes_fetch_the_same_batches_in_the_same_order(tmp_path):
+    """Steps of two groups, two micro-batches a step, fetched by 0 and by 2 worker processes:
+    every batch equal, in the same order; the workers stay alive between passes."""
+    texts = [f"text number {i} of a dozen" for i in range(20)]
+    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
+    groups = [
+        data.TextDataset([[text] for text in texts[:12]], tokenizer),
+        data.TextDataset([[text] for text in texts[12:]], tokenizer),
+    ]
+    process = trainer.Process(0, 1, torch.device("cpu"), False)
+    fetched = {}
+    for workers in (0, 2):
+        config = trainer.TrainConfig(batch_size=4, grad_accum=2, num_workers=workers)
+        loader = step_loader(
+            groups, lambda s: data.collate(s, tokenizer.pad_id), config, process, 0, 9, seed=3
+        )
+        assert loader.num_workers == workers and loader.persistent_workers == (workers > 0)
+        assert not loader.pin_memory, "pinned memory is for copies to a GPU"
+        fetched[workers] = [list(loader), list(loader)]  # two passes, as validation reads it
+    reference = fetched[0][0]  # 9 steps of 2 micro-batches, no two the same
+    assert len(reference) == 18
+    assert not any(torch.equal(reference[0]["input_ids"], b["input_ids"]) for b in reference[1:])
+    for batches in (fetched[0][1], fetched[2][0], fetched[2][1]):
+        assert len(batches) == len(reference)
+        for expected, got in zip(reference, batches):
+            assert expected.keys() == got.keys()
+            assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_worker_processes_default_to_none_on_the_cpu_and_up_to_four_per_gpu(monkeypatch):
+    """--num-workers none: 0 on the CPU (its cores run the step); on CUDA min(4, the CPUs of
+    this process over torchrun's processes on the machine), at least 1; a number given wins."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert trainer.TrainConfig(device="cpu").workers() == 0
+    assert trainer.TrainConfig(device="cuda").workers() == 4
+    assert trainer.TrainConfig(device="cpu").workers("cuda") == 4
+    assert trainer.TrainConfig(device="cuda", num_workers=0).workers() == 0
+    assert trainer.TrainConfig(device="cpu", num_workers=3).workers() == 3
+    for ranks, workers in (("8", 2), ("16", 1), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert trainer.TrainConfig(device="cuda").workers() == workers, ranks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer.TrainConfig().workers() == 0  # auto without a GPU is the CPU
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
