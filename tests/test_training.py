@@ -847,3 +847,24 @@ def test_worker_processes_decode_every_batch_and_train_as_one_process_does(
         runs[workers] = (summary["val_loss"], losses(config.out_dir), len(undecoded))
     assert runs[0][2] > 0 and runs[2][2] == 0, "cached batches skip decoding only without workers"
     assert runs[0][:2] == runs[2][:2] and sorted(runs[2][1]) == list(range(1, 9))
+
+
+def test_the_stage_scripts_print_their_summary_from_rank_0_only(monkeypatch, capsys):
+    """Under torchrun every rank runs the script: RANK 1 prints no "done" line, RANK 0 does (the
+    models and the training are stand-ins: only the last line is under test)."""
+    model = build_vlm(toy_spec("mlp"))
+    monkeypatch.setattr(train_stage1, "load_vision", lambda path, dtype: model.vision)
+    monkeypatch.setattr(train_stage2, "load_vision", lambda path, dtype: model.vision)
+    monkeypatch.setattr(train_stage1, "load_lm", lambda path: model.lm)
+    monkeypatch.setattr(train_stage2, "load_lm", lambda path, dtype: model.lm)
+    for script in (train_stage1, train_stage2):
+        monkeypatch.setattr(script, "frozen_reference", lambda path: {"path": path})
+        monkeypatch.setattr(script, "train_vlm", lambda *arguments: {"train_loss": 0.5})
+    stage1 = ["--data", "d", "--vit", "v", "--tiny-lm", "t", "--bf16", "false"]
+    stage2 = ["--data", "d", "--vit", "v", "--lm", "l", "--adapter", "mlp", "--bf16", "false"]
+    for rank, printed in (("1", ""), ("0", "{'train_loss': 0.5}\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert train_stage1.main(stage1) == {"train_loss": 0.5}
+        assert capsys.readouterr().out == (printed and f"[stage1] done: {printed}")
+        assert train_stage2.main(stage2) == {"train_loss": 0.5}
+        assert capsys.readouterr().out == (printed and f"[stage2 mlp] done: {printed}")
