@@ -14,6 +14,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -187,10 +188,11 @@ class NonFiniteWatch:
         self.first_step = torch.where(first, step, self.first_step)
         self.values = torch.where(first, values, self.values)
 
-    def readable(self) -> torch.Tensor:
-        """(first step or -1, its loss, its gradient norm), to read in the same sync as the step's
-        metrics."""
-        return torch.cat([self.first_step.double().reshape(1), self.values])
+    def read(self, *step_values: torch.Tensor) -> list[float]:
+        """One host sync: the 0-dim `step_values`, then the first non-finite step (or -1) and its
+        loss and gradient norm."""
+        step_values = torch.stack([value.double() for value in step_values])
+        return torch.cat([step_values, self.first_step.double().reshape(1), self.values]).tolist()
 
 
 def non_finite_cause(loss: float, grad_norm: float) -> str:
@@ -308,6 +310,13 @@ def train(
     )
     started = time.time()
     watch = NonFiniteWatch(device)
+    stop = partial(
+        stop_on_non_finite,
+        stage=stage,
+        checkpoint_path=checkpoint_path,
+        metrics_path=metrics_path,
+        is_main=is_main,
+    )
     for step in progress:
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
         train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
@@ -326,22 +335,10 @@ def train(
         if not (log or evaluate or save):
             continue  # the device runs ahead: the host waits for it once per log interval
         # the one host sync of the interval: this step's metrics and the watch
-        metrics = torch.cat(
-            [
-                torch.stack([train_loss.double(), grad_norm.double(), global_tokens.double()]),
-                watch.readable(),
-            ]
-        ).tolist()
-        loss, norm, tokens, first_bad_step, bad_loss, bad_norm = metrics
+        read = watch.read(train_loss, grad_norm, global_tokens)
+        loss, norm, tokens, first_bad_step, bad_loss, bad_norm = read
         if first_bad_step >= 0:
-            stop_on_non_finite(
-                non_finite_cause(bad_loss, bad_norm),
-                int(first_bad_step),
-                stage,
-                checkpoint_path,
-                metrics_path,
-                is_main,
-            )
+            stop(non_finite_cause(bad_loss, bad_norm), int(first_bad_step))
         summary["train_loss"] = loss
         record = {
             "step": done,
@@ -365,14 +362,7 @@ def train(
             # every rank holds the same weights; one sync for all of them
             finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
             if not finite.item():
-                stop_on_non_finite(
-                    "weights are not finite (not saved)",
-                    done,
-                    stage,
-                    checkpoint_path,
-                    metrics_path,
-                    is_main,
-                )
+                stop("weights are not finite (not saved)", done)
             if is_main:
                 newest_step = save_keeping(
                     config.out_dir,
