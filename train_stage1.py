@@ -22,6 +22,7 @@ from support.checkpoints import frozen_reference
 from support.flags import add_config_flags, add_data_flags, config_from_args
 from support.model_spec import ModelSpec
 from support.models import frozen_dtype, load_lm, load_vision
+from support.processes import is_main_process
 from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
 from trainer import TrainConfig
 from vlm import VisionLanguageModel
@@ -83,7 +84,8 @@ def main(argv=None):
         train_config,
         {"vision": frozen_reference(args.vit)},
     )
-    print(f"[stage1] done: {summary}")
+    if is_main_process():  # one line per run, not one per rank
+        print(f"[stage1] done: {summary}")
     return summary
 
 

@@ -29,6 +29,7 @@ from support.checkpoints import frozen_reference, load_checkpoint, submodule_sta
 from support.flags import COUNT, add_config_flags, add_data_flags, config_from_args, parse_bool
 from support.model_spec import ModelSpec
 from support.models import frozen_dtype, lm_of, load_lm, load_vision
+from support.processes import is_main_process
 from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
 from trainer import TrainConfig
 from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
@@ -191,7 +192,8 @@ def main(argv=None):
     summary = train_vlm(
         model, DataConfig.from_flags(args, args.lm), "stage2", spec, train_config, frozen
     )
-    print(f"[stage2 {args.adapter}] done: {summary}")
+    if is_main_process():  # one line per run, not one per rank
+        print(f"[stage2 {args.adapter}] done: {summary}")
     return summary
 
 

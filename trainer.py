@@ -14,6 +14,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from support.batches import move_to, step_loader
+from support.batches import move_to, step_loader, workers_by_default
 from support.checkpoints import CHECKPOINT_NAME, training_state
 from support.model_spec import ModelSpec
 from support.models import bf16_by_default
@@ -58,7 +59,8 @@ class TrainConfig:
     compile: bool | None = None  # None: where it pays for itself within the run (compile_pays)
     # bf16 autocast; None: on for CUDA and for CPUs with native bf16 matmuls (bf16_by_default)
     bf16: bool | None = None
-    num_workers: int = 0
+    # DataLoader worker processes per rank; None: 0 on the CPU, min(4, its CPUs) on CUDA (workers)
+    num_workers: int | None = None
     resume: bool = False
     # delete an earlier run in out_dir and start afresh (a resumed run keeps it)
     overwrite: bool = False
@@ -70,6 +72,13 @@ class TrainConfig:
     def uses_bf16(self, device: str | None = None) -> bool:
         """bf16 autocast on `device` (default: the configured one): --bf16, else its default."""
         return bf16_by_default(device or self.device) if self.bf16 is None else self.bf16
+
+    def workers(self, device: str | None = None) -> int:
+        """DataLoader worker processes per rank on `device` (default: the configured one):
+        --num-workers, else its default (support.batches.workers_by_default)."""
+        if self.num_workers is None:
+            return workers_by_default(device or self.device)
+        return self.num_workers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,9 +154,10 @@ def compile_for_training(model: nn.Module) -> nn.Module:
 
 def forward_backward(
     model: nn.Module, loss_fn: Callable, batches: list[dict], process: Process
-) -> tuple[float, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradients of one global batch -> (its mean token loss, its number of text
-    tokens).
+    tokens), both 0-dim tensors on the device: reading them waits for the device, which the loop
+    does once per log interval (train).
 
     The loss, in one place. The decoder returns the SUM of the next-token cross-entropies over the
     target tokens of a micro-batch (palm_decoder.PaLMDecoder.forward, reduction="sum"; the targets
@@ -169,7 +179,35 @@ def forward_backward(
             # DDP averages gradients over ranks: scale back up by world_size.
             (loss_sum * process.world_size / global_tokens).backward()
         step_loss += loss_sum.detach().float()
-    return (all_reduce_sum(step_loss) / global_tokens).item(), global_tokens
+    return all_reduce_sum(step_loss) / global_tokens, global_tokens
+
+
+class NonFiniteWatch:
+    """The first step whose loss or gradient norm was NaN or infinite, and both values at that
+    step, kept on the device: updating it never waits for the device, so the loop learns of a
+    non-finite step at its next host sync (train), not at the step itself."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # -1: none yet
+        self.values = torch.zeros(2, dtype=torch.float64, device=device)  # (loss, grad norm)
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor):
+        values = torch.stack([loss.double(), grad_norm.double()])  # (2,)
+        first = torch.isfinite(values).all().logical_not() & (self.first_step < 0)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.values = torch.where(first, values, self.values)
+
+    def read(self, *step_values: torch.Tensor) -> list[float]:
+        """One host sync: the 0-dim `step_values`, then the first non-finite step (or -1) and its
+        loss and gradient norm."""
+        step_values = torch.stack([value.double() for value in step_values])
+        return torch.cat([step_values, self.first_step.double().reshape(1), self.values]).tolist()
+
+
+def non_finite_cause(loss: float, grad_norm: float) -> str:
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    return f"gradient norm is {grad_norm} (loss {loss:.4f})"  # a finite loss, a gradient that isn't
 
 
 VALIDATION_SEED = 1  # the validation batches' order, the same for every run
@@ -224,6 +262,8 @@ def train(
 
     `stage` and `spec` (from which the model can be rebuilt) go into every checkpoint, and `frozen`
     ({"vision" / "lm": checkpoints.frozen_reference}): the frozen models it references, not copies.
+    The loss, gradient norm and token count stay on the device between log steps: the host waits
+    for the device once per log, evaluation or save step, never at the other steps.
     Returns a summary: last train loss, validation losses, wall time."""
     if config.keep_checkpoints < 1:
         raise ValueError(f"--keep-checkpoints {config.keep_checkpoints}: expected 1 or more")
@@ -278,60 +318,60 @@ def train(
         range(start_step, config.steps), disable=not is_main, desc=stage, dynamic_ncols=True
     )
     started = time.time()
+    watch = NonFiniteWatch(device)
+    stop = partial(
+        stop_on_non_finite,
+        stage=stage,
+        checkpoint_path=checkpoint_path,
+        metrics_path=metrics_path,
+        is_main=is_main,
+    )
     for step in progress:
         batches = [move_to(next(micro_batches), device) for _ in range(config.grad_accum)]
         train_loss, global_tokens = forward_backward(model, loss_fn, batches, process)
-        if not math.isfinite(train_loss):
-            stop_on_non_finite(
-                f"loss is {train_loss}", step, stage, checkpoint_path, metrics_path, is_main
-            )
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip).item()
-        if not math.isfinite(grad_norm):  # the loss can be finite while a gradient is not
-            stop_on_non_finite(
-                f"gradient norm is {grad_norm} (loss {train_loss:.4f})",
-                step,
-                stage,
-                checkpoint_path,
-                metrics_path,
-                is_main,
-            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
+        # A non-finite step is not stopped here, which would wait for the device at every step:
+        # its update spoils the weights, and the run stops at the next sync, before any save.
+        watch.update(step, train_loss, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
         done = step + 1
-        summary["train_loss"] = train_loss
+        log = done % config.log_every == 0 or done == start_step + 1
+        evaluate = done % config.eval_every == 0 or done == config.steps
+        save = done % config.save_every == 0 or done == config.steps
+        if not (log or evaluate or save):
+            continue  # the device runs ahead: the host waits for it once per log interval
+        # the one host sync of the interval: this step's metrics and the watch
+        read = watch.read(train_loss, grad_norm, global_tokens)
+        loss, norm, tokens, first_bad_step, bad_loss, bad_norm = read
+        if first_bad_step >= 0:
+            stop(non_finite_cause(bad_loss, bad_norm), int(first_bad_step))
+        summary["train_loss"] = loss
         record = {
             "step": done,
-            "loss": train_loss,
+            "loss": loss,
             "lr": scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "tokens": int(global_tokens.item()),
+            "grad_norm": norm,
+            "tokens": int(tokens),
             "elapsed_s": round(time.time() - started, 3),
         }
-        if done % config.eval_every == 0 or done == config.steps:
+        if evaluate:
             record["val_loss"] = summary["val_loss"][done] = validation_loss(
                 model, loss_fn, validation_batches, process
             )
-        if is_main and (
-            done % config.log_every == 0 or "val_loss" in record or done == start_step + 1
-        ):
+        if is_main and (log or evaluate):
             append_metrics(metrics_path, record)
             progress.set_postfix(
-                loss=f"{train_loss:.4f}",
-                **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}),
+                loss=f"{loss:.4f}",
+                **({"val": f"{record['val_loss']:.4f}"} if evaluate else {}),
             )
-        if done % config.save_every == 0 or done == config.steps:
-            # every rank holds the same weights
-            if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-                stop_on_non_finite(
-                    "weights are not finite (not saved)",
-                    done,
-                    stage,
-                    checkpoint_path,
-                    metrics_path,
-                    is_main,
-                )
+        if save:
+            # every rank holds the same weights; one sync for all of them
+            finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
+            if not finite.item():
+                stop("weights are not finite (not saved)", done)
             if is_main:
                 newest_step = save_keeping(
                     config.out_dir,
@@ -350,8 +390,10 @@ def train(
 def stop_on_non_finite(
     what: str, step: int, stage: str, checkpoint_path: str, metrics_path: str, is_main: bool
 ):
-    """A NaN or infinite loss or gradient ends the run, logged, before the optimizer step could
-    spoil the weights; non-finite weights are never saved."""
+    """A NaN or infinite loss or gradient ends the run, logged under the step where it first
+    happened. The loop reads it at its first host sync after that step (the next log, evaluation
+    or save step: train), and always before saving, so the weights its updates spoiled, or any
+    non-finite weights, are never saved."""
     if is_main:
         append_metrics(metrics_path, {"step": step, "error": what})
     if os.path.exists(checkpoint_path):

@@ -6,6 +6,7 @@ more processes, reads exactly what an uninterrupted single-process run reads. Th
 """
 
 import bisect
+import os
 from functools import lru_cache
 from typing import Callable
 
@@ -115,8 +116,13 @@ def step_loader(
     end_step: int,
     seed: int,
 ) -> torch.utils.data.DataLoader:
-    """This rank's micro-batches of steps [start_step, end_step), grad_accum of them per step."""
+    """This rank's micro-batches of steps [start_step, end_step), grad_accum of them per step.
+    The batches and their order are the same whatever the number of worker processes: workers
+    only fetch and collate the index lists StepBatches gives, and the DataLoader returns them in
+    that order. Workers stay alive between passes (the validation loader is read at every
+    evaluation), and on CUDA batches come in pinned memory, copied to the GPU without a wait."""
     dataset, group_sizes = as_dataset(groups)
+    workers = config.workers(process.device.type)
     sampler = StepBatches(
         group_sizes,
         config.batch_size,
@@ -131,9 +137,21 @@ def step_loader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
-        num_workers=config.num_workers,
+        num_workers=workers,
         pin_memory=process.device.type == "cuda",
+        persistent_workers=workers > 0,
     )
+
+
+def workers_by_default(device: str = "auto") -> int:
+    """--num-workers' default: 0 on the CPU, whose cores the training step's threads already use;
+    on CUDA min(4, this rank's share of the CPUs), so images decode while the GPU computes."""
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if not cuda:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes on this machine
+    return min(4, max(1, cpus // ranks_here))
 
 
 def move_to(batch: dict, device) -> dict:

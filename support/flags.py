@@ -95,10 +95,18 @@ FIELD_RANGES = {
     **dict.fromkeys(["norm_eps", "rope_base", "lr", "grad_clip"], POSITIVE_REAL),
     **dict.fromkeys(["steps", "batch_size", "grad_accum", "keep_checkpoints"], COUNT),
     **dict.fromkeys(["eval_every", "eval_batches", "log_every", "save_every"], COUNT),
-    **dict.fromkeys(["warmup_steps", "seed", "num_workers"], NON_NEGATIVE),
+    **dict.fromkeys(["warmup_steps", "seed"], NON_NEGATIVE),
+    "num_workers": replace(NON_NEGATIVE, none=True),
     "query_key_std": replace(POSITIVE_REAL, none=True),
     "weight_decay": NON_NEGATIVE_REAL,
     "min_lr_ratio": FRACTION,
+}
+
+
+# The help of a field whose default (None) depends on the device.
+FIELD_HELP = {
+    "num_workers": "DataLoader worker processes per rank (default: 0 on the CPU; on CUDA "
+    "min(4, the rank's CPUs), and then every batch decodes its pixels, cached features or not)",
 }
 
 
@@ -126,12 +134,13 @@ def add_config_flags(
         group.add_argument(f"--{prefix}preset", default=default_preset, choices=list(presets))
     for f in fields(config_class):
         kind, metavar = flag_parser(f)
+        default = "default: from the preset" if presets else f"default: {f.default!r}"
         group.add_argument(
             f"--{prefix}{f.name.replace('_', '-')}",
             type=kind,
             default=None,
             metavar=metavar,
-            help="default: from the preset" if presets else f"default: {f.default!r}",
+            help=FIELD_HELP.get(f.name, default),
         )
 
 

@@ -114,7 +114,7 @@ def train_vlm(
         cache = FeatureCache(max_bytes=int(data_config.feature_cache_gb * 2**30))
         if main:
             print(cache.describe())
-        if train_config.num_workers == 0:  # a worker's copy of the cache would be stale
+        if train_config.workers() == 0:  # a worker's copy of the cache would be stale
             for dataset in train_set + val_set:  # a batch all cached is not decoded
                 dataset.feature_cache = cache
     # images skip mode left out, as the batches list them (from any worker process)

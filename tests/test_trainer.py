@@ -3,6 +3,7 @@ The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 
@@ -16,12 +17,14 @@ from conftest import toy_spec
 from palm_decoder import PaLMConfig, PaLMDecoder
 from stage0 import pretrain
 from support import models
-from support.batches import StepBatches
+from support.batches import StepBatches, step_loader
 from support.checkpoints import load_checkpoint
 from support.model_spec import ModelSpec, build_vlm
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A NaN loss at step 4 (0-based): the loop learns of it at its next host sync, the save after
+    step 6, and stops there, naming step 4, before saving; the checkpoint of step 4 stays."""
     texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
     tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
     model = PaLMDecoder(PaLMConfig(vocab_size=tokenizer.vocab_size, dim=32, depth=1, num_heads=2))
@@ -77,6 +80,52 @@ def test_step_batches_split_one_global_batch_over_ranks_and_micro_steps():
     )
     with pytest.raises(ValueError, match="multiple of world_size"):
         StepBatches(groups, 5, 1, 0, 2, 0, 0, 1)
+
+
+def test_worker_processes_fetch_the_same_batches_in_the_same_order(tmp_path):
+    """Steps of two groups, two micro-batches a step, fetched by 0 and by 2 worker processes:
+    every batch equal, in the same order; the workers stay alive between passes."""
+    texts = [f"text number {i} of a dozen" for i in range(20)]
+    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
+    groups = [
+        data.TextDataset([[text] for text in texts[:12]], tokenizer),
+        data.TextDataset([[text] for text in texts[12:]], tokenizer),
+    ]
+    process = trainer.Process(0, 1, torch.device("cpu"), False)
+    fetched = {}
+    for workers in (0, 2):
+        config = trainer.TrainConfig(batch_size=4, grad_accum=2, num_workers=workers)
+        loader = step_loader(
+            groups, lambda s: data.collate(s, tokenizer.pad_id), config, process, 0, 9, seed=3
+        )
+        assert loader.num_workers == workers and loader.persistent_workers == (workers > 0)
+        assert not loader.pin_memory, "pinned memory is for copies to a GPU"
+        fetched[workers] = [list(loader), list(loader)]  # two passes, as validation reads it
+    reference = fetched[0][0]  # 9 steps of 2 micro-batches, no two the same
+    assert len(reference) == 18
+    assert not any(torch.equal(reference[0]["input_ids"], b["input_ids"]) for b in reference[1:])
+    for batches in (fetched[0][1], fetched[2][0], fetched[2][1]):
+        assert len(batches) == len(reference)
+        for expected, got in zip(reference, batches):
+            assert expected.keys() == got.keys()
+            assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_worker_processes_default_to_none_on_the_cpu_and_up_to_four_per_gpu(monkeypatch):
+    """--num-workers none: 0 on the CPU (its cores run the step); on CUDA min(4, the CPUs of
+    this process over torchrun's processes on the machine), at least 1; a number given wins."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert trainer.TrainConfig(device="cpu").workers() == 0
+    assert trainer.TrainConfig(device="cuda").workers() == 4
+    assert trainer.TrainConfig(device="cpu").workers("cuda") == 4
+    assert trainer.TrainConfig(device="cuda", num_workers=0).workers() == 0
+    assert trainer.TrainConfig(device="cpu", num_workers=3).workers() == 3
+    for ranks, workers in (("8", 2), ("16", 1), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert trainer.TrainConfig(device="cuda").workers() == workers, ranks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer.TrainConfig().workers() == 0  # auto without a GPU is the CPU
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_the_floor():
@@ -159,6 +208,58 @@ def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
         tiny_lm_run(tmp_path, save_every=1)
     saved = load_checkpoint(str(tmp_path / "run"))
     assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_a_non_finite_loss_between_log_steps_stops_at_the_next_one_naming_its_step(tmp_path):
+    """The contract without a host sync per step: a NaN loss at step 5 (0-based) of a run logging
+    every 4 steps goes on to the log step after it (step 8), writes no record for it, and stops
+    there with an error naming step 5, recorded in metrics.jsonl."""
+    calls = []
+
+    def loss_fn(m, batch):
+        loss_sum, count = pretrain.lm_loss(m, batch)
+        calls.append(1)
+        return (loss_sum * float("inf") if len(calls) == 6 else loss_sum), count
+
+    with pytest.raises(FloatingPointError, match=r"\] loss is inf at step 5; stopping\. No ch"):
+        tiny_lm_run(tmp_path, loss_fn, steps=12, log_every=4, save_every=100)
+    assert len(calls) == 8, "the run reached the log step after the bad one, not further"
+    lines = metrics(tmp_path / "run")
+    assert [line["step"] for line in lines] == [1, 4, 5]
+    assert lines[-1] == {"step": 5, "error": "loss is inf"}
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_loop_waits_for_the_device_once_per_log_interval_not_per_step(tmp_path, monkeypatch):
+    """Every read of a tensor's value into Python (item, tolist, bool, int, float) that trainer.py
+    makes, counted over runs of 12 and 24 steps: one per log step (the first step and every 4th),
+    one per evaluation, one per save, whatever the steps between. Before, the loop read the loss,
+    the gradient norm and the token count at every step (42 reads over 12 steps, 78 over 24). The
+    model's and torch's own reads (the optimizer's step counters on the CPU) are not the loop's."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *arguments, original=original, name=name):
+            if sys._getframe(1).f_code.co_filename == trainer.__file__:
+                reads.append(name)
+            return original(tensor, *arguments)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = {}
+    for steps, log_every in ((12, 4), (24, 4), (12, 1)):
+        reads.clear()
+        run = tmp_path / f"{steps}-{log_every}"
+        run.mkdir()
+        summary = tiny_lm_run(run, steps=steps, log_every=log_every, save_every=100)
+        counts[steps, log_every] = len(reads)
+        lines = metrics(run / "run")
+        assert [line["step"] for line in lines] == sorted(
+            {1, *range(log_every, steps + 1, log_every)}
+        )
+        assert summary["train_loss"] == lines[-1]["loss"]
+    # log steps (1, 4, 8, 12 / ... 24 / every step) + one evaluation + one save at the end
+    assert counts == {(12, 4): 4 + 2, (24, 4): 7 + 2, (12, 1): 12 + 2}
 
 
 def test_weight_decay_applies_to_the_weights_of_linear_layers_only():

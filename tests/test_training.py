@@ -809,3 +809,62 @@ def test_batches_all_in_the_feature_cache_are_not_decoded_and_train_the_same(
     assert skipping_losses == decoding_losses and sorted(skipping_losses) == list(range(1, 13))
     assert skipping["val_loss"] == decoding["val_loss"] and len(skipping["val_loss"]) == 3
     assert skipping["skipped_samples"] == decoding["skipped_samples"] == {"unreadable image": 1}
+
+
+def test_worker_processes_decode_every_batch_and_train_as_one_process_does(
+    tmp_path, tokenizer, monkeypatch, one_thread
+):
+    """--num-workers 2: the workers' datasets hold no feature cache (their copy would be stale), so
+    every batch comes with its pixels, and the run's losses are those of --num-workers 0, which
+    fetches the batches all in the cache without decoding them."""
+    folder = tmp_path / "data"
+    sizes = dict(train_images=4, val_images=2, test_images=1, train_videos=2, val_videos=1)
+    synthetic.generate(
+        folder, synthetic.WorldConfig(**sizes, test_videos=1, num_frames=2, image_size=32, seed=1)
+    )
+    (folder / data.TOKENIZER_FILE).write_bytes(tokenizer.model.serialized_model_proto())
+    parser = argparse.ArgumentParser()
+    flags.add_data_flags(parser)
+    data_config = DataConfig.from_flags(parser.parse_args(["--data", str(folder)]), None)
+    spec = toy_spec("perceiver", vocab_size=tokenizer.vocab_size)
+    undecoded, fetched = [], FeatureCache.fetched
+
+    def counted_fetch(cache, image_ids, *arguments):
+        undecoded.extend(image_ids)
+        return fetched(cache, image_ids, *arguments)
+
+    monkeypatch.setattr(FeatureCache, "fetched", counted_fetch)
+    runs = {}
+    for workers in (0, 2):
+        undecoded.clear()
+        torch.manual_seed(0)
+        config = trainer.TrainConfig(
+            out_dir=str(tmp_path / f"workers{workers}"),
+            **dict(steps=8, batch_size=4, eval_every=4, eval_batches=1, num_workers=workers),
+            **dict(log_every=1, save_every=100, device="cpu", compile=False, bf16=False),
+        )
+        summary = train_vlm(build_vlm(spec), data_config, "stage2", spec, config)
+        runs[workers] = (summary["val_loss"], losses(config.out_dir), len(undecoded))
+    assert runs[0][2] > 0 and runs[2][2] == 0, "cached batches skip decoding only without workers"
+    assert runs[0][:2] == runs[2][:2] and sorted(runs[2][1]) == list(range(1, 9))
+
+
+def test_the_stage_scripts_print_their_summary_from_rank_0_only(monkeypatch, capsys):
+    """Under torchrun every rank runs the script: RANK 1 prints no "done" line, RANK 0 does (the
+    models and the training are stand-ins: only the last line is under test)."""
+    model = build_vlm(toy_spec("mlp"))
+    monkeypatch.setattr(train_stage1, "load_vision", lambda path, dtype: model.vision)
+    monkeypatch.setattr(train_stage2, "load_vision", lambda path, dtype: model.vision)
+    monkeypatch.setattr(train_stage1, "load_lm", lambda path: model.lm)
+    monkeypatch.setattr(train_stage2, "load_lm", lambda path, dtype: model.lm)
+    for script in (train_stage1, train_stage2):
+        monkeypatch.setattr(script, "frozen_reference", lambda path: {"path": path})
+        monkeypatch.setattr(script, "train_vlm", lambda *arguments: {"train_loss": 0.5})
+    stage1 = ["--data", "d", "--vit", "v", "--tiny-lm", "t", "--bf16", "false"]
+    stage2 = ["--data", "d", "--vit", "v", "--lm", "l", "--adapter", "mlp", "--bf16", "false"]
+    for rank, printed in (("1", ""), ("0", "{'train_loss': 0.5}\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert train_stage1.main(stage1) == {"train_loss": 0.5}
+        assert capsys.readouterr().out == (printed and f"[stage1] done: {printed}")
+        assert train_stage2.main(stage2) == {"train_loss": 0.5}
+        assert capsys.readouterr().out == (printed and f"[stage2 mlp] done: {printed}")
