@@ -63,6 +63,7 @@ LIBRARY_ORDER = [
 ]
 BENCHMARK_ORDER = [
     "bench.measure",
+    "bench.graphs",
     "bench.tools",
     "bench.training_step",
     "bench.frozen_paths",
@@ -70,6 +71,7 @@ BENCHMARK_ORDER = [
     "bench.reference",
     "bench.attention_checks",
     "bench.kernels",
+    "bench.gpu_check",
     "bench.__main__",
 ]
 SCRIPTS = [
