@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY ?= $(VENV)/bin/python
 INSTALL ?= install  # set empty to use an interpreter that already has the requirements (PY=...)
 
-.PHONY: test lint install clean pretrain demo demo-quick paper FORCE
+.PHONY: test lint install clean pretrain demo demo-quick paper gpu-check FORCE
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -143,3 +143,9 @@ paper: $(INSTALL)
 		--stage1-steps $(PAPER_STAGE1_STEPS) --stage2-steps $(PAPER_STAGE2_STEPS) --eval-every $(PAPER_EVAL_EVERY) \
 		--eval-limit $(PAPER_EVAL_LIMIT) --reliance-limit $(PAPER_RELIANCE_LIMIT) --jobs $(PAPER_JOBS) --train-flags="$(TRAIN_FLAGS)" \
 		--tables $(TABLES)
+
+# --- make gpu-check: the CUDA default (compiled, FlexAttention, bf16, torchrun) checked on one GPU in
+# under 10 minutes, one PASS / FAIL line per check (python -m bench gpu-check --help). Without CUDA it
+# says so and exits 0.
+gpu-check: $(INSTALL)
+	$(PY) -m bench gpu-check

@@ -269,11 +269,11 @@ class PaLMDecoder(nn.Module):
         return F.linear(hidden, head.weight)
 
     @classmethod
-    def from_pretrained(cls, folder, dtype=torch.float32) -> "PaLMDecoder":
+    def from_pretrained(cls, folder, dtype=torch.float32, device="cpu") -> "PaLMDecoder":
         """A local Hugging Face GemmaForCausalLM (v1) or LlamaForCausalLM folder (config.json +
         *.safetensors), logits equal to transformers'. Only local files are read. Its tokenizer:
         `data.Tokenizer("hf:" + folder)`."""
-        return hf_decoder.load_lm(folder, lambda fields: cls(PaLMConfig(**fields)), dtype)
+        return hf_decoder.load_lm(folder, lambda fields: cls(PaLMConfig(**fields)), dtype, device)
 
     def check_inputs(
         self, input_ids, prefix, visual_start, loss_mask=None, reduction="mean", num_targets=None

@@ -22,7 +22,7 @@ from support.checkpoints import frozen_reference
 from support.flags import add_config_flags, add_data_flags, config_from_args
 from support.model_spec import ModelSpec
 from support.models import frozen_dtype, load_lm, load_vision
-from support.processes import is_main_process
+from support.processes import is_main_process, setup_distributed
 from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
 from trainer import TrainConfig
 from vlm import VisionLanguageModel
@@ -55,8 +55,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
-    vision = load_vision(args.vit, frozen_dtype(args.frozen_dtype, train_config.uses_bf16()))
-    tiny_lm = load_lm(args.tiny_lm)  # trained here: fp32
+    # each rank reads its models straight onto its own device: the frozen ViT in the dtype it runs
+    # in, the tiny LM (trained here) in fp32
+    _, _, device = setup_distributed(train_config.device)
+    dtype = frozen_dtype(args.frozen_dtype, train_config.uses_bf16())
+    vision = load_vision(args.vit, dtype, device)
+    tiny_lm = load_lm(args.tiny_lm, device=device)
     preset = (
         ResamplerConfig.for_pooler if args.cross_attention == "pooler" else ResamplerConfig.for_lm
     )

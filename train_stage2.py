@@ -29,7 +29,7 @@ from support.checkpoints import frozen_reference, load_checkpoint, submodule_sta
 from support.flags import COUNT, add_config_flags, add_data_flags, config_from_args, parse_bool
 from support.model_spec import ModelSpec
 from support.models import frozen_dtype, lm_of, load_lm, load_vision
-from support.processes import is_main_process
+from support.processes import is_main_process, setup_distributed
 from support.vlm_training import VLM_DEFAULTS, DataConfig, train_vlm
 from trainer import TrainConfig
 from vlm import MLPAdapter, PerceiverAdapter, VAdapter, VisionLanguageModel
@@ -177,7 +177,9 @@ def main(argv=None):
     train_config = config_from_args(args, TrainConfig, base=VLM_DEFAULTS)
     torch.manual_seed(train_config.seed)  # the fresh parts' initialisation is part of the run
     dtype = frozen_dtype(args.frozen_dtype, train_config.uses_bf16())
-    vision, lm = load_vision(args.vit, dtype), load_lm(args.lm, dtype)
+    # each rank reads the frozen models straight onto its own device, in the dtype they run in
+    _, _, device = setup_distributed(train_config.device)
+    vision, lm = load_vision(args.vit, dtype, device), load_lm(args.lm, dtype, device)
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
     spec = ModelSpec(
         vision=vision.config,

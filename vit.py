@@ -218,7 +218,7 @@ class ViT(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, folder, dtype=torch.float32) -> "ViT":
+    def from_pretrained(cls, folder, dtype=torch.float32, device="cpu") -> "ViT":
         """The vision tower of a local Hugging Face CLIP or SigLIP folder (config.json +
         *.safetensors): CLIPVisionModel, CLIPVisionModelWithProjection or CLIPModel;
         SiglipVisionModel or SiglipModel.
@@ -228,7 +228,7 @@ class ViT(nn.Module):
         CLIP (the class token dropped; CLIP itself applies post_layernorm to the class token only)
         and `last_hidden_state` for SigLIP (post-normed already; its attention-pooling head is not
         loaded)."""
-        hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder)
+        hugging_face_config, tensors = hf_weights.read_hugging_face_folder(folder, device)
         fields, table, ignored = hf_weights.vit_fields_from_hugging_face(
             hugging_face_config, folder
         )

@@ -1,9 +1,11 @@
-"""`python -m bench {attention,step,reference,load}`: the one entry point of the kernel benchmarks.
+"""`python -m bench {attention,step,reference,load,gpu-check}`: the one entry point of the kernel
+benchmarks.
 
 attention: every attention backend on the models' shapes, checked then timed (bench/kernels.py);
 step: a full training step of each stage's model (bench/step.py); reference: our PaLMDecoder
 against transformers' Llama of the same size, and load: peak memory of loading weights
-(bench/reference.py). Presets and stage models: bench/tools.py; timing and memory:
+(bench/reference.py); gpu-check: the CUDA default checked on one GPU (bench/gpu_check.py,
+`make gpu-check`). Presets and stage models: bench/tools.py; timing and memory:
 bench/measure.py. Numbers: docs/benchmarks.md.
 """
 
@@ -12,7 +14,7 @@ import sys
 
 import torch
 
-from bench import kernels, reference, step
+from bench import gpu_check, kernels, reference, step
 from support.flags import COUNT
 
 
@@ -41,6 +43,11 @@ def main(argv=None) -> int:
             "peak host memory of loading a random 1B Llama folder in fp32 and in bf16",
             reference.add_load_flags,
             reference.load_main,
+        ),
+        "gpu-check": (
+            "the CUDA default on one GPU: attention, losses, graphs, torchrun, step; PASS / FAIL",
+            gpu_check.add_flags,
+            gpu_check.main,
         ),
     }
     for name, (help_text, add_flags, _) in benchmarks.items():

@@ -299,7 +299,7 @@ def load_main(args) -> int:
                 capture_output=True,
                 text=True,
                 check=True,
-                cwd=os.path.dirname(os.path.abspath(__file__)),
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # the repository
             )
             before, peak = (int(kb) * 1024 for kb in probe.stdout.split())
             rows[dtype] = {

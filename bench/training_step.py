@@ -86,16 +86,18 @@ class StepSetup:
     autocast: Callable
     device: torch.device
 
-    def step(self, loss_fn: Callable) -> None:
+    def step(self, loss_fn: Callable) -> torch.Tensor:
         """What trainer.train does per optimizer step (one micro-step): zero, loss, backward, clip,
-        AdamW."""
+        AdamW -> the mean token loss, detached (on the device: reading it is the caller's sync)."""
         # the whole model: the naive path leaves grads on the ViT
         self.model.zero_grad(set_to_none=True)
         with self.autocast():
             loss_sum, target_tokens = loss_fn(self.runner, self.batch)
-            (loss_sum / target_tokens).backward()
+            loss = loss_sum / target_tokens
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
         self.optimizer.step()
+        return loss.detach()
 
     def timed_step(self, loss_fn: Callable) -> float:
         """Milliseconds for one step, the device synchronized on both sides."""

@@ -75,15 +75,23 @@ def read_checkpoint_file(path: str) -> dict:
         ) from error
 
 
-def load_checkpoint(path: str, expected_stage: str | tuple[str, ...] | None = None) -> dict:
+def load_checkpoint(
+    path: str,
+    expected_stage: str | tuple[str, ...] | None = None,
+    dtype=torch.float32,
+    device="cpu",
+) -> dict:
     """Load a checkpoint (a file, or the run folder holding one) and check which stage wrote it.
-    checkpoint["spec"] comes back as a ModelSpec."""
+    checkpoint["spec"] comes back as a ModelSpec. An exported safetensors file (a frozen model)
+    comes back in `dtype` on `device`; a torch.save checkpoint as saved, on the CPU."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = (
-        read_weights(path) if str(path).endswith(".safetensors") else read_checkpoint_file(path)
+        read_weights(path, dtype, device)
+        if str(path).endswith(".safetensors")
+        else read_checkpoint_file(path)
     )
     if not isinstance(checkpoint, dict) or "stage" not in checkpoint or "model" not in checkpoint:
         raise ValueError(
@@ -125,17 +133,18 @@ def export_weights(run: str, path: str, dtype=torch.bfloat16) -> dict:
     return {"stage": checkpoint["stage"], "tensors": len(tensors), "bytes": os.path.getsize(path)}
 
 
-def read_weights(path: str) -> dict:
-    """An exported safetensors file -> a checkpoint dict (weights back in fp32) that load_vision and
-    load_lm read like any other."""
-    with safetensors.safe_open(path, framework="pt") as weights:
+def read_weights(path: str, dtype=torch.float32, device="cpu") -> dict:
+    """An exported safetensors file -> a checkpoint dict that load_vision and load_lm read like any
+    other, its weights in `dtype`, read straight onto `device` tensor by tensor: a rank loads its
+    frozen models onto its own GPU in the dtype they run in, never a full fp32 copy on the host."""
+    with safetensors.safe_open(path, framework="pt", device=str(device)) as weights:
         metadata = weights.metadata() or {}
         if "stage" not in metadata or "spec" not in metadata:
             raise ValueError(
                 f"{path} has no 'stage' / 'spec' metadata; expected a file written by `python -m "
                 "stage0.pretrain export`"
             )
-        model = {name: weights.get_tensor(name).float() for name in weights.keys()}
+        model = {name: weights.get_tensor(name).to(dtype) for name in weights.keys()}
     return {
         "stage": metadata["stage"],
         "spec": json.loads(metadata["spec"]),

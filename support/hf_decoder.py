@@ -193,10 +193,10 @@ def lm_weight_table(tensors: dict, tie_embeddings: bool, source) -> dict:
     return dict(GEMMA_AND_LLAMA_WEIGHTS)
 
 
-def load_lm(folder, build, dtype) -> nn.Module:
+def load_lm(folder, build, dtype, device="cpu") -> nn.Module:
     """PaLMDecoder.from_pretrained: a Gemma / Llama folder -> `build(our PaLMConfig fields)`
     filled."""
-    hugging_face_config, tensors = read_hugging_face_folder(folder)
+    hugging_face_config, tensors = read_hugging_face_folder(folder, device)
     fields = palm_fields_from_hugging_face(hugging_face_config, folder)
     table = lm_weight_table(tensors, fields["tie_embeddings"], folder)
     # the meta device: no memory and no initialisation, every tensor comes from the folder

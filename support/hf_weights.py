@@ -21,9 +21,10 @@ import torch.nn as nn
 # ---------------------------------------------------------------------------------------------
 
 
-def read_hugging_face_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_hugging_face_folder(folder, device="cpu") -> tuple[dict, dict[str, torch.Tensor]]:
     """config.json and every tensor of a local Hugging Face model folder, from the shards its
-    model.safetensors.index.json names (or every *.safetensors). Reads local files only."""
+    model.safetensors.index.json names (or every *.safetensors), read straight onto `device` (a
+    rank's GPU: no copy of the weights in host memory). Reads local files only."""
     from safetensors.torch import load_file  # imported here: only Hugging Face folders need it
 
     folder = Path(folder)
@@ -48,7 +49,7 @@ def read_hugging_face_folder(folder) -> tuple[dict, dict[str, torch.Tensor]]:
     for shard in shards:
         if not (folder / shard).is_file():
             raise FileNotFoundError(f"{folder / shard} is named by {index_file.name} but missing")
-        tensors.update(load_file(folder / shard))
+        tensors.update(load_file(folder / shard, device=str(device)))
     return json.loads(config_file.read_text()), tensors
 
 

@@ -57,13 +57,14 @@ def frozen_dtype(name: str | None, bf16: bool) -> torch.dtype:
     return FROZEN_DTYPES[name]
 
 
-def loaded(model_class, config, state: dict, dtype) -> nn.Module:
+def loaded(model_class, config, state: dict, dtype, device="cpu") -> nn.Module:
     """A model filled from `state` without a throwaway random initialisation: built on the meta
-    device (no memory), the checkpoint's tensors assigned in place, then cast to `dtype`."""
+    device (no memory), the checkpoint's tensors assigned in place, then cast to `dtype` on
+    `device` (nothing to do where they were read so)."""
     with torch.device("meta"):
         model = model_class(config)
     model.load_state_dict(state, assign=True)
-    return model.to(dtype)
+    return model.to(device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,32 +72,34 @@ def loaded(model_class, config, state: dict, dtype) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_vision(path: str, dtype=torch.float32) -> ViT:
+def load_vision(path: str, dtype=torch.float32, device="cpu") -> ViT:
     """The ViT of a stage-0 checkpoint (stage0/pretrain.py vit) or of any stage-1/2 checkpoint, or
     with `hf:FOLDER` the vision tower of a local Hugging Face CLIP / SigLIP folder
-    (ViT.from_pretrained)."""
+    (ViT.from_pretrained); safetensors files are read straight onto `device` in `dtype`."""
     if path.startswith(HUGGING_FACE_PREFIX):
-        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX) :], dtype=dtype)
-    checkpoint = load_checkpoint(path, expected_stage=("pretrain-vit", "stage1", "stage2"))
+        return ViT.from_pretrained(path[len(HUGGING_FACE_PREFIX) :], dtype=dtype, device=device)
+    stages = ("pretrain-vit", "stage1", "stage2")
+    checkpoint = load_checkpoint(path, expected_stage=stages, dtype=dtype, device=device)
     # a stage-1/2 checkpoint that references its ViT
     if reference := checkpoint.get("frozen", {}).get("vision"):
         check_reference(reference, path)
-        return load_vision(reference["source"], dtype)
-    return loaded(
-        ViT, checkpoint["spec"].vision, submodule_state(checkpoint["model"], "vision."), dtype
-    )
+        return load_vision(reference["source"], dtype, device)
+    state = submodule_state(checkpoint["model"], "vision.")
+    return loaded(ViT, checkpoint["spec"].vision, state, dtype, device)
 
 
-def load_lm(path: str, dtype=torch.float32) -> PaLMDecoder:
+def load_lm(path: str, dtype=torch.float32, device="cpu") -> PaLMDecoder:
     """A language model: from stage0/pretrain.py lm, or the tiny LM a stage-1 run trained as its
     decoder, or with `hf:FOLDER` a local Hugging Face Gemma / Llama folder
-    (PaLMDecoder.from_pretrained)."""
+    (PaLMDecoder.from_pretrained); safetensors files are read straight onto `device` in `dtype`."""
     if path.startswith(HUGGING_FACE_PREFIX):
-        return PaLMDecoder.from_pretrained(path[len(HUGGING_FACE_PREFIX) :], dtype=dtype)
-    return lm_of(load_checkpoint(path, expected_stage=("pretrain-lm", "stage1")), dtype)
+        folder = path[len(HUGGING_FACE_PREFIX) :]
+        return PaLMDecoder.from_pretrained(folder, dtype=dtype, device=device)
+    stages = ("pretrain-lm", "stage1")
+    return lm_of(load_checkpoint(path, stages, dtype, device), dtype, device)
 
 
-def lm_of(checkpoint: dict, dtype=torch.float32) -> PaLMDecoder:
+def lm_of(checkpoint: dict, dtype=torch.float32, device="cpu") -> PaLMDecoder:
     """The LM of a loaded pretrain-lm or stage-1 checkpoint (stage 1 trains it: never a
     reference)."""
     state = (
@@ -104,7 +107,7 @@ def lm_of(checkpoint: dict, dtype=torch.float32) -> PaLMDecoder:
         if checkpoint["stage"] == "pretrain-lm"
         else submodule_state(checkpoint["model"], "lm.")
     )
-    return loaded(PaLMDecoder, checkpoint["spec"].lm, state, dtype)
+    return loaded(PaLMDecoder, checkpoint["spec"].lm, state, dtype, device)
 
 
 def load_tokenizer(path, vocab_size: int, lm_source: str | None = None) -> data.Tokenizer:

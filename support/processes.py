@@ -29,13 +29,18 @@ def setup_distributed(device_choice: str = "auto"):
     NCCL's communicator and every barrier use that GPU, never GPU 0 by default."""
     use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    # More ranks than GPUs (`make gpu-check` runs two on one GPU): they share the GPUs round robin
+    # and join over gloo, which reduces CUDA tensors through the host; NCCL refuses two ranks on
+    # one GPU.
+    shared = use_cuda and ranks_here > 1 and ranks_here > torch.cuda.device_count()
+    gpu = local_rank % torch.cuda.device_count() if shared else local_rank
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        torch.cuda.set_device(gpu)
+    device = torch.device("cuda", gpu) if use_cuda else torch.device("cpu")
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group(
-            "nccl" if use_cuda else "gloo", device_id=device if use_cuda else None
-        )
+        nccl = use_cuda and not shared
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
         # gloo threads may abort a bare exit
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

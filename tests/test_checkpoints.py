@@ -10,9 +10,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import data
-from conftest import toy_spec
+from conftest import REPO, toy_spec
 from palm_decoder import PaLMConfig
 from support.checkpoints import (
     check_same_spec,
@@ -384,3 +386,33 @@ def test_frozen_references_hash_a_file_whole_and_an_hf_folder_by_its_ends(tmp_pa
         assert (frozen_reference(f"hf:{folder}")["sha256"] != reference["sha256"]) is seen
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         frozen_reference(f"hf:{tmp_path / 'nowhere'}")
+
+
+class MadeTensors(TorchDispatchMode):
+    """Records the dtype of every tensor an operator makes off the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, op, types, args=(), kwargs=None):
+        result = op(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(result):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                self.dtypes.append(tensor.dtype)
+        return result
+
+
+@pytest.mark.parametrize("part", ["vit", "large_lm"])
+def test_frozen_models_load_in_bf16_without_an_fp32_copy(part):
+    """The shipped stage-0 files (bf16) read in bf16 come out in bf16 on the device asked for, and
+    no operator made an fp32 tensor on the way (the file read straight in the frozen dtype, not
+    widened to fp32 first and cast back)."""
+    load = load_vision if part == "vit" else load_lm
+    path = str(REPO / "stage0" / f"{part}.safetensors")
+    with MadeTensors() as made:
+        model = load(path, torch.bfloat16, torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert torch.float32 not in made.dtypes
+    assert {p.dtype for p in load(path).parameters()} == {torch.float32}  # fp32 when asked

@@ -64,6 +64,7 @@ LIBRARY_ORDER = [
 ]
 BENCHMARK_ORDER = [
     "bench.measure",
+    "bench.graphs",
     "bench.tools",
     "bench.training_step",
     "bench.frozen_paths",
@@ -71,6 +72,7 @@ BENCHMARK_ORDER = [
     "bench.reference",
     "bench.attention_checks",
     "bench.kernels",
+    "bench.gpu_check",
     "bench.__main__",
 ]
 SCRIPTS = [

@@ -476,6 +476,31 @@ def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
     assert calls == [("init_process_group", "gloo", {"device_id": None})]
 
 
+def test_more_ranks_than_gpus_share_them_over_gloo(monkeypatch):
+    """Two ranks on one GPU (make gpu-check's torchrun check): both bind GPU 0 and join over gloo
+    (NCCL refuses two ranks on one GPU), without device_id."""
+    calls, joined = [], []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda device: calls.append(("set_device", device))
+    )
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(joined))
+
+    def init_process_group(backend, **options):
+        calls.append(("init_process_group", backend, options))
+        joined.append(True)
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(atexit, "register", lambda function: None)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert trainer.setup_distributed("cuda") == (1, 2, torch.device("cuda", 0))
+    assert calls == [("set_device", 0), ("init_process_group", "gloo", {"device_id": None})]
+
+
 def test_bf16_is_the_default_on_cuda_and_on_cpus_with_bf16_matmuls(monkeypatch):
     """--bf16 none: on for CUDA and for a CPU with avx512_bf16 or AMX, fp32 elsewhere; an explicit
     value wins; the frozen weights follow (bf16 only under autocast)."""
