@@ -20,14 +20,13 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from support.batches import move_to, step_loader, workers_by_default
 from support.checkpoints import CHECKPOINT_NAME, training_state
 from support.model_spec import ModelSpec
 from support.models import bf16_by_default
-from support.processes import Process, all_reduce_sum, setup_distributed
+from support.processes import Process, all_reduce_sum, setup_distributed, wrap_for_training
 from support.run_folder import (
     METRICS_NAME,
     append_metrics,
@@ -126,30 +125,6 @@ def compile_pays(steps: int, use_cuda: bool) -> bool:
     """The default for --compile: on CUDA, or on CPU for runs long enough to earn the compilation
     back."""
     return use_cuda or steps >= CPU_COMPILE_MIN_STEPS
-
-
-def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -> nn.Module:
-    """DDP over several processes, then torch.compile; checkpoints keep the unwrapped model."""
-    if process.world_size > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[process.device.index] if process.device.type == "cuda" else None
-        )
-    if compile_model:
-        # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
-        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a
-        # crash.
-        torch._functorch.config.enable_autograd_cache = False
-        model = compile_for_training(model)
-    return model
-
-
-def compile_for_training(model: nn.Module) -> nn.Module:
-    """torch.compile with every size symbolic from the first graph on (dynamic=True): text
-    lengths, frame counts, batch sizes and target counts vary from batch to batch, and each kind
-    of batch (images or videos, training or validation) is then one graph, not one per shape
-    (tests/test_compile.py). Sizes 0 and 1 are still specialised: a batch whose longest video has
-    one frame is a kind of its own."""
-    return torch.compile(model, dynamic=True)
 
 
 def forward_backward(

@@ -40,7 +40,7 @@ def compile_counts(fn: Callable, calls: Iterable[tuple], backend: str = "eager")
         graphs.append(graph_module)
         return compile_graph(graph_module, example_inputs)
 
-    compiled = torch.compile(fn, backend=counting_backend)
+    compiled = torch.compile(fn, backend=counting_backend, dynamic=True)  # as the trainer does
     frames_after_first = None
     for args in calls:
         compiled(*args)

@@ -15,6 +15,7 @@ from bench.measure import time_calls
 from bench.tools import DTYPES, Preset, build_stage_model, synthetic_batch, to_device
 from stage0.scenes import scene_loss
 from support.model_spec import ModelSpec
+from support.processes import compile_for_training
 from trainer import TrainConfig, build_optimizer
 from vlm import VisionLanguageModel, caption_loss
 
@@ -119,7 +120,7 @@ def setup_step(spec: ModelSpec, preset: Preset, device: torch.device, compiled: 
     batch = to_device(synthetic_batch(preset, spec), device)
     return StepSetup(
         model,
-        torch.compile(model) if compiled else model,
+        compile_for_training(model) if compiled else model,  # as the trainer compiles
         optimizer,
         [p for p in model.parameters() if p.requires_grad],
         batch,

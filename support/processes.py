@@ -1,4 +1,5 @@
-"""Where a run trains: one process, or one per GPU under `torchrun` (DDP), and which of them speaks.
+"""Where a run trains: one process, or one per GPU under `torchrun` (DDP), which of them speaks,
+and the model as each process runs it (DDP, torch.compile).
 
 torchrun starts one process per GPU and tells each its RANK (among all processes) and LOCAL_RANK
 (its GPU on this machine). Each process binds its GPU before joining the process group, so NCCL
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_main_process() -> bool:
@@ -66,3 +69,27 @@ class Process:
         return (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         )
+
+
+def wrap_for_training(model: nn.Module, process: Process, compile_model: bool) -> nn.Module:
+    """DDP over several processes, then torch.compile; checkpoints keep the unwrapped model."""
+    if process.world_size > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[process.device.index] if process.device.type == "cuda" else None
+        )
+    if compile_model:
+        # torch 2.13's warm on-disk AOTAutograd cache returns a broken stage-1 graph ("invalid
+        # shape dimension", pytorch/pytorch#185630): recompiling each run costs seconds, not a
+        # crash.
+        torch._functorch.config.enable_autograd_cache = False
+        model = compile_for_training(model)
+    return model
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """torch.compile with every size symbolic from the first graph on (dynamic=True): text
+    lengths, frame counts, batch sizes and target counts vary from batch to batch, and each kind
+    of batch (images or videos, training or validation) is then one graph, not one per shape
+    (tests/test_compile.py). Sizes 0 and 1 are still specialised: a batch whose longest video has
+    one frame is a kind of its own."""
+    return torch.compile(model, dynamic=True)

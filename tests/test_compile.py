@@ -11,7 +11,7 @@ from torch._dynamo.testing import CompileCounter
 
 import data
 from bench.tools import PRESETS, build_stage_model, stage_spec
-from trainer import compile_for_training
+from support.processes import compile_for_training
 from vlm import caption_loss
 
 PRESET = PRESETS["quick"]  # the smallest shapes every backend runs
@@ -66,8 +66,8 @@ def test_training_steps_compile_to_one_graph_per_batch_kind(run):
     images every other step, videos in between) and 4 validation batches, the model compiled with
     fullgraph=True: any graph break (a host sync such as .item() or nonzero, a Python value read
     from a tensor) raises. Dynamo compiles a kind of batch (image or video, training or
-    validation) once, every size symbolic (trainer.compile_for_training's dynamic=True): one graph
-    per kind, whatever the 40 batches."""
+    validation) once, every size symbolic (compile_for_training's dynamic=True): one graph per
+    kind, whatever the 40 batches."""
     spec, model = build(*RUNS[run])
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
