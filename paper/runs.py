@@ -316,16 +316,23 @@ SCORES = {
 BLANK = "blank_"  # the same score with every image blank: blank_cider_d, ...
 
 
+def halfway_loss(curve: list[tuple[int, float]]) -> float:
+    """Halfway from a curve's first validation loss to its final one: what the baseline reaches in
+    the middle of its drop. (Its own final loss it reaches at its last step by construction, so
+    racing to that would score the baseline the run's length whatever its pace.)"""
+    return (curve[0][1] + curve[-1][1]) / 2
+
+
 def stage2_metrics(folder: Path, baseline: Path) -> dict:
     """One seed of one row: what evaluate.py compare and the reliance wrote in folder/eval."""
     row = evaluation_row(folder)
-    target = evaluation_row(baseline)["final_val_loss"]
+    target = halfway_loss(evaluation_row(baseline)["curve"])
     metrics = {
         "run": str(folder),
         "steps": row["step"],
         "trainable_parameters": row["trainable_parameters"],
         "final_val_loss": row["final_val_loss"],
-        "steps_to_baseline_final_loss": steps_to_reach(row["curve"], target),
+        "steps_to_halfway": steps_to_reach(row["curve"], target),
         "curve": row["curve"],  # (step, val loss): results.json keeps every run's curve
     }
     if len(row["curve"]) > 1:

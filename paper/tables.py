@@ -123,7 +123,7 @@ def run_paper(args) -> dict:
         )
     }
     results = {
-        "command": "python " + shlex.join(sys.argv),
+        "command": "python -m paper.tables " + shlex.join(sys.argv[1:]),
         "settings": settings,
         "wall_s": time.time() - started,
         "runs_run": ran,
@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     )
     run.add_argument("--runs", default="runs/paper", help="folder for every run (seed<N>/<run>)")
     run.add_argument("--out", default="docs", help="folder for results.md and results.json")
-    run.add_argument("--seeds", type=parse_seeds, default=list(range(1, 17)), metavar="1,2,3")
+    run.add_argument("--seeds", type=parse_seeds, default=list(range(1, 13)), metavar="1,2,3")
     run.add_argument(
         "--tables",
         type=parse_tables,
@@ -214,7 +214,7 @@ def main(argv=None) -> None:
         help="the tables to run and judge (default: Table 2, the paper's main claims)",
     )
     run.add_argument("--stage1-steps", type=COUNT, default=300)
-    run.add_argument("--stage2-steps", type=COUNT, default=300)
+    run.add_argument("--stage2-steps", type=COUNT, default=400)
     run.add_argument(
         "--eval-every",
         type=COUNT,
@@ -224,8 +224,9 @@ def main(argv=None) -> None:
     run.add_argument(
         "--eval-limit",
         type=NON_NEGATIVE,
-        default=100,
-        help="test images / questions per task (0: all)",
+        default=300,
+        help="test images / questions per task (0: all); 300: every test image of the synthetic "
+        "world, whose CIDEr-D at 100 images varied too much from seed to seed to decide",
     )
     run.add_argument(
         "--reliance-limit", type=COUNT, default=128, help="validation images for the oracle gap"

@@ -37,6 +37,15 @@ def test_steps_to_reach_is_the_first_validation_step_at_or_below_the_target():
     assert paper.steps_to_reach(curve, 0.5) is None
 
 
+def test_the_race_is_to_halfway_down_the_baselines_drop():
+    """Its own final loss the baseline reaches at its last step by construction; the halfway loss
+    it reaches mid-run, so that its pace shows."""
+    baseline = [(25, 0.9), (50, 0.85), (75, 0.7), (100, 0.62), (125, 0.6)]
+    assert runs.halfway_loss(baseline) == pytest.approx(0.75)
+    assert paper.steps_to_reach(baseline, runs.halfway_loss(baseline)) == 75
+    assert paper.steps_to_reach(baseline, baseline[-1][1]) == 125
+
+
 def test_judge_pairs_the_seeds_and_counts_a_never_reached_target_as_the_run_length():
     """Two claims on hand-made rows: a score where ours wins every seed, and steps to a target
     loss where ours never reached it at seed 2 (censored at the run length, 200 steps)."""
@@ -192,13 +201,13 @@ def test_the_whole_orchestration_writes_every_table_and_a_second_run_reruns_noth
     table2 = {row["name"]: row["seeds"] for row in results["tables"]["Table 2"]}
     vadapter, perceiver = table2["PaLM2-VAdapter"], table2["perceiver resampler (6 layers)"]
     assert [seed["cider_d"] for seed in vadapter] == pytest.approx([1.81, 1.82, 1.83])
-    # 0.55 <= the perceiver's 0.6
-    assert [seed["steps_to_baseline_final_loss"] for seed in vadapter] == [
+    # 0.55 <= the perceiver's halfway loss
+    assert [seed["steps_to_halfway"] for seed in vadapter] == [
         50,
         50,
         50,
     ]
-    assert [seed["steps_to_baseline_final_loss"] for seed in perceiver] == [100, 100, 100]
+    assert [seed["steps_to_halfway"] for seed in perceiver] == [100, 100, 100]
     # every run's curve is kept, and its area: (0.55 + 0.5) / 2 over steps 50..100
     assert vadapter[0]["curve"] == [[50, 0.55], [100, 0.5]]
     assert [seed["val_loss_area"] for seed in vadapter] == pytest.approx([0.525] * 3)
