@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from attention import BACKENDS, and_masks, attention, causal, left_padding, prefix_lm
 from support import decoder_inputs, hf_decoder
@@ -134,6 +135,8 @@ class PaLMDecoder(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
         self.blocks = nn.ModuleList(make_block(config) for _ in range(config.depth))
         self.final_norm = make_norm(config)
+        # training: each block's activations recomputed in the backward, not kept (run_blocks)
+        self.checkpoint_blocks = False
         self.output_head = None
         if not config.tie_embeddings:
             self.output_head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -254,12 +257,19 @@ class PaLMDecoder(nn.Module):
         return and_masks(left_padding(pad_lengths, query_offset), visible)
 
     def run_blocks(self, x, positions, mask, cache=None):
-        """x (B, S, D) -> final-normed hidden states (B, S, D); appends to cache when given."""
+        """x (B, S, D) -> final-normed hidden states (B, S, D); appends to cache when given.
+        With checkpoint_blocks, a backward to come keeps each block's input only and runs the
+        block again to get its gradient: a frozen 7B LM's activations are most of a stage-2
+        step's memory (docs/scaling.md)."""
+        recompute = self.checkpoint_blocks and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             past = None
             if cache is not None and cache.keys[i] is not None:
                 past = (cache.keys[i], cache.values[i])
-            x, (k, v) = block(x, positions, mask, past)
+            if recompute:
+                x, (k, v) = checkpoint(block, x, positions, mask, past, use_reentrant=False)
+            else:
+                x, (k, v) = block(x, positions, mask, past)
             if cache is not None:
                 cache.keys[i], cache.values[i] = k, v
         return self.final_norm(x)

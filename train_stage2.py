@@ -71,6 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--resampler-* "
         "flag that changes it is refused) instead of a fresh one (default false)",
     )
+    parser.add_argument(
+        "--checkpoint-lm",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="recompute the frozen LM's blocks in the backward instead of keeping their "
+        "activations (PaLMDecoder.checkpoint_blocks): the memory of a large LM's activations for "
+        "about one more LM forward per step (default false)",
+    )
     parser.add_argument("--perceiver-depth", type=COUNT, default=PERCEIVER_DEPTH)
     parser.add_argument(
         "--perceiver-dim", type=COUNT, help="latent width of the baseline (default: the ViT's)"
@@ -180,6 +189,7 @@ def main(argv=None):
     # each rank reads the frozen models straight onto its own device, in the dtype they run in
     _, _, device = setup_distributed(train_config.device)
     vision, lm = load_vision(args.vit, dtype, device), load_lm(args.lm, dtype, device)
+    lm.checkpoint_blocks = args.checkpoint_lm
     adapter, resampler, tiny_lm = build_adapter(args, vision, lm)
     spec = ModelSpec(
         vision=vision.config,

@@ -851,15 +851,20 @@ def test_worker_processes_decode_every_batch_and_train_as_one_process_does(
 
 def test_the_stage_scripts_print_their_summary_from_rank_0_only(monkeypatch, capsys):
     """Under torchrun every rank runs the script: RANK 1 prints no "done" line, RANK 0 does (the
-    models and the training are stand-ins: only the last line is under test)."""
+    models and the training are stand-ins: only the last line is under test). And stage 2's
+    --checkpoint-lm reaches the frozen LM."""
     model = build_vlm(toy_spec("mlp"))
-    monkeypatch.setattr(train_stage1, "load_vision", lambda path, dtype: model.vision)
-    monkeypatch.setattr(train_stage2, "load_vision", lambda path, dtype: model.vision)
-    monkeypatch.setattr(train_stage1, "load_lm", lambda path: model.lm)
-    monkeypatch.setattr(train_stage2, "load_lm", lambda path, dtype: model.lm)
+    trained = []
     for script in (train_stage1, train_stage2):
+        monkeypatch.setattr(script, "load_vision", lambda path, *dtype_device: model.vision)
+        monkeypatch.setattr(script, "load_lm", lambda path, *dtype_device, **device: model.lm)
         monkeypatch.setattr(script, "frozen_reference", lambda path: {"path": path})
-        monkeypatch.setattr(script, "train_vlm", lambda *arguments: {"train_loss": 0.5})
+        monkeypatch.setattr(script, "setup_distributed", lambda device: (0, 1, torch.device("cpu")))
+        monkeypatch.setattr(
+            script,
+            "train_vlm",
+            lambda *arguments: trained.append(arguments[0]) or {"train_loss": 0.5},
+        )
     stage1 = ["--data", "d", "--vit", "v", "--tiny-lm", "t", "--bf16", "false"]
     stage2 = ["--data", "d", "--vit", "v", "--lm", "l", "--adapter", "mlp", "--bf16", "false"]
     for rank, printed in (("1", ""), ("0", "{'train_loss': 0.5}\n")):
@@ -868,3 +873,6 @@ def test_the_stage_scripts_print_their_summary_from_rank_0_only(monkeypatch, cap
         assert capsys.readouterr().out == (printed and f"[stage1] done: {printed}")
         assert train_stage2.main(stage2) == {"train_loss": 0.5}
         assert capsys.readouterr().out == (printed and f"[stage2 mlp] done: {printed}")
+    assert not trained[-1].lm.checkpoint_blocks, "the frozen LM keeps its activations by default"
+    train_stage2.main([*stage2, "--checkpoint-lm", "true"])
+    assert trained[-1].lm.checkpoint_blocks, "--checkpoint-lm true recomputes its blocks"

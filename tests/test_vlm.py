@@ -206,3 +206,38 @@ def test_a_short_video_padded_in_a_batch_gives_the_visual_tokens_it_gives_alone(
         # the padding read as frames: another result
         unmasked = model.visual_tokens(batch["pixels"])
     assert (unmasked[1] - batched[1]).abs().max() > 1e-3
+
+
+def saved_for_backward_bytes(run) -> tuple[int, torch.Tensor]:
+    """-> (bytes autograd keeps for the backward while `run()` builds its graph, run()'s result)."""
+    saved = []
+
+    def keep(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        result = run()
+    return sum(saved), result
+
+
+def test_checkpointed_lm_blocks_keep_less_for_the_backward_and_give_the_same_gradient():
+    """--checkpoint-lm: the frozen LM's blocks keep only their inputs for the backward and run
+    again in it; the gradient reaching the visual tokens is the same, bit for bit."""
+    lm = PaLMDecoder(PaLMConfig(vocab_size=VOCAB, dim=32, depth=3, num_heads=4, max_seq_len=32))
+    lm.requires_grad_(False)
+    _, input_ids, loss_mask = eight_pairs()
+    prefix = torch.randn(8, 4, 32, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        lm.checkpoint_blocks = recompute
+        kept, (_, loss) = saved_for_backward_bytes(
+            lambda: lm(input_ids, prefix=prefix, loss_mask=loss_mask, return_logits=False)
+        )
+        results[recompute] = kept, loss, torch.autograd.grad(loss, prefix)[0]
+    (kept_all, loss, grad), (kept_inputs, loss_recomputed, grad_recomputed) = results.values()
+    assert torch.equal(loss, loss_recomputed) and torch.equal(grad, grad_recomputed)
+    assert kept_inputs < kept_all / 3, (kept_inputs, kept_all)
+    with torch.no_grad():  # no backward to come: nothing to recompute, the same output
+        lm.checkpoint_blocks = True
+        assert torch.equal(lm(input_ids, prefix=prefix, loss_mask=loss_mask)[1], loss)
