@@ -1,16 +1,21 @@
 """Helpers shared by the test files: the repository root, one-thread runs, small model specs,
-a small synthetic world and its tokenizer."""
+a small synthetic world and its tokenizer, and the chain of stage runs that the test_training*.py
+files read."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import data
+import train_stage1
+import train_stage2
 from palm_decoder import PaLMConfig
 from resampler import ResamplerConfig
-from stage0 import synthetic
+from stage0 import pretrain, synthetic
 from support.model_spec import ModelSpec
 from vit import ViTConfig
 
@@ -110,3 +115,163 @@ def tokenizer(world, tmp_path_factory) -> data.Tokenizer:
     return data.Tokenizer.train(
         world_texts(world), tmp_path_factory.mktemp("tok") / "shapes.model", vocab_size=400
     )
+
+
+# fp32 on every CPU (the default is bf16 where the CPU has bf16 matmuls): the frozen models stay
+# bit-identical to their files. tests/test_trainer.py checks the default itself.
+FAST = [
+    "--bf16",
+    "false",
+    "--steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+    "--log-every",
+    "1",
+]
+
+
+def losses(run_dir):
+    lines = [
+        json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """A tiny data folder and every stage run once, each loading the previous stage's checkpoint."""
+    root = tmp_path_factory.mktemp("chain")
+    data_dir = root / "data"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stage0.synthetic",
+            "--out",
+            str(data_dir),
+            "--train-images",
+            "48",
+            "--val-images",
+            "16",
+            "--test-images",
+            "8",
+            "--train-videos",
+            "16",
+            "--val-videos",
+            "8",
+            "--test-videos",
+            "4",
+            "--image-size",
+            "32",
+            "--num-frames",
+            "2",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    small_vit = [
+        "--vit-image-size",
+        "32",
+        "--vit-dim",
+        "32",
+        "--vit-depth",
+        "1",
+        "--vit-num-heads",
+        "2",
+        "--vit-mlp-dim",
+        "64",
+    ]
+    small_lm = ["--lm-dim", "32", "--lm-depth", "1", "--lm-num-heads", "2"]
+    common = ["--data", str(data_dir), *FAST]
+    runs = {
+        name: root / name
+        for name in ("vit", "tiny_lm", "large_lm", "stage1", "vadapter", "perceiver", "mlp")
+    }
+    pretrain.main(
+        [
+            "vit",
+            *common,
+            *small_vit,
+            *small_lm,
+            "--num-latents",
+            "4",
+            "--max-frames",
+            "2",
+            "--out-dir",
+            str(runs["vit"]),
+        ]
+    )
+    pretrain.main(["lm", *common, *small_lm, "--out-dir", str(runs["tiny_lm"])])
+    pretrain.main(
+        [
+            "lm",
+            *common,
+            "--lm-dim",
+            "48",
+            "--lm-depth",
+            "2",
+            "--lm-num-heads",
+            "4",
+            "--out-dir",
+            str(runs["large_lm"]),
+        ]
+    )
+    resampler = ["--resampler-num-latents", "4", "--resampler-max-frames", "2"]
+    train_stage1.main(
+        [
+            *common,
+            *resampler,
+            "--vit",
+            str(runs["vit"]),
+            "--tiny-lm",
+            str(runs["tiny_lm"]),
+            "--out-dir",
+            str(runs["stage1"]),
+        ]
+    )
+    frozen = ["--vit", str(runs["vit"]), "--lm", str(runs["large_lm"])]
+    train_stage2.main(
+        [
+            *common,
+            *frozen,
+            *resampler,
+            "--adapter",
+            "vadapter",
+            "--stage1",
+            str(runs["stage1"]),
+            "--out-dir",
+            str(runs["vadapter"]),
+        ]
+    )
+    train_stage2.main(
+        [
+            *common,
+            *frozen,
+            *resampler,
+            "--adapter",
+            "perceiver",
+            "--perceiver-depth",
+            "2",
+            "--out-dir",
+            str(runs["perceiver"]),
+        ]
+    )
+    train_stage2.main(
+        [
+            *common,
+            *frozen,
+            "--adapter",
+            "mlp",
+            "--self-contained",
+            "true",
+            "--out-dir",
+            str(runs["mlp"]),
+        ]
+    )
+    return data_dir, runs, common, frozen, resampler

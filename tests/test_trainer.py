@@ -1,5 +1,5 @@
 """trainer.py: the data order over ranks and micro-steps, the learning-rate schedule, the NaN stop.
-The whole loop on real stages (resume, DDP) is exercised in test_training.py."""
+The whole loop on real stages (resume, DDP) is exercised in test_training_resume.py."""
 
 import atexit
 import json
