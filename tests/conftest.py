@@ -1,8 +1,9 @@
 """Helpers shared by the test files: the repository root, one-thread runs, small model specs,
-a small synthetic world and its tokenizer, and the chain of stage runs that the test_training*.py
-files read."""
+a small synthetic world and its tokenizer, the chain of stage runs that the test_training*.py
+files read, and sockets refused for the test_hf*.py files."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Sockets refused, for every test of the test_hf*.py files (their pytestmark): loading a folder
+    must never reach for the hub."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def toy_spec(
