@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import sentencepiece
 import torch
+from coco_files import karpathy_file, official_coco
 from PIL import Image
-from test_readers import karpathy_file, official_coco
 
 import data
 import trainer
