@@ -1,6 +1,6 @@
 """Helpers shared by the test files: the repository root, one-thread runs, small model specs,
-a small synthetic world and its tokenizer, the chain of stage runs that the test_training*.py
-files read, and sockets refused for the test_hf*.py files."""
+a small synthetic world and its tokenizer, a tiny text-only training run, the chain of stage runs
+that the test_training*.py files read, and sockets refused for the test_hf*.py files."""
 
 import json
 import socket
@@ -14,7 +14,8 @@ import torch
 import data
 import train_stage1
 import train_stage2
-from palm_decoder import PaLMConfig
+import trainer
+from palm_decoder import PaLMConfig, PaLMDecoder
 from resampler import ResamplerConfig
 from stage0 import pretrain, synthetic
 from support.model_spec import ModelSpec
@@ -128,6 +129,36 @@ def tokenizer(world, tmp_path_factory) -> data.Tokenizer:
     """A sentencepiece model trained on world_texts(world)."""
     return data.Tokenizer.train(
         world_texts(world), tmp_path_factory.mktemp("tok") / "shapes.model", vocab_size=400
+    )
+
+
+def tiny_lm_run(tmp_path, loss_fn=None, **config):
+    """A text-only LM trained by trainer.train on a dozen texts: the loop in a second."""
+    texts = ["a red circle", "two blue squares", "a green star above a cross"] * 4
+    tokenizer = data.Tokenizer.train(texts, tmp_path / "tok.model", 40)
+    torch.manual_seed(0)
+    model = PaLMDecoder(PaLMConfig(vocab_size=tokenizer.vocab_size, dim=32, depth=1, num_heads=2))
+    config = trainer.TrainConfig(
+        **{
+            "out_dir": str(tmp_path / "run"),
+            "steps": 4,
+            "batch_size": 4,
+            "save_every": 2,
+            "eval_every": 100,
+            "log_every": 1,
+            **config,
+        }
+    )
+    dataset = data.TextDataset([[text] for text in texts], tokenizer)
+    return trainer.train(
+        model,
+        loss_fn or pretrain.lm_loss,
+        dataset,
+        dataset,
+        lambda s: data.collate(s, tokenizer.pad_id),
+        config,
+        "pretrain-lm",
+        ModelSpec(lm=model.config),
     )
 
 

@@ -1,5 +1,6 @@
-"""run_folder.py: metrics lines torn by a full disk are dropped, temp files of killed writes go and
-those of live ones stay, old checkpoints rotate. The whole of it inside a run: test_trainer.py."""
+"""run_folder.py: metrics lines torn by a full disk are dropped, temp files of killed writes go
+and those of live ones stay, old checkpoints rotate. The whole of it inside a run:
+test_trainer_runs.py."""
 
 import json
 import os
