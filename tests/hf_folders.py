@@ -52,8 +52,6 @@ LLAMA_CONFIG = {  # the older config.json spelling (rope_theta, rope_scaling) on
     "hidden_act": "silu",
     "tie_word_embeddings": False,
 }
-
-
 SIGLIP_CONFIG = {
     "architectures": ["SiglipVisionModel"],
     "model_type": "siglip_vision_model",

@@ -21,8 +21,6 @@ from support.models import load_lm, load_vision
 from vit import ViT, ViTConfig
 
 pytestmark = pytest.mark.usefixtures("no_network")
-
-
 ATOL = 1e-4
 
 
