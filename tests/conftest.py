@@ -1,6 +1,7 @@
 """Helpers shared by the test files: the repository root, one-thread runs, small model specs,
-a small synthetic world and its tokenizer, a tiny text-only training run, the chain of stage runs
-that the test_training*.py files read, and sockets refused for the test_hf*.py files."""
+a small synthetic world and its tokenizer, the reader property tests' store of files, a tiny
+text-only training run, the chain of stage runs that the test_training*.py files read, and sockets
+refused for the test_hf*.py files."""
 
 import json
 import socket
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reader_store import FILES, IMAGE, encoded
 
 import data
 import train_stage1
@@ -130,6 +132,20 @@ def tokenizer(world, tmp_path_factory) -> data.Tokenizer:
     return data.Tokenizer.train(
         world_texts(world), tmp_path_factory.mktemp("tok") / "shapes.model", vocab_size=400
     )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    for name, what in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if what == IMAGE:
+            (root / name).write_bytes(b"not an image" if "fake" in name else encoded())
+            continue
+        (root / name).mkdir()
+        for file in [f"{t}.png" for t in range(what)] + ["notes.txt"] * ("notes" in name):
+            (root / name / file).write_bytes(encoded() if file.endswith(".png") else b"notes")
+    return root
 
 
 def tiny_lm_run(tmp_path, loss_fn=None, **config):

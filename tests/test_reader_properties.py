@@ -1,73 +1,27 @@
-"""Property tests of the readers (COCO captions official and Karpathy's, VQAv2, video folders,
-image files, the tokenizer file) on generated bad input: missing, extra and mistyped fields, huge,
-negative and duplicate ids, odd unicode, nested garbage, files that are no JSON object, images
-missing or not images, frame folders without frames, tokenizer files of random or cut bytes. Each
-reader loads exactly what a small model written here expects (a table of the files on disk, each
-format's rules in a few lines) or raises DataError naming file and field, never another exception;
-with on_bad_sample="skip" it loads what the model expects and counts every left-out sample.
-Settings, here only: HYPOTHESIS_PROFILE=ci (default, derandomized) or deep (random, to hunt bugs).
-"""
+"""Property tests of the JSON readers (COCO captions official and Karpathy's, VQAv2, video
+folders) on generated bad input: missing, extra and mistyped fields, huge, negative and duplicate
+ids, odd unicode, nested garbage, files that are no JSON object, images missing or not images,
+frame folders without frames. Each reader loads exactly what a small model written here expects
+(a table of the files on disk, each format's rules in a few lines) or raises DataError naming
+file and field, never another exception; with on_bad_sample="skip" it loads what the model
+expects and counts every left-out sample. The store and the Hypothesis settings: reader_store.py."""
 
 import functools
-import io
 import json
 import os
 import re
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
-import torch
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
-from PIL import Image
+from reader_store import FILES, IMAGE, NAMES, OUTSIDE
 
-import data
 from support import readers
 from support.data_checks import DataError
-from support.models import load_tokenizer
 
-settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, database=None)
-settings.register_profile("deep", settings.get_profile("ci"), max_examples=3000, derandomize=False)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # skip mode's report of what it skipped; PIL's, on what it could read of a damaged file
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-IMAGE, OUTSIDE = "image", "outside"
-# What the store (the data folder of these tests) holds: an image file, or a folder of n frames.
-FILES = {
-    **dict.fromkeys(["images/red.png", "images/ünï.png", "COCO_val2014_000000000000.jpg"], IMAGE),
-    "images/fake.png": IMAGE,  # text inside: readers check presence, decoding comes at loading
-    **{"videos/three": 3, "videos/one": 1, "videos/none": 0, "videos/notes_only": 0},
-    "videos/three_and_notes": 3,  # and notes.txt, which is not a frame
-}
-NAMES = [
-    *FILES,
-    *("images/absent.png", "red.png", "three", " images/red.png\n", "images/../images/red.png"),
-    *("a" * 300, "images/\x00.png", "images/\ud800.png", "", " \t"),  # too long, NUL, surrogate
-    *("/etc/passwd", "../outside.png", "images/../../outside.png"),
-]
-FORMATS = ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "ICO", "TGA", "PPM", "PCX", "SGI", "DDS"]
-
-
-def encoded(format="PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (6, 4), (200, 30, 30)).save(buffer, format)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    for name, what in FILES.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        if what == IMAGE:
-            (root / name).write_bytes(b"not an image" if "fake" in name else encoded())
-            continue
-        (root / name).mkdir()
-        for file in [f"{t}.png" for t in range(what)] + ["notes.txt"] * ("notes" in name):
-            (root / name / file).write_bytes(encoded() if file.endswith(".png") else b"notes")
-    return root
 
 
 # --- generated input -------------------------------------------------------------------------
@@ -380,63 +334,3 @@ def test_a_file_that_is_not_the_json_object_a_reader_needs(store, content, role)
     for on_bad_sample in ("error", "skip"):
         with pytest.raises(DataError, match=re.escape(str(path))):
             read(*files, on_bad_sample=on_bad_sample)
-
-
-@given(
-    format=st.sampled_from(FORMATS),
-    damage=st.sampled_from(["whole", "cut", "changed", "random"]),
-    at=st.integers(min_value=0),
-    value=st.integers(1, 255),
-    noise=st.binary(max_size=40),
-)
-@example(format="DDS", damage="changed", at=80, value=64, noise=b"")  # "pixel format flags 0"
-def test_image_or_frame_decodes_or_is_a_data_error(store, format, damage, at, value, noise):
-    whole_file, colour = encoded(format), (torch.tensor([200, 30, 30]) / 255 - 0.5) / 0.5
-    at %= len(whole_file)
-    changed = whole_file[:at] + bytes([whole_file[at] ^ value]) + whole_file[at + 1 :]
-    content = {"whole": whole_file, "cut": whole_file[:at], "changed": changed, "random": noise}
-    frame = store / "clip" / "0.png"  # whatever the format: PIL reads the content
-    frame.parent.mkdir(exist_ok=True)
-    frame.write_bytes(content[damage])
-    for path, shape in ((frame, (3, 8, 8)), (frame.parent, (1, 3, 8, 8))):
-        try:
-            pixels = data.load_pixels(path, 8)
-        except DataError as error:
-            assert damage != "whole" and str(frame) in str(error), str(error)
-            continue
-        assert pixels.shape == shape and pixels.abs().max() <= 1 + 1e-6
-        if damage == "whole":  # lossy formats stay within a few levels of 255
-            assert torch.allclose(pixels.reshape(3, -1).T, colour, atol=0.05)
-
-
-LINES, LM_VOCAB = ["a red circle", "a blue cat", "a red cat", "a blue circle"], 17
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tokenizer") / "small.model"
-    assert data.Tokenizer.train(LINES * 10, path, vocab_size=LM_VOCAB).vocab_size == LM_VOCAB
-    return path
-
-
-@given(
-    damage=st.sampled_from(["whole", "cut", "random", "empty", "missing", "folder"]),
-    at=st.integers(min_value=0),
-    noise=st.binary(min_size=1, max_size=40),
-)
-@example(damage="cut", at=113, noise=b"x")  # between two pieces: it parses, with fewer pieces
-def test_tokenizer_file_loads_whole_or_is_a_data_error(store, tokenizer_file, damage, at, noise):
-    whole_file, path = tokenizer_file.read_bytes(), store / "tokenizer.model"
-    content = {"whole": whole_file, "cut": whole_file[: at % len(whole_file)], "random": noise}
-    path.unlink(missing_ok=True)
-    if damage in content or damage == "empty":
-        path.write_bytes(content.get(damage, b""))
-    path = store / "videos" if damage == "folder" else path
-    try:  # as the scripts load it: checked against the language model's vocab_size too
-        tokenizer = load_tokenizer(path, LM_VOCAB)
-    except DataError as error:
-        assert damage != "whole" and str(path) in str(error), str(error)
-    else:  # as trained: special ids as Tokenizer.train fixes them, lines read back as written
-        special = tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id
-        assert damage == "whole" and special == (0, 1, 2, 3)
-        assert [tokenizer.decode(tokenizer.encode(line)) for line in LINES] == LINES
