@@ -1,6 +1,7 @@
 """evaluate.py: the command line that scores a checkpoint on a data folder, captions one image,
 compares stage-2 runs and measures image reliance. Untrained toy models on a tiny synthetic data
-folder: what is checked is the wiring (files, keys, determinism, errors), not the scores."""
+folder: what is checked is the wiring (files, keys, determinism, errors), not the scores. Its
+helpers that need no checkpoint: test_evaluate_helpers.py."""
 
 import json
 import math
@@ -8,8 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,8 +19,6 @@ from conftest import REPO, toy_spec
 from evaluation import diagnostics, metrics
 from evaluation.decoding import Decoding, decode
 from evaluation.report import scored_items
-from evaluation.tasks import spread_over_images
-from resampler import ResamplerConfig
 from stage0 import synthetic
 from support import checkpoints
 from support.model_spec import build_vlm
@@ -50,29 +47,6 @@ def test_metrics_stay_importable_from_evaluate():
         metrics.bleu4,
         metrics.vqa_accuracy,
     )
-
-
-def test_run_names_tell_the_paper_rows_apart():
-    """The comparison table's row names: the VAdapter's front when not the paper's 1-layer
-    perceiver."""
-    vadapter = toy_spec("vadapter")
-    names = [
-        evaluate.run_name(spec)
-        for spec in (
-            replace(vadapter, adapter_init="lm"),
-            replace(vadapter, resampler=ResamplerConfig.for_pooler(48, 48, 4)),
-            replace(vadapter, resampler=ResamplerConfig.for_perceiver(48, depth=6)),
-            toy_spec("perceiver"),
-            toy_spec("mlp"),
-        )
-    ]
-    assert names == [
-        "vadapter (lm)",
-        "vadapter (stage1, pooler)",
-        "vadapter (stage1, 6-layer perceiver)",
-        "perceiver (depth 2)",
-        "mlp",
-    ]
 
 
 TINY_WORLD = dict(
@@ -407,23 +381,3 @@ def test_videos_of_different_lengths_decode_batched_as_one_by_one(run, tmp_path)
                 evaluate.generate_texts(model, tokenizer, videos, [""] * 3, decoding, "cpu")
                 == one_by_one
             )
-
-
-def test_validation_curve_skips_a_torn_last_line(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"step": 10, "val_loss": 2.5}\n{"step": 20, "loss": 1.0}\n{"step": 30, "val_lo'
-    )
-    assert evaluate.validation_curve(tmp_path) == [(10, 2.5)]
-
-
-def test_a_vqa_limit_takes_questions_spread_over_the_images():
-    """3 images with 3 questions each, limit 4: one question of every image first, then a
-    second question of the first image; returned image by image."""
-    questions = [
-        SimpleNamespace(image_id=image, question_id=10 * image + k)
-        for image in (3, 1, 2)
-        for k in (2, 0, 1)
-    ]
-    chosen = spread_over_images(questions, 4)
-    assert [(q.image_id, q.question_id) for q in chosen] == [(1, 10), (1, 11), (2, 20), (3, 30)]
-    assert len(spread_over_images(questions, None)) == 9
