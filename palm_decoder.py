@@ -8,9 +8,9 @@ input and output embeddings shared.
 
 Reading order: the config, the block, the decoder (the training forward and the parts that
 evaluation/decoding.py's prefill / decode_step reuse), the config checks, the presets; the
-argument checks live in support/decoder_inputs.py. Decoders
-read from Hugging Face folders (Llama, Gemma) reuse this class through the last fields of
-PaLMConfig; their block, norm and weight tables live in support/hf_decoder.py.
+argument checks live in support/decoder_inputs.py. Decoders read from Hugging Face folders (Llama,
+Gemma) reuse this class through the last fields of PaLMConfig; their block, norm and weight tables
+live in support/hf_decoder.py.
 """
 
 import math
