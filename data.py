@@ -214,8 +214,8 @@ class VisionTextDataset(Dataset):
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Right-pads to the longest sample: pixels (B,3,S,S) or (B,T,3,S,S), input_ids and loss_mask
     (B,L) (False on padding), lengths (B,), num_targets (an int: loss_mask's True count),
-    visual_start (B,) when the samples have it, image_ids
-    (and question_ids if any) as lists. A batch fetched from the feature cache has no pixels but
+    visual_start (B,) when the samples have it, image_ids (and question_ids if any) as lists.
+    A batch fetched from the feature cache has no pixels but
     cached_features, a list of B tensors (and num_frames (B,) for videos), which
     FeatureCache.fetched stacks and pads as it does the features it computes."""
     if len({s["pixels"].dim() if "pixels" in s else 0 for s in samples}) > 1:
