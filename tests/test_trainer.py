@@ -212,9 +212,9 @@ def test_the_validation_loader_is_built_once_and_gives_what_a_fresh_one_gives(
     assert list(summary["val_loss"].values()) == [reused for reused, _ in evaluated]
 
 
-def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
-    """torchrun's LOCAL_RANK 3 on CUDA: set_device(3), then init_process_group("nccl",
-    device_id=cuda:3), so NCCL never starts on GPU 0; on CPU gloo, no device_id."""
+def fake_process_group(monkeypatch, rank: int, world_size: int) -> tuple[list, list]:
+    """torch.cuda.set_device and torch.distributed's process group faked for a rank of world_size
+    -> (the calls they received in order, a list that is non-empty once the group is joined)."""
     calls, joined = [], []
     monkeypatch.setattr(
         torch.cuda, "set_device", lambda device: calls.append(("set_device", device))
@@ -226,9 +226,16 @@ def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
         joined.append(True)
 
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    monkeypatch.setattr(dist, "get_rank", lambda: 11)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 16)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world_size)
     monkeypatch.setattr(atexit, "register", lambda function: None)
+    return calls, joined
+
+
+def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
+    """torchrun's LOCAL_RANK 3 on CUDA: set_device(3), then init_process_group("nccl",
+    device_id=cuda:3), so NCCL never starts on GPU 0; on CPU gloo, no device_id."""
+    calls, joined = fake_process_group(monkeypatch, rank=11, world_size=16)
     monkeypatch.setenv("RANK", "11")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert trainer.setup_distributed("cuda") == (11, 16, torch.device("cuda", 3))
@@ -244,21 +251,8 @@ def test_each_rank_binds_its_gpu_before_joining_the_process_group(monkeypatch):
 def test_more_ranks_than_gpus_share_them_over_gloo(monkeypatch):
     """Two ranks on one GPU (make gpu-check's torchrun check): both bind GPU 0 and join over gloo
     (NCCL refuses two ranks on one GPU), without device_id."""
-    calls, joined = [], []
+    calls, _ = fake_process_group(monkeypatch, rank=1, world_size=2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(
-        torch.cuda, "set_device", lambda device: calls.append(("set_device", device))
-    )
-    monkeypatch.setattr(dist, "is_initialized", lambda: bool(joined))
-
-    def init_process_group(backend, **options):
-        calls.append(("init_process_group", backend, options))
-        joined.append(True)
-
-    monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(atexit, "register", lambda function: None)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
